@@ -1,0 +1,59 @@
+# glioma-nb: the two commands a new user needs are `make run-all` and `make test`.
+# Both create .venv from the pinned requirements.txt when it is missing.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.glioma-nb-installed
+COHORT ?= synthetic
+# Extra CLI arguments, e.g. make run-all ARGS="--set segment.n_overlay_cases=2"
+ARGS ?=
+# pytest arguments, e.g. make test PYTEST_ARGS="-k config"
+PYTEST_ARGS ?=
+
+.PHONY: help venv run-all test test-fast lab validate synth bench freeze clean-venv
+
+help:
+	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
+	@echo "make test                                run the test suite"
+	@echo "make lab                                 JupyterLab on notebooks/"
+	@echo "make validate COHORT=name                check a cohort's files and clinical table"
+	@echo "make bench                               benchmarks, JSON under bench/results/"
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run-all: $(STAMP)
+	$(PY) -m glioma_nb run --cohort $(COHORT) $(ARGS)
+
+validate: $(STAMP)
+	$(PY) -m glioma_nb validate --cohort $(COHORT) $(ARGS)
+
+synth: $(STAMP)
+	$(PY) -m glioma_nb synth $(ARGS)
+
+# pytest exits 5 when it collects nothing; make treats that as a failure, as it must.
+test: $(STAMP)
+	MPLBACKEND=Agg $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	MPLBACKEND=Agg $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: $(STAMP)
+	$(PY) -m glioma_nb bench $(ARGS)
+
+freeze: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > requirements.txt.new
+	@echo "review requirements.txt.new, then move it over requirements.txt"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,79 @@
+"""Command line: ``glioma-nb run | validate | synth | cohorts | bench`` (also ``python -m glioma_nb``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from glioma_nb import STEPS, config, io, paths, runner
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glioma-nb", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run notebooks 01-05 for a cohort into a new run folder")
+    r.add_argument("--cohort", default="synthetic", help="configs/cohorts/<name>.yaml (default: synthetic)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set segment.n_overlay_cases=2 (repeatable)")
+    r.add_argument("--steps", nargs="+", choices=STEPS, help="run only these steps")
+    r.add_argument("--resume", metavar="RUN_ID", help="continue a failed run from its first unfinished step")
+
+    v = sub.add_parser("validate", help="check a cohort's files and clinical table; report every problem")
+    v.add_argument("--cohort", default="synthetic")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    s = sub.add_parser("synth", help="write a synthetic cohort (BraTS layout) to a folder")
+    s.add_argument("--out", required=True, help="destination folder (must not exist or be empty)")
+    s.add_argument("--n", type=int, default=40, help="number of cases")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resolution", type=int, default=2, choices=(1, 2), help="voxel size in mm")
+
+    sub.add_parser("cohorts", help="list the cohort configurations")
+
+    b = sub.add_parser("bench", help="benchmarks of the foundation (synthetic generation, cohort QC) as JSON")
+    b.add_argument("--cohorts", nargs="+", default=["synthetic", "brats18-dev", "tcga-lgg-dev"])
+    b.add_argument("--out", default="bench/results", help="folder for the JSON result")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            if args.resume:
+                if args.overrides:
+                    raise config.ConfigError("--set cannot be combined with --resume: a run's parameters are frozen")
+                run_dir = runner.resume(runner.find_run(args.resume, args.cohort))
+            else:
+                run_dir = runner.run(args.cohort, args.overrides, args.steps)
+            print(f"completed: {paths.display_path(run_dir)}")
+        elif args.command == "validate":
+            cfg = config.resolve_config(args.cohort, args.overrides)
+            runner.ensure_cohort_data(cfg)
+            cohort, report = io.check_cohort(cfg)
+            print(report.format())
+            print(repr(cohort))
+            return 0 if report.ok else 1
+        elif args.command == "synth":
+            from glioma_nb import synthetic
+
+            out = synthetic.generate_cohort(args.out, synthetic.SyntheticSpec(args.n, args.seed, args.resolution))
+            print(f"synthetic cohort: {out}")
+        elif args.command == "cohorts":
+            for name in config.available_cohorts():
+                cfg = config.resolve_config(name)
+                print(f"{name:20s} {cfg['cohort']['description']}")
+        elif args.command == "bench":
+            from glioma_nb import bench
+
+            out = bench.run_foundation_bench(args.cohorts, args.out)
+            print(f"benchmark written: {paths.display_path(out)}")
+    except (config.ConfigError, io.CohortError, runner.RunError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

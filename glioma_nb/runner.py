@@ -1,0 +1,430 @@
+"""Runs: immutable run folders, papermill execution of the step notebooks, manifest, resume.
+
+A run folder ``<reports>/<cohort>/<run_id>/`` holds::
+
+    params.yaml            the resolved, validated configuration (frozen)
+    manifest.json          git, params hash, input sha256s, environment, per-step status/timing/metrics
+    qc/                    cohort QC: case_table.csv, problems.csv
+    NN_step.ipynb / .html  executed notebooks (paths scrubbed) and their HTML
+    figures/ tables/ models/ logs/ metrics/   what the steps write
+    attempts/              notebooks of failed attempts, kept when a run is resumed
+
+Nothing in an existing run folder is ever overwritten by another run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from glioma_nb import STEPS, config as config_mod, io, paths, provenance, step_section
+
+RUN_SUBDIRS = ("qc", "figures", "tables", "models", "logs", "metrics", "attempts")
+
+
+class RunError(RuntimeError):
+    """A run could not be created, resumed or completed; the message says which step and why."""
+
+
+# ------------------------------------------------------------------------------------------ preparing
+def ensure_cohort_data(cfg: Mapping[str, Any], progress: bool = True) -> None:
+    """Generate the synthetic cohort when the config asks for one and it is not there yet."""
+    c = cfg["cohort"]
+    if c.get("source") != "synthetic":
+        return
+    from glioma_nb import synthetic
+
+    root = paths.resolve_path(c["root"]) if c.get("root") else io.synthetic_root(cfg)
+    s = c["synthetic"]
+    synthetic.generate_cohort(root, synthetic.SyntheticSpec(int(s["n_cases"]), int(s["seed"]),
+                                                            int(s["resolution_mm"])), progress=progress)
+
+
+def cohort_inputs(cfg: Mapping[str, Any], cohort: io.Cohort) -> list[Path]:
+    """Every file a run reads: images, labels, clinical table."""
+    files = cohort.input_files()
+    clin = cfg["cohort"]["clinical"].get("file")
+    if clin:
+        files.append(paths.resolve_path(clin, base=cohort.root))
+    return files
+
+
+def _new_run_dir(base: Path, run_id: str) -> tuple[Path, str]:
+    base.mkdir(parents=True, exist_ok=True)
+    candidate, n = run_id, 1
+    while True:
+        try:
+            (base / candidate).mkdir()
+            return base / candidate, candidate
+        except FileExistsError:  # same second, same commit: never reuse a folder
+            n += 1
+            candidate = f"{run_id}-{n}"
+
+
+def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str, Any] = (),
+               steps: Iterable[str] | None = None, mode: str = "runner", progress: bool = True) -> Path:
+    """Resolve and validate the configuration, check the cohort, and create a new run folder.
+
+    Nothing is written when the configuration or the cohort is invalid (:class:`ConfigError`,
+    :class:`CohortError` list every problem).
+    """
+    cfg = config_mod.resolve_config(cohort, overrides)
+    steps = list(steps) if steps else list(cfg["run"]["steps"])
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise config_mod.ConfigError(f"unknown steps {unknown}; known: {list(STEPS)}")
+    ensure_cohort_data(cfg, progress=progress)
+    cohort_obj, report = io.check_cohort(cfg, progress=progress)
+    if not report.ok:
+        raise io.CohortError(report)
+    git = provenance.git_info()
+    run_dir, run_id = _new_run_dir(paths.reports_dir(cfg["run"]["reports_dir"]) / cfg["cohort"]["name"],
+                                   provenance.make_run_id(git))
+    try:
+        for sub in RUN_SUBDIRS:
+            (run_dir / sub).mkdir()
+        config_mod.dump_yaml(cfg, run_dir / "params.yaml")
+        report.case_table.to_csv(run_dir / "qc" / "case_table.csv", index=False)
+        report.to_frame().to_csv(run_dir / "qc" / "problems.csv", index=False)
+        manifest = {
+            "run_id": run_id, "cohort": cfg["cohort"]["name"], "mode": mode, "status": "created",
+            "created_utc": provenance.utc_now().isoformat(timespec="seconds"),
+            "git": git, "params_file": "params.yaml", "params_sha256": config_mod.config_hash(cfg),
+            "inputs": provenance.hash_inputs(cohort_inputs(cfg, cohort_obj)),
+            "cohort_summary": {"n_cases": len(cohort_obj.cases), "modalities": list(cohort_obj.modalities),
+                               "label_scheme": cohort_obj.scheme.name if cohort_obj.scheme else None,
+                               "qc_warnings": len(report.warnings)},
+            "environment": provenance.environment(),
+            "steps": [{"name": s, "status": "pending"} for s in steps],
+            "resumes": [],
+        }
+        provenance.write_json_atomic(run_dir / "manifest.json", manifest)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written
+        raise
+    return run_dir
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "manifest.json"
+    if not path.exists():
+        raise RunError(f"{paths.display_path(run_dir)} is not a run folder (no manifest.json)")
+    return json.loads(path.read_text())
+
+
+def find_run(run: str, cohort: str | None = None, reports: Path | None = None) -> Path:
+    """Locate a run folder by path or by run id (searched under the cohort's reports folder)."""
+    p = Path(run)
+    if (p / "manifest.json").exists():
+        return p.resolve()
+    root = reports or paths.reports_dir()
+    hits = sorted(root.glob(f"{cohort or '*'}/{run}"))
+    hits = [h for h in hits if (h / "manifest.json").exists()]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise RunError(f"no run {run!r} under {paths.display_path(root)}"
+                       + (f"/{cohort}" if cohort else "") + "; give the run folder or its id")
+    raise RunError(f"run id {run!r} is ambiguous: {[paths.display_path(h) for h in hits]}; pass --cohort")
+
+
+# ------------------------------------------------------------------------------------------ executing
+def scrub_text(text: str, extra: Mapping[str, str] | None = None) -> str:
+    """Replace absolute local paths in ``text`` by placeholders so shared reports leak no local paths."""
+    subs: dict[str, str] = {}
+    for label, root in (("<reports>", paths.reports_dir()), ("<shared>", paths.shared_data_dir()),
+                        ("<data>", paths.data_dir()), ("<venv>", Path(sys.prefix)),
+                        ("<python>", Path(sys.base_prefix)), (".", paths.project_root()),
+                        ("~", Path.home())):
+        s = str(root)
+        if len(s) > 1:
+            subs[s] = label
+            real = str(Path(s).resolve())
+            if real != s and len(real) > 1:
+                subs[real] = label
+    subs.update(extra or {})
+    for src in sorted(subs, key=len, reverse=True):
+        text = text.replace(src, subs[src])
+    return text
+
+
+def export_html(notebook: Path, html: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook, as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    html.write_text(body, encoding="utf-8")
+
+
+def _step_params(cfg: Mapping[str, Any], run_dir: Path, step: str) -> dict[str, Any]:
+    rel = paths.display_path(run_dir)
+    params = {"run_dir": rel if not rel.startswith("<") else str(run_dir), "cohort": cfg["cohort"]["name"],
+              "overrides": []}
+    params.update(cfg.get(step_section(step), {}) or {})
+    return params
+
+
+def _list_files(run_dir: Path) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+
+
+def execute(run_dir: Path, progress: bool = True) -> Path:
+    """Execute the pending steps of a run folder in order; stop at the first failure.
+
+    The failed step keeps its partially executed notebook (and HTML) and the error goes into the
+    manifest; :class:`RunError` is raised. Completed steps are never executed again.
+    """
+    import papermill as pm
+
+    run_dir = Path(run_dir).resolve()
+    manifest = load_manifest(run_dir)
+    cfg = config_mod.load_yaml(run_dir / "params.yaml")
+    manifest["status"] = "running"
+    provenance.write_json_atomic(run_dir / "manifest.json", manifest)
+    scrub = bool(cfg["run"]["scrub_paths"])
+    for entry in manifest["steps"]:
+        if entry["status"] == "completed":
+            continue
+        step = entry["name"]
+        template = paths.notebooks_dir() / f"{step}.ipynb"
+        out_nb = run_dir / f"{step}.ipynb"
+        out_html = run_dir / f"{step}.html"
+        before = _list_files(run_dir)
+        entry.update(status="running", started_utc=provenance.utc_now().isoformat(timespec="seconds"),
+                     notebook=out_nb.name)
+        entry.pop("error", None)
+        provenance.write_json_atomic(run_dir / "manifest.json", manifest)
+        if progress:
+            print(f"[{manifest['cohort']}/{manifest['run_id']}] {step} ...", flush=True)
+        t0 = time.perf_counter()
+        error: str | None = None
+        try:
+            pm.execute_notebook(str(template), str(out_nb), parameters=_step_params(cfg, run_dir, step),
+                                kernel_name=cfg["run"]["kernel"], cwd=str(paths.project_root()),
+                                progress_bar=False, execution_timeout=cfg["run"]["cell_timeout_s"])
+        except KeyboardInterrupt:
+            error = "interrupted by the user"
+        except Exception as exc:  # papermill wraps the notebook's exception
+            error = _short_error(exc)
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        entry["finished_utc"] = provenance.utc_now().isoformat(timespec="seconds")
+        if out_nb.exists():
+            if scrub:
+                out_nb.write_text(scrub_text(out_nb.read_text(encoding="utf-8")), encoding="utf-8")
+            if cfg["run"]["export_html"]:
+                try:
+                    export_html(out_nb, out_html)
+                    entry["html"] = out_html.name
+                except Exception as exc:  # an HTML failure must not hide the step's own status
+                    entry["html_error"] = _short_error(exc)
+        metrics_file = run_dir / "metrics" / f"{step}.json"
+        if metrics_file.exists():
+            entry["metrics"] = json.loads(metrics_file.read_text())
+        entry["outputs"] = sorted(_list_files(run_dir) - before - {"manifest.json"})
+        if error is None:
+            entry["status"] = "completed"
+            provenance.write_json_atomic(run_dir / "manifest.json", manifest)
+            continue
+        entry.update(status="failed", error=error)
+        manifest["status"] = "failed"
+        provenance.write_json_atomic(run_dir / "manifest.json", manifest)
+        raise RunError(f"run {manifest['run_id']} step {step} failed: {error}\n"
+                       f"  the partial notebook is {paths.display_path(out_nb)}; fix the cause and resume with\n"
+                       f"  glioma-nb run --cohort {manifest['cohort']} --resume {manifest['run_id']}")
+    manifest["status"] = "completed"
+    manifest["finished_utc"] = provenance.utc_now().isoformat(timespec="seconds")
+    manifest["seconds_total"] = round(sum(s.get("seconds", 0) for s in manifest["steps"]), 2)
+    provenance.write_json_atomic(run_dir / "manifest.json", manifest)
+    return run_dir
+
+
+def _short_error(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # papermill's message ends with the notebook exception: keep the informative tail
+    tail = "\n".join(lines[-6:]) if lines else type(exc).__name__
+    return scrub_text(f"{type(exc).__name__}: {tail}")[:4000]
+
+
+def resume(run_dir: Path, progress: bool = True) -> Path:
+    """Continue a failed or interrupted run from its first unfinished step.
+
+    Inputs must be unchanged (sha256); the failed attempt's notebook is kept under ``attempts/``.
+    """
+    run_dir = Path(run_dir).resolve()
+    manifest = load_manifest(run_dir)
+    if manifest["status"] == "completed":
+        raise RunError(f"run {manifest['run_id']} is already completed; start a new run instead")
+    cfg = config_mod.load_yaml(run_dir / "params.yaml")
+    cohort_obj, report = io.check_cohort(cfg, progress=progress)
+    if not report.ok:
+        raise io.CohortError(report)
+    now = provenance.hash_inputs(cohort_inputs(cfg, cohort_obj))
+    if now != manifest["inputs"]:
+        changed = sorted(k for k in set(now) | set(manifest["inputs"]) if now.get(k) != manifest["inputs"].get(k))
+        raise RunError(f"run {manifest['run_id']}: inputs changed since the run started ({changed[:5]}...); "
+                       "a resumed run must read the same data: start a new run")
+    git = provenance.git_info()
+    if git["commit"] != manifest["git"]["commit"] or git["dirty"]:
+        print(f"warning: resuming run {manifest['run_id']} with code {git['short']}{'-dirty' if git['dirty'] else ''}"
+              f" (run started at {manifest['git']['short']}); recorded in manifest.resumes", file=sys.stderr)
+    for entry in manifest["steps"]:
+        if entry["status"] in ("failed", "running"):
+            n = len(list((run_dir / "attempts").glob(f"{entry['name']}.attempt*.ipynb"))) + 1
+            for ext in ("ipynb", "html"):
+                src = run_dir / f"{entry['name']}.{ext}"
+                if src.exists():
+                    src.replace(run_dir / "attempts" / f"{entry['name']}.attempt{n}.{ext}")
+            # what the failed attempt wrote moves aside too, so the retry starts clean and nothing is lost
+            for rel in entry.get("outputs", []):
+                src = run_dir / rel
+                if src.exists() and src.parent != run_dir:
+                    dest = run_dir / "attempts" / f"{entry['name']}.attempt{n}" / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    src.replace(dest)
+            entry.setdefault("attempts", []).append({k: entry.get(k) for k in ("error", "seconds", "started_utc", "outputs")})
+            entry["status"] = "pending"
+    manifest["resumes"].append({"at_utc": provenance.utc_now().isoformat(timespec="seconds"), "git": git})
+    provenance.write_json_atomic(run_dir / "manifest.json", manifest)
+    return execute(run_dir, progress=progress)
+
+
+def run(cohort: str = "synthetic", overrides: Iterable[str] = (), steps: Iterable[str] | None = None,
+        progress: bool = True) -> Path:
+    """Create a run folder for ``cohort`` and execute its notebooks (what ``make run-all`` calls)."""
+    run_dir = create_run(cohort, overrides, steps, progress=progress)
+    if progress:
+        print(f"run folder: {paths.display_path(run_dir)}", flush=True)
+    return execute(run_dir, progress=progress)
+
+
+# ----------------------------------------------------------------------------------- inside notebooks
+@dataclass
+class StepContext:
+    """What a notebook step works with: its run folder, frozen config, cohort and QC tables.
+
+    Open it with :func:`open_step`; finish with :meth:`finish`, which writes ``metrics/<step>.json``.
+    """
+
+    step: str
+    run_dir: Path
+    config: dict[str, Any]
+    cohort: io.Cohort
+    case_table: pd.DataFrame
+    problems: pd.DataFrame
+    params: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    not_available: list[dict[str, str]] = field(default_factory=list)
+    _t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def clinical(self) -> pd.DataFrame:
+        return self.cohort.clinical
+
+    def path(self, kind: str, name: str) -> Path:
+        """Path of an output ``name`` in the run's ``kind`` folder (figures, tables, models, logs)."""
+        if kind not in RUN_SUBDIRS:
+            raise ValueError(f"kind must be one of {RUN_SUBDIRS}")
+        out = self.run_dir / kind / name
+        if out.exists():
+            raise FileExistsError(f"{paths.display_path(out)} exists; outputs of a run are never overwritten")
+        return out
+
+    def save_figure(self, fig: Any, name: str, dpi: int = 120) -> Path:
+        out = self.path("figures", f"{self.step}__{name}.png")
+        fig.savefig(out, dpi=dpi, bbox_inches="tight")
+        return out
+
+    def save_table(self, df: pd.DataFrame, name: str, index: bool = False) -> Path:
+        """Save a table as CSV and parquet under ``tables/``; returns the CSV path."""
+        out = self.path("tables", f"{name}.csv")
+        df.to_csv(out, index=index)
+        try:
+            df.to_parquet(self.path("tables", f"{name}.parquet"), index=index)
+        except Exception as exc:  # e.g. mixed-type object columns: the CSV stays the record
+            print(f"note: {name}.parquet not written ({type(exc).__name__}: {exc}); the CSV is complete")
+        return out
+
+    def record(self, **metrics: Any) -> None:
+        """Record headline metrics of this step (written to metrics/<step>.json and the manifest)."""
+        self.metrics.update(metrics)
+
+    def mark_not_available(self, what: str, where: str) -> str:
+        """Note an analysis whose module is not implemented yet; returns the sentence to display."""
+        self.not_available.append({"what": what, "where": where})
+        return f"Not yet available: {what} ({where}). No numbers are shown for it."
+
+    def finish(self) -> dict[str, Any]:
+        out = {"step": self.step, "seconds_in_notebook": round(time.perf_counter() - self._t0, 2),
+               "params": self.params, **self.metrics}
+        if self.not_available:
+            out["not_available"] = self.not_available
+        provenance.write_json_atomic(self.run_dir / "metrics" / f"{self.step}.json", out)
+        manifest = load_manifest(self.run_dir)
+        if manifest.get("mode") == "interactive":
+            for entry in manifest["steps"]:
+                if entry["name"] == self.step:
+                    entry.update(status="completed", metrics=out)
+            provenance.write_json_atomic(self.run_dir / "manifest.json", manifest)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"StepContext(step={self.step!r}, run={paths.display_path(self.run_dir)!r}, "
+                f"cohort={self.cohort.name!r}, cases={len(self.cohort.cases)})")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (when importable)."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides: Iterable[str] = (),
+              params: Mapping[str, Any] | None = None) -> StepContext:
+    """Open the context of a notebook step.
+
+    Under the runner, ``run_dir`` names the run folder. In JupyterLab (``run_dir == ""``) a new run
+    folder is created for ``cohort`` exactly as the runner would, in ``interactive`` mode, with the
+    notebook's parameter values frozen into it.
+    """
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}; known: {list(STEPS)}")
+    params = dict(params or {})
+    if not run_dir:
+        over = {step_section(step): params} if params else {}
+        merged: dict[str, Any] = {}
+        for item in overrides:
+            merged = config_mod.deep_merge(merged, config_mod.parse_override(item))
+        rd = create_run(cohort, config_mod.deep_merge(merged, over), steps=[step], mode="interactive",
+                        progress=False)
+    else:
+        rd = paths.resolve_path(run_dir)
+        if not (rd / "params.yaml").exists():
+            raise RunError(f"{run_dir} is not a run folder (no params.yaml)")
+    cfg = config_mod.load_yaml(rd / "params.yaml")
+    cohort_obj, report = io.check_cohort(cfg, progress=False, images=False)
+    if not report.ok:
+        raise io.CohortError(report)
+    case_table = pd.read_csv(rd / "qc" / "case_table.csv")
+    problems = pd.read_csv(rd / "qc" / "problems.csv")
+    seed_everything(int(cfg["project"]["seed"]))
+    return StepContext(step, rd, cfg, cohort_obj, case_table, problems, params)

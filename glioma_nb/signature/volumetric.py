@@ -1,0 +1,58 @@
+"""Volumetric and intensity baseline features from a label map.
+
+Per case: the volume (mL) of every region of the label scheme, and per modality and region the mean
+and standard deviation of the image intensity after robust normalisation inside the brain (non-zero
+voxels scaled so that their ``lo``/``hi`` percentiles map to 0/1). Column names follow the signature
+convention ``<region>__<source>__<stat>``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from glioma_nb import io
+
+
+def robust_normalise(data: np.ndarray, percentiles: Sequence[float] = (1, 99)) -> np.ndarray:
+    """Scale non-zero voxels so their ``percentiles`` map to 0 and 1 (zero stays background)."""
+    data = np.asarray(data, dtype=np.float32)
+    fg = data[data != 0]
+    if fg.size == 0:
+        return np.zeros_like(data)
+    lo, hi = np.percentile(fg, percentiles)
+    scale = hi - lo if hi > lo else 1.0
+    return np.where(data != 0, (data - lo) / scale, 0.0).astype(np.float32)
+
+
+def case_features(cohort: io.Cohort, case_id: str, percentiles: Sequence[float] = (1, 99)) -> dict[str, float]:
+    """Volumes and normalised intensity mean/SD per region for one case (needs a label map)."""
+    label_img = cohort.load_label(case_id)
+    if label_img is None or cohort.scheme is None:
+        raise ValueError(f"cohort {cohort.name}: case {case_id} has no label map; volumetric features need one")
+    lab = np.asanyarray(label_img.dataobj)
+    voxel_ml = float(np.prod(label_img.header.get_zooms()[:3])) / 1000.0
+    masks = io.region_masks(lab, cohort.scheme)
+    row: dict[str, float] = {}
+    for region, m in masks.items():
+        row[f"{region}__volume__ml"] = float(m.sum()) * voxel_ml
+    for mod in cohort.modalities:
+        img = robust_normalise(np.asanyarray(cohort.load_image(case_id, mod).dataobj), percentiles)
+        for region, m in masks.items():
+            vals = img[m]
+            row[f"{region}__{mod}__mean"] = float(vals.mean()) if vals.size else np.nan
+            row[f"{region}__{mod}__sd"] = float(vals.std()) if vals.size else np.nan
+    return row
+
+
+def cohort_features(cohort: io.Cohort, percentiles: Sequence[float] = (1, 99),
+                    progress: bool = True) -> pd.DataFrame:
+    """One row per case (index ``case_id``) of :func:`case_features`."""
+    from tqdm import tqdm
+
+    rows = {cid: case_features(cohort, cid, percentiles)
+            for cid in tqdm(cohort.case_ids, desc="volumetric features", disable=not progress)}
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "case_id"
+    return df

@@ -1,0 +1,223 @@
+"""Cohort model and QC: a valid cohort passes with known volumes; each broken cohort fails with the exact error."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import AFFINE, SHAPE, SPHERE_RADIUS_MM, requires_shared, sphere_label, write_brats_cohort
+from glioma_nb import cli, config, io
+
+
+def check(yaml_path: Path, *overrides: str):
+    return io.check_cohort(config.resolve_config(str(yaml_path), list(overrides)), progress=False)
+
+
+def messages(report: io.QCReport) -> list[str]:
+    return [p.format() for p in report.errors]
+
+
+def test_valid_cohort_passes_with_the_sphere_volume(tiny_cohort):
+    cohort, report = check(tiny_cohort)
+    assert report.ok, report.format()
+    assert cohort.case_ids == ["C00", "C01", "C02"]
+    voxel_ml = abs(np.linalg.det(AFFINE[:3, :3])) / 1000
+    expected_ml = 4 / 3 * math.pi * SPHERE_RADIUS_MM ** 3 / 1000
+    wt = report.case_table["WT_ml"]
+    # voxelised sphere: within 3 voxels' worth of the analytic volume
+    assert np.allclose(wt, expected_ml, atol=3 * voxel_ml * 10), (wt.tolist(), expected_ml)
+    assert (report.case_table["ET_ml"] > 0).all() and (report.case_table["TC_ml"] < wt).all()
+
+
+def test_clinical_table_is_canonical(tiny_cohort):
+    cohort, _ = check(tiny_cohort)
+    c = cohort.clinical.set_index("case_id")
+    assert c.loc["C00", "who_grade"] == 2 and c.loc["C02", "who_grade"] == 4  # "II", "IV"
+    assert c.loc["C00", "idh_mutant"] == 1 and c.loc["C01", "idh_mutant"] == 0  # mutant / wildtype
+    assert c.loc["C01", "os_days"] == pytest.approx(11.0 * 365.25 / 12)  # months converted once
+    assert c.loc["C00", "sex"] == "M" and c.loc["C00", "patient_id"] == "C00"
+
+
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> None:
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+
+def _break_all(root: Path) -> None:
+    """Break the tiny cohort in many independent ways at once."""
+    (root / "C00" / "C00_flair.nii.gz").unlink()                                   # missing file
+    (root / "C01" / "C01_t2.nii.gz").write_bytes(b"\x1f\x8b not really gzip")      # corrupt file
+    _nifti(root / "C02" / "C02_t1ce.nii.gz", np.ones((20, 20, 10), np.float32))    # shape mismatch
+    lab = sphere_label()
+    lab[lab == 4] = 3                                                              # BraTS-2021 values
+    _nifti(root / "C01" / "C01_seg.nii.gz", lab)
+    clin = pd.read_csv(root / "clinical.csv")
+    clin.loc[0, "os_months"] = -5                                                  # negative survival
+    clin = pd.concat([clin, pd.DataFrame([{"case_id": "C99", "age": 50}])])        # row without images
+    clin.to_csv(root / "clinical.csv", index=False)
+
+
+def test_all_problems_are_collected_in_one_report(tiny_cohort):
+    _break_all(tiny_cohort.parent / "tiny")
+    _, report = check(tiny_cohort)
+    text = "\n".join(messages(report))
+    assert "case C00: tiny/C00/C00_flair.nii.gz: missing flair file" in text
+    assert "unreadable t2 image" in text
+    assert "case C02: tiny/C02/C02_t1ce.nii.gz: t1c shape (20, 20, 10) != t1 shape (24, 28, 16)" in text
+    assert "label values [3] are not in scheme brats2018 [0, 1, 2, 4]" in text
+    assert "the values look like scheme 'brats2021'" in text
+    assert "negative survival time" in text
+    assert "case C99:" in text and "clinical row has no images" in text
+    assert len(report.errors) >= 6
+    with pytest.raises(io.CohortError) as err:
+        io.load_cohort(config.resolve_config(str(tiny_cohort)), progress=False)
+    assert err.value.report.format() == report.format()
+
+
+@pytest.mark.parametrize("breaker, expected", [
+    (lambda r: _nifti(r / "C00" / "C00_t2.nii.gz", np.full(SHAPE, np.nan, np.float32)), "t2 has 10752 NaN/inf voxels"),
+    (lambda r: _nifti(r / "C00" / "C00_t1.nii.gz", np.zeros(SHAPE, np.float32)), "t1 image is empty"),
+    (lambda r: _nifti(r / "C00" / "C00_seg.nii.gz", np.zeros(SHAPE, np.uint8)), "label map is empty (no tumour voxel)"),
+    (lambda r: _nifti(r / "C00" / "C00_flair.nii.gz", np.ones(SHAPE, np.float32) + np.arange(SHAPE[2]),
+                      AFFINE @ np.diag([1, 1, 1.2, 1])), "flair affine differs from t1 affine"),
+    (lambda r: _nifti(r / "C00" / "C00_t1.nii.gz", np.ones((*SHAPE, 2), np.float32)), "t1 image has 4 dimensions"),
+])
+def test_each_image_failure_has_its_message(tiny_cohort, breaker, expected):
+    breaker(tiny_cohort.parent / "tiny")
+    _, report = check(tiny_cohort)
+    assert any(expected in m and "case C00:" in m for m in messages(report)), report.format()
+
+
+def _edit_clinical(yaml_path: Path, fn) -> None:
+    csv = yaml_path.parent / "tiny" / "clinical.csv"
+    df = fn(pd.read_csv(csv))
+    df.to_csv(csv, index=False)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: pd.concat([d, d.iloc[[0]]]), "case C00: tiny/clinical.csv: duplicate clinical row"),
+    (lambda d: d.iloc[1:], "case C00: tiny/clinical.csv: case has images but no clinical row"),
+    (lambda d: d.assign(os_months=[np.nan, 1.0, 2.0]), "case C00: tiny/clinical.csv: survival event given but survival time missing"),
+    (lambda d: d.assign(dead=[np.nan, 1, 0]), "case C00: tiny/clinical.csv: survival time given but event"),
+    (lambda d: d.assign(grade=["V", "II", "III"]), "column 'grade' (who_grade): 'V' is not a WHO grade"),
+    (lambda d: d.drop(columns=["idh"]), "source column 'idh' (for idh_mutant) not found"),
+])
+def test_each_clinical_failure_has_its_message(tiny_cohort, edit, expected):
+    _edit_clinical(tiny_cohort, edit)
+    _, report = check(tiny_cohort)
+    text = "\n".join(messages(report))
+    assert expected in text, report.format()
+
+
+def test_unknown_canonical_column_is_an_error(tiny_cohort):
+    _, report = check(tiny_cohort, "cohort.clinical.columns.tumour_colour=age")
+    assert any("unknown clinical column 'tumour_colour'" in m for m in messages(report))
+
+
+def test_rows_without_images_can_be_allowed_as_warnings(tiny_cohort):
+    _edit_clinical(tiny_cohort, lambda d: d.iloc[1:])
+    _, report = check(tiny_cohort, "cohort.clinical.require_all_cases=false")
+    assert report.ok and any("no clinical row" in p.message for p in report.warnings)
+
+
+def test_manifest_layout_and_duplicate_ids(tiny_cohort, tmp_path):
+    root = tmp_path / "tiny"
+    rows = [{"case": c, **{m: f"{c}/{c}_{s}.nii.gz" for m, s in
+                           (("t1", "t1"), ("t1c", "t1ce"), ("t2", "t2"), ("flair", "flair"), ("label", "seg"))}}
+            for c in ("C00", "C01", "C01")]
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    _, report = check(tiny_cohort, "cohort.layout=manifest", "cohort.manifest=manifest.csv",
+                      "cohort.clinical.require_all_cases=false")
+    assert any("case C01:" in m and "duplicate case id in the manifest" in m for m in messages(report))
+
+
+def test_per_case_layout_with_file_map(tmp_path):
+    root = tmp_path / "pc"
+    (root / "A").mkdir(parents=True)
+    _nifti(root / "A" / "FLAIR_img.nii.gz", np.random.default_rng(0).random(SHAPE).astype(np.float32) + 1)
+    _nifti(root / "A" / "roi.nii.gz", (sphere_label() > 0).astype(np.uint8))
+    y = tmp_path / "pc.yaml"
+    y.write_text(yaml.safe_dump({"cohort": {"root": str(root), "layout": "per_case", "modalities": ["flair"],
+                                            "files": {"flair": "FLAIR_img.nii.gz", "label": "roi.nii.gz"},
+                                            "label": {"present": True, "scheme": "binary"}}}))
+    cohort, report = check(y)
+    assert report.ok, report.format()
+    assert cohort.case_ids == ["A"] and list(report.case_table.filter(like="_ml").columns) == ["WT_ml"]
+
+
+def test_orientation_affine_maps_axes_to_world_directions():
+    aff = io.orientation_affine((10, 20, 30), (0.9, 0.9, 5.0), "PLS")
+    # i -> posterior (-y), j -> left (-x), k -> superior (+z)
+    assert np.allclose(aff[:3, :3], [[0, -0.9, 0], [-0.9, 0, 0], [0, 0, 5.0]])
+    assert np.allclose(aff[:3, :3] @ ((np.array([10, 20, 30]) - 1) / 2) + aff[:3, 3], 0)  # centred
+    assert "".join(nib.aff2axcodes(aff)) == "PLS"
+    with pytest.raises(ValueError, match="one of L/R"):
+        io.orientation_affine((2, 2, 2), (1, 1, 1), "LLS")
+
+
+def test_geometry_override_changes_volume_in_ml(tmp_path):
+    root = tmp_path / "pc"
+    (root / "A").mkdir(parents=True)
+    img = np.random.default_rng(0).random(SHAPE).astype(np.float32) + 1
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[5:15, 5:15, 4:8] = 1  # 400 voxels
+    _nifti(root / "A" / "flair.nii.gz", img, np.eye(4))
+    _nifti(root / "A" / "mask.nii.gz", lab, np.eye(4))
+    y = tmp_path / "pc.yaml"
+    y.write_text(yaml.safe_dump({"cohort": {"root": str(root), "layout": "per_case", "modalities": ["flair"],
+                                            "files": {"flair": "flair.nii.gz", "label": "mask.nii.gz"},
+                                            "label": {"present": True, "scheme": "binary"},
+                                            "geometry": {"spacing": [0.5, 0.5, 4.0], "orientation": "PLS"}}}))
+    cohort, report = check(y)
+    assert report.case_table.loc[0, "WT_ml"] == pytest.approx(400 * 0.5 * 0.5 * 4.0 / 1000)
+    assert report.case_table.loc[0, "orientation"] == "PLS"
+    assert "".join(nib.aff2axcodes(cohort.load_image("A", "flair").affine)) == "PLS"
+
+
+@pytest.mark.parametrize("raw, kind, expected", [
+    ("IV", "grade", 4), ("G3", "grade", 3), ("2.0", "grade", 2), ("Mutant", "binary", 1), ("NOT_MUTATED", "binary", 0),
+    ("female", "sex", "F"), ("Gross total", "resection", "GTR"), ("NA", "binary", None),
+])
+def test_clinical_value_parsing(raw, kind, expected):
+    got = io._parse(kind, raw)
+    assert (got is expected or got == expected) if expected is not None else np.isnan(got)
+
+
+def test_molecular_subtype():
+    assert io.molecular_subtype(1, 1) == "IDHmut-codel"
+    assert io.molecular_subtype(1, 0) == "IDHmut-noncodel"
+    assert io.molecular_subtype(0, np.nan) == "IDHwt"
+    assert np.isnan(io.molecular_subtype(np.nan, 1))
+
+
+def test_cli_validate_reports_problems_and_exit_code(tiny_cohort, capsys):
+    assert cli.main(["validate", "--cohort", str(tiny_cohort)]) == 0
+    (tiny_cohort.parent / "tiny" / "C00" / "C00_flair.nii.gz").unlink()
+    assert cli.main(["validate", "--cohort", str(tiny_cohort)]) == 1
+    assert "missing flair file" in capsys.readouterr().out
+
+
+@requires_shared("brats18")
+@pytest.mark.shared_data
+def test_shared_brats18_dev_validates():
+    cohort, report = io.check_cohort(config.resolve_config("brats18-dev"), progress=False)
+    assert report.ok, report.format()
+    assert len(cohort.cases) == 12 and cohort.modalities == ("t1", "t1c", "t2", "flair")
+    assert (report.case_table["WT_ml"] > 0).all()
+    c = cohort.clinical.set_index("case_id")
+    assert c.loc["Brats18_TCIA01_201_1", "idh_mutant"] == 0 and c.loc["Brats18_TCIA01_201_1", "os_event"] == 1
+
+
+@requires_shared("tcga-lgg")
+@pytest.mark.shared_data
+def test_shared_tcga_lgg_dev_validates_with_geometry_override():
+    cohort, report = io.check_cohort(config.resolve_config("tcga-lgg-dev"), progress=False)
+    assert report.ok, report.format()
+    assert len(cohort.cases) == 60 and cohort.modalities == ("flair",)
+    assert set(report.case_table["orientation"]) == {"PLS"}
+    assert set(cohort.clinical["site"]) <= {"DU", "FG", "EZ", "CS", "HT"}
+    assert cohort.clinical["idh_mutant"].notna().sum() >= 50  # a few TCGA patients lack IDH status
