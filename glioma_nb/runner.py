@@ -192,6 +192,9 @@ def execute(run_dir: Path, progress: bool = True) -> Path:
     manifest["status"] = "running"
     provenance.write_json_atomic(run_dir / "manifest.json", manifest)
     scrub = bool(cfg["run"]["scrub_paths"])
+    cohort_root = str(io.synthetic_root(cfg) if cfg["cohort"].get("root") is None and
+                      cfg["cohort"].get("source") == "synthetic" else paths.resolve_path(cfg["cohort"]["root"]))
+    extra = {cohort_root: f"<cohort:{cfg['cohort']['name']}>", str(run_dir): "<run>"}
     for entry in manifest["steps"]:
         if entry["status"] == "completed":
             continue
@@ -220,7 +223,7 @@ def execute(run_dir: Path, progress: bool = True) -> Path:
         entry["finished_utc"] = provenance.utc_now().isoformat(timespec="seconds")
         if out_nb.exists():
             if scrub:
-                out_nb.write_text(scrub_text(out_nb.read_text(encoding="utf-8")), encoding="utf-8")
+                out_nb.write_text(scrub_text(out_nb.read_text(encoding="utf-8"), extra), encoding="utf-8")
             if cfg["run"]["export_html"]:
                 try:
                     export_html(out_nb, out_html)

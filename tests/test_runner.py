@@ -1,0 +1,103 @@
+"""Runner: the same code path as `make run-all`, manifest contents, no overwrite, resume."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import synthetic_yaml
+from glioma_nb import STEPS, cli, config, paths, provenance, runner
+
+
+@pytest.mark.slow
+def test_run_all_steps_end_to_end(synthetic_small, tmp_path):
+    y = synthetic_yaml(synthetic_small, tmp_path / "synsmall.yaml")
+    run_dir = runner.run(str(y), ["segment.n_overlay_cases=2"], progress=False)
+    assert run_dir.parent == paths.reports_dir() / "synsmall"
+    for step in STEPS:
+        assert (run_dir / f"{step}.ipynb").exists() and (run_dir / f"{step}.html").exists(), step
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "completed" and m["run_id"] == run_dir.name
+    assert [s["status"] for s in m["steps"]] == ["completed"] * 5
+    assert all(s["seconds"] > 0 and s["metrics"]["step"] == s["name"] for s in m["steps"])
+    assert m["steps"][0]["metrics"]["n_cases"] == 12
+    assert m["steps"][0]["metrics"]["params"] == {"n_overlay_cases": 2}
+    # 12 cases x (4 modalities + label) + clinical table, each with a sha256
+    assert len(m["inputs"]) == 12 * 5 + 1 and all(len(h) == 64 for h in m["inputs"].values())
+    assert set(m["git"]) == {"commit", "short", "branch", "dirty"} and m["run_id"].endswith(
+        m["git"]["short"] + ("-dirty" if m["git"]["dirty"] else ""))
+    assert m["environment"]["packages"]["torch"].startswith("2.13") and "torch_cuda_available" in m["environment"]
+    frozen = config.load_yaml(run_dir / "params.yaml")
+    assert frozen == config.resolve_config(str(y), ["segment.n_overlay_cases=2"])
+    assert m["params_sha256"] == config.config_hash(frozen)
+    assert (run_dir / "tables" / "features_volumetric.csv").exists() and (run_dir / "figures").iterdir()
+    # shared reports leak no local paths
+    leaks = [str(paths.project_root()), str(Path.home()), str(synthetic_small), str(tmp_path), str(run_dir)]
+    for f in list(run_dir.glob("*.ipynb")) + list(run_dir.glob("*.html")):
+        text = f.read_text()
+        for leak in leaks:
+            assert leak not in text, f"{f.name} contains {leak}"
+
+
+def _tiny_run(tiny_cohort, steps=("01_segment", "03_classify")):
+    return runner.create_run(str(tiny_cohort), steps=list(steps), progress=False)
+
+
+def test_runs_never_overwrite_each_other(tiny_cohort, monkeypatch):
+    monkeypatch.setattr(provenance, "make_run_id", lambda git=None, when=None: "20260101T000000Z_abc1234")
+    a = _tiny_run(tiny_cohort)
+    params_a = (a / "params.yaml").read_text()
+    b = runner.create_run(str(tiny_cohort), ["project.seed=5"], steps=["03_classify"], progress=False)
+    assert a != b and b.name == "20260101T000000Z_abc1234-2"
+    assert (a / "params.yaml").read_text() == params_a
+
+
+def test_invalid_cohort_creates_no_run_folder(tiny_cohort):
+    (tiny_cohort.parent / "tiny" / "C01" / "C01_t1.nii.gz").unlink()
+    before = set(paths.reports_dir().rglob("manifest.json")) if paths.reports_dir().exists() else set()
+    with pytest.raises(Exception, match="missing t1 file"):
+        _tiny_run(tiny_cohort)
+    after = set(paths.reports_dir().rglob("manifest.json")) if paths.reports_dir().exists() else set()
+    assert after == before
+
+
+@pytest.mark.slow
+def test_failed_step_is_recorded_and_resume_continues(tiny_cohort):
+    run_dir = _tiny_run(tiny_cohort)
+    victim = tiny_cohort.parent / "tiny" / "C02" / "C02_flair.nii.gz"
+    keep = victim.read_bytes()
+    victim.unlink()  # the cohort breaks after the run was created
+    with pytest.raises(runner.RunError, match="step 01_segment failed") as err:
+        runner.execute(run_dir, progress=False)
+    assert "--resume" in str(err.value)
+    m = runner.load_manifest(run_dir)
+    assert m["status"] == "failed" and m["steps"][0]["status"] == "failed"
+    assert "missing flair file" in m["steps"][0]["error"] and m["steps"][1]["status"] == "pending"
+    assert (run_dir / "01_segment.ipynb").exists()  # partial notebook kept
+    # inputs changed -> resume refuses
+    victim.write_bytes(keep[:-10] + b"0123456789")
+    with pytest.raises(runner.RunError, match="inputs changed"):
+        runner.resume(run_dir, progress=False)
+    assert runner.load_manifest(run_dir)["resumes"] == []  # a refused resume changes nothing
+    victim.write_bytes(keep)
+    runner.resume(run_dir, progress=False)
+    m = runner.load_manifest(run_dir)
+    assert m["status"] == "completed" and [s["status"] for s in m["steps"]] == ["completed", "completed"]
+    assert (run_dir / "attempts" / "01_segment.attempt1.ipynb").exists()
+    assert len(m["resumes"]) == 1 and m["steps"][0]["attempts"][0]["error"]
+    with pytest.raises(runner.RunError, match="already completed"):
+        runner.resume(run_dir, progress=False)
+
+
+def test_cli_refuses_overrides_with_resume(capsys):
+    assert cli.main(["run", "--resume", "x", "--set", "project.seed=1"]) == 2
+    assert "frozen" in capsys.readouterr().err
+
+
+def test_scrub_text_replaces_local_roots():
+    text = f"{paths.project_root()}/notebooks/x {Path.home()}/y {paths.shared_data_dir()}/brats18"
+    out = runner.scrub_text(text)
+    assert str(paths.project_root()) not in out and "<shared>/brats18" in out
