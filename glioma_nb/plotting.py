@@ -22,11 +22,11 @@ def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axe
                       show_labels: bool = True) -> plt.Figure:
     """One axial slice per modality through the tumour's centre, with reference region contours.
 
-    Contours: WT green, TC amber, ET red (BraTS regions; binary labels show WT only). ``axes``: one
-    per modality (a new figure when omitted).
+    Images are reordered to RAS with ``nilearn.image.reorder_img`` and shown in radiological
+    convention (patient left on the right, anterior up), cropped to the head. Contours: WT green,
+    TC amber, ET red (BraTS regions; binary labels show WT only). ``axes``: one per modality.
     """
-    import nibabel as nib
-    from nilearn import plotting
+    from nilearn.image import reorder_img
     from scipy import ndimage
 
     mods = list(cohort.modalities)
@@ -34,25 +34,29 @@ def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axe
         _, axes = plt.subplots(1, len(mods), figsize=(3.2 * len(mods), 3.4), squeeze=False)
         axes = axes[0]
     fig = axes[0].get_figure(root=True)
+    lab = None
     label_img = cohort.load_label(case_id) if show_labels else None
-    cut = None
-    regions: dict[str, nib.Nifti1Image] = {}
     if label_img is not None and cohort.scheme is not None:
-        lab = np.asanyarray(label_img.dataobj)
-        for name, mask in io.region_masks(lab, cohort.scheme).items():
-            if mask.any():
-                regions[name] = nib.Nifti1Image(mask.astype(np.uint8), label_img.affine)
-        if lab.any():
-            com = ndimage.center_of_mass(lab > 0)
-            cut = float((label_img.affine @ np.r_[com, 1.0])[2])
+        lab = np.asanyarray(reorder_img(label_img, resample="nearest").dataobj)
+    vols = {m: np.asanyarray(reorder_img(cohort.load_image(case_id, m), resample="continuous").dataobj) for m in mods}
+    ref = next(iter(vols.values()))
+    k = int(round(ndimage.center_of_mass(lab > 0)[2])) if lab is not None and lab.any() else ref.shape[2] // 2
+    head = np.argwhere(ref[:, :, k] > np.percentile(ref[:, :, k], 5))
+    (x0, y0), (x1, y1) = (head.min(0), head.max(0) + 1) if len(head) else ((0, 0), ref.shape[:2])
+    zooms = cohort.load_image(case_id, mods[0]).header.get_zooms()[:3]
+    aspect = float(zooms[1] / zooms[0]) if cohort.spacing is None else float(cohort.spacing[1] / cohort.spacing[0])
     for ax, mod in zip(axes, mods):
-        img = cohort.load_image(case_id, mod)
-        disp = plotting.plot_anat(img, axes=ax, figure=fig, display_mode="z", cut_coords=[cut] if cut is not None else 1,
-                                  annotate=False, draw_cross=False, black_bg=True, dim=0,
-                                  colorbar=False)
-        for name, rimg in regions.items():
-            disp.add_contours(rimg, levels=[0.5], colors=[REGION_COLOURS[name]], linewidths=1.2)
-        ax.set_title(f"{case_id}  {MODALITY_TITLES.get(mod, mod)}", fontsize=9, color="black")
+        sl = vols[mod][x0:x1, y0:y1, k]
+        lo, hi = np.percentile(sl[sl > 0], (1, 99.5)) if (sl > 0).any() else (0, 1)
+        # rows = anterior (top) -> posterior; columns = patient right (left side) -> left
+        ax.imshow(np.fliplr(np.rot90(sl)), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+        if lab is not None:
+            for name, mask in io.region_masks(lab[x0:x1, y0:y1, k], cohort.scheme).items():
+                if mask.any():
+                    ax.contour(np.fliplr(np.rot90(mask.astype(float))), levels=[0.5], colors=[REGION_COLOURS[name]],
+                               linewidths=1.0)
+        ax.set_title(f"{case_id}\n{MODALITY_TITLES.get(mod, mod)}", fontsize=8)
+        ax.set_axis_off()
     return fig
 
 
@@ -163,15 +167,15 @@ def plot_overlays(cohort: io.Cohort, case_ids: Sequence[str]) -> plt.Figure:
         fig = plt.figure(figsize=(4, 2))
         fig.text(0.5, 0.5, "no cases", ha="center")
         return fig
-    fig, axes = plt.subplots(len(case_ids), mods, figsize=(3.2 * mods, 3.3 * len(case_ids)), squeeze=False)
+    fig, axes = plt.subplots(len(case_ids), mods, figsize=(2.8 * max(mods, 2), 3.0 * len(case_ids)), squeeze=False)
     for row, cid in zip(axes, case_ids):
         plot_case_overlay(cohort, cid, axes=list(row))
     if cohort.scheme is not None:
         names = {"WT": "whole tumour", "TC": "tumour core", "ET": "enhancing tumour"}
         from matplotlib.lines import Line2D
         handles = [Line2D([], [], color=REGION_COLOURS[r], label=f"{r}: {names[r]}") for r in cohort.scheme.regions]
-        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
-        fig.subplots_adjust(bottom=0.5 / (3.3 * len(case_ids)))
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8)
+        fig.tight_layout(rect=(0, 0.4 / (3.0 * len(case_ids)), 1, 1))
     return fig
 
 
