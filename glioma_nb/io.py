@@ -231,8 +231,7 @@ def orientation_affine(shape: tuple[int, ...], spacing: Iterable[float], orienta
     Each letter gives the world direction (RAS+ convention) of increasing voxel index along that axis.
     """
     codes = orientation.upper()
-    if len(codes) != 3 or sorted(c in "LR" for c in codes).count(True) != 1 \
-            or sorted(c in "PA" for c in codes).count(True) != 1 or sorted(c in "IS" for c in codes).count(True) != 1:
+    if len(codes) != 3 or any(sum(c in pair for c in codes) != 1 for pair in ("LR", "PA", "IS")):
         raise ValueError(f"orientation {orientation!r} must name one of L/R, A/P, I/S per axis, e.g. 'RAS' or 'PLS'")
     sp = [float(s) for s in spacing]
     if len(sp) != 3 or any(not s > 0 for s in sp):
@@ -271,7 +270,8 @@ def synthetic_root(cfg: Mapping[str, Any]) -> Path:
     return paths.data_dir() / "synthetic" / f"n{s['n_cases']}_seed{s['seed']}_{s['resolution_mm']}mm"
 
 
-def _cohort_root(cfg: Mapping[str, Any]) -> Path:
+def cohort_root(cfg: Mapping[str, Any]) -> Path:
+    """The cohort folder: ``cohort.root`` resolved, or the default folder of a generated cohort."""
     c = cfg["cohort"]
     if c.get("root") is None and c.get("source") == "synthetic":
         return synthetic_root(cfg)
@@ -290,7 +290,7 @@ def _file_names(c: Mapping[str, Any]) -> dict[str, str]:
 def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list[Case]]:
     """Find the cases of a cohort; missing files and duplicates are added to ``report``."""
     c = cfg["cohort"]
-    root = _cohort_root(cfg)
+    root = cohort_root(cfg)
     mods = list(c["modalities"])
     unknown = [m for m in mods if m not in MODALITIES]
     if unknown:
@@ -614,7 +614,7 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
 
     c = cfg["cohort"]
     report = QCReport(c["name"])
-    report.root = _cohort_root(cfg)
+    report.root = cohort_root(cfg)
     root, cases = discover_cases(cfg, report)
     scheme = None
     if c["label"]["present"]:

@@ -38,13 +38,14 @@ def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axe
     label_img = cohort.load_label(case_id) if show_labels else None
     if label_img is not None and cohort.scheme is not None:
         lab = np.asanyarray(reorder_img(label_img, resample="nearest").dataobj)
-    vols = {m: np.asanyarray(reorder_img(cohort.load_image(case_id, m), resample="continuous").dataobj) for m in mods}
-    ref = next(iter(vols.values()))
+    imgs = {m: reorder_img(cohort.load_image(case_id, m), resample="continuous") for m in mods}
+    vols = {m: np.asanyarray(img.dataobj) for m, img in imgs.items()}
+    ref = vols[mods[0]]
     k = int(round(ndimage.center_of_mass(lab > 0)[2])) if lab is not None and lab.any() else ref.shape[2] // 2
     head = np.argwhere(ref[:, :, k] > np.percentile(ref[:, :, k], 5))
     (x0, y0), (x1, y1) = (head.min(0), head.max(0) + 1) if len(head) else ((0, 0), ref.shape[:2])
-    zooms = cohort.load_image(case_id, mods[0]).header.get_zooms()[:3]
-    aspect = float(zooms[1] / zooms[0]) if cohort.spacing is None else float(cohort.spacing[1] / cohort.spacing[0])
+    zooms = imgs[mods[0]].header.get_zooms()[:3]  # after reordering (and any geometry override)
+    aspect = float(zooms[1] / zooms[0])
     for ax, mod in zip(axes, mods):
         sl = vols[mod][x0:x1, y0:y1, k]
         lo, hi = np.percentile(sl[sl > 0], (1, 99.5)) if (sl > 0).any() else (0, 1)

@@ -43,7 +43,7 @@ def ensure_cohort_data(cfg: Mapping[str, Any], progress: bool = True) -> None:
         return
     from glioma_nb import synthetic
 
-    root = paths.resolve_path(c["root"]) if c.get("root") else io.synthetic_root(cfg)
+    root = io.cohort_root(cfg)
     s = c["synthetic"]
     synthetic.generate_cohort(root, synthetic.SyntheticSpec(int(s["n_cases"]), int(s["seed"]),
                                                             int(s["resolution_mm"])), progress=progress)
@@ -192,9 +192,7 @@ def execute(run_dir: Path, progress: bool = True) -> Path:
     manifest["status"] = "running"
     provenance.write_json_atomic(run_dir / "manifest.json", manifest)
     scrub = bool(cfg["run"]["scrub_paths"])
-    cohort_root = str(io.synthetic_root(cfg) if cfg["cohort"].get("root") is None and
-                      cfg["cohort"].get("source") == "synthetic" else paths.resolve_path(cfg["cohort"]["root"]))
-    extra = {cohort_root: f"<cohort:{cfg['cohort']['name']}>", str(run_dir): "<run>"}
+    extra = {str(io.cohort_root(cfg)): f"<cohort:{cfg['cohort']['name']}>", str(run_dir): "<run>"}
     for entry in manifest["steps"]:
         if entry["status"] == "completed":
             continue
@@ -430,4 +428,5 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
     case_table = pd.read_csv(rd / "qc" / "case_table.csv")
     problems = pd.read_csv(rd / "qc" / "problems.csv")
     seed_everything(int(cfg["project"]["seed"]))
+    pd.set_option("display.max_columns", 60)  # reports show whole case tables, not "..." columns
     return StepContext(step, rd, cfg, cohort_obj, case_table, problems, params)

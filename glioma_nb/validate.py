@@ -2,6 +2,7 @@
 module already summarises a run: every step's status, timing and recorded metrics."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +19,6 @@ def run_summary(run_dir: Path) -> pd.DataFrame:
         if not metrics:
             mfile = Path(run_dir) / "metrics" / f"{entry['name']}.json"
             if mfile.exists():
-                import json
-
                 metrics = json.loads(mfile.read_text())
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k != "step"}
         rows.append({"step": entry["name"], "status": entry["status"], "seconds": entry.get("seconds"), **scalars})
