@@ -101,3 +101,21 @@ def test_scrub_text_replaces_local_roots():
     text = f"{paths.project_root()}/notebooks/x {Path.home()}/y {paths.shared_data_dir()}/brats18"
     out = runner.scrub_text(text)
     assert str(paths.project_root()) not in out and "<shared>/brats18" in out
+
+
+def test_interactive_open_step_creates_a_run_with_the_notebook_parameters(tiny_cohort):
+    """JupyterLab "Run All" (run_dir == "") takes the runner's path: a new run folder, parameters frozen."""
+    ctx = runner.open_step("03_classify", run_dir="", cohort=str(tiny_cohort), overrides=["project.seed=3"],
+                           params={"min_class_size": 1})
+    assert ctx.run_dir.parent == paths.reports_dir() / "tiny"
+    frozen = config.load_yaml(ctx.run_dir / "params.yaml")
+    assert frozen["classify"]["min_class_size"] == 1 and frozen["project"]["seed"] == 3
+    assert len(ctx.cohort.cases) == 3 and list(ctx.case_table["case_id"]) == ["C00", "C01", "C02"]
+    ctx.record(answer=42)
+    out = ctx.finish()
+    m = runner.load_manifest(ctx.run_dir)
+    assert m["mode"] == "interactive" and m["steps"] == [{"name": "03_classify", "status": "completed", "metrics": out}]
+    assert json.loads((ctx.run_dir / "metrics" / "03_classify.json").read_text())["answer"] == 42
+    ctx.save_table(ctx.case_table, "t")
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        ctx.save_table(ctx.case_table, "t")
