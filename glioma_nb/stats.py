@@ -92,7 +92,7 @@ def auc_ci_delong(y: np.ndarray, score: np.ndarray, level: float = 0.95) -> tupl
     aucs, cov = delong_covariance(y, [score])
     half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(cov[0, 0])
     auc = float(aucs[0])
-    return auc, max(0.0, auc - half), min(1.0, auc + half)
+    return auc, float(max(0.0, auc - half)), float(min(1.0, auc + half))
 
 
 def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, score: np.ndarray,
