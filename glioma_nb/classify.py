@@ -136,7 +136,6 @@ class NestedCVResult:
     """Out-of-fold probabilities of a nested, grouped, stratified, repeated cross-validation."""
 
     oof: pd.DataFrame                      # index: sample id; columns: y, prob (mean over repeats), prob_r<i>
-    auc_per_repeat: list[float] = field(default_factory=list)
     best_params: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -144,6 +143,12 @@ class NestedCVResult:
         from sklearn.metrics import roc_auc_score
 
         return float(roc_auc_score(self.oof["y"], self.oof["prob"]))
+
+    @property
+    def auc_per_repeat(self) -> list[float]:
+        from sklearn.metrics import roc_auc_score
+
+        return [float(roc_auc_score(self.oof["y"], self.oof[c])) for c in self.oof if c.startswith("prob_r")]
 
     def __repr__(self) -> str:
         return (f"NestedCVResult(n={len(self.oof)}, auc={self.auc:.3f}, "
@@ -159,7 +164,6 @@ def nested_cv(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None = None, *,
     grouped CV, scored by AUC) tunes the pipeline, so imputation, scaling, feature selection and
     tuning never see the outer test fold. Repeated ``repeats`` times with different splits.
     """
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 
     y = pd.Series(y).astype(int)
@@ -170,7 +174,7 @@ def nested_cv(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None = None, *,
     if n_groups_min < outer_splits:
         raise ValueError(f"the smaller class has {n_groups_min} patients, fewer than {outer_splits} outer folds")
     probs = pd.DataFrame(index=X.index)
-    result = NestedCVResult(oof=pd.DataFrame())
+    best_params: list[dict[str, Any]] = []
     for r in range(repeats):
         seed = random_state + r
         outer = StratifiedGroupKFold(n_splits=outer_splits, shuffle=True, random_state=seed)
@@ -181,8 +185,7 @@ def nested_cv(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None = None, *,
             search = GridSearchCV(pipe, grid, cv=inner, scoring="roc_auc", n_jobs=1, error_score="raise")
             search.fit(X.iloc[train], y.iloc[train], groups=groups.iloc[train])
             col[test] = search.predict_proba(X.iloc[test])[:, 1]
-            result.best_params.append(search.best_params_)
+            best_params.append(search.best_params_)
         probs[f"prob_r{r}"] = col
-        result.auc_per_repeat.append(float(roc_auc_score(y, col)))
-    result.oof = pd.concat([y.rename("y"), probs.mean(axis=1).rename("prob"), probs], axis=1)
-    return result
+    oof = pd.concat([y.rename("y"), probs.mean(axis=1).rename("prob"), probs], axis=1)
+    return NestedCVResult(oof, best_params)

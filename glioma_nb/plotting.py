@@ -18,6 +18,11 @@ REGION_COLOURS = {"WT": "#2ca02c", "TC": "#ffbf00", "ET": "#d62728"}
 MODALITY_TITLES = {"t1": "T1", "t1c": "T1 post-contrast", "t2": "T2", "flair": "FLAIR"}
 
 
+def _radiological(axial: np.ndarray) -> np.ndarray:
+    """An axial RAS slice as displayed: anterior up, patient right on the image's left."""
+    return np.fliplr(np.rot90(axial))
+
+
 def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axes] | None = None,
                       show_labels: bool = True) -> plt.Figure:
     """One axial slice per modality through the tumour's centre, with reference region contours.
@@ -49,12 +54,11 @@ def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axe
     for ax, mod in zip(axes, mods):
         sl = vols[mod][x0:x1, y0:y1, k]
         lo, hi = np.percentile(sl[sl > 0], (1, 99.5)) if (sl > 0).any() else (0, 1)
-        # rows = anterior (top) -> posterior; columns = patient right (left side) -> left
-        ax.imshow(np.fliplr(np.rot90(sl)), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+        ax.imshow(_radiological(sl), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         if lab is not None:
             for name, mask in io.region_masks(lab[x0:x1, y0:y1, k], cohort.scheme).items():
                 if mask.any():
-                    ax.contour(np.fliplr(np.rot90(mask.astype(float))), levels=[0.5], colors=[REGION_COLOURS[name]],
+                    ax.contour(_radiological(mask.astype(float)), levels=[0.5], colors=[REGION_COLOURS[name]],
                                linewidths=1.0)
         ax.set_title(f"{case_id}\n{MODALITY_TITLES.get(mod, mod)}", fontsize=8)
         ax.set_axis_off()

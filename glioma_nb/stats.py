@@ -25,11 +25,6 @@ def _check(y: np.ndarray, *scores: np.ndarray) -> None:
             raise ValueError(f"scores have length {len(s)}, labels {len(y)}")
 
 
-def _midrank(x: np.ndarray) -> np.ndarray:
-    """Ranks with ties given their mean rank (1-based), as DeLong needs."""
-    return stats.rankdata(x, method="average")
-
-
 @dataclass(frozen=True)
 class DeLongResult:
     """AUCs of two scores on the same cases, and DeLong's test of their difference."""
@@ -64,10 +59,10 @@ def delong_covariance(y: np.ndarray, scores: Sequence[np.ndarray]) -> tuple[np.n
     _check(y, *s)
     pos, neg = s[:, y == 1], s[:, y == 0]
     m, n = pos.shape[1], neg.shape[1]
-    k = s.shape[0]
-    tx = np.vstack([_midrank(pos[r]) for r in range(k)])
-    ty = np.vstack([_midrank(neg[r]) for r in range(k)])
-    tz = np.vstack([_midrank(np.concatenate([pos[r], neg[r]])) for r in range(k)])
+    # midranks (ties share their mean rank), per score row
+    tx = stats.rankdata(pos, axis=1)
+    ty = stats.rankdata(neg, axis=1)
+    tz = stats.rankdata(np.hstack([pos, neg]), axis=1)
     aucs = (tz[:, :m].sum(axis=1) / m - (m + 1) / 2.0) / n
     v01 = (tz[:, :m] - tx) / n
     v10 = 1.0 - (tz[:, m:] - ty) / m
