@@ -187,6 +187,8 @@ class Cohort:
     spacing: tuple[float, float, float] | None = None
     orientation: str | None = None
     qc: QCReport | None = None
+    features: dict[str, pd.DataFrame] = field(default_factory=dict)   # precomputed tables (cohort.features)
+    feature_files: list[Path] = field(default_factory=list)
 
     @property
     def case_ids(self) -> list[str]:
@@ -217,7 +219,7 @@ class Cohort:
             files.extend(c.images[m] for m in self.modalities if m in c.images)
             if c.label is not None:
                 files.append(c.label)
-        return files
+        return files + list(self.feature_files)
 
     def __repr__(self) -> str:
         return (f"Cohort({self.name!r}, cases={len(self.cases)}, modalities={list(self.modalities)}, "
@@ -366,9 +368,70 @@ def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list
                 files[key] = p
             label = files.pop("label", None)
             cases.append(Case(cid, files, label))
+    elif layout == "table":
+        if mods or want_label:
+            report.add(None, None, "layout 'table' has no images or label maps",
+                       "set cohort.modalities: [] and cohort.label.present: false")
+        if not c.get("features"):
+            report.add(None, None, "layout 'table' needs at least one table in cohort.features",
+                       "add cohort.features: {name: {file: features.csv, id_column: ID}}")
     else:
-        report.add(None, None, f"unknown layout {layout!r}", "use brats, per_case or manifest")
+        report.add(None, None, f"unknown layout {layout!r}", "use brats, per_case, manifest or table")
     return root, cases
+
+
+_FEATURE_KEYS = {"file", "id_column", "drop"}
+
+
+def load_feature_tables(c: Mapping[str, Any], root: Path, report: QCReport) -> tuple[dict[str, pd.DataFrame], list[Path]]:
+    """Read the precomputed feature tables of ``cohort.features``: numeric columns, indexed by case id.
+
+    Problems (missing file or id column, duplicate ids, non-numeric columns) go to ``report``.
+    """
+    tables: dict[str, pd.DataFrame] = {}
+    files: list[Path] = []
+    for name, spec in (c.get("features") or {}).items():
+        if not isinstance(spec, Mapping) or "file" not in spec or set(spec) - _FEATURE_KEYS:
+            report.add(None, None, f"cohort.features.{name} must be a mapping with keys {sorted(_FEATURE_KEYS)}",
+                       f"write it as {name}: {{file: table.csv, id_column: ID, drop: []}}")
+            continue
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", str(name)) or name in ("clinical", "all"):
+            report.add(None, None, f"feature table name {name!r} is not allowed",
+                       "use letters, digits and _ (not 'clinical' or 'all')")
+            continue
+        path = paths.resolve_path(str(spec["file"]), base=root)
+        label = report.show(path)
+        try:
+            raw = pd.read_csv(path)
+        except FileNotFoundError:
+            report.add(None, path, f"feature table '{name}' not found", f"fix cohort.features.{name}.file")
+            continue
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            report.add(None, path, f"feature table '{name}' unreadable ({exc})", "save it as a UTF-8 CSV")
+            continue
+        files.append(path)
+        id_col = str(spec.get("id_column", "case_id"))
+        if id_col not in raw.columns:
+            report.add(None, label, f"id column '{id_col}' not found in feature table '{name}'",
+                       f"set cohort.features.{name}.id_column")
+            continue
+        ids = raw[id_col].astype(str).str.strip()
+        for cid in ids[ids.duplicated()].unique():
+            report.add(cid, label, f"duplicate id in feature table '{name}'", "give each case one row")
+        drop = [str(d) for d in spec.get("drop") or []]
+        unknown = [d for d in drop if d not in raw.columns]
+        if unknown:
+            report.add(None, label, f"cohort.features.{name}.drop names unknown columns {unknown}", "fix the list")
+        table = raw.drop(columns=[id_col, *[d for d in drop if d in raw.columns]])
+        text = [col for col in table.columns if not pd.api.types.is_numeric_dtype(table[col])]
+        if text:
+            report.add(None, label, f"feature table '{name}' has non-numeric columns {text[:8]}"
+                       + (f" and {len(text) - 8} more" if len(text) > 8 else ""),
+                       f"add them to cohort.features.{name}.drop (labels must never be features)")
+            continue
+        table.index = pd.Index(ids, name="case_id")
+        tables[str(name)] = table[~table.index.duplicated()].astype(float)
+    return tables, files
 
 
 # ----------------------------------------------------------------------------------------- image checks
@@ -633,6 +696,24 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
         except ValueError as exc:
             report.add(None, None, f"cohort.geometry: {exc}", "fix cohort.geometry")
             cohort.spacing = cohort.orientation = None
+    cohort.features, cohort.feature_files = load_feature_tables(c, root, report)
+    if c["layout"] == "table":
+        ids = sorted(set().union(*(t.index for t in cohort.features.values()))) if cohort.features else []
+        cohort.cases = [Case(cid, {}, None) for cid in ids if cid not in set(c.get("exclude") or [])]
+    else:
+        have = set(cohort.case_ids)
+        for name, t in cohort.features.items():
+            extra = sorted(set(t.index) - have)
+            if extra:
+                report.add(None, report.show(cohort.feature_files[list(cohort.features).index(name)]),
+                           f"feature table '{name}' has {len(extra)} rows without images (e.g. {extra[:3]}); "
+                           "they are ignored", "check the ids match the case folders", "warning")
+            lacking = sorted(have - set(t.index))
+            if lacking:
+                report.add(None, report.show(cohort.feature_files[list(cohort.features).index(name)]),
+                           f"feature table '{name}' has no row for {len(lacking)} cases (e.g. {lacking[:3]}); "
+                           "their features are missing (imputed inside the folds)", "add the rows", "warning")
+            cohort.features[name] = t.loc[t.index.isin(have)]
     rows = [_check_case(case, cohort, cfg, report)
             for case in tqdm(cases, desc=f"QC {c['name']}", disable=not progress, leave=False)] if images else []
     table = pd.DataFrame(rows)
@@ -650,21 +731,37 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
             report.add(None, cpath, f"clinical table unreadable ({exc})", "save it as a UTF-8 CSV")
             raw = None
         if raw is not None:
-            clinical = standardise_clinical(raw, c, report, label)
             have = set(cohort.case_ids)
-            rows_ids = set(clinical["case_id"])
+            id_col = spec["id_column"]
+            if not spec["require_all_cases"] and id_col in raw.columns:
+                # rows of other patients are not this cohort's business: count them, do not parse them
+                raw_ids = raw[id_col].astype(str).str.strip()
+                orphan_rows = raw[~raw_ids.isin(have)]
+                raw = raw[raw_ids.isin(have)]
+            else:
+                orphan_rows = raw.iloc[:0]
+            clinical = standardise_clinical(raw, c, report, label)
+            rows_ids = set(clinical["case_id"]) | set(orphan_rows[id_col].astype(str).str.strip())
             sev = "error" if spec["require_all_cases"] else "warning"
+            what = "features" if c["layout"] == "table" else "images"
             for cid in sorted(have - rows_ids):
-                report.add(cid, label, "case has images but no clinical row",
+                report.add(cid, label, f"case has {what} but no clinical row",
                            "add the row, or set cohort.clinical.require_all_cases: false", sev)
-            for cid in sorted(rows_ids - have):
-                report.add(cid, label, "clinical row has no images",
-                           "remove the row, add the images, or set cohort.clinical.require_all_cases: false", sev)
+            orphans = sorted(rows_ids - have)
+            if len(orphans) > 10 and sev == "warning":  # e.g. a registry table covering a larger cohort
+                report.add(None, label, f"{len(orphans)} clinical rows have no {what} (e.g. {orphans[:3]}); "
+                           "they are left out", "nothing to do if the table covers a larger cohort", sev)
+            else:
+                for cid in orphans:
+                    report.add(cid, label, f"clinical row has no {what}",
+                               f"remove the row, add the {what}, or set cohort.clinical.require_all_cases: false",
+                               sev)
             cohort.clinical = clinical[clinical["case_id"].isin(have)].reset_index(drop=True)
     if cohort.clinical.empty:
         cohort.clinical = pd.DataFrame({"case_id": cohort.case_ids})
-    if not table.empty:
-        table = table.merge(cohort.clinical, on="case_id", how="left")
+    if table.empty:  # no image checks (layout table, or images=False): one row per case all the same
+        table = pd.DataFrame({"case_id": cohort.case_ids})
+    table = table.merge(cohort.clinical, on="case_id", how="left")
     report.case_table = table
     return cohort, report
 

@@ -221,3 +221,53 @@ def test_shared_tcga_lgg_dev_validates_with_geometry_override():
     assert set(report.case_table["orientation"]) == {"PLS"}
     assert set(cohort.clinical["site"]) <= {"DU", "FG", "EZ", "CS", "HT"}
     assert cohort.clinical["idh_mutant"].notna().sum() >= 50  # a few TCGA patients lack IDH status
+
+
+def _feature_cohort(tmp_path, features_csv: str, **cohort_extra) -> Path:
+    root = tmp_path / "tab"
+    root.mkdir()
+    (root / "feats.csv").write_text(features_csv)
+    pd.DataFrame({"ID": ["a", "b", "c", "z"], "age": [50, 60, 70, 80], "IDH": ["mut", "wt", "wt", "wt"]}).to_csv(
+        root / "clin.csv", index=False)
+    cfg = {"cohort": {"root": str(root), "layout": "table", "modalities": [], "label": {"present": False},
+                      "features": {"radiomics": {"file": "feats.csv", "id_column": "ID", "drop": ["idh"]}},
+                      "clinical": {"file": "clin.csv", "id_column": "ID", "require_all_cases": False,
+                                   "columns": {"age": "age", "idh_mutant": "IDH"}}, **cohort_extra}}
+    path = tmp_path / "tab.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_table_layout_cohort_is_its_feature_table(tmp_path):
+    y = _feature_cohort(tmp_path, "ID,f1,f2,idh\na,1.0,2,1\nb,3.5,,0\nc,0.1,4,0\n")
+    cohort, report = io.check_cohort(config.resolve_config(str(y)), progress=False)
+    assert report.ok, report.format()
+    assert cohort.case_ids == ["a", "b", "c"] and cohort.modalities == ()
+    t = cohort.features["radiomics"]
+    assert list(t.columns) == ["f1", "f2"] and np.isnan(t.loc["b", "f2"])  # the label column is dropped
+    assert cohort.clinical.set_index("case_id")["idh_mutant"].tolist() == [1, 0, 0]
+    assert [p.message for p in report.warnings] == ["clinical row has no features"]  # patient z
+    assert str(y.parent / "tab" / "feats.csv") in map(str, cohort.input_files())
+
+
+@pytest.mark.parametrize("csv, extra, expected", [
+    ("ID,f1,diagnosis\na,1,GBM\n", {}, "non-numeric columns ['diagnosis']"),
+    ("ID,f1\na,1\na,2\n", {}, "duplicate id in feature table 'radiomics'"),
+    ("case,f1\na,1\n", {}, "id column 'ID' not found"),
+    ("ID,f1\na,1\n", {"modalities": ["flair"]}, "layout 'table' has no images or label maps"),
+])
+def test_feature_table_problems(tmp_path, csv, extra, expected):
+    y = _feature_cohort(tmp_path, csv, **extra)
+    _, report = io.check_cohort(config.resolve_config(str(y)), progress=False)
+    assert any(expected in p.message for p in report.errors), report.format()
+
+
+@requires_shared("tables/ucsf-pdgm")
+@pytest.mark.shared_data
+def test_shared_ucsf_pdgm_feature_cohort():
+    cohort, report = io.check_cohort(config.resolve_config("ucsf-pdgm-features"), progress=False)
+    assert report.ok, report.format()
+    assert len(cohort.cases) == 60 and cohort.features["radiomics"].shape == (60, 856)
+    assert not {"gbma", "idh_mutated"} & set(cohort.features["radiomics"].columns)
+    c = cohort.clinical
+    assert (c["idh_mutant"].value_counts().to_dict() == {0: 30, 1: 30}) and c["mgmt_methylated"].notna().sum() == 39
