@@ -147,6 +147,8 @@ def plot_feature_heatmap(features: pd.DataFrame, **kw: Any) -> Any:
 
     z = (features - features.mean()) / features.std(ddof=0).replace(0, np.nan)
     z = z.dropna(axis=1, how="all").fillna(0.0)
+    if z.shape[1] > 60:  # hundreds of radiomics columns: names would be unreadable
+        kw.setdefault("xticklabels", False)
     g = sns.clustermap(z, cmap="vlag", center=0, vmin=-3, vmax=3, figsize=kw.pop("figsize", (10, 7)),
                        cbar_kws={"label": "z-score"}, **kw)
     g.ax_heatmap.set_xlabel("feature")
@@ -211,5 +213,126 @@ def plot_km_panels(surv: pd.DataFrame, groups: Sequence[str | None], *, time_uni
             ax.set_axis_off()
             continue
         plot_km(usable, g, ax=ax, time_unit=time_unit)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------- classification plots
+def _node_grid(n: int, width: float = 4.2, height: float = 4.0) -> tuple[plt.Figure, np.ndarray]:
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_axis_off()
+    return fig, axes.ravel()
+
+
+def plot_roc_panels(oof: pd.DataFrame, results: pd.DataFrame, n_boot: int = 300) -> plt.Figure:
+    """One ROC panel per node: a curve per feature set with its bootstrap 95% band and AUC [CI]."""
+    from glioma_nb import classify
+
+    nodes = list(dict.fromkeys(results["node"]))
+    fig, axes = _node_grid(len(nodes))
+    for ax, node in zip(axes, nodes):
+        for i, fs in enumerate(results.loc[results["node"] == node, "feature_set"]):
+            d = oof[(oof["node"] == node) & (oof["feature_set"] == fs)]
+            band = classify.roc_band(d["y"].to_numpy(), d["prob"].to_numpy(), n_boot=n_boot)
+            r = results[(results["node"] == node) & (results["feature_set"] == fs)].iloc[0]
+            colour = f"C{i}"
+            ax.plot(band["fpr"], band["tpr"], color=colour,
+                    label=f"{fs}: {r['auc']:.2f} [{r['auc_lo']:.2f}-{r['auc_hi']:.2f}]")
+            ax.fill_between(band["fpr"], band["tpr_lo"], band["tpr_hi"], color=colour, alpha=0.12, lw=0)
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+        n = int(results.loc[results["node"] == node, "n"].max())
+        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{node} (n={n})", xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(title="AUC [95% CI]", fontsize=7, title_fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration_panels(oof: pd.DataFrame, best: pd.DataFrame, n_bins: int = 5) -> plt.Figure:
+    """Reliability curve (quantile bins) of each node's best feature set, with slope and intercept."""
+    from sklearn.calibration import calibration_curve
+
+    fig, axes = _node_grid(len(best))
+    for ax, (_, r) in zip(axes, best.iterrows()):
+        d = oof[(oof["node"] == r["node"]) & (oof["feature_set"] == r["feature_set"])]
+        frac, mean_pred = calibration_curve(d["y"], d["prob"], n_bins=n_bins, strategy="quantile")
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="ideal")
+        ax.plot(mean_pred, frac, "o-", label=f"slope {r['calibration_slope']:.2f}, "
+                                            f"intercept {r['calibration_intercept']:+.2f}")
+        ax.set(xlabel="predicted probability", ylabel="observed fraction positive", xlim=(0, 1), ylim=(0, 1),
+               title=f"{r['node']} ({r['feature_set']})")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_decision_panels(oof: pd.DataFrame, best: pd.DataFrame, baseline: str = "clinical") -> plt.Figure:
+    """Decision curves (net benefit) of each node's best set and the baseline, vs treat all / none."""
+    from glioma_nb import stats
+
+    thresholds = np.linspace(0.05, 0.8, 31)
+    fig, axes = _node_grid(len(best))
+    for ax, (_, r) in zip(axes, best.iterrows()):
+        sets = list(dict.fromkeys([r["feature_set"], baseline]))
+        y = None
+        for i, fs in enumerate(sets):
+            d = oof[(oof["node"] == r["node"]) & (oof["feature_set"] == fs)]
+            if d.empty:
+                continue
+            y = d["y"].to_numpy()
+            ax.plot(thresholds, stats.net_benefit(y, d["prob"].to_numpy(), thresholds), color=f"C{i}", label=fs)
+        if y is not None:
+            ax.plot(thresholds, stats.net_benefit_treat_all(y, thresholds), color="grey", ls="--", label="treat all")
+            ax.axhline(0, color="black", lw=0.8, label="treat none")
+            ax.set_ylim(-0.05, max(0.1, y.mean() * 1.1))
+        ax.set(xlabel="threshold probability", ylabel="net benefit", title=r["node"])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_panels(best: pd.DataFrame) -> plt.Figure:
+    """Confusion matrix at probability 0.5 of each node's best feature set."""
+    fig, axes = _node_grid(len(best), width=3.4, height=3.2)
+    for ax, (_, r) in zip(axes, best.iterrows()):
+        m = np.array([[r["tn"], r["fp"]], [r["fn"], r["tp"]]], dtype=int)
+        ax.imshow(m, cmap="Blues")
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["pred. 0", "pred. 1"])
+        ax.set_yticks([0, 1], ["true 0", "true 1"])
+        ax.set_title(f"{r['node']} ({r['feature_set']})\nbal. acc. {r['balanced_accuracy']:.2f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_diagnosis_confusion(cascade: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
+    """True vs predicted WHO CNS5 diagnosis (counts), from the end-to-end cascade."""
+    ax = ax or plt.gca()
+    tab = pd.crosstab(cascade["true_diagnosis"], cascade["pred_diagnosis"])
+    ax.imshow(tab.to_numpy(), cmap="Greens")
+    for (i, j), v in np.ndenumerate(tab.to_numpy()):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_xticks(range(tab.shape[1]), [t.replace(", ", ",\n") for t in tab.columns], fontsize=7, rotation=30,
+                  ha="right")
+    ax.set_yticks(range(tab.shape[0]), [t.replace(", ", ",\n") for t in tab.index], fontsize=7)
+    ax.set_xlabel("predicted diagnosis (from predicted markers)")
+    ax.set_ylabel("reference diagnosis (from reference markers)")
+    ax.set_title("WHO CNS5 integrated diagnosis, cross-validated end to end")
+    return ax
+
+
+def plot_top_features(tops: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Horizontal bars of the selected features' weights in each node's final model."""
+    fig, axes = _node_grid(len(tops), width=5.0, height=3.6)
+    for ax, (title, df) in zip(axes, tops.items()):
+        df = df.iloc[::-1]
+        ax.barh(range(len(df)), df["weight"], color=np.where(df["weight"] >= 0, "#dd8452", "#4c72b0"))
+        ax.set_yticks(range(len(df)), [f[:45] for f in df["feature"]], fontsize=7)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel(df["kind"].iloc[0] if len(df) else "")
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -356,6 +356,22 @@ class StepContext:
             print(f"note: {name}.parquet not written ({type(exc).__name__}: {exc}); the CSV is complete")
         return out
 
+    def save_feature_tables(self, tables: Mapping[str, pd.DataFrame]) -> None:
+        """Save feature tables (index case_id) as ``tables/features_<source>`` for the later steps."""
+        for name, table in tables.items():
+            self.save_table(table.rename_axis("case_id").reset_index(), f"features_{name}")
+
+    def feature_tables(self) -> dict[str, pd.DataFrame]:
+        """The feature tables 02_signature saved in this run (``tables/features_<source>``), by source."""
+        out = {}
+        for f in sorted((self.run_dir / "tables").glob("features_*.parquet")):
+            out[f.stem.removeprefix("features_")] = pd.read_parquet(f).set_index("case_id")
+        for f in sorted((self.run_dir / "tables").glob("features_*.csv")):
+            name = f.stem.removeprefix("features_")
+            if name not in out:
+                out[name] = pd.read_csv(f, dtype={"case_id": str}).set_index("case_id")
+        return out
+
     def record(self, **metrics: Any) -> None:
         """Record headline metrics of this step (written to metrics/<step>.json and the manifest)."""
         self.metrics.update(metrics)

@@ -99,3 +99,13 @@ def synthetic_yaml(root: Path, dest: Path, **cohort_extra) -> Path:
     cfg["cohort"].update(cohort_extra)
     dest.write_text(yaml.safe_dump(cfg))
     return dest
+
+
+@pytest.fixture(scope="session")
+def synthetic_40(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """YAML of a 40-case synthetic cohort (the default size, 2 mm), generated once per test session."""
+    from glioma_nb import synthetic
+
+    base = tmp_path_factory.mktemp("syn40")
+    root = synthetic.generate_cohort(base / "n40", synthetic.SyntheticSpec(n_cases=40, seed=11), progress=False)
+    return synthetic_yaml(root, base / "syn40.yaml")

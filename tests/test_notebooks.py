@@ -62,3 +62,11 @@ def test_setup_cell_opens_the_step_with_all_its_parameters(step):
     assert f'open_step("{step}"' in setup
     for name in config.base_config()[step_section(step)]:
         assert f"{name}={name}" in setup, f"{name} is not passed to open_step"
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_parameter_comments_have_no_equals_sign(step):
+    """papermill cannot parse `x = 1  # a = b` and then drops the parameter silently."""
+    cell = next(c for c in _nb(step).cells if "parameters" in c.metadata.get("tags", []))
+    bad = [line for line in cell.source.splitlines() if "#" in line and "=" in line.split("#", 1)[1]]
+    assert not bad, bad

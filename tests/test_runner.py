@@ -15,7 +15,8 @@ from glioma_nb import STEPS, cli, config, paths, provenance, runner
 @pytest.mark.slow
 def test_run_all_steps_end_to_end(synthetic_small, tmp_path):
     y = synthetic_yaml(synthetic_small, tmp_path / "synsmall.yaml")
-    run_dir = runner.run(str(y), ["segment.n_overlay_cases=2"], progress=False)
+    fast = ["segment.n_overlay_cases=2", "classify.n_permutations=5", "classify.repeats=1", "classify.n_bootstrap=100"]
+    run_dir = runner.run(str(y), fast, progress=False)
     assert run_dir.parent == paths.reports_dir() / "synsmall"
     for step in STEPS:
         assert (run_dir / f"{step}.ipynb").exists() and (run_dir / f"{step}.html").exists(), step
@@ -31,7 +32,7 @@ def test_run_all_steps_end_to_end(synthetic_small, tmp_path):
         m["git"]["short"] + ("-dirty" if m["git"]["dirty"] else ""))
     assert m["environment"]["packages"]["torch"].startswith("2.13") and "torch_cuda_available" in m["environment"]
     frozen = config.load_yaml(run_dir / "params.yaml")
-    assert frozen == config.resolve_config(str(y), ["segment.n_overlay_cases=2"])
+    assert frozen == config.resolve_config(str(y), fast)
     assert m["params_sha256"] == config.config_hash(frozen)
     assert (run_dir / "tables" / "features_volumetric.csv").exists() and (run_dir / "figures").iterdir()
     # shared reports leak no local paths

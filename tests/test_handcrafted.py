@@ -1,0 +1,45 @@
+"""Handcrafted radiomics (PyRadiomics): geometry hand-over to SimpleITK, known shape values, settings."""
+from __future__ import annotations
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import AFFINE, SPHERE_RADIUS_MM, sphere_label
+from glioma_nb import config, io
+from glioma_nb.signature import handcrafted
+
+
+def test_to_sitk_maps_voxels_to_the_same_world_points():
+    img = nib.Nifti1Image(np.zeros((5, 6, 7), np.float32), AFFINE)
+    s = handcrafted.to_sitk(img)
+    assert s.GetSize() == (5, 6, 7)
+    for ijk in [(0, 0, 0), (4, 1, 6), (2, 5, 3)]:
+        ras = AFFINE[:3, :3] @ np.array(ijk) + AFFINE[:3, 3]
+        lps = np.array(s.TransformIndexToPhysicalPoint(ijk))
+        np.testing.assert_allclose(lps, ras * [-1, -1, 1], atol=1e-6)
+
+
+def test_sphere_shape_and_region_columns(tiny_cohort):
+    cohort = io.load_cohort(config.resolve_config(str(tiny_cohort)), progress=False)
+    settings = handcrafted.load_settings("mri-3d")
+    row = handcrafted.case_features(cohort, "C00", settings)
+    voxel_mm3 = float(abs(np.linalg.det(AFFINE[:3, :3])))
+    lab = sphere_label()
+    assert row["WT__shape__VoxelVolume"] == pytest.approx((lab > 0).sum() * voxel_mm3)
+    assert row["WT__shape__MeshVolume"] == pytest.approx(4 / 3 * math.pi * SPHERE_RADIUS_MM ** 3, rel=0.15)
+    assert row["WT__shape__Sphericity"] > 0.85
+    # every region x modality has texture, and shape once per region
+    for region in ("WT", "TC", "ET"):
+        assert f"{region}__shape__Sphericity" in row
+        for mod in ("t1", "t1c", "t2", "flair"):
+            assert f"{region}__{mod}__glcm_Contrast" in row and f"{region}__{mod}__firstorder_Mean" in row
+    # the tumour is 200 units brighter than brain in every modality: its mean on the 0-100 brain scale is high
+    assert row["WT__flair__firstorder_Mean"] > 60
+
+
+def test_unknown_settings_name_lists_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="known: .*mri-3d"):
+        handcrafted.settings_path("mri-4d")
