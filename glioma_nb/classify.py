@@ -560,6 +560,14 @@ class ClassifyResult:
     notes: list[str]
     models: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
+    def headline(self) -> list[dict[str, Any]]:
+        """Per node x feature set: n, AUC with CI, balanced accuracy, P values (for the manifest)."""
+        if self.results.empty:
+            return []
+        cols = ["node", "feature_set", "n", "auc", "auc_lo", "auc_hi", "balanced_accuracy"]
+        cols += [c for c in ("perm_p", "delong_vs_baseline_p") if c in self.results]
+        return self.results[cols].round(4).to_dict("records")
+
     def best(self) -> pd.DataFrame:
         """Per node, the feature set with the highest cross-validated AUC."""
         if self.results.empty:
