@@ -372,9 +372,9 @@ def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list
         if mods or want_label:
             report.add(None, None, "layout 'table' has no images or label maps",
                        "set cohort.modalities: [] and cohort.label.present: false")
-        if not c.get("features"):
-            report.add(None, None, "layout 'table' needs at least one table in cohort.features",
-                       "add cohort.features: {name: {file: features.csv, id_column: ID}}")
+        if not c.get("features") and not (c.get("clinical") or {}).get("file"):
+            report.add(None, None, "layout 'table' needs cohort.features or a clinical table",
+                       "add cohort.features: {name: {file: features.csv, id_column: ID}} or cohort.clinical.file")
     else:
         report.add(None, None, f"unknown layout {layout!r}", "use brats, per_case, manifest or table")
     return root, cases
@@ -698,7 +698,8 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
             cohort.spacing = cohort.orientation = None
     cohort.features, cohort.feature_files = load_feature_tables(c, root, report)
     if c["layout"] == "table":
-        ids = sorted(set().union(*(t.index for t in cohort.features.values()))) if cohort.features else []
+        ids = sorted(set().union(*(t.index for t in cohort.features.values()))) if cohort.features else \
+            _clinical_ids(c, root)  # clinical-only cohort (e.g. a registry table): its rows are the cases
         cohort.cases = [Case(cid, {}, None) for cid in ids if cid not in set(c.get("exclude") or [])]
     else:
         have = set(cohort.case_ids)
@@ -764,6 +765,17 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
     table = table.merge(cohort.clinical, on="case_id", how="left")
     report.case_table = table
     return cohort, report
+
+
+def _clinical_ids(c: Mapping[str, Any], root: Path) -> list[str]:
+    """Case ids of a clinical table (layout table without feature tables); [] when unreadable (reported later)."""
+    spec = c.get("clinical") or {}
+    try:
+        raw = pd.read_csv(paths.resolve_path(spec["file"], base=root), dtype=str, keep_default_na=False)
+    except (OSError, KeyError, pd.errors.ParserError, UnicodeDecodeError):
+        return []
+    col = spec.get("id_column")
+    return sorted(set(raw[col].astype(str).str.strip()) - {""}) if col in raw.columns else []
 
 
 def load_cohort(cfg: Mapping[str, Any], progress: bool = True) -> Cohort:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from glioma_nb import io
 
-PRETTY = {"who_grade": "WHO grade", "molecular_subtype": "molecular subtype", "idh_mutant": "IDH mutant",
+PRETTY = {"who_grade": "WHO grade", "cluster": "cluster", "risk_group": "risk:", "molecular_subtype": "molecular subtype", "idh_mutant": "IDH mutant",
           "codel_1p19q": "1p/19q codeleted", "mgmt_methylated": "MGMT methylated", "site": "site"}
 REGION_COLOURS = {"WT": "#2ca02c", "TC": "#ffbf00", "ET": "#d62728"}
 MODALITY_TITLES = {"t1": "T1", "t1c": "T1 post-contrast", "t2": "T2", "flair": "FLAIR"}
@@ -334,5 +334,130 @@ def plot_top_features(tops: dict[str, pd.DataFrame]) -> plt.Figure:
         ax.axvline(0, color="black", lw=0.8)
         ax.set_xlabel(df["kind"].iloc[0] if len(df) else "")
         ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------ stratification plots
+def plot_consensus(results: dict[str, Any]) -> plt.Figure:
+    """Per clustered subgroup: the consensus matrix of the chosen k (cases ordered by cluster), the
+    consensus CDF for every k, and PAC / stability against k."""
+    done = {n: r for n, r in results.items() if r.model is not None}
+    if not done:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.text(0.5, 0.5, "no subgroup could be clustered (see the notes above)", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    fig, axes = plt.subplots(len(done), 3, figsize=(15, 4.4 * len(done)), squeeze=False)
+    for row, (name, r) in zip(axes, done.items()):
+        m = r.model
+        order = np.argsort(m.labels_, kind="stable")
+        im = row[0].imshow(m.consensus_[m.best_k_][np.ix_(order, order)], cmap="Blues", vmin=0, vmax=1,
+                           interpolation="nearest")
+        bounds = np.cumsum(np.bincount(m.labels_))[:-1] - 0.5
+        for b in bounds:
+            row[0].axhline(b, color="k", lw=0.8)
+            row[0].axvline(b, color="k", lw=0.8)
+        row[0].set_title(f"{name}: consensus matrix, k={m.best_k_} (n={len(m.labels_)})")
+        row[0].set_xlabel("cases (ordered by cluster)")
+        row[0].set_ylabel("cases (ordered by cluster)")
+        fig.colorbar(im, ax=row[0], fraction=0.046, label="fraction clustered together")
+        for k in m.ks_:
+            x, y = m.cdf(k)
+            row[1].step(x, y, where="post", label=f"k={k}", lw=2.2 if k == m.best_k_ else 1.2)
+        row[1].set_xlabel("consensus index")
+        row[1].set_ylabel("CDF")
+        row[1].set_title("consensus CDF (flat middle = clean clusters)")
+        row[1].legend(fontsize=8)
+        s = m.summary()
+        row[2].plot(s["k"], s["pac"], "o-", label="PAC (lower is better)")
+        row[2].plot(s["k"], s["stability_ari"], "s-", label="stability (mean ARI)")
+        row[2].axvline(m.best_k_, color="grey", ls=":", label="chosen k")
+        row[2].set_xlabel("k")
+        row[2].set_ylim(-0.05, 1.05)
+        row[2].set_xticks(s["k"])
+        row[2].set_title("choice of k")
+        row[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cluster_km(results: dict[str, Any], *, time_unit: str = "months") -> plt.Figure:
+    """Kaplan-Meier by consensus cluster (with at-risk tables) per subgroup, log-rank P in the title."""
+    done = {n: r for n, r in results.items() if r.survival is not None}
+    if not done:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.text(0.5, 0.5, "no clustered subgroup has survival data with events", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    fig, axes = plt.subplots(len(done), 1, figsize=(8, 5.8 * len(done)), squeeze=False)
+    for ax, (name, r) in zip(axes[:, 0], done.items()):
+        surv = r.survival["surv"] if "surv" in r.survival else None
+        plot_km(surv, "cluster", ax=ax, time_unit=time_unit)
+        lr = r.survival["logrank"]
+        ax.set_title(f"{name}: survival by consensus cluster"
+                     + (f" (log-rank P = {lr['p_value']:.3g})" if lr else " (log-rank not possible)"))
+    fig.tight_layout()
+    return fig
+
+
+def plot_forest(table: pd.DataFrame, *, ax: plt.Axes | None = None, title: str = "Cox hazard ratios") -> plt.Axes:
+    """Hazard ratios with 95% CIs (log scale), one row per model and covariate."""
+    if table.empty:
+        ax = ax or plt.gca()
+        ax.text(0.5, 0.5, "no Cox model could be fitted (see the notes)", ha="center", va="center")
+        ax.set_axis_off()
+        return ax
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.5))
+    y = np.arange(len(table))[::-1]
+    lo = np.clip(table["hr_low"].to_numpy(dtype=float), 1e-3, None)
+    hi = np.clip(table["hr_high"].to_numpy(dtype=float), None, 1e3)
+    hr = table["hr"].to_numpy(dtype=float)
+    ax.errorbar(hr, y, xerr=[hr - lo, hi - hr], fmt="s", color="k", ecolor="grey", capsize=3)
+    ax.axvline(1, color="red", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{m}: {c}" for m, c in zip(table["model"], table["covariate"])], fontsize=8)
+    ax.set_xlabel("hazard ratio (95% CI), log scale; > 1 = worse survival")
+    ax.set_title(title)
+    return ax
+
+
+def plot_survival_calibration(calib: pd.DataFrame, *, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+    """Predicted vs Kaplan-Meier observed survival at a horizon, by groups of predicted risk."""
+    ax = ax or plt.gca()
+    err = [calib["observed"] - calib["observed_low"], calib["observed_high"] - calib["observed"]]
+    ax.errorbar(calib["predicted"], calib["observed"], yerr=err, fmt="o", capsize=4)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(f"predicted survival at {calib['horizon'].iloc[0]:.0f} (mean out-of-fold)")
+    ax.set_ylabel("observed survival (Kaplan-Meier, 95% CI)")
+    ax.set_title(title or "survival calibration by risk group")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_risk_panels(result: Any, *, split: str = "median", horizon: float = 24.0,
+                     time_unit: str = "months") -> plt.Figure:
+    """Kaplan-Meier of out-of-fold risk groups (log-rank P) beside the survival calibration at ``horizon``."""
+    from glioma_nb import stratify
+
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
+    if result is None:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no risk model could be fitted", ha="center", va="center")
+            ax.set_axis_off()
+        return fig
+    groups = stratify.risk_groups(result.oof["risk"], split)
+    names = {0: "low risk", 1: "high risk"} if split == "median" else {0: "low", 1: "intermediate", 2: "high"}
+    data = result.oof.assign(risk_group=groups.map(names))
+    plot_km(data, "risk_group", ax=axes[0], time_unit=time_unit)
+    lr = stratify.logrank(data, "risk_group")
+    axes[0].set_title(f"{result.name}: out-of-fold risk groups ({split})"
+                      + (f", log-rank P = {lr['p_value']:.3g}" if lr else ""))
+    plot_survival_calibration(stratify.survival_calibration(result, horizon), ax=axes[1],
+                              title=f"{result.name}: calibration at {horizon:.0f} {time_unit}")
     fig.tight_layout()
     return fig

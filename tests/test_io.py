@@ -250,6 +250,25 @@ def test_table_layout_cohort_is_its_feature_table(tmp_path):
     assert str(y.parent / "tab" / "feats.csv") in map(str, cohort.input_files())
 
 
+def test_table_layout_without_features_is_its_clinical_table(tmp_path):
+    y = _feature_cohort(tmp_path, "ID,f1\na,1\n", features={})
+    cohort, report = io.check_cohort(config.resolve_config(str(y)), progress=False)
+    assert report.ok, report.format()
+    assert cohort.case_ids == ["a", "b", "c", "z"] and cohort.features == {}
+    assert cohort.clinical["age"].tolist() == [50, 60, 70, 80]
+
+
+@requires_shared("tables/tcga-gbmlgg")
+@pytest.mark.shared_data
+def test_shared_tcga_gbmlgg_clinical_cohort():
+    cohort, report = io.check_cohort(config.resolve_config("tcga-gbmlgg"), progress=False)
+    assert report.ok, report.format()
+    c = cohort.clinical.set_index("case_id")
+    assert len(c) == 769 and c["os_event"].sum() == 388           # Deceased 388 / Alive 381 (SOURCE.txt)
+    assert c.loc["TCGA-CS-4938", "os_days"] == 3574                  # days, whatever the header says
+    assert c["molecular_subtype"].value_counts().to_dict() == {"IDHwt": 335, "IDHmut-noncodel": 220, "IDHmut-codel": 142}
+
+
 @pytest.mark.parametrize("csv, extra, expected", [
     ("ID,f1,diagnosis\na,1,GBM\n", {}, "non-numeric columns ['diagnosis']"),
     ("ID,f1\na,1\na,2\n", {}, "duplicate id in feature table 'radiomics'"),

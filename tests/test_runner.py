@@ -15,7 +15,8 @@ from glioma_nb import STEPS, cli, config, paths, provenance, runner
 @pytest.mark.slow
 def test_run_all_steps_end_to_end(synthetic_small, tmp_path):
     y = synthetic_yaml(synthetic_small, tmp_path / "synsmall.yaml")
-    fast = ["segment.n_overlay_cases=2", "classify.n_permutations=5", "classify.repeats=1", "classify.n_bootstrap=100"]
+    fast = ["segment.n_overlay_cases=2", "classify.n_permutations=5", "classify.repeats=1", "classify.n_bootstrap=100",
+            "stratify.n_resamples=20", "stratify.repeats=1", "stratify.n_bootstrap=50"]
     run_dir = runner.run(str(y), fast, progress=False)
     assert run_dir.parent == paths.reports_dir() / "synsmall"
     for step in STEPS:
@@ -26,6 +27,9 @@ def test_run_all_steps_end_to_end(synthetic_small, tmp_path):
     assert all(s["seconds"] > 0 and s["metrics"]["step"] == s["name"] for s in m["steps"])
     assert m["steps"][0]["metrics"]["n_cases"] == 12
     assert m["steps"][0]["metrics"]["params"] == {"n_overlay_cases": 2}
+    strat = m["steps"][3]["metrics"]
+    assert strat["clusters"]["all"]["k"] >= 2 and (run_dir / "models" / "clusters__all.joblib").exists()
+    assert any("too few events" in n for n in strat["notes"]) or strat["risk_models"]  # 12 cases: said, not hidden
     # 12 cases x (4 modalities + label) + clinical table, each with a sha256
     assert len(m["inputs"]) == 12 * 5 + 1 and all(len(h) == 64 for h in m["inputs"].values())
     assert set(m["git"]) == {"commit", "short", "branch", "dirty"} and m["run_id"].endswith(
