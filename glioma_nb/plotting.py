@@ -313,8 +313,9 @@ def plot_diagnosis_confusion(cascade: pd.DataFrame, *, ax: plt.Axes | None = Non
     ax = ax or plt.gca()
     tab = pd.crosstab(cascade["true_diagnosis"], cascade["pred_diagnosis"])
     ax.imshow(tab.to_numpy(), cmap="Greens")
+    top = tab.to_numpy().max()
     for (i, j), v in np.ndenumerate(tab.to_numpy()):
-        ax.text(j, i, str(v), ha="center", va="center")
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
     ax.set_xticks(range(tab.shape[1]), [t.replace(", ", ",\n") for t in tab.columns], fontsize=7, rotation=30,
                   ha="right")
     ax.set_yticks(range(tab.shape[0]), [t.replace(", ", ",\n") for t in tab.index], fontsize=7)
@@ -332,6 +333,7 @@ def plot_top_features(tops: dict[str, pd.DataFrame]) -> plt.Figure:
         ax.barh(range(len(df)), df["weight"], color=np.where(df["weight"] >= 0, "#dd8452", "#4c72b0"))
         ax.set_yticks(range(len(df)), [f[:45] for f in df["feature"]], fontsize=7)
         ax.axvline(0, color="black", lw=0.8)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))
         ax.set_xlabel(df["kind"].iloc[0] if len(df) else "")
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -424,7 +426,8 @@ def plot_forest(table: pd.DataFrame, *, ax: plt.Axes | None = None, title: str =
     return ax
 
 
-def plot_survival_calibration(calib: pd.DataFrame, *, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+def plot_survival_calibration(calib: pd.DataFrame, *, ax: plt.Axes | None = None, title: str = "",
+                              time_unit: str = "months") -> plt.Axes:
     """Predicted vs Kaplan-Meier observed survival at a horizon, by groups of predicted risk."""
     ax = ax or plt.gca()
     err = [calib["observed"] - calib["observed_low"], calib["observed_high"] - calib["observed"]]
@@ -432,7 +435,7 @@ def plot_survival_calibration(calib: pd.DataFrame, *, ax: plt.Axes | None = None
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel(f"predicted survival at {calib['horizon'].iloc[0]:.0f} (mean out-of-fold)")
+    ax.set_xlabel(f"predicted survival at {calib['horizon'].iloc[0]:.1f} {time_unit} (mean out-of-fold)")
     ax.set_ylabel("observed survival (Kaplan-Meier, 95% CI)")
     ax.set_title(title or "survival calibration by risk group")
     ax.legend(fontsize=8)
@@ -451,13 +454,13 @@ def plot_risk_panels(result: Any, *, split: str = "median", horizon: float = 24.
             ax.set_axis_off()
         return fig
     groups = stratify.risk_groups(result.oof["risk"], split)
-    names = {0: "low risk", 1: "high risk"} if split == "median" else {0: "low", 1: "intermediate", 2: "high"}
+    names = {0: "low", 1: "high"} if split == "median" else {0: "low", 1: "intermediate", 2: "high"}
     data = result.oof.assign(risk_group=groups.map(names))
     plot_km(data, "risk_group", ax=axes[0], time_unit=time_unit)
     lr = stratify.logrank(data, "risk_group")
     axes[0].set_title(f"{result.name}: out-of-fold risk groups ({split})"
                       + (f", log-rank P = {lr['p_value']:.3g}" if lr else ""))
-    plot_survival_calibration(stratify.survival_calibration(result, horizon), ax=axes[1],
-                              title=f"{result.name}: calibration at {horizon:.0f} {time_unit}")
+    plot_survival_calibration(stratify.survival_calibration(result, horizon), ax=axes[1], time_unit=time_unit,
+                              title=f"{result.name}: calibration by risk tertile near {horizon:.0f} {time_unit}")
     fig.tight_layout()
     return fig

@@ -446,6 +446,27 @@ def fit_cox(surv: pd.DataFrame, design: pd.DataFrame, *, min_events_per_variable
     return CoxFit(table, n, events, notes, float(cph.concordance_index_))
 
 
+#: covariates of the clinical Cox model (those a cohort does not record are left out with a note)
+CLINICAL_COX = ("age", "sex", "kps", "who_grade", "idh_mutant", "codel_1p19q", "mgmt_methylated", "resection")
+
+
+def clinical_cox(surv: pd.DataFrame, covariates: Sequence[str] = CLINICAL_COX, *,
+                 min_events_per_variable: float = 5.0) -> CoxFit:
+    """Multivariable Cox model of the recorded clinical and molecular covariates (with the PH test)."""
+    design, notes = cox_design(surv, None, covariates)
+    fit = fit_cox(surv, design, min_events_per_variable=min_events_per_variable)
+    fit.notes[:0] = notes
+    return fit
+
+
+def fit_sentence(fit: CoxFit) -> str:
+    """Markdown: the fit's size, its apparent concordance when fitted, and its notes as bullets."""
+    head = f"{fit.n} cases, {fit.events} events"
+    head += (f"; apparent (in-sample) concordance {fit.concordance:.3f}" if len(fit.table)
+             else "; no model fitted")
+    return "\n".join([head + ".", *[f"- {n}" for n in fit.notes]])
+
+
 def cluster_survival(surv: pd.DataFrame, group: str, adjust_for: Sequence[str], *, horizon: float,
                      min_events_per_variable: float = 5.0) -> dict[str, Any]:
     """Survival by cluster: KM medians with CI, log-rank (and trend when >2 groups), RMST up to
@@ -725,6 +746,7 @@ def risk_table(metrics: pd.DataFrame) -> pd.DataFrame:
     out = metrics[["feature_set", "variant", "n", "events", "n_features"]].copy()
     out["Harrell C"] = [fmt(r, "c_harrell") for _, r in metrics.iterrows()]
     out["Uno C"] = [fmt(r, "c_uno") for _, r in metrics.iterrows()]
+    out["vs chance"] = np.where(metrics["c_harrell_low"] > 0.5, "above chance", "CI includes 0.5: no evidence of prognostic value")
     for c in [c for c in metrics.columns if c.startswith("auc_t")] + [c for c in ("ibs", "ibs_km_reference") if c in metrics]:
         out[c] = metrics[c].round(3)
     return out

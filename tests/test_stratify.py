@@ -108,6 +108,9 @@ def test_cox_refuses_with_reasons_instead_of_crashing():
                                           min_events_per_variable=1)
     assert no_events_in_level.table.empty and "no events where g = 1" in no_events_in_level.notes[-1]
     assert "no covariate" in stratify.fit_cox(d, pd.DataFrame(index=d.index)).notes[-1]
+    a = np.random.default_rng(0).normal(size=12)
+    collinear = stratify.fit_cox(d.assign(event=1), pd.DataFrame({"a": a, "b": 2 * a}), min_events_per_variable=1)
+    assert collinear.table.empty and "did not converge" in collinear.notes[-1]
 
 
 def test_cluster_survival_notes_a_cluster_without_events():
@@ -224,3 +227,14 @@ def test_saved_models_predict_identically(tmp_path):
     assert np.allclose(stratify.predict_risk(bundle, X[X.columns[::-1]]), search.predict(X.to_numpy()))
     with pytest.raises(FileExistsError):
         stratify.save_risk_model(tmp_path / "r.joblib", search, X, surv)
+
+
+def test_clinical_cox_uses_what_the_cohort_records():
+    df = synthetic.sample_clinical(300, np.random.default_rng(2))
+    surv = stratify.survival_frame(df.drop(columns=["kps"]), "months")
+    fit = stratify.clinical_cox(surv)
+    assert "kps is not recorded" in fit.notes[0]
+    t = fit.table.set_index("covariate")
+    assert {"age_per_10y", "idh_wildtype", "grade4", "gtr"} <= set(t.index) and "kps_per_10" not in t.index
+    assert t.loc["idh_wildtype", "hr"] > 1 and t.loc["age_per_10y", "hr"] > 1
+    assert "apparent (in-sample) concordance" in stratify.fit_sentence(fit)
