@@ -435,11 +435,17 @@ def load_model(path: Path) -> dict[str, Any]:
 
 def predict_model(bundle: dict[str, Any], X: pd.DataFrame) -> pd.Series:
     """Probability of the positive class for the cases of ``X`` with a saved model (features by name)."""
+    Xf = model_features(bundle, X, f"model {bundle.get('node')}/{bundle.get('feature_set')}")
+    return pd.Series(bundle["model"].predict_proba(Xf)[:, 1], index=X.index, name="prob")
+
+
+def model_features(bundle: dict[str, Any], X: pd.DataFrame, what: str) -> pd.DataFrame:
+    """The columns a saved model was trained on, by name and in its order; a clear error when any is missing."""
     missing = [f for f in bundle["features"] if f not in X.columns]
     if missing:
-        raise KeyError(f"model {bundle.get('node')}/{bundle.get('feature_set')} needs {len(missing)} features "
-                       f"missing from the table, e.g. {missing[:5]}; extract them with the same settings")
-    return pd.Series(bundle["model"].predict_proba(X[bundle["features"]])[:, 1], index=X.index, name="prob")
+        raise KeyError(f"{what} needs {len(missing)} features missing from the table, e.g. {missing[:5]}; "
+                       "extract them with the training run's settings")
+    return X[bundle["features"]]
 
 
 def top_features(bundle: dict[str, Any], n: int = 10) -> pd.DataFrame:

@@ -341,15 +341,20 @@ def plot_top_features(tops: dict[str, pd.DataFrame]) -> plt.Figure:
 
 
 # ------------------------------------------------------------------------------------ stratification plots
+def _message_figure(text: str) -> plt.Figure:
+    """A small figure that says why there is nothing to plot."""
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    return fig
+
+
 def plot_consensus(results: dict[str, Any]) -> plt.Figure:
     """Per clustered subgroup: the consensus matrix of the chosen k (cases ordered by cluster), the
     consensus CDF for every k, and PAC / stability against k."""
     done = {n: r for n, r in results.items() if r.model is not None}
     if not done:
-        fig, ax = plt.subplots(figsize=(6, 1.5))
-        ax.text(0.5, 0.5, "no subgroup could be clustered (see the notes above)", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
+        return _message_figure("no subgroup could be clustered (see the notes above)")
     fig, axes = plt.subplots(len(done), 3, figsize=(15, 4.4 * len(done)), squeeze=False)
     for row, (name, r) in zip(axes, done.items()):
         m = r.model
@@ -388,10 +393,7 @@ def plot_cluster_km(results: dict[str, Any], *, time_unit: str = "months") -> pl
     """Kaplan-Meier by consensus cluster (with at-risk tables) per subgroup, log-rank P in the title."""
     done = {n: r for n, r in results.items() if r.survival is not None}
     if not done:
-        fig, ax = plt.subplots(figsize=(6, 1.5))
-        ax.text(0.5, 0.5, "no clustered subgroup has survival data with events", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
+        return _message_figure("no clustered subgroup has survival data with events")
     fig, axes = plt.subplots(len(done), 1, figsize=(8, 5.8 * len(done)), squeeze=False)
     for ax, (name, r) in zip(axes[:, 0], done.items()):
         surv = r.survival["surv"] if "surv" in r.survival else None

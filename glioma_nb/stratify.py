@@ -1068,11 +1068,10 @@ def save_models(ctx: Any, clusters: dict[str, SubgroupClusters], feature_sets: d
 
 def predict_risk(bundle: dict[str, Any], X: pd.DataFrame) -> pd.Series:
     """Risk score (linear predictor; higher = worse) of a saved risk model for the cases of ``X``."""
-    missing = [f for f in bundle["features"] if f not in X.columns]
-    if missing:
-        raise KeyError(f"risk model {bundle.get('feature_set')} needs {len(missing)} features missing from the "
-                       f"table, e.g. {missing[:5]}")
-    return pd.Series(bundle["model"].predict(X[bundle["features"]].to_numpy(dtype=float)), index=X.index, name="risk")
+    from glioma_nb.classify import model_features
+
+    Xf = model_features(bundle, X, f"risk model {bundle.get('feature_set')}")
+    return pd.Series(bundle["model"].predict(Xf.to_numpy(dtype=float)), index=X.index, name="risk")
 
 
 def _jsonable(v: Any) -> Any:
