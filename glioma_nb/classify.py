@@ -299,6 +299,9 @@ def assemble_feature_sets(sources: dict[str, pd.DataFrame], requested: list[str]
     seen: dict[tuple[str, ...], str] = {}
     for name in requested:
         parts = sorted(sources) if name == "all" else name.split("+")
+        if not parts:
+            notes.append(f"feature set '{name}' skipped: no features in this run")
+            continue
         missing = [p for p in parts if p not in sources]
         if missing:
             notes.append(f"feature set '{name}' skipped: no {', '.join(missing)} features in this run")

@@ -145,6 +145,8 @@ def test_feature_sets_join_prefix_skip_and_dedupe():
     assert list(sets["volumetric+clinical"].columns) == ["volumetric:x", "clinical:x"]
     assert np.isnan(sets["volumetric+clinical"].loc["c1", "volumetric:x"])  # outer join, imputed in the folds
     assert any("'signature' skipped" in n for n in notes) and any("'all' is the same" in n for n in notes)
+    none, notes = classify.assemble_feature_sets({}, ["all"])  # a clinical-only cohort has no image tables
+    assert none == {} and "'all' skipped" in notes[0]
 
 
 def test_clinical_features_encode_sex_and_take_whole_tumour_volume():
