@@ -232,15 +232,17 @@ class ConsensusClustering(BaseEstimator, ClusterMixin):
     z-score -> PCA keeping ``variance`` of the variance -> k-means or Ward on ``n_resamples`` random
     ``subsample`` fractions of the cases, for k = 2..``k_max``. For each k: the consensus matrix
     (how often two cases fall together when both are drawn), its CDF and PAC, and the stability (mean
-    adjusted Rand index of each resample's clustering with the consensus clusters). k is chosen by
-    the lowest PAC unless given. The consensus clusters come from average-linkage clustering of
-    1 - consensus; clusters are numbered by size (0 = largest). ``predict`` assigns new cases to the
+    adjusted Rand index of each resample's clustering with the consensus clusters). Unless given, k is
+    the one with the lowest PAC among those whose clusters all hold ``min_cluster_size`` cases. The
+    consensus clusters come from average-linkage clustering of 1 - consensus, numbered by size (0 = largest). ``predict`` assigns new cases to the
     nearest centroid in the training PCA space, with the training imputer, scaler and PCA unchanged.
     """
 
     def __init__(self, k_max: int = 6, k: int | None = None, n_resamples: int = 100, subsample: float = 0.8,
-                 variance: float = 0.8, method: str = "kmeans", random_state: int = 0) -> None:
+                 variance: float = 0.8, method: str = "kmeans", min_cluster_size: int = 3,
+                 random_state: int = 0) -> None:
         self.k_max = k_max
+        self.min_cluster_size = min_cluster_size
         self.k = k
         self.n_resamples = n_resamples
         self.subsample = subsample
@@ -303,7 +305,9 @@ class ConsensusClustering(BaseEstimator, ClusterMixin):
                                                 for idx, lab in resample_labels[k]]))
         if self.k is not None and self.k not in self.ks_:
             raise ValueError(f"k={self.k} is outside 2..{k_top} (k_max={self.k_max}, {n} cases: at most n/2)")
-        self.best_k_ = self.k or min(self.ks_, key=lambda kk: (round(self.pac_[kk], 6), kk))
+        # k by PAC among the k whose consensus clusters all hold min_cluster_size cases (singletons say nothing)
+        usable = [kk for kk in self.ks_ if np.bincount(self.labels_by_k_[kk]).min() >= self.min_cluster_size]
+        self.best_k_ = self.k or min(usable or [2], key=lambda kk: (round(self.pac_[kk], 6), kk))
         self.labels_ = self.labels_by_k_[self.best_k_]
         self.centroids_ = np.vstack([z[self.labels_ == c].mean(axis=0) for c in range(self.best_k_)])
         self.self_assignment_ = float(np.mean(self._nearest(z) == self.labels_))

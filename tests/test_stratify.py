@@ -238,3 +238,12 @@ def test_clinical_cox_uses_what_the_cohort_records():
     assert {"age_per_10y", "idh_wildtype", "grade4", "gtr"} <= set(t.index) and "kps_per_10" not in t.index
     assert t.loc["idh_wildtype", "hr"] > 1 and t.loc["age_per_10y", "hr"] > 1
     assert "apparent (in-sample) concordance" in stratify.fit_sentence(fit)
+
+
+def test_k_is_never_chosen_with_clusters_smaller_than_min_cluster_size():
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(np.vstack([rng.normal(0, 0.5, (8, 4)), rng.normal(8, 0.5, (8, 4)), rng.normal(4, 0.3, (2, 4))]))
+    m = stratify.ConsensusClustering(k_max=4, n_resamples=20).fit(X)
+    assert m.pac_[3] < m.pac_[2]                     # PAC alone would split off the pair in between...
+    assert m.best_k_ == 2 and np.bincount(m.labels_).min() >= 3   # ...but clusters of 2 say nothing
+    assert stratify.ConsensusClustering(k_max=4, n_resamples=20, min_cluster_size=2).fit(X).best_k_ == 3
