@@ -415,9 +415,10 @@ def plot_forest(table: pd.DataFrame, *, ax: plt.Axes | None = None, title: str =
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.5))
     y = np.arange(len(table))[::-1]
-    lo = np.clip(table["hr_low"].to_numpy(dtype=float), 1e-3, None)
-    hi = np.clip(table["hr_high"].to_numpy(dtype=float), None, 1e3)
-    hr = table["hr"].to_numpy(dtype=float)
+    # near-separation gives HRs of 1e6 or CIs to infinity: draw them at the axis limits 1e-3 / 1e3
+    hr = np.clip(table["hr"].to_numpy(dtype=float), 1e-3, 1e3)
+    lo = np.minimum(np.clip(table["hr_low"].to_numpy(dtype=float), 1e-3, 1e3), hr)
+    hi = np.maximum(np.clip(table["hr_high"].to_numpy(dtype=float), 1e-3, 1e3), hr)
     ax.errorbar(hr, y, xerr=[hr - lo, hi - hr], fmt="s", color="k", ecolor="grey", capsize=3)
     ax.axvline(1, color="red", ls="--", lw=1)
     ax.set_xscale("log")

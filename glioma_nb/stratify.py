@@ -438,6 +438,10 @@ def fit_cox(surv: pd.DataFrame, design: pd.DataFrame, *, min_events_per_variable
                           "hr_low": s["exp(coef) lower 95%"].to_numpy(), "hr_high": s["exp(coef) upper 95%"].to_numpy(),
                           "coef": s["coef"].to_numpy(), "coef_low": s["coef lower 95%"].to_numpy(),
                           "coef_high": s["coef upper 95%"].to_numpy(), "p": s["p"].to_numpy()})
+    wild = table.loc[(table["coef"].abs() > 10) | ~np.isfinite(table["coef_high"] - table["coef_low"]), "covariate"]
+    if len(wild):
+        return CoxFit(empty, n, events, notes + [f"monotone likelihood (quasi-complete separation) for "
+                                                 f"{', '.join(wild)}: hazard ratio not estimable (log-rank only)"])
     try:
         ph = proportional_hazard_test(cph, data, time_transform="rank").summary["p"]
         table["ph_p"] = table["covariate"].map(ph).to_numpy(dtype=float)

@@ -108,6 +108,10 @@ def test_cox_refuses_with_reasons_instead_of_crashing():
                                           min_events_per_variable=1)
     assert no_events_in_level.table.empty and "no events where g = 1" in no_events_in_level.notes[-1]
     assert "no covariate" in stratify.fit_cox(d, pd.DataFrame(index=d.index)).notes[-1]
+    # every death of group 1 comes after the last follow-up of group 0: the likelihood has no maximum
+    sep = pd.DataFrame({"time": [1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15.0], "event": [1] * 12})
+    mono = stratify.fit_cox(sep, pd.DataFrame({"g": [1.0] * 6 + [0.0] * 6}), min_events_per_variable=1)
+    assert mono.table.empty and "quasi-complete separation" in mono.notes[-1]
     a = np.random.default_rng(0).normal(size=12)
     collinear = stratify.fit_cox(d.assign(event=1), pd.DataFrame({"a": a, "b": 2 * a}), min_events_per_variable=1)
     assert collinear.table.empty and "did not converge" in collinear.notes[-1]
@@ -247,3 +251,15 @@ def test_k_is_never_chosen_with_clusters_smaller_than_min_cluster_size():
     assert m.pac_[3] < m.pac_[2]                     # PAC alone would split off the pair in between...
     assert m.best_k_ == 2 and np.bincount(m.labels_).min() >= 3   # ...but clusters of 2 say nothing
     assert stratify.ConsensusClustering(k_max=4, n_resamples=20, min_cluster_size=2).fit(X).best_k_ == 3
+
+
+def test_forest_plot_draws_extreme_hazard_ratios_at_the_axis_limits():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from glioma_nb import plotting
+
+    t = pd.DataFrame({"model": ["m", "m"], "covariate": ["a", "b"], "hr": [2e6, 0.5], "hr_low": [3.0, 0.2],
+                      "hr_high": [np.inf, 1.1]})
+    ax = plotting.plot_forest(t)
+    assert len(ax.get_yticklabels()) == 2 and ax.get_xscale() == "log"
