@@ -422,6 +422,11 @@ def plot_forest(table: pd.DataFrame, *, ax: plt.Axes | None = None, title: str =
     ax.errorbar(hr, y, xerr=[hr - lo, hi - hr], fmt="s", color="k", ecolor="grey", capsize=3)
     ax.axvline(1, color="red", ls="--", lw=1)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y)
     ax.set_yticklabels([f"{m}: {c}" for m, c in zip(table["model"], table["covariate"])], fontsize=8)
     ax.set_xlabel("hazard ratio (95% CI), log scale; > 1 = worse survival")

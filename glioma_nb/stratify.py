@@ -909,9 +909,11 @@ def cluster_subgroups(clinical: pd.DataFrame, features: pd.DataFrame | None, sub
             continue
         res.model = model
         res.labels = pd.Series(model.labels_, index=pd.Index(ids, name="case_id"), name="cluster")
-        small = [int(c) for c, v in zip(*np.unique(model.labels_, return_counts=True)) if v < 2]
-        if small:
-            res.notes.append(f"cluster(s) {small} hold a single case: survival comparison is not meaningful")
+        sizes = np.bincount(model.labels_)
+        if sizes.min() < model.min_cluster_size:
+            res.notes.append(f"no k in 2..{max(model.ks_)} gives clusters of at least {model.min_cluster_size} cases; "
+                             f"k={model.best_k_} has sizes {'/'.join(map(str, sizes))}: any survival difference "
+                             "rests on a handful of patients")
         surv = surv_all.join(res.labels, how="inner").reset_index()
         if surv.empty or surv["event"].sum() == 0:
             res.notes.append(f"no survival data with events among the {len(ids)} clustered cases")

@@ -167,6 +167,7 @@ def test_cluster_subgroups_finds_planted_prognostic_groups_and_skips_small_subgr
     high = int(pd.Series(r.labels.to_numpy()).groupby(group).mean()[1])  # label of the planted high-hazard group
     assert (hr.iloc[0] > 1) == (high == 1)                            # HR in the planted direction
     assert "fewer than 2k" in res["idhwt_lgg"].notes[-1]
+    assert not any("handful" in n for n in r.notes)
     assert "tertp_mutant" in res["triple_negative_gbm"].notes[0]
     table = stratify.cluster_table(res)
     assert table.set_index("subgroup").loc["all", "k"] == 2
