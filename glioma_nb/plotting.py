@@ -109,6 +109,8 @@ def plot_km(surv: pd.DataFrame, group: str | None = None, *, ax: plt.Axes | None
     ax.set_ylabel("overall survival probability")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Kaplan-Meier by {PRETTY.get(group, group)}" if group else "Kaplan-Meier, whole cohort")
+    if fitters:
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)  # half-transparent: curves stay visible under it
     if at_risk and fitters:
         add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk", "Events"])
     return ax

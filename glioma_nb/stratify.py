@@ -801,7 +801,7 @@ def evaluate_risk_models(feature_sets: dict[str, pd.DataFrame], surv: pd.DataFra
     """Cross-validated risk model per feature set; a table with C-indices (CIs), td-AUCs and IBS.
 
     ``surv`` is indexed by case id with ``time`` and ``event``; a set that cannot be fitted is noted
-    and skipped. The ``variant`` column says pre-operative (no resection term) or post-operative.
+    and skipped. The ``variant`` column says pre-operative (no ``resection:`` column) or post-operative.
     """
     results: dict[str, RiskResult] = {}
     notes: list[str] = []
@@ -815,8 +815,8 @@ def evaluate_risk_models(feature_sets: dict[str, pd.DataFrame], surv: pd.DataFra
             continue
         results[name] = res
         notes.extend(f"{name}: {n}" for n in res.notes)
-        rows.append({"feature_set": name, "variant": "post-operative" if "resection" in name.split("+")
-                     else "pre-operative", **res.metrics})
+        post = any(str(c).startswith("resection:") for c in X.columns)  # also true of "all" with resection
+        rows.append({"feature_set": name, "variant": "post-operative" if post else "pre-operative", **res.metrics})
     return results, pd.DataFrame(rows), notes
 
 

@@ -198,6 +198,10 @@ def test_cv_risk_model_finds_a_planted_signal_and_not_noise():
     assert signal.metrics["auc_t1"] > 0.6 and signal.metrics["ibs"] < signal.metrics["ibs_km_reference"]
     assert any("outside the follow-up" in n for n in signal.notes)
     assert signal.oof["risk"].notna().all() and len(signal.survival) == n
+    _, table, _ = stratify.evaluate_risk_models(
+        {"all": X.add_prefix("volumetric:").assign(**{"resection:gtr": 1.0 * (X["f1"] > 0)}),
+         "image": X.add_prefix("volumetric:")}, surv, repeats=1, n_bootstrap=20)
+    assert table.set_index("feature_set")["variant"].to_dict() == {"all": "post-operative", "image": "pre-operative"}
     noise = stratify.cv_risk_model(X.drop(columns=["f0"]), surv, repeats=1, n_bootstrap=100)
     assert noise.metrics["c_harrell_low"] < 0.5 < noise.metrics["c_harrell_high"] + 0.05
 
