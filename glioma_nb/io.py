@@ -697,9 +697,25 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
             report.add(None, None, f"cohort.geometry: {exc}", "fix cohort.geometry")
             cohort.spacing = cohort.orientation = None
     cohort.features, cohort.feature_files = load_feature_tables(c, root, report)
+    spec = c["clinical"]
+    raw, cpath, label = None, None, None
+    if spec.get("file"):
+        cpath = paths.resolve_path(spec["file"], base=root)
+        label = report.show(cpath)
+        try:
+            raw = pd.read_csv(cpath, dtype=str, keep_default_na=False)
+        except FileNotFoundError:
+            report.add(None, cpath, "clinical table not found", "fix cohort.clinical.file")
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            report.add(None, cpath, f"clinical table unreadable ({exc})", "save it as a UTF-8 CSV")
     if c["layout"] == "table":
-        ids = sorted(set().union(*(t.index for t in cohort.features.values()))) if cohort.features else \
-            _clinical_ids(c, root)  # clinical-only cohort (e.g. a registry table): its rows are the cases
+        if cohort.features:
+            ids = sorted(set().union(*(t.index for t in cohort.features.values())))
+        elif raw is not None and spec["id_column"] in raw.columns:
+            # clinical-only cohort (e.g. a registry table): its rows are the cases
+            ids = sorted(set(raw[spec["id_column"]].astype(str).str.strip()) - {""})
+        else:
+            ids = []
         cohort.cases = [Case(cid, {}, None) for cid in ids if cid not in set(c.get("exclude") or [])]
     else:
         have = set(cohort.case_ids)
@@ -718,46 +734,34 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
     rows = [_check_case(case, cohort, cfg, report)
             for case in tqdm(cases, desc=f"QC {c['name']}", disable=not progress, leave=False)] if images else []
     table = pd.DataFrame(rows)
-    # clinical table
-    spec = c["clinical"]
-    if spec.get("file"):
-        cpath = paths.resolve_path(spec["file"], base=root)
-        label = report.show(cpath)
-        try:
-            raw = pd.read_csv(cpath, dtype=str, keep_default_na=False)
-        except FileNotFoundError:
-            report.add(None, cpath, "clinical table not found", "fix cohort.clinical.file")
-            raw = None
-        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            report.add(None, cpath, f"clinical table unreadable ({exc})", "save it as a UTF-8 CSV")
-            raw = None
-        if raw is not None:
-            have = set(cohort.case_ids)
-            id_col = spec["id_column"]
-            if not spec["require_all_cases"] and id_col in raw.columns:
-                # rows of other patients are not this cohort's business: count them, do not parse them
-                raw_ids = raw[id_col].astype(str).str.strip()
-                orphan_rows = raw[~raw_ids.isin(have)]
-                raw = raw[raw_ids.isin(have)]
-            else:
-                orphan_rows = raw.iloc[:0]
-            clinical = standardise_clinical(raw, c, report, label)
-            rows_ids = set(clinical["case_id"]) | set(orphan_rows[id_col].astype(str).str.strip())
-            sev = "error" if spec["require_all_cases"] else "warning"
-            what = "features" if c["layout"] == "table" else "images"
-            for cid in sorted(have - rows_ids):
-                report.add(cid, label, f"case has {what} but no clinical row",
-                           "add the row, or set cohort.clinical.require_all_cases: false", sev)
-            orphans = sorted(rows_ids - have)
-            if len(orphans) > 10 and sev == "warning":  # e.g. a registry table covering a larger cohort
-                report.add(None, label, f"{len(orphans)} clinical rows have no {what} (e.g. {orphans[:3]}); "
-                           "they are left out", "nothing to do if the table covers a larger cohort", sev)
-            else:
-                for cid in orphans:
-                    report.add(cid, label, f"clinical row has no {what}",
-                               f"remove the row, add the {what}, or set cohort.clinical.require_all_cases: false",
-                               sev)
-            cohort.clinical = clinical[clinical["case_id"].isin(have)].reset_index(drop=True)
+    # clinical table (read above, before the cases of a table layout were known)
+    if raw is not None:
+        have = set(cohort.case_ids)
+        id_col = spec["id_column"]
+        if not spec["require_all_cases"] and id_col in raw.columns:
+            # rows of other patients are not this cohort's business: count them, do not parse them
+            raw_ids = raw[id_col].astype(str).str.strip()
+            orphan_rows = raw[~raw_ids.isin(have)]
+            raw = raw[raw_ids.isin(have)]
+        else:
+            orphan_rows = raw.iloc[:0]
+        clinical = standardise_clinical(raw, c, report, label)
+        rows_ids = set(clinical["case_id"]) | set(orphan_rows[id_col].astype(str).str.strip())
+        sev = "error" if spec["require_all_cases"] else "warning"
+        what = "features" if c["layout"] == "table" else "images"
+        for cid in sorted(have - rows_ids):
+            report.add(cid, label, f"case has {what} but no clinical row",
+                       "add the row, or set cohort.clinical.require_all_cases: false", sev)
+        orphans = sorted(rows_ids - have)
+        if len(orphans) > 10 and sev == "warning":  # e.g. a registry table covering a larger cohort
+            report.add(None, label, f"{len(orphans)} clinical rows have no {what} (e.g. {orphans[:3]}); "
+                       "they are left out", "nothing to do if the table covers a larger cohort", sev)
+        else:
+            for cid in orphans:
+                report.add(cid, label, f"clinical row has no {what}",
+                           f"remove the row, add the {what}, or set cohort.clinical.require_all_cases: false",
+                           sev)
+        cohort.clinical = clinical[clinical["case_id"].isin(have)].reset_index(drop=True)
     if cohort.clinical.empty:
         cohort.clinical = pd.DataFrame({"case_id": cohort.case_ids})
     if table.empty:  # no image checks (layout table, or images=False): one row per case all the same
@@ -765,17 +769,6 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
     table = table.merge(cohort.clinical, on="case_id", how="left")
     report.case_table = table
     return cohort, report
-
-
-def _clinical_ids(c: Mapping[str, Any], root: Path) -> list[str]:
-    """Case ids of a clinical table (layout table without feature tables); [] when unreadable (reported later)."""
-    spec = c.get("clinical") or {}
-    try:
-        raw = pd.read_csv(paths.resolve_path(spec["file"], base=root), dtype=str, keep_default_na=False)
-    except (OSError, KeyError, pd.errors.ParserError, UnicodeDecodeError):
-        return []
-    col = spec.get("id_column")
-    return sorted(set(raw[col].astype(str).str.strip()) - {""}) if col in raw.columns else []
 
 
 def load_cohort(cfg: Mapping[str, Any], progress: bool = True) -> Cohort:

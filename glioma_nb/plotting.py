@@ -398,8 +398,7 @@ def plot_cluster_km(results: dict[str, Any], *, time_unit: str = "months") -> pl
         return _message_figure("no clustered subgroup has survival data with events")
     fig, axes = plt.subplots(len(done), 1, figsize=(8, 5.8 * len(done)), squeeze=False)
     for ax, (name, r) in zip(axes[:, 0], done.items()):
-        surv = r.survival["surv"] if "surv" in r.survival else None
-        plot_km(surv, "cluster", ax=ax, time_unit=time_unit)
+        plot_km(r.survival["surv"], "cluster", ax=ax, time_unit=time_unit)
         lr = r.survival["logrank"]
         ax.set_title(f"{name}: survival by consensus cluster"
                      + (f" (log-rank P = {lr['p_value']:.3g})" if lr else " (log-rank not possible)"))

@@ -985,8 +985,7 @@ def truth_recovery(clinical: pd.DataFrame, log_hr: dict[str, float], time_unit: 
     if {"mgmt_methylated", "idh_mutant"} <= set(surv.columns):
         design["mgmt_in_idhwt"] = pd.to_numeric(surv["mgmt_methylated"]) * (1 - pd.to_numeric(surv["idh_mutant"]))
     fit = fit_cox(surv, design, min_events_per_variable=2.0)
-    names = {"age_per_10y": "age_per_10y", "kps_per_10": "kps_per_10", "gtr": "gtr", "grade3": "grade3",
-             "grade4": "grade4", "idh_wildtype": "idh_wildtype", "codel": "codel", "mgmt_in_idhwt": "mgmt_in_idhwt"}
+    names = ("age_per_10y", "kps_per_10", "gtr", "grade3", "grade4", "idh_wildtype", "codel", "mgmt_in_idhwt")
     if not len(fit.table):
         return pd.DataFrame({"covariate": list(names), "note": "; ".join(fit.notes)})
     t = fit.table.set_index("covariate")

@@ -109,3 +109,12 @@ def synthetic_40(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("syn40")
     root = synthetic.generate_cohort(base / "n40", synthetic.SyntheticSpec(n_cases=40, seed=11), progress=False)
     return synthetic_yaml(root, base / "syn40.yaml")
+
+
+def planted_table(n: int = 80, p: int = 20, signal: float = 1.5, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
+    """Binary labels and ``p`` Gaussian features, of which ``f0`` is shifted by ``signal`` in class 1."""
+    rng = np.random.default_rng(seed)
+    y = pd.Series(rng.integers(0, 2, n), index=[f"c{i}" for i in range(n)])
+    X = pd.DataFrame(rng.normal(size=(n, p)), index=y.index, columns=[f"f{j}" for j in range(p)])
+    X["f0"] += signal * y
+    return X, y

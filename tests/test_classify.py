@@ -5,15 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import planted_table
 from glioma_nb import classify, stats
 
 
 def _table(n=80, p=20, signal=1.5, seed=0):
-    rng = np.random.default_rng(seed)
-    y = pd.Series(rng.integers(0, 2, n), index=[f"c{i:03d}" for i in range(n)])
-    X = pd.DataFrame(rng.normal(size=(n, p)), index=y.index, columns=[f"f{j}" for j in range(p)])
-    X["f0"] += signal * y
-    return X, y
+    return planted_table(n, p, signal, seed)
 
 
 def _clinical(markers: pd.DataFrame) -> pd.DataFrame:

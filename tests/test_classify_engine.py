@@ -5,15 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import planted_table
 from glioma_nb import classify
 
 
 def _table(n=120, p=30, signal=1.5, seed=0):
-    rng = np.random.default_rng(seed)
-    y = pd.Series(rng.integers(0, 2, n), index=[f"c{i}" for i in range(n)])
-    X = pd.DataFrame(rng.normal(size=(n, p)), index=y.index, columns=[f"f{j}" for j in range(p)])
-    X["f0"] += signal * y
-    return X, y
+    return planted_table(n, p, signal, seed)
 
 
 @pytest.mark.parametrize("classifier, selection", [("logreg_l2", "univariate"), ("logreg_l1", "l1"),
