@@ -11,7 +11,7 @@ ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
 PYTEST_ARGS ?=
 
-.PHONY: help venv run-all test test-fast lab validate synth bench freeze clean-venv
+.PHONY: help venv run-all test test-fast lab validate synth bench bench-segment freeze clean-venv
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
@@ -19,6 +19,7 @@ help:
 	@echo "make lab                                 JupyterLab on notebooks/"
 	@echo "make validate COHORT=name                check a cohort's files and clinical table"
 	@echo "make bench                               benchmarks, JSON under bench/results/"
+	@echo "make bench-segment                       segmentation s/case, memory, held-out Dice (JSON)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
@@ -50,6 +51,10 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m glioma_nb bench $(ARGS)
+
+# segmentation: inference s/case and peak memory (CPU; GPU when present), Dice on held-out shared cases
+bench-segment: $(STAMP)
+	$(PY) -m glioma_nb bench-segment $(ARGS)
 
 freeze: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > requirements.txt.new

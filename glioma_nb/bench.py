@@ -1,7 +1,7 @@
-"""Benchmarks of the foundation: synthetic generation and cohort QC, seconds per case and peak memory.
+"""Benchmarks: the foundation (synthetic generation, cohort QC) and segmentation (``bench-segment``).
 
-Results go to ``bench/results/foundation_<UTC time>.json``; compare ratios within one file, never
-absolute numbers across machines (the CI machine is shared and noisy).
+Results go to ``bench/results/<name>_<UTC time>.json`` with seconds per case and peak memory; compare
+ratios within one file, never absolute numbers across machines (the CI machine is shared and noisy).
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Iterable
+
+import numpy as np
 
 from glioma_nb import config, io, paths, provenance, runner, synthetic
 
@@ -46,5 +48,78 @@ def run_foundation_bench(cohorts: Iterable[str], out_dir: str = "bench/results")
     out = paths.resolve_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"foundation_{provenance.utc_now().strftime('%Y%m%dT%H%M%SZ')}.json"
+    provenance.write_json_atomic(path, results)
+    return path
+
+
+def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, object]:
+    """Inference time, memory and Dice of one shipped model on its held-out shared cases (own process)."""
+    import torch
+
+    from glioma_nb.segment import infer, metrics, models, train, transforms
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    spec = models.load_spec(model)
+    sources = [s for s in train.sources_from_spec(spec) if s.held_out]
+    net = models.load_model(spec, device=device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rows, per_case = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in sources:
+            ids = src.held_out[:max_cases]
+            for cid in ids:
+                t0 = time.perf_counter()
+                data = transforms.load_case(src.cohort, cid, spec)
+                t_load = time.perf_counter() - t0
+                classes, _ = infer.predict_case(net, spec, data, device=device)
+                dt = time.perf_counter() - t0
+                rows.append({"cohort": src.cohort.name, "case_id": cid, "shape": list(data["image"].shape),
+                             "seconds_total": round(dt, 3), "seconds_load": round(t_load, 3)})
+            mask_dir = Path(tmp) / src.cohort.name
+            infer.segment_cohort(src.cohort, spec, net, mask_dir, case_ids=ids, device=device, progress=False)
+            per_case.append(metrics.cohort_scores(src.cohort, mask_dir, ids).assign(cohort=src.cohort.name))
+    import pandas as pd
+
+    scores = pd.concat(per_case, ignore_index=True)
+    dice = {}
+    for cohort, part in scores.groupby("cohort"):
+        dice[cohort] = metrics.summarise(part).round(4).to_dict(orient="records")
+    secs = [r["seconds_total"] for r in rows]
+    out: dict[str, object] = {"name": f"segment_{model}_{device}", "model": model, "device": device,
+                              "cases": len(rows), "seconds_per_case_median": round(float(np.median(secs)), 3),
+                              "seconds_per_case_max": round(float(np.max(secs)), 3),
+                              "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                              "per_case": rows, "held_out_scores": dice}
+    if device == "cuda":
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def run_segment_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), max_cases: int = 20,
+                      out_dir: str = "bench/results") -> Path:
+    """``make bench-segment``: per shipped model, inference seconds per case (load, preprocess, sliding
+    window, inversion to the original grid) and peak memory on CPU and on GPU when present, plus Dice on
+    the held-out shared cases. Each model/device runs in its own process so peak memory is its own."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    results: dict[str, object] = {"created_utc": provenance.utc_now().isoformat(timespec="seconds"),
+                                  "git": provenance.git_info(), "environment": provenance.environment(),
+                                  "benchmarks": []}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for model in models_:
+        for device in devices:
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+                res = pool.submit(_segment_model_bench, model, device, max_cases).result()
+            results["benchmarks"].append(res)
+            print(f"{res['name']}: {res['seconds_per_case_median']} s/case (median of {res['cases']}), "
+                  f"peak RSS {res['peak_rss_mb']} MB", flush=True)
+    out = paths.resolve_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"segment_{provenance.utc_now().strftime('%Y%m%dT%H%M%SZ')}.json"
     provenance.write_json_atomic(path, results)
     return path

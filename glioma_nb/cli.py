@@ -6,6 +6,7 @@ import sys
 from typing import Sequence
 
 from glioma_nb import STEPS, config, io, paths, runner
+from glioma_nb.segment import SegmentationError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks of the foundation (synthetic generation, cohort QC) as JSON")
     b.add_argument("--cohorts", nargs="+", default=["synthetic", "brats18-dev", "tcga-lgg-dev"])
     b.add_argument("--out", default="bench/results", help="folder for the JSON result")
+    bs = sub.add_parser("bench-segment", help="segmentation inference s/case, peak memory, held-out Dice (JSON)")
+    bs.add_argument("--models", nargs="+", default=["brats-4mod", "flair-wt"])
+    bs.add_argument("--max-cases", type=int, default=20, help="held-out cases per cohort and model")
+    bs.add_argument("--out", default="bench/results")
+
+    t = sub.add_parser("segment-train", help="train a segmentation model (models/<name>.yaml) on its shared-data split")
+    t.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
+    t.add_argument("--out", required=True, help="training folder (checkpoint, log, weights); resumed when it exists")
+    t.add_argument("--iterations", type=int, help="override train.iterations of the spec")
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (opt-in)")
+    t.add_argument("--ship", action="store_true",
+                   help="after training: score the held-out cases, copy the weights into the package, write the model card")
     return p
 
 
@@ -69,7 +83,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = bench.run_foundation_bench(args.cohorts, args.out)
             print(f"benchmark written: {paths.display_path(out)}")
-    except (config.ConfigError, io.CohortError, runner.RunError, FileExistsError) as exc:
+        elif args.command == "bench-segment":
+            from glioma_nb import bench
+
+            out = bench.run_segment_bench(args.models, args.max_cases, args.out)
+            print(f"benchmark written: {paths.display_path(out)}")
+        elif args.command == "segment-train":
+            from glioma_nb.segment import train_cli
+
+            train_cli(args.model, args.out, iterations=args.iterations, device=args.device, bf16=args.bf16,
+                      ship=args.ship, argv=list(argv) if argv is not None else sys.argv[1:])
+    except (config.ConfigError, io.CohortError, runner.RunError, FileExistsError, SegmentationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -24,8 +24,11 @@ def _radiological(axial: np.ndarray) -> np.ndarray:
 
 
 def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axes] | None = None,
-                      show_labels: bool = True) -> plt.Figure:
+                      show_labels: bool = True, mask_dir: Any = None) -> plt.Figure:
     """One axial slice per modality through the tumour's centre, with reference region contours.
+
+    With ``mask_dir`` (predicted masks ``<case>.nii.gz``), the prediction is drawn solid and the
+    reference dashed, and the slice goes through the predicted tumour's centre.
 
     Images are reordered to RAS with ``nilearn.image.reorder_img`` and shown in radiological
     convention (patient left on the right, anterior up), cropped to the head. Contours: WT green,
@@ -39,14 +42,25 @@ def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axe
         _, axes = plt.subplots(1, len(mods), figsize=(3.2 * len(mods), 3.4), squeeze=False)
         axes = axes[0]
     fig = axes[0].get_figure(root=True)
-    lab = None
+    lab = pred = pred_scheme = None
     label_img = cohort.load_label(case_id) if show_labels else None
     if label_img is not None and cohort.scheme is not None:
         lab = np.asanyarray(reorder_img(label_img, resample="nearest").dataobj)
+    if mask_dir is not None:
+        import nibabel as nib
+        from pathlib import Path
+
+        from glioma_nb.segment.metrics import _pred_scheme
+
+        pimg = io.override_geometry(nib.load(Path(mask_dir) / f"{case_id}.nii.gz"), cohort.spacing, cohort.orientation)
+        pred = np.asanyarray(reorder_img(pimg, resample="nearest").dataobj)
+        pred_scheme = _pred_scheme(Path(mask_dir), case_id, pred)
     imgs = {m: reorder_img(cohort.load_image(case_id, m), resample="continuous") for m in mods}
     vols = {m: np.asanyarray(img.dataobj) for m, img in imgs.items()}
     ref = vols[mods[0]]
-    k = int(round(ndimage.center_of_mass(lab > 0)[2])) if lab is not None and lab.any() else ref.shape[2] // 2
+    centre_of = pred if pred is not None and pred.any() else lab
+    k = (int(round(ndimage.center_of_mass(centre_of > 0)[2])) if centre_of is not None and centre_of.any()
+         else ref.shape[2] // 2)
     head = np.argwhere(ref[:, :, k] > np.percentile(ref[:, :, k], 5))
     (x0, y0), (x1, y1) = (head.min(0), head.max(0) + 1) if len(head) else ((0, 0), ref.shape[:2])
     zooms = imgs[mods[0]].header.get_zooms()[:3]  # after reordering (and any geometry override)
@@ -59,7 +73,12 @@ def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axe
             for name, mask in io.region_masks(lab[x0:x1, y0:y1, k], cohort.scheme).items():
                 if mask.any():
                     ax.contour(_radiological(mask.astype(float)), levels=[0.5], colors=[REGION_COLOURS[name]],
-                               linewidths=1.0)
+                               linewidths=1.0, linestyles="dashed" if pred is not None else "solid")
+        if pred is not None:
+            for name, mask in io.region_masks(pred[x0:x1, y0:y1, k], pred_scheme).items():
+                if mask.any():
+                    ax.contour(_radiological(mask.astype(float)), levels=[0.5], colors=[REGION_COLOURS[name]],
+                               linewidths=1.2)
         ax.set_title(f"{case_id}\n{MODALITY_TITLES.get(mod, mod)}", fontsize=8)
         ax.set_axis_off()
     return fig
@@ -169,8 +188,8 @@ def select_cases(case_table: pd.DataFrame, n: int, by: str = "WT_ml") -> list[st
     return [ordered[i] for i in idx]
 
 
-def plot_overlays(cohort: io.Cohort, case_ids: Sequence[str]) -> plt.Figure:
-    """A row of :func:`plot_case_overlay` per case."""
+def plot_overlays(cohort: io.Cohort, case_ids: Sequence[str], mask_dir: Any = None) -> plt.Figure:
+    """A row of :func:`plot_case_overlay` per case (with predicted masks from ``mask_dir`` when given)."""
     mods = len(cohort.modalities)
     if not case_ids:
         fig = plt.figure(figsize=(4, 2))
@@ -178,14 +197,61 @@ def plot_overlays(cohort: io.Cohort, case_ids: Sequence[str]) -> plt.Figure:
         return fig
     fig, axes = plt.subplots(len(case_ids), mods, figsize=(2.8 * max(mods, 2), 3.0 * len(case_ids)), squeeze=False)
     for row, cid in zip(axes, case_ids):
-        plot_case_overlay(cohort, cid, axes=list(row))
-    if cohort.scheme is not None:
+        plot_case_overlay(cohort, cid, axes=list(row), mask_dir=mask_dir)
+    if cohort.scheme is not None or mask_dir is not None:
         names = {"WT": "whole tumour", "TC": "tumour core", "ET": "enhancing tumour"}
         from matplotlib.lines import Line2D
-        handles = [Line2D([], [], color=REGION_COLOURS[r], label=f"{r}: {names[r]}") for r in cohort.scheme.regions]
+        regions = list(cohort.scheme.regions) if cohort.scheme is not None else ["WT", "TC", "ET"]
+        handles = [Line2D([], [], color=REGION_COLOURS[r], label=f"{r}: {names[r]}") for r in regions]
+        if mask_dir is not None:
+            handles += [Line2D([], [], color="k", label="predicted (solid)"),
+                        Line2D([], [], color="k", ls="--", label="reference (dashed)")]
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8)
         fig.tight_layout(rect=(0, 0.4 / (3.0 * len(case_ids)), 1, 1))
     return fig
+
+
+def plot_segmentation_scores(scores: pd.DataFrame) -> plt.Figure:
+    """Dice and HD95 per region, one point per case; cases the weights were trained on are grey."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    regions = [r for r in ("WT", "TC", "ET") if f"dice_{r}" in scores]
+    trained = scores["trained_on"] if "trained_on" in scores else pd.Series(False, index=scores.index)
+    for ax, metric, label in zip(axes, ("dice", "hd95"), ("Dice", "HD95 (mm)")):
+        long = scores.assign(trained=trained.map({True: "trained on", False: "not trained on"})).melt(
+            id_vars=["case_id", "trained"], value_vars=[f"{metric}_{r}" for r in regions], var_name="region",
+            value_name=label)
+        long["region"] = long["region"].str.split("_").str[1]
+        held = long[long["trained"] == "not trained on"]
+        if len(held):
+            sns.boxplot(data=held, x="region", y=label, ax=ax, showfliers=False, color="#cfe2f3")
+        sns.stripplot(data=long, x="region", y=label, hue="trained", ax=ax, size=5, alpha=0.8,
+                      palette={"not trained on": "#1f77b4", "trained on": "#aaaaaa"}, hue_order=["not trained on", "trained on"])
+        ax.set_title(f"{label} per region (box: cases not trained on)", fontsize=9)
+        if metric == "dice":
+            ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7, loc="lower left" if metric == "dice" else "upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_train_log(log: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
+    """Training loss and held-out whole-tumour Dice (model space) against iterations."""
+    ax = ax or plt.gca()
+    ax.plot(log["iteration"], log["loss"], color="#1f77b4", label="loss (Dice + CE)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    val = log.dropna(subset=["val_dice_wt"])
+    if len(val):
+        ax2 = ax.twinx()
+        ax2.plot(val["iteration"], val["val_dice_wt"], "o-", color="#d62728", label="held-out WT Dice")
+        ax2.set_ylabel("held-out WT Dice (model space)")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Training log")
+    return ax
 
 
 def plot_node_counts(table: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:

@@ -28,7 +28,9 @@ import pandas as pd
 
 from glioma_nb import STEPS, config as config_mod, io, paths, provenance, step_section
 
-RUN_SUBDIRS = ("qc", "figures", "tables", "models", "logs", "metrics", "attempts")
+RUN_SUBDIRS = ("qc", "figures", "tables", "models", "logs", "metrics", "attempts", "masks")
+# Per-case caches: kept in place when a failed step is resumed, so finished cases are not redone.
+CACHE_SUBDIRS = ("masks/",)
 
 
 class RunError(RuntimeError):
@@ -289,7 +291,7 @@ def resume(run_dir: Path, progress: bool = True) -> Path:
             # what the failed attempt wrote moves aside too, so the retry starts clean and nothing is lost
             for rel in entry.get("outputs", []):
                 src = run_dir / rel
-                if src.exists() and src.parent != run_dir:
+                if src.exists() and src.parent != run_dir and not rel.startswith(CACHE_SUBDIRS):
                     dest = run_dir / "attempts" / f"{entry['name']}.attempt{n}" / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     src.replace(dest)

@@ -1,6 +1,7 @@
 """Runner: the same code path as `make run-all`, manifest contents, no overwrite, resume."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -26,7 +27,9 @@ def test_run_all_steps_end_to_end(synthetic_small, tmp_path):
     assert [s["status"] for s in m["steps"]] == ["completed"] * 5
     assert all(s["seconds"] > 0 and s["metrics"]["step"] == s["name"] for s in m["steps"])
     assert m["steps"][0]["metrics"]["n_cases"] == 12
-    assert m["steps"][0]["metrics"]["params"] == {"n_overlay_cases": 2}
+    seg = m["steps"][0]["metrics"]
+    assert seg["params"]["n_overlay_cases"] == 2 and seg["model"] == "brats-4mod" and seg["n_segmented"] == 12
+    assert len(list((run_dir / "masks").glob("*.nii.gz"))) == 12 and "dice_WT" in seg
     strat = m["steps"][3]["metrics"]
     assert strat["clusters"]["all"]["k"] >= 2 and (run_dir / "models" / "clusters__all.joblib").exists()
     assert any("too few events" in n for n in strat["notes"]) or strat["risk_models"]  # 12 cases: said, not hidden
@@ -88,7 +91,18 @@ def test_failed_step_is_recorded_and_resume_continues(tiny_cohort):
         runner.resume(run_dir, progress=False)
     assert runner.load_manifest(run_dir)["resumes"] == []  # a refused resume changes nothing
     victim.write_bytes(keep)
+    # a mask the failed attempt finished is a per-case cache: the resumed step keeps and reuses it
+    label = tiny_cohort.parent / "tiny" / "C01" / "C01_seg.nii.gz"
+    shutil.copy(label, run_dir / "masks" / "C01.nii.gz")
+    (run_dir / "masks" / "C01.json").write_text(json.dumps({"case_id": "C01", "model": "brats-4mod", "scheme": "brats2018",
+                                                           "seconds": 1.0, "flags": ""}))
+    m = runner.load_manifest(run_dir)
+    m["steps"][0]["outputs"] += ["masks/C01.nii.gz", "masks/C01.json"]
+    provenance.write_json_atomic(run_dir / "manifest.json", m)
     runner.resume(run_dir, progress=False)
+    with open(run_dir / "tables" / "segmentation_cases.csv") as fh:
+        cases = {r["case_id"]: r["status"] for r in csv.DictReader(fh)}
+    assert cases == {"C00": "predicted", "C01": "cached", "C02": "predicted"}
     m = runner.load_manifest(run_dir)
     assert m["status"] == "completed" and [s["status"] for s in m["steps"]] == ["completed", "completed"]
     assert (run_dir / "attempts" / "01_segment.attempt1.ipynb").exists()

@@ -1,0 +1,117 @@
+"""Overlap metrics: Dice and HD95 per region (MONAI), per case and summarised with bootstrap CIs.
+
+Conventions (those of the BraTS challenge): a region absent from both the reference and the
+prediction scores Dice 1 and HD95 0; a region present in only one of them scores Dice 0 and an
+undefined HD95 (NaN, counted in ``n_missing_hd95``). HD95 is in millimetres (voxel size passed).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from glioma_nb import io
+
+
+def region_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
+    """Dice and HD95 (mm) of two boolean masks of one region."""
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    p, r = np.asarray(pred, bool), np.asarray(ref, bool)
+    if not p.any() and not r.any():
+        return 1.0, 0.0
+    if not p.any() or not r.any():
+        return 0.0, float("nan")
+    pt = torch.from_numpy(p[None, None].astype(np.float32))
+    rt = torch.from_numpy(r[None, None].astype(np.float32))
+    dice = float(compute_dice(pt, rt, include_background=True)[0, 0])
+    hd = float(compute_hausdorff_distance(pt, rt, include_background=True, percentile=95,
+                                          spacing=[float(s) for s in spacing])[0, 0])
+    return dice, hd
+
+
+def case_scores(pred: np.ndarray, ref: np.ndarray, pred_scheme: io.LabelScheme, ref_scheme: io.LabelScheme,
+                spacing: Sequence[float]) -> dict[str, float]:
+    """Dice and HD95 of every region the two schemes share (WT always; TC/ET for BraTS schemes)."""
+    pm, rm = io.region_masks(pred, pred_scheme), io.region_masks(ref, ref_scheme)
+    out: dict[str, float] = {}
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    for region in [r for r in ("WT", "TC", "ET") if r in pm and r in rm]:
+        d, h = region_scores(pm[region], rm[region], spacing)
+        out[f"dice_{region}"] = d
+        out[f"hd95_{region}"] = h
+        out[f"ref_{region}_ml"] = float(rm[region].sum()) * voxel_ml
+        out[f"pred_{region}_ml"] = float(pm[region].sum()) * voxel_ml
+    return out
+
+
+def bootstrap_mean(values: Iterable[float], n_boot: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float, int]:
+    """Mean with a percentile bootstrap CI over cases (NaN dropped): (mean, lo, hi, n)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(means, [a, 1 - a])
+    return float(v.mean()), float(lo), float(hi), int(v.size)
+
+
+def summarise(per_case: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """One row per region and metric: mean, 95% bootstrap CI, median, n cases (and HD95 NaNs)."""
+    rows = []
+    for col in [c for c in per_case.columns if c.startswith(("dice_", "hd95_"))]:
+        metric, region = col.split("_", 1)
+        mean, lo, hi, n = bootstrap_mean(per_case[col], n_boot=n_boot, seed=seed)
+        rows.append({"region": region, "metric": "Dice" if metric == "dice" else "HD95 (mm)", "mean": mean,
+                     "ci_low": lo, "ci_high": hi, "median": float(per_case[col].median()), "n": n,
+                     "n_missing": int(per_case[col].isna().sum())})
+    return pd.DataFrame(rows, columns=["region", "metric", "mean", "ci_low", "ci_high", "median", "n", "n_missing"])
+
+
+def summary_record(summary: pd.DataFrame) -> Mapping[str, float]:
+    """Flat metrics for a manifest: dice_WT, dice_WT_ci, hd95_WT, ..."""
+    out: dict[str, object] = {}
+    for r in summary.itertuples():
+        key = f"{'dice' if r.metric == 'Dice' else 'hd95'}_{r.region}"
+        out[key] = round(r.mean, 4)
+        out[f"{key}_ci"] = [round(r.ci_low, 4), round(r.ci_high, 4)]
+        out[f"{key}_n"] = r.n
+    return out  # type: ignore[return-value]
+
+
+def cohort_scores(cohort: io.Cohort, mask_dir: "Path | str", case_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """Dice/HD95 of the predicted masks in ``mask_dir`` against the cohort's label maps, per case."""
+    import nibabel as nib
+    from pathlib import Path
+
+    if cohort.scheme is None:
+        raise ValueError(f"cohort {cohort.name} has no label maps: nothing to score")
+    rows = []
+    for cid in (list(case_ids) if case_ids is not None else cohort.case_ids):
+        ref_img = cohort.load_label(cid)
+        pred_path = Path(mask_dir) / f"{cid}.nii.gz"
+        if ref_img is None or not pred_path.exists():
+            continue
+        pred = np.asanyarray(nib.load(pred_path).dataobj)
+        pred_scheme = _pred_scheme(Path(mask_dir), cid, pred)
+        spacing = ref_img.header.get_zooms()[:3]
+        rows.append({"case_id": cid, **case_scores(pred, np.asanyarray(ref_img.dataobj), pred_scheme, cohort.scheme,
+                                                    spacing)})
+    return pd.DataFrame(rows)
+
+
+def _pred_scheme(mask_dir: "Path", case_id: str, pred: np.ndarray) -> io.LabelScheme:
+    """The scheme of a predicted mask: from its record (``<case>.json``), else from its values."""
+    import json
+
+    rec = mask_dir / f"{case_id}.json"
+    if rec.exists():
+        return io.LABEL_SCHEMES[json.loads(rec.read_text())["scheme"]]
+    vals = set(np.unique(pred).tolist()) - {0}
+    if vals <= {1}:
+        return io.LABEL_SCHEMES["binary"]
+    return io.LABEL_SCHEMES["brats2021" if 3 in vals else "brats2018"]

@@ -1,0 +1,204 @@
+"""Model specifications, the network registry and the shipped weights.
+
+A model is declared by ``glioma_nb/segment/models/<name>.yaml``: the network (a name from
+:data:`NETWORKS` and its arguments), the input modalities (= input channels, in order), the output
+classes, the voxel size and patch size it works at, and the training recipe with the exact cases it
+was trained on and those held out. The shipped weights ``<name>.pt`` (float16 state dict) sit beside
+it with a model card ``<name>.md`` that records their sha256; :func:`load_model` refuses weights whose
+hash differs from the card's.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from glioma_nb.segment import SegmentationError
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+# Output class sets: internal class index -> meaning. "brats": the three BraTS labels (written in the
+# cohort's scheme, 1/2/4 or 1/2/3); "wt": whole tumour only (written as 1).
+CLASS_SETS: dict[str, tuple[str, ...]] = {
+    "brats": ("background", "necrosis / non-enhancing core", "oedema", "enhancing tumour"),
+    "wt": ("background", "whole tumour"),
+}
+
+
+def _unet(in_channels: int, out_channels: int, **kw: Any) -> Any:
+    from monai.networks.nets import UNet
+
+    kw.setdefault("channels", (16, 32, 64, 128, 256))
+    kw.setdefault("strides", (2, 2, 2, 2))
+    kw.setdefault("num_res_units", 2)
+    strides = [tuple(s) if isinstance(s, (list, tuple)) else s for s in kw.pop("strides")]
+    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
+                channels=tuple(kw.pop("channels")), strides=strides, **kw)
+
+
+def _segresnet(in_channels: int, out_channels: int, **kw: Any) -> Any:
+    from monai.networks.nets import SegResNet
+
+    kw.setdefault("init_filters", 16)
+    return SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **kw)
+
+
+NETWORKS: dict[str, Callable[..., Any]] = {"unet": _unet, "segresnet": _segresnet}
+
+
+@dataclass
+class ModelSpec:
+    """What a segmentation model takes, gives and how it was trained (``models/<name>.yaml``)."""
+
+    name: str
+    network: dict[str, Any]
+    modalities: tuple[str, ...]
+    classes: str                      # a CLASS_SETS key
+    spacing: tuple[float, float, float]
+    patch: tuple[int, int, int]
+    train: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    path: Path | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(CLASS_SETS[self.classes])
+
+    @property
+    def weights_path(self) -> Path:
+        return MODELS_DIR / f"{self.name}.pt"
+
+    @property
+    def card_path(self) -> Path:
+        return MODELS_DIR / f"{self.name}.md"
+
+    def build(self) -> Any:
+        """A freshly initialised network of this spec."""
+        kw = dict(self.network)
+        name = kw.pop("name", "unet")
+        if name not in NETWORKS:
+            raise SegmentationError(f"model {self.name}: unknown network {name!r}; known: {sorted(NETWORKS)}")
+        return NETWORKS[name](len(self.modalities), self.n_classes, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "network": self.network,
+                "modalities": list(self.modalities), "classes": self.classes, "spacing": list(self.spacing),
+                "patch": list(self.patch), "train": self.train}
+
+
+def available_models() -> list[str]:
+    return sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
+
+
+def load_spec(name_or_path: str | Path) -> ModelSpec:
+    """The spec of a shipped model by name, or of a YAML file by path."""
+    p = Path(name_or_path)
+    if p.suffix not in (".yaml", ".yml"):
+        p = MODELS_DIR / f"{name_or_path}.yaml"
+    if not p.exists():
+        raise SegmentationError(f"no segmentation model {name_or_path!r}; shipped models: {available_models()}")
+    raw = yaml.safe_load(p.read_text())
+    missing = [k for k in ("name", "network", "modalities", "classes", "spacing", "patch") if k not in raw]
+    if missing:
+        raise SegmentationError(f"{p}: model spec lacks {missing}")
+    if raw["classes"] not in CLASS_SETS:
+        raise SegmentationError(f"{p}: classes must be one of {sorted(CLASS_SETS)}")
+    return ModelSpec(name=raw["name"], network=dict(raw["network"]), modalities=tuple(raw["modalities"]),
+                     classes=raw["classes"], spacing=tuple(float(s) for s in raw["spacing"]),
+                     patch=tuple(int(s) for s in raw["patch"]), train=dict(raw.get("train") or {}),
+                     description=raw.get("description", ""), path=p)
+
+
+def choose_model(modalities: tuple[str, ...] | list[str], requested: str = "auto") -> str | None:
+    """The model for a cohort: ``requested`` unless ``auto``; auto picks the shipped model whose
+    modalities the cohort has, the one with most inputs first (brats-4mod, then flair-wt)."""
+    if requested not in ("auto", "", None):
+        return requested
+    have = set(modalities)
+    best = None
+    for name in available_models():
+        spec = load_spec(name)
+        if set(spec.modalities) <= have and (best is None or len(spec.modalities) > len(best.modalities)):
+            best = spec
+    return best.name if best else None
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def card_sha256(card: Path) -> str | None:
+    """The weights sha256 recorded in a model card (the line ``sha256: <hex>``)."""
+    if not card.exists():
+        return None
+    m = re.search(r"sha256[^0-9a-f]*([0-9a-f]{64})", card.read_text())
+    return m.group(1) if m else None
+
+
+def save_weights(model: Any, path: Path) -> str:
+    """Write a float16 state dict (half the size; loaded back as float32); returns its sha256."""
+    import torch
+
+    state = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+             for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return sha256(path)
+
+
+def load_model(spec: ModelSpec, weights: str | Path | None = None, device: str = "cpu") -> Any:
+    """The network of ``spec`` with weights loaded, in eval mode on ``device``.
+
+    ``weights=None`` loads the shipped weights and checks their sha256 against the model card;
+    a path loads a checkpoint (a state dict, or a training checkpoint with a ``model`` entry).
+    """
+    import torch
+
+    path = Path(weights) if weights else spec.weights_path
+    if not path.exists():
+        raise SegmentationError(f"model {spec.name}: weights {path} not found; train them with "
+                                f"`python -m glioma_nb segment-train --model {spec.name}` or set segment.weights")
+    if weights is None:
+        expected = card_sha256(spec.card_path)
+        actual = sha256(path)
+        if expected != actual:
+            raise SegmentationError(f"model {spec.name}: {path.name} has sha256 {actual[:12]}..., the model card "
+                                    f"{spec.card_path.name} says {str(expected)[:12]}...; the weights are not "
+                                    "the ones the card describes (reinstall the package or retrain)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    net = spec.build()
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return net.to(device).eval()
+
+
+def resolve_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SegmentationError("project.device is cuda but no CUDA device is available; use auto or cpu")
+    return requested
+
+
+def trained_on(spec: ModelSpec, cohort_name: str, case_ids: list[str]) -> set[str]:
+    """Which of ``case_ids`` (of cohort ``cohort_name``) the shipped weights of ``spec`` were trained on."""
+    out: set[str] = set()
+    for src in spec.train.get("sources", []):
+        if src.get("cohort") != cohort_name:
+            continue
+        cases = src.get("cases", [])
+        held = set(src.get("held_out", []))
+        out |= {c for c in case_ids if c not in held} if cases == "all-others" else set(cases) & set(case_ids)
+    return out

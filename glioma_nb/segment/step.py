@@ -1,0 +1,129 @@
+"""What notebook 01 does with a cohort: pick the model, (optionally train it), segment, score.
+
+:func:`segment_step` is the one call of the notebook. Masks go to ``<run>/masks/<case>.nii.gz`` (a
+per-case cache that a resumed run keeps), the per-case table to ``tables/segmentation_cases``, the
+scores to ``tables/segmentation_scores`` and ``tables/segmentation_summary``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from glioma_nb.segment import SegmentationError, infer, metrics, models, train
+
+
+@dataclass
+class SegmentResult:
+    """Outcome of segmenting a cohort."""
+
+    spec: models.ModelSpec | None
+    weights: str                                   # "shipped (sha256 ...)" or a path / "trained in this run"
+    mask_dir: Path | None
+    cases: pd.DataFrame = field(default_factory=pd.DataFrame)      # per case: seconds, volumes, flags, status
+    scores: pd.DataFrame = field(default_factory=pd.DataFrame)     # per case Dice / HD95 (labels present)
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)    # per region mean [CI]
+    train_log: pd.DataFrame | None = None
+    held_out: list[str] = field(default_factory=list)              # cases held out of in-run training
+    trained_on: list[str] = field(default_factory=list)            # cases the weights were trained on
+    note: str = ""
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        if self.cases.empty:
+            return self.cases
+        return self.cases.loc[self.cases["flags"].fillna("") != "", ["case_id", "flags"]]
+
+    def describe(self) -> str:
+        """A Markdown paragraph saying what was done, with which weights, and what the scores cover."""
+        if self.spec is None:
+            return f"**{self.note}.**"
+        sp = self.spec
+        n = len(self.cases)
+        cached = int((self.cases["status"] == "cached").sum()) if n else 0
+        text = (f"Model **{sp.name}** ({sp.network.get('name', 'unet')}; inputs {', '.join(sp.modalities)}; "
+                f"works at {' x '.join(f'{v:g}' for v in sp.spacing)} mm; weights: {self.weights}) segmented "
+                f"**{n} cases**" + (f" ({cached} reused from the run's cache)" if cached else "") +
+                (f", median {self.cases['seconds'].median():.1f} s per case" if n else "") +
+                f"; {len(self.flagged)} flagged by the sanity checks. Masks: `masks/<case>.nii.gz` in each "
+                "image's own voxel grid and affine.")
+        if not self.scores.empty:
+            k = int(self.scores["trained_on"].sum())
+            m = len(self.scores) - k
+            text += (f"\n\nDice and HD95 below are from the **{m} cases the weights were not trained on**"
+                     + (f"; {k} of this cohort's cases were in the training set and are shown grey, not summarised."
+                        if k else "."))
+            if m == 0:
+                text += " Every labelled case was used in training: there is no honest score for this cohort."
+        return text
+
+    def record(self) -> dict[str, Any]:
+        """Headline numbers for ``metrics/01_segment.json``."""
+        if self.spec is None:
+            return {"segmentation": self.note}
+        out: dict[str, Any] = {"model": self.spec.name, "weights": self.weights, "n_segmented": len(self.cases),
+                               "n_flagged": len(self.flagged)}
+        if not self.cases.empty:
+            out["seconds_per_case"] = round(float(self.cases["seconds"].median()), 2)
+        if not self.summary.empty:
+            out.update(metrics.summary_record(self.summary))
+            out["scored_cases"] = ("cases not used in training" if self.held_out or self.trained_on else "all cases")
+            out["n_trained_on"] = len(self.trained_on)
+        return out
+
+
+def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_model: bool = False,
+                 train_iterations: int = 300, held_out_fraction: float = 0.25, overlap: float = 0.5,
+                 tta: bool = False, progress: bool = True) -> SegmentResult:
+    """Segment the cohort of a notebook step context (see the module docstring)."""
+    cohort = ctx.cohort
+    if model == "none" or not cohort.modalities:
+        why = ("segment.model is none" if model == "none" else "the cohort has no images (layout: table)")
+        return SegmentResult(None, "", None, note=f"no segmentation: {why}")
+    name = models.choose_model(cohort.modalities, model)
+    if name is None:
+        raise SegmentationError(f"cohort {cohort.name} has modalities {list(cohort.modalities)}; no shipped model "
+                                f"takes a subset of them ({models.available_models()}); set segment.model")
+    spec = models.load_spec(name)
+    missing = [m for m in spec.modalities if m not in cohort.modalities]
+    if missing:
+        raise SegmentationError(f"cohort {cohort.name}: model {spec.name} needs {list(spec.modalities)}, the cohort "
+                                f"declares {list(cohort.modalities)} (no {missing}); choose another segment.model")
+    device = models.resolve_device(ctx.config["project"]["device"])
+    train_log, held_out = None, []
+    if train_model:
+        if cohort.scheme is None:
+            raise SegmentationError(f"cohort {cohort.name} has no label maps: segment.train needs them")
+        tr, held_out = train.split_by_patient(cohort, held_out_fraction, seed=int(ctx.config["project"]["seed"]))
+        out = ctx.run_dir / "models" / f"segment__{spec.name}"
+        settings = train.TrainSettings.from_spec(spec, iterations=train_iterations,
+                                                 seed=int(ctx.config["project"]["seed"]))
+        settings.val_every = max(train_iterations // 4, 10)
+        train.train(spec, [train.TrainSource(cohort, tr, held_out)], out, settings, device=device, progress=progress)
+        net = models.load_model(spec, out / "weights.pt", device=device)
+        train_log = pd.read_csv(out / "train_log.csv")
+        weights_note = f"trained in this run ({train_iterations} iterations on {len(tr)} cases)"
+    elif weights == "shipped":
+        net = models.load_model(spec, None, device=device)
+        weights_note = f"shipped (sha256 {models.sha256(spec.weights_path)[:12]})"
+    else:
+        net = models.load_model(spec, weights, device=device)
+        weights_note = f"{weights} (sha256 {models.sha256(Path(weights))[:12]})"
+    mask_dir = ctx.run_dir / "masks"
+    cases = infer.segment_cohort(cohort, spec, net, mask_dir, overlap=overlap, tta=tta, device=device,
+                                 progress=progress)
+    result = SegmentResult(spec, weights_note, mask_dir, cases, train_log=train_log, held_out=held_out)
+    if train_model:
+        result.trained_on = [c for c in cohort.case_ids if c not in held_out]
+    elif weights == "shipped":
+        result.trained_on = sorted(models.trained_on(spec, cohort.name, cohort.case_ids))
+    if cohort.scheme is not None:
+        scores = metrics.cohort_scores(cohort, mask_dir)
+        if not scores.empty:
+            scores.insert(1, "trained_on", scores["case_id"].isin(result.trained_on))
+            result.scores = scores
+            # honest figures: only cases the weights never saw
+            result.summary = metrics.summarise(scores[~scores["trained_on"]])
+    return result

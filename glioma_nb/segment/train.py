@@ -1,0 +1,329 @@
+"""Training: Dice + cross-entropy on random patches, checkpoint and resume, a loss/Dice log.
+
+The training cases are preprocessed once (:func:`transforms.preprocess`) and kept in memory; every
+iteration draws ``batch_cases`` cases and ``samples_per_case`` label-balanced patches from each with
+augmentation. The random state of iteration ``i`` derives from ``(seed, i)`` alone, so a resumed run
+draws exactly the patches an uninterrupted one would. Every ``checkpoint_every`` iterations the
+model, optimiser, scheduler and log are written atomically to ``checkpoint.pt``; an existing
+checkpoint is resumed. Held-out cases are scored every ``val_every`` iterations for the log only:
+the final weights are those of the last iteration (no selection on held-out cases).
+
+GPU: CUDA with automatic mixed precision when available; CPU otherwise, with bfloat16 autocast as an
+opt-in (``bf16=True``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from glioma_nb import io
+from glioma_nb.segment import SegmentationError, infer, metrics, models, transforms
+from glioma_nb.segment.models import ModelSpec
+
+
+@dataclass
+class TrainSource:
+    """Cases of one cohort used for training and held out (by patient) for evaluation."""
+
+    cohort: io.Cohort
+    train: list[str]
+    held_out: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainSettings:
+    iterations: int = 2000
+    batch_cases: int = 1
+    samples_per_case: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    val_every: int = 250
+    checkpoint_every: int = 100
+    overlap: float = 0.25
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, **overrides: Any) -> "TrainSettings":
+        known = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in spec.train.items() if k in known}
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)
+
+
+def sources_from_spec(spec: ModelSpec, progress: bool = False) -> list[TrainSource]:
+    """The training sources a spec names (``train.sources``: cohort, cases, held_out)."""
+    from glioma_nb import config, runner
+
+    out = []
+    for src in spec.train.get("sources", []):
+        cfg = config.resolve_config(src["cohort"])
+        runner.ensure_cohort_data(cfg, progress=progress)
+        cohort, report = io.check_cohort(cfg, progress=progress, images=False)
+        if not report.ok:
+            raise io.CohortError(report)
+        held = list(src.get("held_out", []))
+        cases = src.get("cases", [])
+        if cases == "all-others":
+            cases = [c for c in cohort.case_ids if c not in held]
+        missing = [c for c in [*cases, *held] if c not in cohort.case_ids]
+        if missing:
+            raise SegmentationError(f"model {spec.name}: cohort {src['cohort']} has no cases {missing}")
+        overlap = set(cases) & set(held)
+        if overlap:
+            raise SegmentationError(f"model {spec.name}: cases both trained on and held out: {sorted(overlap)}")
+        out.append(TrainSource(cohort, list(cases), held))
+    if not out:
+        raise SegmentationError(f"model {spec.name}: the spec names no train.sources")
+    return out
+
+
+def split_by_patient(cohort: io.Cohort, held_out_fraction: float = 0.25, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Training and held-out case ids, whole patients on one side (``patient_id`` of the clinical table)."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    ids = np.asarray(cohort.case_ids)
+    clin = cohort.clinical
+    groups = (clin["patient_id"].reindex(ids).fillna(pd.Series(ids, index=ids)).astype(str).to_numpy()
+              if "patient_id" in clin else ids)
+    if len(set(groups)) < 2:
+        raise SegmentationError(f"cohort {cohort.name}: training needs at least 2 patients")
+    tr, te = next(GroupShuffleSplit(1, test_size=held_out_fraction, random_state=seed).split(ids, groups=groups))
+    return sorted(ids[tr].tolist()), sorted(ids[te].tolist())
+
+
+def _prepare(sources: Sequence[TrainSource], spec: ModelSpec, which: str, progress: bool) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    pre = transforms.preprocess(spec, with_label=True)
+    items = [(s.cohort, c) for s in sources for c in getattr(s, which)]
+    out = []
+    for cohort, cid in tqdm(items, desc=f"preprocess {which} cases", disable=not progress):
+        d = pre(transforms.load_case(cohort, cid, spec, with_label=True))
+        out.append({"image": d["image"].as_tensor(), "label": d["label"].as_tensor(),
+                    "case_id": f"{cohort.name}/{cid}"})
+    return out
+
+
+def _val_dice(net: Any, spec: ModelSpec, cases: list[dict[str, Any]], device: str, overlap: float) -> float:
+    """Mean whole-tumour Dice on preprocessed held-out cases, in model space (monitoring only)."""
+    scores = []
+    net.eval()
+    for c in cases:
+        p = infer.sliding_window(net, c["image"], spec, overlap=overlap, device=device).argmax(0).numpy()
+        scores.append(metrics.region_scores(p > 0, c["label"][0].numpy() > 0, spec.spacing)[0])
+    net.train()
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settings: TrainSettings | None = None,
+          device: str = "auto", bf16: bool = False, progress: bool = True,
+          stop_at: int | None = None) -> dict[str, Any]:
+    """Train ``spec`` on ``sources`` into ``out_dir`` (resumes a checkpoint found there).
+
+    Writes ``checkpoint.pt``, ``train_log.csv`` and, at the end, ``weights.pt`` (float16) and
+    ``train_summary.json``. Returns the summary. ``stop_at`` ends the call after that iteration with a
+    checkpoint, as an interruption would (the next call resumes); the summary then has ``stopped_at``.
+    """
+    import torch
+    from monai.losses import DiceCELoss
+    from tqdm import tqdm
+
+    s = settings or TrainSettings.from_spec(spec)
+    device = models.resolve_device(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(s.seed)
+    train_cases = _prepare(sources, spec, "train", progress)
+    val_cases = _prepare(sources, spec, "held_out", progress)
+    if not train_cases:
+        raise SegmentationError(f"model {spec.name}: no training cases")
+    net = spec.build().to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / s.iterations) ** 0.9)
+    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda")
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    aug = transforms.augment(spec, s.samples_per_case)
+    log: list[dict[str, Any]] = []
+    start, elapsed = 0, 0.0
+    ckpt = out_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state.get("spec") != spec.to_dict():
+            raise SegmentationError(f"{ckpt} was written for another model spec; use a new output folder")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start, log, elapsed = state["iteration"], state["log"], state["seconds"]
+        if progress:
+            print(f"resuming {spec.name} from iteration {start}", flush=True)
+    net.train()
+    t0 = time.perf_counter() - elapsed
+    autocast_dtype = torch.bfloat16 if (bf16 and device == "cpu") else torch.float16
+    use_autocast = device == "cuda" or bf16
+    bar = tqdm(range(start, s.iterations), initial=start, total=s.iterations, desc=f"train {spec.name}",
+               disable=not progress)
+    running = []
+    for it in bar:
+        rng = np.random.default_rng([s.seed, it])
+        aug.set_random_state(seed=int(rng.integers(2**31)))
+        batch = []
+        for ci in rng.integers(0, len(train_cases), size=s.batch_cases):
+            c = train_cases[ci]
+            batch.extend(aug({"image": c["image"], "label": c["label"]}))
+        x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).to(device)
+        y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).to(device)
+        with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=use_autocast):
+            loss = loss_fn(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        running.append(loss.item())
+        done = it + 1
+        if done % 10 == 0 or done == s.iterations or done % s.val_every == 0:
+            entry: dict[str, Any] = {"iteration": done, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
+                                     "seconds": round(time.perf_counter() - t0, 1), "val_dice_wt": float("nan")}
+            running = []
+            if val_cases and (done % s.val_every == 0 or done == s.iterations):
+                entry["val_dice_wt"] = _val_dice(net, spec, val_cases, device, s.overlap)
+            log.append(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.3f}", val=f"{entry['val_dice_wt']:.3f}")
+        stopping = stop_at is not None and stop_at <= done < s.iterations
+        if done % s.checkpoint_every == 0 or done == s.iterations or stopping:
+            _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "scaler": scaler.state_dict(), "iteration": done, "log": log,
+                          "seconds": time.perf_counter() - t0, "spec": spec.to_dict()}, ckpt)
+            _write_log(log, out_dir / "train_log.csv")
+        if stopping:
+            return {"model": spec.name, "stopped_at": done}
+    sha = models.save_weights(net, out_dir / "weights.pt")
+    summary = {"model": spec.name, "iterations": s.iterations, "settings": s.__dict__, "device": device,
+               "bf16": bf16, "seconds": round(time.perf_counter() - t0, 1),
+               "n_parameters": int(sum(p.numel() for p in net.parameters())),
+               "train_cases": [c["case_id"] for c in train_cases], "held_out_cases": [c["case_id"] for c in val_cases],
+               "final_loss": log[-1]["loss"] if log else None, "weights_sha256": sha}
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _write_log(log: list[dict[str, Any]], path: Path) -> None:
+    if not log:
+        return
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(log[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(log)
+    tmp.replace(path)
+
+
+def evaluate_held_out(spec: ModelSpec, net: Any, sources: Sequence[TrainSource], out_dir: Path,
+                      device: str = "cpu", overlap: float = 0.5, progress: bool = True) -> pd.DataFrame:
+    """Segment every held-out case in its original space and score it against its label map."""
+    rows = []
+    for src in sources:
+        if not src.held_out:
+            continue
+        mask_dir = Path(out_dir) / "held_out_masks" / src.cohort.name
+        table = infer.segment_cohort(src.cohort, spec, net, mask_dir, case_ids=src.held_out, overlap=overlap,
+                                     device=device, progress=progress)
+        scores = metrics.cohort_scores(src.cohort, mask_dir, src.held_out)
+        rows.append(table.merge(scores, on="case_id").assign(cohort=src.cohort.name))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -> Path:
+    """Copy ``out_dir/weights.pt`` into the package and write the model card beside it."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    summary = json.loads((out_dir / "train_summary.json").read_text())
+    shutil.copyfile(out_dir / "weights.pt", spec.weights_path)
+    sha = models.sha256(spec.weights_path)
+    size_mb = spec.weights_path.stat().st_size / 1e6
+    if size_mb > 20:
+        raise SegmentationError(f"{spec.weights_path.name} is {size_mb:.1f} MB; shipped weights must stay under 20 MB")
+    table = []
+    for cohort, part in per_case.groupby("cohort", sort=False):
+        summ = metrics.summarise(part)
+        for r in summ.itertuples():
+            table.append(f"| {cohort} | {r.region} | {r.metric} | {r.mean:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | "
+                         f"{r.median:.3f} | {r.n} |")
+    from glioma_nb import provenance
+
+    vers = provenance.package_versions(["torch", "monai"])
+    text = f"""# Model card: {spec.name}
+
+{spec.description}
+
+## Weights
+- file: `glioma_nb/segment/models/{spec.name}.pt` ({size_mb:.1f} MB, float16 state dict, loaded as float32)
+- sha256: {sha}
+- network: `{spec.network}` ({summary['n_parameters']:,} parameters)
+- inputs: {list(spec.modalities)} (channels in this order), resampled to {list(spec.spacing)} mm (RAS),
+  cropped to non-zero voxels, z-scored per channel over non-zero voxels; patch {list(spec.patch)}
+- outputs: {models.CLASS_SETS[spec.classes]} (softmax)
+
+## Training data (../shared/data only)
+{_case_lines(summary['train_cases'])}
+
+## Held out (never trained on; scored for the log only, no checkpoint selection)
+{_case_lines(summary['held_out_cases'])}
+
+## Parameters
+- {summary['iterations']} iterations, batch {summary['settings']['batch_cases']} case(s) x {summary['settings']['samples_per_case']} patches,
+  AdamW lr {summary['settings']['lr']} (poly decay), weight decay {summary['settings']['weight_decay']}, Dice + cross-entropy, seed {summary['settings']['seed']}
+- augmentation: label-balanced patches, flips on 3 axes, rotation/scaling (p 0.3), intensity scale/shift, noise
+- trained on {summary['device']}{' (bf16 autocast)' if summary['bf16'] else ''} in {summary['seconds'] / 60:.1f} min; torch {vers.get('torch')}, monai {vers.get('monai')}
+
+## Held-out metrics (original image space; sliding window, overlap 0.5, no TTA; 95% bootstrap CI over cases)
+| cohort | region | metric | mean | 95% CI | median | n |
+|---|---|---|---|---|---|---|
+{chr(10).join(table)}
+
+Per case:
+
+{_markdown(per_case[[c for c in per_case.columns if c.startswith(('cohort', 'case_id', 'dice_', 'hd95_'))]])}
+
+## Reproduce
+```
+{command}
+```
+The run is seeded; on another machine (or on GPU) floating-point differences give slightly different
+weights and a different sha256, with metrics within noise.
+"""
+    spec.card_path.write_text(text)
+    return spec.card_path
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (numbers to 3 decimals)."""
+    fmt = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    return "\n".join(["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns),
+                      *("| " + " | ".join(r) + " |" for r in fmt)])
+
+
+def _case_lines(ids: list[str]) -> str:
+    by: dict[str, list[str]] = {}
+    for x in ids:
+        cohort, cid = x.split("/", 1)
+        by.setdefault(cohort, []).append(cid)
+    return "\n".join(f"- {cohort} ({len(v)}): {', '.join(v)}" for cohort, v in by.items()) or "- none"

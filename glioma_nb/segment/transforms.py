@@ -1,0 +1,143 @@
+"""MONAI dictionary transforms of the segmentation models.
+
+A case is loaded through the cohort (so the cohort's geometry override applies) into a channel-first
+``MetaTensor`` whose affine is the image's; then ``Orientationd`` (RAS) -> ``Spacingd`` (the model's
+voxel size) -> ``CropForegroundd`` (non-zero voxels: the brain in skull-stripped data, the head
+otherwise) -> ``NormalizeIntensityd`` (z-score per channel over non-zero voxels). Every step is
+invertible where it changes geometry, so predictions go back to the original voxel grid with
+``Invertd``. Training adds padding to the patch, label-balanced random patches, flips, small
+rotations/scalings and intensity jitter.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from glioma_nb import io
+from glioma_nb.segment import SegmentationError
+from glioma_nb.segment.models import ModelSpec
+
+
+def label_to_classes(label: np.ndarray, scheme: io.LabelScheme, classes: str, case_id: str = "") -> np.ndarray:
+    """Map a label map of ``scheme`` to the model's internal class indices.
+
+    ``brats``: necrosis/core 1, oedema 2, enhancing 3 (from 1/2/4 or 1/2/3); ``wt``: tumour 1.
+    A binary (whole-tumour) label cannot train a ``brats`` model: that is an error.
+    """
+    lab = np.asarray(label)
+    out = np.zeros(lab.shape, dtype=np.uint8)
+    if classes == "wt":
+        out[lab > 0] = 1
+        return out
+    if scheme.name == "binary":
+        raise SegmentationError(f"case {case_id}: a whole-tumour (binary) label map cannot train or evaluate "
+                                "the BraTS subregions; use a wt model (flair-wt)")
+    et = 4 if scheme.name == "brats2018" else 3
+    out[lab == 1] = 1
+    out[lab == 2] = 2
+    out[lab == et] = 3
+    return out
+
+
+def classes_to_label(classes_map: np.ndarray, classes: str, scheme: io.LabelScheme | None) -> tuple[np.ndarray, io.LabelScheme]:
+    """Write internal class indices in a label scheme: ``brats`` in the cohort's BraTS scheme
+    (brats2018 when the cohort has none or a binary one), ``wt`` as binary. Returns (labels, scheme)."""
+    c = np.asarray(classes_map).astype(np.uint8)
+    if classes == "wt":
+        return (c > 0).astype(np.uint8), io.LABEL_SCHEMES["binary"]
+    out_scheme = scheme if scheme is not None and scheme.name in ("brats2018", "brats2021") else io.LABEL_SCHEMES["brats2018"]
+    et = 4 if out_scheme.name == "brats2018" else 3
+    lab = np.zeros_like(c)
+    lab[c == 1] = 1
+    lab[c == 2] = 2
+    lab[c == 3] = et
+    return lab, out_scheme
+
+
+def load_case(cohort: io.Cohort, case_id: str, spec: ModelSpec, with_label: bool = False) -> dict[str, Any]:
+    """A case as ``{"image": MetaTensor (C, X, Y, Z), ["label": MetaTensor (1, X, Y, Z)], "case_id"}``.
+
+    Raises :class:`SegmentationError` naming the case and file when a modality the model needs is
+    missing, an image is not 3D, or the modalities do not share one voxel grid.
+    """
+    import torch
+    from monai.data import MetaTensor
+
+    case = cohort.case(case_id)
+    missing = [m for m in spec.modalities if m not in case.images]
+    if missing:
+        raise SegmentationError(f"case {case_id}: model {spec.name} needs {list(spec.modalities)} but the case "
+                                f"has no {missing} (has {sorted(case.images)}); choose a model whose modalities "
+                                "the cohort has (segment.model, e.g. flair-wt for FLAIR-only cohorts)")
+    arrays, ref = [], None
+    for m in spec.modalities:
+        img = cohort.load_image(case_id, m)
+        shape = img.shape
+        if len(shape) != 3 or min(shape) < 2:
+            raise SegmentationError(f"case {case_id}: {case.images[m].name} has shape {shape}; model {spec.name} "
+                                    "needs 3D volumes (X, Y, Z with at least 2 slices); convert the series to a 3D NIfTI")
+        if ref is None:
+            ref = img
+        elif shape != ref.shape or not np.allclose(img.affine, ref.affine, atol=1e-3):
+            raise SegmentationError(f"case {case_id}: {case.images[m].name} is not on the voxel grid of "
+                                    f"{case.images[spec.modalities[0]].name}; co-register the modalities first")
+        arrays.append(np.asarray(img.dataobj, dtype=np.float32))
+    assert ref is not None
+    affine = torch.as_tensor(ref.affine, dtype=torch.float64)
+    meta = {"affine": affine, "original_affine": affine.clone(), "spatial_shape": np.asarray(ref.shape),
+            "filename_or_obj": str(case.images[spec.modalities[0]]), "space": "RAS"}
+    out: dict[str, Any] = {"image": MetaTensor(torch.from_numpy(np.stack(arrays)), affine=affine, meta=dict(meta)),
+                           "case_id": case_id}
+    if with_label:
+        lab_img = cohort.load_label(case_id)
+        if lab_img is None or cohort.scheme is None:
+            raise SegmentationError(f"case {case_id}: no label map; training and evaluation need one")
+        if lab_img.shape != ref.shape:
+            raise SegmentationError(f"case {case_id}: label {case.label.name if case.label else ''} has shape "
+                                    f"{lab_img.shape}, the images {ref.shape}")
+        lab = label_to_classes(np.asanyarray(lab_img.dataobj), cohort.scheme, spec.classes, case_id)
+        out["label"] = MetaTensor(torch.from_numpy(lab[None].astype(np.float32)), affine=affine, meta=dict(meta))
+    return out
+
+
+def preprocess(spec: ModelSpec, with_label: bool = False) -> Any:
+    """Orientation, resampling, foreground crop and normalisation (invertible where geometric)."""
+    from monai.transforms import Compose, CropForegroundd, NormalizeIntensityd, Orientationd, Spacingd
+
+    keys = ["image", "label"] if with_label else ["image"]
+    modes = ("bilinear", "nearest") if with_label else ("bilinear",)
+    return Compose([
+        Orientationd(keys=keys, axcodes="RAS"),
+        Spacingd(keys=keys, pixdim=spec.spacing, mode=modes),
+        CropForegroundd(keys=keys, source_key="image", margin=4, allow_smaller=True),
+        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+    ])
+
+
+def augment(spec: ModelSpec, samples_per_case: int = 2, pos_fraction: float = 2 / 3) -> Any:
+    """Training patches and augmentation, applied to a preprocessed case."""
+    from monai.transforms import (Compose, RandAffined, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised,
+                                  RandScaleIntensityd, RandShiftIntensityd, SpatialPadd)
+
+    anisotropic = max(spec.spacing) > 1.5 * min(spec.spacing)
+    rotate = (0.0, 0.0, 0.26) if anisotropic else (0.26, 0.26, 0.26)  # about 15 degrees; in-plane only for thick slices
+    return Compose([
+        SpatialPadd(keys=["image", "label"], spatial_size=spec.patch),
+        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=spec.patch,
+                               pos=pos_fraction, neg=1 - pos_fraction, num_samples=samples_per_case,
+                               image_key="image", image_threshold=0),
+        RandAffined(keys=["image", "label"], prob=0.3, rotate_range=rotate, scale_range=(0.1, 0.1, 0.1),
+                    mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0),
+        RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=1),
+        RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        RandGaussianNoised(keys="image", prob=0.15, std=0.05),
+    ])
+
+
+def model_space_shape(shape: Sequence[int], zooms: Sequence[float], spec: ModelSpec) -> tuple[int, ...]:
+    """Approximate voxel grid of a volume after resampling to the model's spacing (before cropping)."""
+    return tuple(int(round(n * z / s)) for n, z, s in zip(shape, zooms, spec.spacing))

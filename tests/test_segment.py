@@ -1,0 +1,253 @@
+"""Segmentation: transforms, inference in the original space, metrics, training, shipped weights."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from glioma_nb import io
+from glioma_nb.segment import SegmentationError, infer, metrics, models, train, transforms
+from conftest import requires_shared
+
+TINY = dict(name="unet", channels=[4, 8, 16], strides=[2, 2], num_res_units=1)
+
+
+def _sphere(shape, centre, radius, zooms=(1.0, 1.0, 1.0)):
+    grid = np.meshgrid(*[(np.arange(n) - c) * z for n, c, z in zip(shape, centre, zooms)], indexing="ij")
+    return sum(g ** 2 for g in grid) <= radius ** 2
+
+
+def _cohort(tmp_path: Path, n: int = 2, zooms=(1.0, 1.0, 3.0), shape=(48, 44, 20), mods=("flair",),
+            flip_affine: bool = True, seed: int = 0) -> io.Cohort:
+    """Cases with a bright sphere (the 'tumour') in a dimmer ellipsoid 'brain', non-trivial affine."""
+    rng = np.random.default_rng(seed)
+    aff = np.diag([*zooms, 1.0])
+    if flip_affine:  # LPS-like voxel axes: i runs right->left, j anterior->posterior
+        aff[0, 0], aff[1, 1] = -zooms[0], -zooms[1]
+    aff[:3, 3] = [40.0, 30.0, -20.0]
+    cases = []
+    for i in range(n):
+        cid = f"case{i}"
+        d = tmp_path / cid
+        d.mkdir(parents=True)
+        centre = [s / 2 + rng.uniform(-3, 3) for s in shape]
+        brain = _sphere(shape, [s / 2 for s in shape], 20, zooms)
+        tumour = _sphere(shape, centre, 8 + 2 * i, zooms) & brain
+        images = {}
+        for m in mods:
+            img = np.where(brain, 100 + rng.normal(0, 5, shape), 0) + 150 * tumour
+            nib.save(nib.Nifti1Image(img.astype(np.float32), aff), d / f"{m}.nii.gz")
+            images[m] = d / f"{m}.nii.gz"
+        nib.save(nib.Nifti1Image(tumour.astype(np.uint8), aff), d / "seg.nii.gz")
+        cases.append(io.Case(cid, images, d / "seg.nii.gz"))
+    return io.Cohort("toy", tmp_path, cases, pd.DataFrame(index=[c.case_id for c in cases]), tuple(mods),
+                     io.LABEL_SCHEMES["binary"])
+
+
+def _spec(**kw) -> models.ModelSpec:
+    base = dict(name="tiny", network=TINY, modalities=("flair",), classes="wt", spacing=(2.0, 2.0, 3.0),
+                patch=(32, 32, 16), train={})
+    base.update(kw)
+    return models.ModelSpec(**base)
+
+
+class Threshold(torch.nn.Module):
+    """A 'network' that calls a voxel tumour when its z-scored intensity is above 1 (known answer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.ones_like(x[:, :1]), (x[:, :1] - 1.0) * 50], dim=1)
+
+
+def test_load_and_preprocess_shapes_and_spacing(tmp_path):
+    cohort = _cohort(tmp_path, n=1)
+    spec = _spec()
+    d = transforms.load_case(cohort, "case0", spec, with_label=True)
+    assert tuple(d["image"].shape) == (1, 48, 44, 20)
+    assert np.allclose(np.asarray(d["image"].affine), nib.load(cohort.case("case0").images["flair"]).affine)
+    out = transforms.preprocess(spec, with_label=True)(d)
+    pix = np.abs(np.diag(np.asarray(out["image"].affine)[:3, :3]))
+    assert np.allclose(pix, spec.spacing)
+    assert out["image"].shape[1:] == out["label"].shape[1:]
+    assert set(np.unique(out["label"].numpy())) <= {0, 1}
+    # z-scored over the non-zero voxels
+    img = out["image"][0].numpy()
+    assert abs(img[img != 0].mean()) < 0.05
+
+
+def test_prediction_returns_to_original_space(tmp_path):
+    """A known-answer 'network' through preprocess -> sliding window -> Invertd lands on the sphere."""
+    cohort = _cohort(tmp_path, n=1)
+    spec = _spec()
+    classes, probs = infer.predict_case(Threshold(), spec, transforms.load_case(cohort, "case0", spec))
+    ref = np.asanyarray(nib.load(cohort.case("case0").label).dataobj)
+    assert classes.shape == ref.shape and probs.shape == (2, *ref.shape)
+    dice, _ = metrics.region_scores(classes > 0, ref > 0, (1, 1, 3))
+    assert dice > 0.9  # resampling to 2x2x3 mm and back costs a little at the boundary only
+
+
+def test_segment_cohort_writes_original_affine_and_resumes(tmp_path):
+    cohort = _cohort(tmp_path / "c", n=2)
+    spec = _spec()
+    out = tmp_path / "masks"
+    first = infer.segment_cohort(cohort, spec, Threshold(), out, progress=False)
+    assert (first["status"] == "predicted").all()
+    for cid in cohort.case_ids:
+        saved = nib.load(out / f"{cid}.nii.gz")
+        src = nib.load(cohort.case(cid).images["flair"])
+        assert np.allclose(saved.affine, src.affine) and saved.shape == src.shape
+        assert json.loads((out / f"{cid}.json").read_text())["scheme"] == "binary"
+    # an interrupted cohort: one case's files are missing; only that case is run again
+    (out / "case1.nii.gz").unlink()
+    again = infer.segment_cohort(cohort, spec, Threshold(), out, progress=False).set_index("case_id")
+    assert again.loc["case0", "status"] == "cached" and again.loc["case1", "status"] == "predicted"
+    assert not list(out.glob("*.tmp*"))
+    scores = metrics.cohort_scores(cohort, out)
+    assert (scores["dice_WT"] > 0.9).all()
+
+
+def test_missing_modality_and_2d_image_are_clear_errors(tmp_path):
+    cohort = _cohort(tmp_path / "a", n=1, mods=("flair",))
+    spec4 = _spec(modalities=("t1", "t1c", "t2", "flair"), classes="brats")
+    with pytest.raises(SegmentationError, match=r"case case0: model tiny needs .*no \['t1', 't1c', 't2'\]"):
+        transforms.load_case(cohort, "case0", spec4)
+    with pytest.raises(SegmentationError, match="case case0"):
+        infer.segment_cohort(cohort, spec4, Threshold(), tmp_path / "m", progress=False)
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((32, 32, 1), np.float32), np.eye(4)), flat)
+    cohort.cases[0].images["flair"] = flat
+    with pytest.raises(SegmentationError, match=r"case case0: flat.nii.gz has shape \(32, 32, 1\).*3D"):
+        transforms.load_case(cohort, "case0", _spec())
+
+
+@pytest.mark.parametrize("scheme,values", [("brats2018", (1, 2, 4)), ("brats2021", (1, 2, 3))])
+def test_label_remapping_round_trip(scheme, values):
+    lab = np.zeros((6, 6, 6), np.uint8)
+    lab[1, :, :], lab[2, :, :], lab[3, :, :] = values
+    sch = io.LABEL_SCHEMES[scheme]
+    cls = transforms.label_to_classes(lab, sch, "brats")
+    assert sorted(np.unique(cls)) == [0, 1, 2, 3]
+    back, out_scheme = transforms.classes_to_label(cls, "brats", sch)
+    assert out_scheme.name == scheme and np.array_equal(back, lab)
+    # into the other BraTS scheme: only the enhancing value changes
+    other = io.LABEL_SCHEMES["brats2021" if scheme == "brats2018" else "brats2018"]
+    moved, _ = transforms.classes_to_label(cls, "brats", other)
+    assert set(np.unique(moved)) == {0, 1, 2, 4 if other.name == "brats2018" else 3}
+    wt = transforms.label_to_classes(lab, sch, "wt")
+    assert wt.sum() == (lab > 0).sum()
+    with pytest.raises(SegmentationError, match="binary"):
+        transforms.label_to_classes(lab > 0, io.LABEL_SCHEMES["binary"], "brats", "c1")
+
+
+def test_dice_and_hd95_known_answers():
+    a = np.zeros((20, 20, 20), bool)
+    b = np.zeros_like(a)
+    a[2:12, 2:12, 2:12] = True        # 1000 voxels
+    b[7:17, 2:12, 2:12] = True        # 1000 voxels, 500 shared
+    dice, hd = metrics.region_scores(a, b, (1, 1, 1))
+    assert dice == pytest.approx(2 * 500 / 2000)
+    assert hd == pytest.approx(5.0, abs=0.5)
+    _, hd_mm = metrics.region_scores(a, b, (2, 1, 1))  # the shift is along the 2 mm axis
+    assert hd_mm == pytest.approx(10.0, abs=1.0)
+    assert metrics.region_scores(a, a, (1, 1, 1)) == (1.0, 0.0)
+    assert metrics.region_scores(np.zeros_like(a), np.zeros_like(a), (1, 1, 1)) == (1.0, 0.0)
+    d0, h0 = metrics.region_scores(a, np.zeros_like(a), (1, 1, 1))
+    assert d0 == 0.0 and np.isnan(h0)
+
+
+def test_bootstrap_summary_covers_the_mean():
+    per_case = pd.DataFrame({"case_id": list("abcdefgh"), "dice_WT": [0.8, 0.85, 0.9, 0.7, 0.95, 0.88, 0.6, 0.9],
+                             "hd95_WT": [5, 4, 3, np.nan, 2, 3, 9, 4]})
+    summ = metrics.summarise(per_case).set_index("region")
+    dice = summ[summ["metric"] == "Dice"].loc["WT"]
+    assert dice["mean"] == pytest.approx(per_case["dice_WT"].mean())
+    assert dice["ci_low"] < dice["mean"] < dice["ci_high"] and dice["n"] == 8
+    hd = summ[summ["metric"] == "HD95 (mm)"].loc["WT"]
+    assert hd["n"] == 7 and hd["n_missing"] == 1
+
+
+def test_short_training_lowers_the_loss_and_resumes_identically(tmp_path):
+    cohort = _cohort(tmp_path / "c", n=3)
+    spec = _spec()
+    src = [train.TrainSource(cohort, ["case0", "case1"], ["case2"])]
+    settings = train.TrainSettings(iterations=24, samples_per_case=2, lr=5e-3, val_every=12, checkpoint_every=8)
+    torch.set_num_threads(1)
+    full = train.train(spec, src, tmp_path / "full", settings, device="cpu", progress=False)
+    log = pd.read_csv(tmp_path / "full" / "train_log.csv")
+    assert log["loss"].iloc[-1] < log["loss"].iloc[0]
+    assert log["val_dice_wt"].notna().sum() == 2
+    # interrupted after 10 iterations, then resumed: the same weights as the uninterrupted run
+    part = train.train(spec, src, tmp_path / "part", settings, device="cpu", progress=False, stop_at=10)
+    assert part == {"model": "tiny", "stopped_at": 10}
+    resumed = train.train(spec, src, tmp_path / "part", settings, device="cpu", progress=False)
+    a = torch.load(tmp_path / "full" / "weights.pt")
+    b = torch.load(tmp_path / "part" / "weights.pt")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+    assert resumed["final_loss"] == pytest.approx(full["final_loss"], rel=1e-3)
+
+
+def test_split_by_patient_keeps_patients_together(tmp_path):
+    cohort = _cohort(tmp_path, n=6)
+    cohort.clinical = pd.DataFrame({"patient_id": ["p1", "p1", "p2", "p3", "p3", "p4"]}, index=cohort.case_ids)
+    tr, te = train.split_by_patient(cohort, 0.5, seed=0)
+    pt = cohort.clinical["patient_id"]
+    assert not set(pt[tr]) & set(pt[te]) and sorted(tr + te) == cohort.case_ids
+
+
+def test_network_registry_builds_both_networks():
+    x = torch.zeros(1, 4, 32, 32, 32)
+    for net in ("unet", "segresnet"):
+        spec = _spec(network={"name": net} if net == "segresnet" else TINY, modalities=("t1", "t1c", "t2", "flair"),
+                     classes="brats")
+        assert spec.build()(x).shape == (1, 4, 32, 32, 32)
+    with pytest.raises(SegmentationError, match="unknown network"):
+        _spec(network={"name": "vnet2000"}).build()
+
+
+@pytest.mark.parametrize("name", ["brats-4mod", "flair-wt"])
+def test_shipped_weights_match_their_model_card(name, tmp_path, monkeypatch):
+    spec = models.load_spec(name)
+    assert spec.weights_path.stat().st_size < 20e6
+    assert models.card_sha256(spec.card_path) == models.sha256(spec.weights_path)
+    net = models.load_model(spec)
+    x = torch.zeros(1, len(spec.modalities), *spec.patch)
+    assert net(x).shape == (1, spec.n_classes, *spec.patch)
+    # a tampered copy is refused
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    for f in (f"{name}.yaml", f"{name}.md"):
+        shutil.copy(spec.path.parent / f, tmp_path / f)
+    raw = bytearray(spec.path.with_suffix(".pt").read_bytes())
+    raw[-100] ^= 0xFF
+    (tmp_path / f"{name}.pt").write_bytes(bytes(raw))
+    with pytest.raises(SegmentationError, match="sha256"):
+        models.load_model(models.load_spec(name))
+
+
+def test_choose_model_by_modalities():
+    assert models.choose_model(("t1", "t1c", "t2", "flair")) == "brats-4mod"
+    assert models.choose_model(("flair",)) == "flair-wt"
+    assert models.choose_model(("t1",)) is None
+    assert models.choose_model(("flair",), "brats-4mod") == "brats-4mod"
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("cohort_name,case_id,model,min_dice", [
+    pytest.param("brats18-dev", "Brats18_CBICA_AME_1", "brats-4mod", 0.7, marks=requires_shared("brats18")),
+    pytest.param("tcga-lgg-dev", "TCGA_DU_5851_19950428", "flair-wt", 0.5, marks=requires_shared("tcga-lgg")),
+])
+def test_shipped_model_segments_a_held_out_real_case(tmp_path, cohort_name, case_id, model, min_dice):
+    """A case held out of training is segmented in its own space with a plausible whole-tumour Dice."""
+    from glioma_nb import config
+
+    cohort, report = io.check_cohort(config.resolve_config(cohort_name), progress=False, images=False)
+    spec = models.load_spec(model)
+    assert case_id not in models.trained_on(spec, cohort_name, cohort.case_ids)
+    table = infer.segment_cohort(cohort, spec, models.load_model(spec), tmp_path, case_ids=[case_id], progress=False)
+    assert table.loc[0, "status"] == "predicted"
+    scores = metrics.cohort_scores(cohort, tmp_path, [case_id])
+    assert scores.loc[0, "dice_WT"] > min_dice
