@@ -29,8 +29,9 @@ import pandas as pd
 from glioma_nb import STEPS, config as config_mod, io, paths, provenance, step_section
 
 RUN_SUBDIRS = ("qc", "figures", "tables", "models", "logs", "metrics", "attempts", "masks")
-# Per-case caches: kept in place when a failed step is resumed, so finished cases are not redone.
-CACHE_SUBDIRS = ("masks/",)
+# Caches kept in place when a failed step is resumed: finished masks are not redone, and a model trained
+# in the run (notebook 01, segment.train) resumes from its checkpoint.
+CACHE_SUBDIRS = ("masks/", "models/segment__")
 
 
 class RunError(RuntimeError):

@@ -138,3 +138,16 @@ def test_interactive_open_step_creates_a_run_with_the_notebook_parameters(tiny_c
     ctx.save_table(ctx.case_table, "t")
     with pytest.raises(FileExistsError, match="never overwritten"):
         ctx.save_table(ctx.case_table, "t")
+
+
+@pytest.mark.slow
+def test_segment_notebook_trains_when_asked(tiny_cohort):
+    """segment.train: the notebook trains on the cohort, scores only the held-out patients, logs the training."""
+    run_dir = runner.create_run(str(tiny_cohort), ["segment.train=true", "segment.train_iterations=4"],
+                                steps=["01_segment"], progress=False)
+    runner.execute(run_dir, progress=False)
+    seg = runner.load_manifest(run_dir)["steps"][0]["metrics"]
+    assert seg["weights"].startswith("trained in this run (4 iterations on 2 cases)")
+    assert seg["dice_WT_n"] == 1 and seg["n_trained_on"] == 2 and seg["n_segmented"] == 3
+    assert (run_dir / "models" / "segment__brats-4mod" / "train_log.csv").exists()
+    assert (run_dir / "figures" / "01_segment__train_log.png").exists()

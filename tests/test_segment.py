@@ -189,6 +189,10 @@ def test_short_training_lowers_the_loss_and_resumes_identically(tmp_path):
     b = torch.load(tmp_path / "part" / "weights.pt")
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
     assert resumed["final_loss"] == pytest.approx(full["final_loss"], rel=1e-3)
+    # a checkpoint is never resumed under other settings
+    other = train.TrainSettings(iterations=30, samples_per_case=2, lr=5e-3, val_every=12, checkpoint_every=8)
+    with pytest.raises(SegmentationError, match="other training settings"):
+        train.train(spec, src, tmp_path / "part", other, device="cpu", progress=False)
 
 
 def test_split_by_patient_keeps_patients_together(tmp_path):

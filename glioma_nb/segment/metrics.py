@@ -6,6 +6,7 @@ undefined HD95 (NaN, counted in ``n_missing_hd95``). HD95 is in millimetres (vox
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -27,8 +28,10 @@ def region_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
     pt = torch.from_numpy(p[None, None].astype(np.float32))
     rt = torch.from_numpy(r[None, None].astype(np.float32))
     dice = float(compute_dice(pt, rt, include_background=True)[0, 0])
-    hd = float(compute_hausdorff_distance(pt, rt, include_background=True, percentile=95,
-                                          spacing=[float(s) for s in spacing])[0, 0])
+    with warnings.catch_warnings():  # MONAI 1.6 warns about an argument of its own internal call
+        warnings.simplefilter("ignore", FutureWarning)
+        hd = float(compute_hausdorff_distance(pt, rt, include_background=True, percentile=95,
+                                              spacing=[float(s) for s in spacing])[0, 0])
     return dice, hd
 
 

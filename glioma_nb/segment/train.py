@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,8 +163,9 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state.get("spec") != spec.to_dict():
-            raise SegmentationError(f"{ckpt} was written for another model spec; use a new output folder")
+        if state.get("spec") != spec.to_dict() or state.get("settings") != s.__dict__:
+            raise SegmentationError(f"{ckpt} was written for another model spec or other training settings "
+                                    f"({state.get('settings')}); resume with the same ones or use a new output folder")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -210,7 +210,8 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
         if done % s.checkpoint_every == 0 or done == s.iterations or stopping:
             _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "scaler": scaler.state_dict(), "iteration": done, "log": log,
-                          "seconds": time.perf_counter() - t0, "spec": spec.to_dict()}, ckpt)
+                          "seconds": time.perf_counter() - t0, "spec": spec.to_dict(),
+                          "settings": dict(s.__dict__)}, ckpt)
             _write_log(log, out_dir / "train_log.csv")
         if stopping:
             return {"model": spec.name, "stopped_at": done}

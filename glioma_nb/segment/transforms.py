@@ -85,7 +85,7 @@ def load_case(cohort: io.Cohort, case_id: str, spec: ModelSpec, with_label: bool
         arrays.append(np.asarray(img.dataobj, dtype=np.float32))
     assert ref is not None
     affine = torch.as_tensor(ref.affine, dtype=torch.float64)
-    meta = {"affine": affine, "original_affine": affine.clone(), "spatial_shape": np.asarray(ref.shape),
+    meta = {"original_affine": affine.clone(), "spatial_shape": np.asarray(ref.shape),
             "filename_or_obj": str(case.images[spec.modalities[0]]), "space": "RAS"}
     out: dict[str, Any] = {"image": MetaTensor(torch.from_numpy(np.stack(arrays)), affine=affine, meta=dict(meta)),
                            "case_id": case_id}
@@ -108,7 +108,7 @@ def preprocess(spec: ModelSpec, with_label: bool = False) -> Any:
     keys = ["image", "label"] if with_label else ["image"]
     modes = ("bilinear", "nearest") if with_label else ("bilinear",)
     return Compose([
-        Orientationd(keys=keys, axcodes="RAS"),
+        Orientationd(keys=keys, axcodes="RAS", labels=None),  # labels from the MetaTensor's space (RAS)
         Spacingd(keys=keys, pixdim=spec.spacing, mode=modes),
         CropForegroundd(keys=keys, source_key="image", margin=4, allow_smaller=True),
         NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
