@@ -56,9 +56,8 @@ def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, o
     """Inference time, memory and Dice of one shipped model on its held-out shared cases (own process)."""
     import torch
 
-    from glioma_nb.segment import infer, metrics, models, train, transforms
+    from glioma_nb.segment import infer, metrics, models, train
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     spec = models.load_spec(model)
     sources = [s for s in train.sources_from_spec(spec) if s.held_out]
     net = models.load_model(spec, device=device)
@@ -68,16 +67,11 @@ def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, o
     with tempfile.TemporaryDirectory() as tmp:
         for src in sources:
             ids = src.held_out[:max_cases]
-            for cid in ids:
-                t0 = time.perf_counter()
-                data = transforms.load_case(src.cohort, cid, spec)
-                t_load = time.perf_counter() - t0
-                classes, _ = infer.predict_case(net, spec, data, device=device)
-                dt = time.perf_counter() - t0
-                rows.append({"cohort": src.cohort.name, "case_id": cid, "shape": list(data["image"].shape),
-                             "seconds_total": round(dt, 3), "seconds_load": round(t_load, 3)})
             mask_dir = Path(tmp) / src.cohort.name
-            infer.segment_cohort(src.cohort, spec, net, mask_dir, case_ids=ids, device=device, progress=False)
+            # one pass per case: load, preprocess, sliding window, inversion to the original grid, mask written
+            table = infer.segment_cohort(src.cohort, spec, net, mask_dir, case_ids=ids, device=device, progress=False)
+            rows += [{"cohort": src.cohort.name, "case_id": r.case_id, "seconds_total": r.seconds}
+                     for r in table.itertuples()]
             per_case.append(metrics.cohort_scores(src.cohort, mask_dir, ids).assign(cohort=src.cohort.name))
     import pandas as pd
 

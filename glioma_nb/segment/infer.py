@@ -129,14 +129,14 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
             continue
         t0 = time.perf_counter()
         data = transforms.load_case(cohort, cid, spec)
+        # voxel size with the geometry override, from the loaded image's affine
+        voxel_ml = float(np.prod(np.linalg.norm(np.asarray(data["image"].affine)[:3, :3], axis=0))) / 1000.0
         classes, _ = predict_case(net, spec, data, overlap=overlap, tta=tta, device=device, amp=amp)
         label, scheme = transforms.classes_to_label(classes, spec.classes, cohort.scheme)
         src = nib.load(cohort.case(cid).images[spec.modalities[0]])   # the file's own affine and header
         hdr = src.header.copy()
         hdr.set_data_dtype(np.uint8)
         _write_atomic_nifti(nib.Nifti1Image(label, src.affine, hdr), mpath)
-        zooms = cohort.load_image(cid, spec.modalities[0]).header.get_zooms()[:3]  # with the geometry override
-        voxel_ml = float(np.prod(zooms)) / 1000.0
         rec = {"case_id": cid, "model": spec.name, "scheme": scheme.name, "seconds": round(time.perf_counter() - t0, 2),
                **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(sanity_flags(classes, voxel_ml))}
         tmp = jpath.with_suffix(".json.tmp")
@@ -144,7 +144,3 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
         tmp.replace(jpath)
         rows.append({**rec, "status": "predicted"})
     return pd.DataFrame(rows)
-
-
-def load_predicted(out_dir: Path, case_id: str) -> np.ndarray:
-    return np.asanyarray(nib.load(mask_path(out_dir, case_id)).dataobj)

@@ -9,7 +9,6 @@ hash differs from the card's.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from glioma_nb.provenance import sha256_file as sha256
 from glioma_nb.segment import SegmentationError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -125,14 +125,6 @@ def choose_model(modalities: tuple[str, ...] | list[str], requested: str = "auto
         if set(spec.modalities) <= have and (best is None or len(spec.modalities) > len(best.modalities)):
             best = spec
     return best.name if best else None
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def card_sha256(card: Path) -> str | None:

@@ -10,7 +10,7 @@ rotations/scalings and intensity jitter.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,8 +136,3 @@ def augment(spec: ModelSpec, samples_per_case: int = 2, pos_fraction: float = 2 
         RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
         RandGaussianNoised(keys="image", prob=0.15, std=0.05),
     ])
-
-
-def model_space_shape(shape: Sequence[int], zooms: Sequence[float], spec: ModelSpec) -> tuple[int, ...]:
-    """Approximate voxel grid of a volume after resampling to the model's spacing (before cropping)."""
-    return tuple(int(round(n * z / s)) for n, z, s in zip(shape, zooms, spec.spacing))
