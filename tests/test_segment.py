@@ -195,6 +195,30 @@ def test_short_training_lowers_the_loss_and_resumes_identically(tmp_path):
         train.train(spec, src, tmp_path / "part", other, device="cpu", progress=False)
 
 
+def test_a_non_finite_loss_stops_training_with_the_checkpoint_kept(tmp_path, monkeypatch):
+    """A diverged run (as float16 autocast did on an H100) stops with an error instead of training NaNs."""
+    import monai.losses
+
+    class NanAfter(monai.losses.DiceCELoss):
+        calls = 0
+
+        def forward(self, x, y):
+            NanAfter.calls += 1
+            loss = super().forward(x, y)
+            return loss * float("nan") if NanAfter.calls > 10 else loss
+
+    monkeypatch.setattr(monai.losses, "DiceCELoss", NanAfter)
+    monkeypatch.setattr(train, "MAX_NONFINITE", 5)
+    cohort = _cohort(tmp_path / "c", n=2)
+    settings = train.TrainSettings(iterations=40, checkpoint_every=10, val_every=100)
+    with pytest.raises(SegmentationError, match=r"non-finite for 5 iterations \(iteration 15"):
+        train.train(_spec(), [train.TrainSource(cohort, ["case0", "case1"])], tmp_path / "t", settings,
+                    device="cpu", progress=False)
+    state = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=False)
+    assert state["iteration"] == 10 and not (tmp_path / "t" / "weights.pt").exists()
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
 def test_split_by_patient_keeps_patients_together(tmp_path):
     cohort = _cohort(tmp_path, n=6)
     cohort.clinical = pd.DataFrame({"patient_id": ["p1", "p1", "p2", "p3", "p3", "p4"]}, index=cohort.case_ids)

@@ -37,7 +37,8 @@ def sliding_window(net: Any, image: Any, spec: ModelSpec, overlap: float = 0.5, 
     if tta:
         flips += [(2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
     total = None
-    with torch.inference_mode(), torch.autocast(device_type="cuda", enabled=amp and device == "cuda"):
+    half = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=half, enabled=amp and device == "cuda"):
         for f in flips:
             xi = torch.flip(x, f) if f else x
             logits = sliding_window_inference(xi, roi_size=spec.patch, sw_batch_size=2 if device == "cuda" else 1,

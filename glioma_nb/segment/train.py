@@ -8,8 +8,10 @@ model, optimiser, scheduler and log are written atomically to ``checkpoint.pt``;
 checkpoint is resumed. Held-out cases are scored every ``val_every`` iterations for the log only:
 the final weights are those of the last iteration (no selection on held-out cases).
 
-GPU: CUDA with automatic mixed precision when available; CPU otherwise, with bfloat16 autocast as an
-opt-in (``bf16=True``).
+GPU: CUDA with bfloat16 autocast where the GPU has it (Ampere and later; float16 with a gradient
+scaler otherwise: float16 activations overflowed to NaN within 250 iterations on an H100); CPU
+otherwise, with bfloat16 autocast as an opt-in (``bf16=True``). A loss that stays non-finite for
+``MAX_NONFINITE`` iterations stops the run with an error (the last good checkpoint is kept).
 """
 from __future__ import annotations
 
@@ -122,6 +124,9 @@ def _val_dice(net: Any, spec: ModelSpec, cases: list[dict[str, Any]], device: st
     return float(np.mean(scores)) if scores else float("nan")
 
 
+MAX_NONFINITE = 20  # consecutive non-finite losses before training stops
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     import torch
 
@@ -155,7 +160,8 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
     net = spec.build().to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / s.iterations) ** 0.9)
-    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda")
+    cuda_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and not cuda_bf16)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     aug = transforms.augment(spec, s.samples_per_case)
     log: list[dict[str, Any]] = []
@@ -175,8 +181,9 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
             print(f"resuming {spec.name} from iteration {start}", flush=True)
     net.train()
     t0 = time.perf_counter() - elapsed
-    autocast_dtype = torch.bfloat16 if (bf16 and device == "cpu") else torch.float16
+    autocast_dtype = torch.bfloat16 if (cuda_bf16 or (bf16 and device == "cpu")) else torch.float16
     use_autocast = device == "cuda" or bf16
+    nonfinite = 0
     bar = tqdm(range(start, s.iterations), initial=start, total=s.iterations, desc=f"train {spec.name}",
                disable=not progress)
     running = []
@@ -196,6 +203,11 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
         scaler.step(opt)
         scaler.update()
         sched.step()
+        nonfinite = 0 if np.isfinite(loss.item()) else nonfinite + 1
+        if nonfinite >= MAX_NONFINITE:
+            raise SegmentationError(f"model {spec.name}: the loss has been non-finite for {nonfinite} iterations "
+                                    f"(iteration {it + 1}, {autocast_dtype if use_autocast else 'float32'}); "
+                                    f"{ckpt} holds the last checkpoint. Lower train.lr or train without autocast")
         running.append(loss.item())
         done = it + 1
         if done % 10 == 0 or done == s.iterations or done % s.val_every == 0:
@@ -217,7 +229,7 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
             return {"model": spec.name, "stopped_at": done}
     sha = models.save_weights(net, out_dir / "weights.pt")
     summary = {"model": spec.name, "iterations": s.iterations, "settings": s.__dict__, "device": device,
-               "bf16": bf16, "seconds": round(time.perf_counter() - t0, 1),
+               "bf16": bf16 or cuda_bf16, "seconds": round(time.perf_counter() - t0, 1),
                "n_parameters": int(sum(p.numel() for p in net.parameters())),
                "train_cases": [c["case_id"] for c in train_cases], "held_out_cases": [c["case_id"] for c in val_cases],
                "final_loss": log[-1]["loss"] if log else None, "weights_sha256": sha}
