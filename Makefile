@@ -11,7 +11,7 @@ ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
 PYTEST_ARGS ?=
 
-.PHONY: help venv run-all test test-fast lab validate synth bench bench-segment freeze clean-venv
+.PHONY: help venv run-all test test-fast lab validate synth bench bench-segment bench-signature freeze clean-venv
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
@@ -20,6 +20,7 @@ help:
 	@echo "make validate COHORT=name                check a cohort's files and clinical table"
 	@echo "make bench                               benchmarks, JSON under bench/results/"
 	@echo "make bench-segment                       segmentation s/case, memory, held-out Dice (JSON)"
+	@echo "make bench-signature                     network signature and PyRadiomics s/case (JSON)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
@@ -55,6 +56,9 @@ bench: $(STAMP)
 # segmentation: inference s/case and peak memory (CPU; GPU when present), Dice on held-out shared cases
 bench-segment: $(STAMP)
 	$(PY) -m glioma_nb bench-segment $(ARGS)
+
+bench-signature: $(STAMP)
+	$(PY) -m glioma_nb bench-signature $(ARGS)
 
 freeze: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > requirements.txt.new

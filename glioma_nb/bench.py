@@ -117,3 +117,85 @@ def run_segment_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), max_c
     path = out / f"segment_{provenance.utc_now().strftime('%Y%m%dT%H%M%SZ')}.json"
     provenance.write_json_atomic(path, results)
     return path
+
+
+def _signature_bench(cohort_name: str, device: str, max_cases: int, filters_cases: int) -> dict[str, object]:
+    """Seconds per case: segmentation alone, + network signature (same pass), + its stability passes;
+    PyRadiomics original image, + perturbations, and with LoG/wavelet filters (own process)."""
+    import torch
+
+    from glioma_nb.segment import infer, models
+    from glioma_nb.signature import handcrafted, network
+
+    cfg = config.resolve_config(cohort_name)
+    runner.ensure_cohort_data(cfg, progress=False)
+    cohort, _ = io.check_cohort(cfg, progress=False, images=False)
+    ids = cohort.case_ids[:max_cases]
+    spec = models.load_spec(models.choose_model(cohort.modalities, "auto"))
+    net = models.load_model(spec, device=device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    res: dict[str, object] = {"name": f"signature_{cohort_name}_{device}", "cohort": cohort_name, "device": device,
+                              "model": spec.name, "cases": len(ids), "torch_threads": torch.get_num_threads()}
+    requests = {"segmentation_only": None, "segmentation_plus_network_signature": network.Request(),
+                "plus_stability_perturbations": network.Request(perturbations=network.PERTURBATIONS)}
+    with tempfile.TemporaryDirectory() as tmp:
+        infer.segment_cohort(cohort, spec, net, Path(tmp) / "warm", case_ids=ids[:1], device=device, progress=False)
+        for name, req in requests.items():
+            table = infer.segment_cohort(cohort, spec, net, Path(tmp) / name, case_ids=ids, device=device,
+                                         progress=False, signature=req)
+            res[f"{name}_s_per_case"] = round(float(table["seconds"].median()), 3)
+        res["network_signature_features"] = int(infer.load_signature(Path(tmp) / "segmentation_plus_network_signature",
+                                                                     ids)[0].shape[1])
+    if device == "cuda":
+        res["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        res["gpu"] = torch.cuda.get_device_name(0)
+        return res
+    radiomics = (cfg.get("signature") or {}).get("radiomics") or "mri-3d"
+    settings = handcrafted.load_settings(radiomics)
+    masks = handcrafted.MaskSource.reference(cohort)
+    for label, sets, cases, pert in [("radiomics_original", settings, ids, None),
+                                     ("radiomics_original_one_perturbation", settings, ids, "rotate"),
+                                     ("radiomics_log_wavelet", handcrafted.load_settings("mri-3d-filters"),
+                                      ids[:filters_cases], None)]:
+        secs, n_feat = [], 0
+        for cid in cases:
+            t0 = time.perf_counter()
+            row = handcrafted.case_features(cohort, cid, sets, masks_from=masks, perturbation=pert)
+            secs.append(time.perf_counter() - t0)
+            n_feat = max(n_feat, len(row))
+        res[f"{label}_s_per_case"] = round(float(np.median(secs)), 3)
+        res[f"{label}_s_max"] = round(float(np.max(secs)), 3)
+        res[f"{label}_features"] = n_feat
+    res["radiomics_settings"] = radiomics
+    res["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return res
+
+
+def run_signature_bench(cohorts: Iterable[str] = ("brats18-dev", "tcga-lgg-dev"), max_cases: int = 5,
+                        filters_cases: int = 1, out_dir: str = "bench/results") -> Path:
+    """``make bench-signature``: network signature and PyRadiomics seconds per case, CPU and GPU when
+    present; a cohort whose data are absent is recorded as skipped (the synthetic cohort always runs)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    results: dict[str, object] = {"created_utc": provenance.utc_now().isoformat(timespec="seconds"),
+                                  "git": provenance.git_info(), "environment": provenance.environment(),
+                                  "benchmarks": []}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for name in cohorts:
+        for device in devices:
+            try:
+                with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+                    res = pool.submit(_signature_bench, name, device, max_cases, filters_cases).result()
+            except (io.CohortError, FileNotFoundError, config.ConfigError) as exc:
+                res = {"name": f"signature_{name}_{device}", "skipped": str(exc).splitlines()[0]}
+            results["benchmarks"].append(res)
+            print({k: v for k, v in res.items() if not isinstance(v, (list, dict))}, flush=True)
+    out = paths.resolve_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"signature_{provenance.utc_now().strftime('%Y%m%dT%H%M%SZ')}.json"
+    provenance.write_json_atomic(path, results)
+    return path

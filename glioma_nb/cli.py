@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     bs.add_argument("--max-cases", type=int, default=20, help="held-out cases per cohort and model")
     bs.add_argument("--out", default="bench/results")
 
+    bsig = sub.add_parser("bench-signature", help="network signature and PyRadiomics s/case, CPU and GPU (JSON)")
+    bsig.add_argument("--cohorts", nargs="+", default=["brats18-dev", "tcga-lgg-dev", "synthetic"])
+    bsig.add_argument("--max-cases", type=int, default=5)
+    bsig.add_argument("--filters-cases", type=int, default=1, help="cases for the (slow) LoG/wavelet extraction")
+    bsig.add_argument("--out", default="bench/results")
+
     t = sub.add_parser("segment-train", help="train a segmentation model (models/<name>.yaml) on its shared-data split")
     t.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
     t.add_argument("--out", required=True, help="training folder (checkpoint, log, weights); resumed when it exists")
@@ -87,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from glioma_nb import bench
 
             out = bench.run_segment_bench(args.models, args.max_cases, args.out)
+            print(f"benchmark written: {paths.display_path(out)}")
+        elif args.command == "bench-signature":
+            from glioma_nb import bench
+
+            out = bench.run_signature_bench(args.cohorts, args.max_cases, args.filters_cases, args.out)
             print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "segment-train":
             from glioma_nb.segment import train_cli

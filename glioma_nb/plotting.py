@@ -4,7 +4,7 @@ They never save or show; the notebook displays and ``StepContext.save_figure`` s
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -537,5 +537,58 @@ def plot_risk_panels(result: Any, *, split: str = "median", horizon: float = 24.
                       + (f", log-rank P = {lr['p_value']:.3g}" if lr else ""))
     plot_survival_calibration(stratify.survival_calibration(result, horizon), ax=axes[1], time_unit=time_unit,
                               title=f"{result.name}: calibration by risk tertile near {horizon:.0f} {time_unit}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_family_counts(counts: pd.DataFrame) -> plt.Figure:
+    """Features per family before and after the stability filter, one panel per source."""
+    sources = list(dict.fromkeys(counts["source"])) if not counts.empty else []
+    if not sources:
+        return _message_figure("no filtered feature source (network signature or radiomics)")
+    fig, axes = plt.subplots(1, len(sources), figsize=(6.5 * len(sources), 4.2), squeeze=False)
+    for ax, src in zip(axes[0], sources):
+        part = counts[counts["source"] == src].set_index("family")[["unfiltered", "kept"]]
+        part.plot.barh(ax=ax, color=["lightgrey", "tab:blue"], width=0.8)
+        ax.set_xscale("symlog")
+        ax.set_xlabel("features (log scale)")
+        ax.set_ylabel("family")
+        ax.set_title(f"{src}: {int(part['unfiltered'].sum())} -> {int(part['kept'].sum())} features")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def plot_icc(filters: Mapping[str, Any], *, threshold: float | None = None) -> plt.Figure:
+    """Distribution of ICC(3,1) per source (features with an ICC), with the keep threshold."""
+    items = [(n, f.report_["icc"].dropna()) for n, f in filters.items() if f.report_["icc"].notna().any()]
+    if not items:
+        return _message_figure("no ICC: the filters were fitted without perturbed re-extractions")
+    fig, axes = plt.subplots(1, len(items), figsize=(5.5 * len(items), 3.8), squeeze=False)
+    for ax, (name, icc) in zip(axes[0], items):
+        ax.hist(icc.clip(-1, 1), bins=np.linspace(-1, 1, 41), color="tab:blue")
+        thr = threshold if threshold is not None else filters[name].icc_threshold
+        ax.axvline(thr, color="k", ls="--", label=f"threshold {thr:g}")
+        ax.set_xlabel("ICC(3,1) across perturbations")
+        ax.set_ylabel("features")
+        ax.set_title(f"{name}: {int((icc >= thr).sum())} of {len(icc)} features stable")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_feature_map(image: np.ndarray, mask: np.ndarray, fmap: np.ndarray, *, title: str = "",
+                     label: str = "feature value") -> plt.Figure:
+    """An axial slice with the tumour contour and a voxel-wise feature map over it."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+    for ax in axes:
+        ax.imshow(_radiological(image), cmap="gray")
+        ax.contour(_radiological(mask.astype(float)), levels=[0.5], colors="yellow", linewidths=0.8)
+        ax.set_axis_off()
+    axes[0].set_title("image, tumour contour")
+    im = axes[1].imshow(_radiological(np.ma.masked_invalid(fmap)), cmap="magma", alpha=0.85)
+    axes[1].set_title("voxel-wise map")
+    fig.colorbar(im, ax=axes[1], fraction=0.046, label=label)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

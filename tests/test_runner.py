@@ -91,13 +91,19 @@ def test_failed_step_is_recorded_and_resume_continues(tiny_cohort):
         runner.resume(run_dir, progress=False)
     assert runner.load_manifest(run_dir)["resumes"] == []  # a refused resume changes nothing
     victim.write_bytes(keep)
-    # a mask the failed attempt finished is a per-case cache: the resumed step keeps and reuses it
-    label = tiny_cohort.parent / "tiny" / "C01" / "C01_seg.nii.gz"
-    shutil.copy(label, run_dir / "masks" / "C01.nii.gz")
-    (run_dir / "masks" / "C01.json").write_text(json.dumps({"case_id": "C01", "model": "brats-4mod", "scheme": "brats2018",
-                                                           "seconds": 1.0, "flags": ""}))
+    # a case the failed attempt finished (mask + network signature) is a per-case cache: the resumed
+    # step keeps and reuses it
+    from glioma_nb import io
+    from glioma_nb.segment import infer, models
+    from glioma_nb.segment.step import signature_request
+
+    cfg = config.load_yaml(run_dir / "params.yaml")
+    cohort, _ = io.check_cohort(cfg, progress=False)
+    spec = models.load_spec("brats-4mod")
+    infer.segment_cohort(cohort, spec, models.load_model(spec), run_dir / "masks", case_ids=["C01"], progress=False,
+                         signature=signature_request(cfg))
     m = runner.load_manifest(run_dir)
-    m["steps"][0]["outputs"] += ["masks/C01.nii.gz", "masks/C01.json"]
+    m["steps"][0]["outputs"] += ["masks/C01.nii.gz", "masks/C01.json", "masks/C01.signature.parquet"]
     provenance.write_json_atomic(run_dir / "manifest.json", m)
     runner.resume(run_dir, progress=False)
     with open(run_dir / "tables" / "segmentation_cases.csv") as fh:

@@ -4,7 +4,7 @@
 mirrored copies: test-time augmentation) -> ``Invertd`` back to the original voxel grid -> argmax.
 :func:`segment_cohort` runs a cohort into ``<out_dir>/<case>.nii.gz`` (written with the image's own
 affine and header, labels in the cohort's scheme) plus ``<case>.json`` (seconds, volumes, sanity
-flags). A case whose two files exist is not run again, so an interrupted cohort resumes; files are
+flags) and, when asked, ``<case>.signature.parquet`` (the network image signature from the same pass). A case whose two files exist is not run again, so an interrupted cohort resumes; files are
 written to a temporary name and renamed, so nothing half-written is left.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -27,45 +27,115 @@ SANITY = {"min_wt_ml": 1.0, "max_wt_ml": 400.0, "min_largest_component": 0.8}
 
 
 def sliding_window(net: Any, image: Any, spec: ModelSpec, overlap: float = 0.5, tta: bool = False,
-                   device: str = "cpu", amp: bool = False) -> Any:
-    """Softmax probabilities (C, X, Y, Z) of a preprocessed image (channels first, no batch)."""
+                   device: str = "cpu", amp: bool = False, stages: Sequence[str] | None = None) -> Any:
+    """Softmax probabilities (C, X, Y, Z) of a preprocessed image (channels first, no batch).
+
+    With ``stages`` (names of :func:`glioma_nb.signature.network.stage_modules`), returns
+    ``(probabilities, {stage: activation map (C', X', Y', Z')})`` from the same pass: every stage map
+    is stitched at its own resolution by the sliding window."""
     import torch
     from monai.inferers import sliding_window_inference
 
-    x = image.unsqueeze(0).to(device)
+    tap = None
+    if stages is not None:
+        from glioma_nb.signature.network import Tap
+
+        tap = Tap(net, stages)
+    x = torch.as_tensor(image).unsqueeze(0).to(device)
     flips: list[tuple[int, ...]] = [()]
     if tta:
         flips += [(2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
-    total = None
+    total, maps = None, None
     half = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=half, enabled=amp and device == "cuda"):
-        for f in flips:
-            xi = torch.flip(x, f) if f else x
-            logits = sliding_window_inference(xi, roi_size=spec.patch, sw_batch_size=2 if device == "cuda" else 1,
-                                              predictor=net, overlap=overlap, mode="gaussian")
-            p = torch.softmax(logits.float(), dim=1)
-            p = torch.flip(p, f) if f else p
-            total = p if total is None else total + p
-    return (total / len(flips))[0].cpu()
+    try:
+        with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=half, enabled=amp and device == "cuda"):
+            for f in flips:
+                xi = torch.flip(x, f) if f else x
+                out = sliding_window_inference(xi, roi_size=spec.patch, sw_batch_size=2 if device == "cuda" else 1,
+                                               predictor=tap or net, overlap=overlap, mode="gaussian")
+                outs = list(out) if isinstance(out, (tuple, list)) else [out]
+                outs = [torch.flip(o.float(), f) if f else o.float() for o in outs]
+                p = torch.softmax(outs[0], dim=1)
+                total = p if total is None else total + p
+                if tap is not None:
+                    maps = outs[1:] if maps is None else [a + b for a, b in zip(maps, outs[1:])]
+    finally:
+        if tap is not None:
+            tap.close()
+    probs = (total / len(flips))[0].cpu()
+    if tap is None:
+        return probs
+    return probs, {s: (m / len(flips))[0].cpu() for s, m in zip(tap.stages, maps)}
 
 
 def predict_case(net: Any, spec: ModelSpec, data: Mapping[str, Any], overlap: float = 0.5, tta: bool = False,
                  device: str = "cpu", amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Class map and probabilities of one loaded case (:func:`transforms.load_case`), both on the
     case's original voxel grid. Returns (classes uint8 (X, Y, Z), probabilities float32 (C, X, Y, Z))."""
-    from monai.data import MetaTensor
-    from monai.transforms import Invertd
-
     pre = transforms.preprocess(spec)
     d = pre({"image": data["image"]})
     probs = sliding_window(net, d["image"], spec, overlap=overlap, tta=tta, device=device, amp=amp)
-    d["pred"] = MetaTensor(probs, meta=dict(d["image"].meta))
+    return _to_original(pre, d, probs, data)
+
+
+def _to_original(pre: Any, d: Mapping[str, Any], probs: Any, data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities on the model grid -> (classes, probabilities) on the case's own grid (``Invertd``)."""
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    d = {"image": d["image"], "pred": MetaTensor(probs, meta=dict(d["image"].meta))}
     inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True)(d)
     p = np.asarray(inv["pred"], dtype=np.float32)
     if p.shape[1:] != tuple(data["image"].shape[1:]):  # pragma: no cover - Invertd restores the grid
         raise SegmentationError(f"case {data.get('case_id')}: inverted prediction has shape {p.shape[1:]}, "
                                 f"the image {tuple(data['image'].shape[1:])}")
     return p.argmax(0).astype(np.uint8), p
+
+
+def predict_with_signature(net: Any, spec: ModelSpec, data: Mapping[str, Any], request: Any,
+                           cohort_scheme: io.LabelScheme | None, overlap: float = 0.5, tta: bool = False,
+                           device: str = "cpu", amp: bool = False) -> tuple[np.ndarray, pd.DataFrame | None, str]:
+    """:func:`predict_case` plus the network image signature from the same pass
+    (:mod:`glioma_nb.signature.network`). Returns (classes on the original grid, signature rows indexed
+    by perturbation or None, the error that prevented the signature or "")."""
+    import torch
+
+    from glioma_nb.signature import network
+
+    reference = request.mask == "reference"
+    pre = transforms.preprocess(spec, with_label=reference)
+    d = pre({k: data[k] for k in (("image", "label") if reference else ("image",))})
+    stages = list(network.stage_modules(net))
+    probs, maps = sliding_window(net, d["image"], spec, overlap=overlap, tta=tta, device=device, amp=amp, stages=stages)
+    classes, _ = _to_original(pre, d, probs, data)
+    model_classes = np.asarray(d["label"][0] if reference else probs.argmax(0), dtype=np.uint8)
+    lab, scheme = transforms.classes_to_label(model_classes, spec.classes, cohort_scheme)
+    masks = io.region_masks(lab, scheme)
+    voxel_ml = float(np.prod(spec.spacing)) / 1000.0
+    desc = f"{'reference label map' if reference else 'predicted mask'} ({spec.name} grid)"
+    cid = str(data.get("case_id", ""))
+    rows: dict[str, dict[str, float]] = {}
+    try:
+        rows["none"] = network.case_row(maps, masks, voxel_ml, cid, desc)
+        for kind in request.perturbations:
+            if kind in ("erode", "dilate"):
+                pmasks = {r: network.erode_dilate(m, kind) for r, m in masks.items()}
+                rows[kind] = network.case_row(maps, pmasks, voxel_ml, cid, f"{kind}d {desc}")
+                continue
+            img = np.asarray(d["image"], dtype=np.float32)
+            if kind == "noise":
+                img, pmasks = network.add_noise(img, request.seed), masks
+            else:
+                img = network.rotate(img, order=1)
+                pmasks = {r: network.rotate(m.astype(np.uint8), order=0).astype(bool) for r, m in masks.items()}
+            _, pmaps = sliding_window(net, torch.from_numpy(np.ascontiguousarray(img)), spec, overlap=overlap,
+                                      device=device, amp=amp, stages=stages)
+            rows[kind] = network.case_row(pmaps, pmasks, voxel_ml, cid, f"{desc}, {kind}")
+    except network.SignatureError as exc:
+        return classes, None, str(exc)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "perturbation"
+    return classes, table, ""
 
 
 def sanity_flags(classes: np.ndarray, voxel_ml: float, limits: Mapping[str, float] = SANITY) -> list[str]:
@@ -106,11 +176,16 @@ def mask_path(out_dir: Path, case_id: str) -> Path:
 
 def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, *,
                    case_ids: Iterable[str] | None = None, overlap: float = 0.5, tta: bool = False,
-                   device: str = "cpu", amp: bool = False, progress: bool = True) -> pd.DataFrame:
+                   device: str = "cpu", amp: bool = False, progress: bool = True,
+                   signature: Any = None) -> pd.DataFrame:
     """Segment cases of ``cohort`` into ``out_dir`` (cached per case); one row per case.
 
     Columns: case_id, status (predicted | cached), seconds, predicted region volumes (mL), flags.
-    Every case is checked for the model's modalities before any is run.
+    Every case is checked for the model's modalities before any is run. With ``signature`` (a
+    :class:`glioma_nb.signature.network.Request`), the network image signature is pooled in the same
+    pass and cached as ``<case>.signature.parquet`` (rows by perturbation); a case whose cached
+    signature was made with another request is run again. A case whose signature fails (empty
+    tumour) keeps its mask and gets ``signature_error``.
     """
     from tqdm import tqdm
 
@@ -122,26 +197,61 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
         if missing:
             raise SegmentationError(f"case {cid}: model {spec.name} needs {list(spec.modalities)} but the case has "
                                     f"no {missing}; choose a model whose modalities the cohort has (segment.model)")
+    if signature is not None and signature.mask == "reference" and cohort.scheme is None:
+        raise SegmentationError(f"cohort {cohort.name} has no label maps; signature.mask: reference needs them "
+                                "(use signature.mask: predicted)")
     rows = []
     for cid in tqdm(ids, desc=f"segment ({spec.name})", disable=not progress):
         mpath, jpath = mask_path(out_dir, cid), out_dir / f"{cid}.json"
         if mpath.exists() and jpath.exists():
-            rows.append({**json.loads(jpath.read_text()), "status": "cached"})
-            continue
+            rec = json.loads(jpath.read_text())
+            if signature is None or (rec.get("signature") == signature.key() and
+                                     (signature_path(out_dir, cid).exists() or rec.get("signature_error"))):
+                rows.append({**rec, "status": "cached"})
+                continue
         t0 = time.perf_counter()
-        data = transforms.load_case(cohort, cid, spec)
+        data = transforms.load_case(cohort, cid, spec, with_label=signature is not None and signature.mask == "reference")
         # voxel size with the geometry override, from the loaded image's affine
         voxel_ml = float(np.prod(np.linalg.norm(np.asarray(data["image"].affine)[:3, :3], axis=0))) / 1000.0
-        classes, _ = predict_case(net, spec, data, overlap=overlap, tta=tta, device=device, amp=amp)
+        extra: dict[str, Any] = {}
+        if signature is None:
+            classes, _ = predict_case(net, spec, data, overlap=overlap, tta=tta, device=device, amp=amp)
+        else:
+            classes, table, err = predict_with_signature(net, spec, data, signature, cohort.scheme, overlap=overlap,
+                                                         tta=tta, device=device, amp=amp)
+            extra = {"signature": signature.key(), "signature_error": err}
+            spath = signature_path(out_dir, cid)
+            if table is not None:
+                tmp = spath.with_name(spath.name + ".tmp")
+                table.to_parquet(tmp)
+                tmp.replace(spath)
+            elif spath.exists():
+                spath.unlink()
         label, scheme = transforms.classes_to_label(classes, spec.classes, cohort.scheme)
         src = nib.load(cohort.case(cid).images[spec.modalities[0]])   # the file's own affine and header
         hdr = src.header.copy()
         hdr.set_data_dtype(np.uint8)
         _write_atomic_nifti(nib.Nifti1Image(label, src.affine, hdr), mpath)
         rec = {"case_id": cid, "model": spec.name, "scheme": scheme.name, "seconds": round(time.perf_counter() - t0, 2),
-               **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(sanity_flags(classes, voxel_ml))}
+               **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(sanity_flags(classes, voxel_ml)), **extra}
         tmp = jpath.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rec, indent=1))
         tmp.replace(jpath)
         rows.append({**rec, "status": "predicted"})
     return pd.DataFrame(rows)
+
+
+def signature_path(out_dir: Path, case_id: str) -> Path:
+    return Path(out_dir) / f"{case_id}.signature.parquet"
+
+
+def load_signature(out_dir: Path, case_ids: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cached network signatures of ``case_ids``: (the signature, one row per case, index case_id;
+    every row of every case in long form with a ``perturbation`` level). Cases without one are left out."""
+    parts = {cid: pd.read_parquet(signature_path(out_dir, cid)) for cid in case_ids
+             if signature_path(out_dir, cid).exists()}
+    if not parts:
+        return pd.DataFrame(), pd.DataFrame()
+    long = pd.concat(parts, names=["case_id", "perturbation"])
+    main = long.xs("none", level="perturbation")
+    return main, long

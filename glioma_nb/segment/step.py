@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -49,6 +49,15 @@ class SegmentResult:
                 (f", median {self.cases['seconds'].median():.1f} s per case" if n else "") +
                 f"; {len(self.flagged)} flagged by the sanity checks. Masks: `masks/<case>.nii.gz` in each "
                 "image's own voxel grid and affine.")
+        if n and "signature" in self.cases:
+            sig = self.cases["signature"].dropna()
+            errs = self.cases.get("signature_error", pd.Series(dtype=object)).fillna("")
+            if len(sig):
+                req = sig.iloc[0]
+                text += (f" The network image signature (read by 02_signature) was pooled in the same pass, in the "
+                         f"{req['mask']} mask" + (f", with the stability perturbations {', '.join(req['perturbations'])}"
+                                                 if req["perturbations"] else "") +
+                         f"; {int((errs != '').sum())} case(s) have none (listed below).")
         if not self.scores.empty:
             k = int(self.scores["trained_on"].sum())
             m = len(self.scores) - k
@@ -67,11 +76,26 @@ class SegmentResult:
                                "n_flagged": len(self.flagged)}
         if not self.cases.empty:
             out["seconds_per_case"] = round(float(self.cases["seconds"].median()), 2)
+            if "signature_error" in self.cases:
+                out["n_without_signature"] = int((self.cases["signature_error"].fillna("") != "").sum())
         if not self.summary.empty:
             out.update(metrics.summary_record(self.summary))
             out["scored_cases"] = ("cases not used in training" if self.held_out or self.trained_on else "all cases")
             out["n_trained_on"] = len(self.trained_on)
         return out
+
+
+def signature_request(config: Mapping[str, Any]) -> Any:
+    """What 01_segment pools for 02_signature in the same pass (None when signature.network is off):
+    the mask of ``signature.mask`` and, unless a filter is taken from another run, the stability
+    perturbations."""
+    from glioma_nb.signature.network import Request
+
+    sig = config.get("signature", {}) or {}
+    if not sig.get("network", True):
+        return None
+    perts = () if sig.get("filter_from") else tuple((sig.get("stability") or {}).get("perturbations", ()))
+    return Request(mask=sig.get("mask", "predicted"), perturbations=perts, seed=int(config["project"]["seed"]))
 
 
 def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_model: bool = False,
@@ -113,7 +137,7 @@ def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_
         weights_note = f"{weights} (sha256 {models.sha256(Path(weights))[:12]})"
     mask_dir = ctx.run_dir / "masks"
     cases = infer.segment_cohort(cohort, spec, net, mask_dir, overlap=overlap, tta=tta, device=device,
-                                 progress=progress)
+                                 progress=progress, signature=signature_request(ctx.config))
     result = SegmentResult(spec, weights_note, mask_dir, cases, train_log=train_log, held_out=held_out)
     if train_model:
         result.trained_on = [c for c in cohort.case_ids if c not in held_out]

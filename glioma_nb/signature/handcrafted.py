@@ -22,6 +22,47 @@ from glioma_nb import io, paths
 from glioma_nb.signature.volumetric import robust_normalise
 
 
+class MaskSource:
+    """Where a case's tumour mask comes from: the cohort's reference label maps, or the masks
+    01_segment predicted (``<run>/masks/<case>.nii.gz`` in the scheme its ``<case>.json`` names)."""
+
+    def __init__(self, kind: str, cohort: io.Cohort, mask_dir: Path | None = None) -> None:
+        self.kind, self.cohort, self.mask_dir = kind, cohort, Path(mask_dir) if mask_dir else None
+
+    @classmethod
+    def reference(cls, cohort: io.Cohort) -> "MaskSource":
+        return cls("reference", cohort)
+
+    @classmethod
+    def predicted(cls, cohort: io.Cohort, mask_dir: Path) -> "MaskSource":
+        return cls("predicted", cohort, mask_dir)
+
+    def path(self, case_id: str) -> Path | None:
+        if self.kind == "reference":
+            return self.cohort.case(case_id).label
+        assert self.mask_dir is not None
+        return self.mask_dir / f"{case_id}.nii.gz"
+
+    def load(self, case_id: str) -> tuple[Any, io.LabelScheme]:
+        """(label image, its scheme); an error naming the case, the file and the fix when absent."""
+        import json
+
+        import nibabel as nib
+
+        if self.kind == "reference":
+            img = self.cohort.load_label(case_id)
+            if img is None or self.cohort.scheme is None:
+                raise ValueError(f"cohort {self.cohort.name}: case {case_id} has no reference label map; "
+                                 "use signature.mask: predicted (masks from 01_segment)")
+            return img, self.cohort.scheme
+        path, meta = self.path(case_id), self.mask_dir / f"{case_id}.json"
+        if path is None or not path.exists() or not meta.exists():
+            raise ValueError(f"case {case_id}: no predicted mask {paths.display_path(path)}; run 01_segment in this "
+                             "run first, or use signature.mask: reference (the cohort's label maps)")
+        img = io.override_geometry(nib.load(path), self.cohort.spacing, self.cohort.orientation)
+        return img, io.LABEL_SCHEMES[json.loads(meta.read_text())["scheme"]]
+
+
 def settings_path(name: str) -> Path:
     """``configs/radiomics/<name>.yaml`` (or a path to a YAML file)."""
     p = Path(name)
@@ -54,12 +95,36 @@ def to_sitk(img: Any, data: np.ndarray | None = None) -> Any:
     return out
 
 
+def _crop(affine: np.ndarray, arrays: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
+          margin: int = 4) -> tuple[Any, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Arrays and masks cropped to the masks' bounding box plus ``margin`` voxels, and an object with
+    the cropped grid's affine (for :func:`to_sitk`)."""
+    from types import SimpleNamespace
+
+    union = np.zeros(next(iter(masks.values())).shape, bool)
+    for m in masks.values():
+        union |= m
+    if not union.any():
+        return SimpleNamespace(affine=affine), dict(arrays), dict(masks)
+    idx = np.argwhere(union)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, union.shape)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    aff = np.array(affine, dtype=float)
+    aff[:3, 3] = aff[:3, :3] @ lo + aff[:3, 3]
+    return (SimpleNamespace(affine=aff), {k: np.ascontiguousarray(v[sl]) for k, v in arrays.items()},
+            {k: np.ascontiguousarray(v[sl]) for k, v in masks.items()})
+
+
 def _extractors(settings: Mapping[str, Any]) -> tuple[Any, Any]:
     """(texture extractor without shape, shape-only extractor) from one settings mapping."""
     from radiomics import featureextractor
 
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     classes = dict(settings.get("featureClass") or {})
+    settings = copy.deepcopy(dict(settings))
+    # no provenance diagnostics per call (image/mask hashes: most of the time on 1 mm volumes)
+    settings["setting"] = {**(settings.get("setting") or {}), "additionalInfo": False}
     tex = copy.deepcopy(dict(settings))
     tex["featureClass"] = {k: v for k, v in classes.items() if k != "shape"}
     shape = copy.deepcopy(dict(settings))
@@ -82,24 +147,50 @@ def _clean(result: Mapping[str, Any], prefix: str, drop_class: bool = False) -> 
 
 
 def case_features(cohort: io.Cohort, case_id: str, settings: Mapping[str, Any],
-                  percentiles: Sequence[float] = (1, 99), regions: Sequence[str] | None = None) -> dict[str, float]:
-    """Handcrafted features of one case (needs a label map)."""
-    label_img = cohort.load_label(case_id)
-    if label_img is None or cohort.scheme is None:
-        raise ValueError(f"cohort {cohort.name}: case {case_id} has no label map; radiomics needs a mask")
-    masks = io.region_masks(np.asanyarray(label_img.dataobj), cohort.scheme)
+                  percentiles: Sequence[float] = (1, 99), regions: Sequence[str] | None = None,
+                  masks_from: MaskSource | None = None, perturbation: str | None = None, seed: int = 0) -> dict[str, float]:
+    """Handcrafted features of one case, in the reference label map or the ``masks`` given.
+
+    ``perturbation`` (stability re-extraction): ``erode`` / ``dilate`` the mask by one voxel (in-plane
+    only with ``force2D``), ``noise`` (Gaussian, SD 0.05 of the 1st-99th percentile range, brain
+    voxels) or ``rotate`` (image and mask by 5 degrees in the plane of voxel axes 0 and 1)."""
+    from glioma_nb.signature import network
+
+    label_img, scheme = (masks_from or MaskSource.reference(cohort)).load(case_id)
+    lab = np.asanyarray(label_img.dataobj)
+    two_d = bool((settings.get("setting") or {}).get("force2D"))
+    arrays = {m: robust_normalise(np.asanyarray(cohort.load_image(case_id, m).dataobj), percentiles)
+              for m in cohort.modalities}
+    region_masks = io.region_masks(lab, scheme)
+    if perturbation in ("erode", "dilate"):
+        from scipy import ndimage
+
+        struct = ndimage.generate_binary_structure(3, 1)
+        if two_d:
+            struct[:, :, 0] = struct[:, :, 2] = False
+        fn = ndimage.binary_erosion if perturbation == "erode" else ndimage.binary_dilation
+        region_masks = {r: fn(m, structure=struct) for r, m in region_masks.items()}
+    elif perturbation == "noise":
+        rng = np.random.default_rng(seed)
+        arrays = {m: np.where(a != 0, a + rng.normal(0, 0.05, a.shape), 0).astype(np.float32) for m, a in arrays.items()}
+    elif perturbation == "rotate":
+        arrays = {m: network.rotate(a, order=1) for m, a in arrays.items()}
+        region_masks = {r: network.rotate(m.astype(np.uint8), order=0).astype(bool) for r, m in region_masks.items()}
+    elif perturbation is not None:
+        raise ValueError(f"unknown perturbation {perturbation!r}; known: {list(network.PERTURBATIONS)}")
     tex_ex, shape_ex = _extractors(settings)
     min_size = int((settings.get("setting") or {}).get("minimumROISize") or 1)
-    images = {m: to_sitk(cohort.load_image(case_id, m),
-                         100.0 * robust_normalise(np.asanyarray(cohort.load_image(case_id, m).dataobj), percentiles))
-              for m in cohort.modalities}
+    # crop to the tumour's bounding box (+ margin): features only see mask voxels and their neighbours,
+    # and PyRadiomics' per-call checks scale with the whole volume
+    geom, arrays, region_masks = _crop(label_img.affine, arrays, region_masks, margin=4)
+    images = {m: to_sitk(geom, 100.0 * a) for m, a in arrays.items()}
     row: dict[str, float] = {}
-    for region, mask in masks.items():
+    for region, mask in region_masks.items():
         if regions and region not in regions:
             continue
         if mask.sum() < min_size:  # empty or tiny region (e.g. no enhancement): features undefined
             continue
-        m_img = to_sitk(label_img, mask.astype(np.uint8))
+        m_img = to_sitk(geom, mask.astype(np.uint8))
         first = next(iter(images.values()))
         m_img.CopyInformation(first)
         if shape_ex is not None:
@@ -110,15 +201,18 @@ def case_features(cohort: io.Cohort, case_id: str, settings: Mapping[str, Any],
 
 
 def cohort_features(cohort: io.Cohort, settings: Mapping[str, Any], percentiles: Sequence[float] = (1, 99),
-                    n_jobs: int = 1, progress: bool = True) -> pd.DataFrame:
+                    n_jobs: int = 1, progress: bool = True, masks_from: MaskSource | None = None,
+                    perturbation: str | None = None, seed: int = 0, case_ids: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per case (index ``case_id``) of :func:`case_features`, cases in parallel with joblib."""
     from joblib import Parallel, delayed
     from tqdm import tqdm
 
-    ids = cohort.case_ids
+    ids = list(case_ids) if case_ids is not None else cohort.case_ids
     rows = Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(case_features)(cohort, cid, settings, percentiles) for cid in ids)
-    data = dict(zip(ids, tqdm(rows, total=len(ids), desc="PyRadiomics", disable=not progress)))
+        delayed(case_features)(cohort, cid, settings, percentiles, masks_from=masks_from, perturbation=perturbation, seed=seed)
+        for cid in ids)
+    desc = "PyRadiomics" + (f" ({perturbation})" if perturbation else "")
+    data = dict(zip(ids, tqdm(rows, total=len(ids), desc=desc, disable=not progress)))
     df = pd.DataFrame.from_dict(data, orient="index")
     df.index.name = "case_id"
     return df

@@ -7,7 +7,7 @@ convention ``<region>__<source>__<stat>``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,14 +26,20 @@ def robust_normalise(data: np.ndarray, percentiles: Sequence[float] = (1, 99)) -
     return np.where(data != 0, (data - lo) / scale, 0.0).astype(np.float32)
 
 
-def case_features(cohort: io.Cohort, case_id: str, percentiles: Sequence[float] = (1, 99)) -> dict[str, float]:
-    """Volumes and normalised intensity mean/SD per region for one case (needs a label map)."""
-    label_img = cohort.load_label(case_id)
-    if label_img is None or cohort.scheme is None:
-        raise ValueError(f"cohort {cohort.name}: case {case_id} has no label map; volumetric features need one")
+def case_features(cohort: io.Cohort, case_id: str, percentiles: Sequence[float] = (1, 99),
+                  masks_from: Any = None) -> dict[str, float]:
+    """Volumes and normalised intensity mean/SD per region for one case, in the reference label map or
+    the masks of ``masks_from`` (a :class:`glioma_nb.signature.handcrafted.MaskSource`)."""
+    if masks_from is None:
+        label_img = cohort.load_label(case_id)
+        if label_img is None or cohort.scheme is None:
+            raise ValueError(f"cohort {cohort.name}: case {case_id} has no label map; volumetric features need one")
+        scheme = cohort.scheme
+    else:
+        label_img, scheme = masks_from.load(case_id)
     lab = np.asanyarray(label_img.dataobj)
-    voxel_ml = float(np.prod(label_img.header.get_zooms()[:3])) / 1000.0
-    masks = io.region_masks(lab, cohort.scheme)
+    voxel_ml = float(np.prod(np.linalg.norm(np.asarray(label_img.affine)[:3, :3], axis=0))) / 1000.0
+    masks = io.region_masks(lab, scheme)
     row: dict[str, float] = {}
     for region, m in masks.items():
         row[f"{region}__volume__ml"] = float(m.sum()) * voxel_ml
@@ -47,11 +53,11 @@ def case_features(cohort: io.Cohort, case_id: str, percentiles: Sequence[float] 
 
 
 def cohort_features(cohort: io.Cohort, percentiles: Sequence[float] = (1, 99),
-                    progress: bool = True) -> pd.DataFrame:
+                    progress: bool = True, masks_from: Any = None) -> pd.DataFrame:
     """One row per case (index ``case_id``) of :func:`case_features`."""
     from tqdm import tqdm
 
-    rows = {cid: case_features(cohort, cid, percentiles)
+    rows = {cid: case_features(cohort, cid, percentiles, masks_from)
             for cid in tqdm(cohort.case_ids, desc="volumetric features", disable=not progress)}
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "case_id"

@@ -1,0 +1,189 @@
+"""Network image signature (IS): the segmentation network's own activations pooled inside the tumour.
+
+Forward hooks on the U-Net's encoder stages (``enc1`` .. ``encN``), its bottleneck and its decoder
+stages (``decN`` .. ``dec2``; the last decoder stage is the class logits and is left out) record every
+stage's output during the segmentation pass itself: the sliding window stitches each stage map at its
+own resolution (MONAI ``sliding_window_inference`` with several outputs), so the IS costs no second
+network run (:func:`glioma_nb.segment.infer.segment_cohort` with a :class:`Request`).
+
+Each stage map is pooled inside every region of the model's classes (WT/TC/ET for a BraTS model, WT
+for a whole-tumour model). The region mask lives on the model's grid (resampled, cropped; the
+predicted mask, or the reference label map carried through the same preprocessing with nearest
+neighbour) and is resampled to each stage's grid by area averaging: a stage voxel's weight is the
+fraction of it inside the mask. Per channel: the weighted mean and standard deviation. Plus each
+region's volume on the model grid (mL). Columns ``<region>__<stage>__c<channel>__<stat>`` and
+``<region>__volume__ml``; the order is fixed by the network, so two runs give identical tables.
+
+An empty whole tumour is an error for that case (:class:`SignatureError`, naming the case and the
+mask); an empty subregion (no enhancement, say) gives NaN for that region's columns and volume 0.
+
+Stability perturbations (``Request.perturbations``) are pooled in the same call: ``erode`` and
+``dilate`` (the mask by one voxel on the model grid) reuse the pass; ``noise`` (Gaussian, 0.1 SD of
+the z-scored image inside the brain) and ``rotate`` (image and mask by 5 degrees in the axial plane)
+each run one more pass. Rows are indexed by perturbation (``none`` is the signature itself).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+STATS = ("mean", "sd")
+PERTURBATIONS = ("erode", "dilate", "noise", "rotate")
+NOISE_SD = 0.1        # of the z-scored image inside the brain
+ROTATE_DEG = 5.0      # in the axial plane (voxel axes 0 and 1 of the RAS model grid)
+
+
+class SignatureError(ValueError):
+    """A case whose image signature cannot be computed (the message names the case and the fix)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What :func:`glioma_nb.segment.infer.segment_cohort` pools besides the mask."""
+
+    mask: str = "predicted"                      # predicted | reference
+    perturbations: tuple[str, ...] = ()          # subset of PERTURBATIONS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mask not in ("predicted", "reference"):
+            raise ValueError(f"signature.mask must be predicted or reference, not {self.mask!r}")
+        bad = [p for p in self.perturbations if p not in PERTURBATIONS]
+        if bad:
+            raise ValueError(f"unknown stability perturbations {bad}; known: {list(PERTURBATIONS)}")
+
+    def key(self) -> dict[str, Any]:
+        return {"mask": self.mask, "perturbations": list(self.perturbations), "seed": self.seed}
+
+
+def stage_modules(net: Any) -> dict[str, Any]:
+    """The hooked stages of a MONAI ``UNet`` or ``SegResNet``, in network order."""
+    import torch
+    from monai.networks.layers import SkipConnection
+    from monai.networks.nets import SegResNet, UNet
+
+    if isinstance(net, UNet):
+        out, ups, seq, level = {}, [], net.model, 1
+        while True:   # UNet.model = Sequential(down, SkipConnection(Sequential(down, Skip(...), up)), up)
+            down, skip, up = seq[0], seq[1], seq[2]
+            out[f"enc{level}"] = down
+            ups.append((level, up))
+            sub = skip.submodule
+            if isinstance(sub, torch.nn.Sequential) and len(sub) == 3 and isinstance(sub[1], SkipConnection):
+                seq, level = sub, level + 1
+            else:
+                out["bottleneck"] = sub
+                break
+        for lvl, up in reversed(ups):
+            if lvl > 1:   # up-block 1 outputs the class logits: the prediction, not a feature stage
+                out[f"dec{lvl}"] = up
+        return out
+    if isinstance(net, SegResNet):
+        out = {f"enc{i + 1}": m for i, m in enumerate(net.down_layers[:-1])}
+        out["bottleneck"] = net.down_layers[-1]
+        n = len(net.up_layers)
+        out.update({f"dec{n - i + 1}": m for i, m in enumerate(net.up_layers)})
+        return out
+    raise SignatureError(f"no image-signature stages are defined for {type(net).__name__}; "
+                         "use a MONAI UNet or SegResNet")
+
+
+class Tap:
+    """Calls ``net`` and returns ``(logits, *stage maps)`` (for the sliding window); hooks removed on close."""
+
+    def __init__(self, net: Any, stages: Sequence[str] | None = None) -> None:
+        mods = stage_modules(net)
+        self.stages = list(stages) if stages is not None else list(mods)
+        self.net, self._acts, self._handles = net, {}, []
+        for name in self.stages:
+            self._handles.append(mods[name].register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str) -> Any:
+        def fn(_module: Any, _inputs: Any, output: Any) -> None:
+            self._acts[name] = output
+        return fn
+
+    def __call__(self, x: Any) -> tuple[Any, ...]:
+        self._acts = {}
+        logits = self.net(x)
+        return (logits, *(self._acts[s] for s in self.stages))
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def pool(act: Any, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean and SD per channel of ``act`` (C, X, Y, Z) inside ``mask`` (a boolean array on the
+    model grid), the mask area-averaged onto the stage grid. Raises when the mask is empty."""
+    import torch
+    import torch.nn.functional as F
+
+    a = torch.as_tensor(act, dtype=torch.float32)
+    m = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
+    w = F.interpolate(m, size=tuple(a.shape[1:]), mode="area")[0, 0] if tuple(m.shape[2:]) != tuple(a.shape[1:]) else m[0, 0]
+    total = float(w.sum())
+    if total <= 0:
+        raise SignatureError("the mask is empty")
+    mean = (a * w).sum(dim=(1, 2, 3)) / total
+    var = (w * (a - mean[:, None, None, None]) ** 2).sum(dim=(1, 2, 3)) / total
+    return mean.numpy().astype(np.float64), np.sqrt(np.clip(var.numpy(), 0, None)).astype(np.float64)
+
+
+def columns(regions: Sequence[str], stage_channels: Mapping[str, int]) -> list[str]:
+    """The documented column order: per region, the volume, then stage by stage, channel, statistic."""
+    cols = []
+    for r in regions:
+        cols.append(f"{r}__volume__ml")
+        for stage, n in stage_channels.items():
+            cols.extend(f"{r}__{stage}__c{c:03d}__{s}" for c in range(n) for s in STATS)
+    return cols
+
+
+def case_row(stage_maps: Mapping[str, Any], masks: Mapping[str, np.ndarray], voxel_ml: float,
+             case_id: str, mask_desc: str) -> dict[str, float]:
+    """One case's signature: ``masks`` by region (the first is the whole tumour), on the model grid."""
+    regions = list(masks)
+    if not np.asarray(masks[regions[0]]).any():
+        raise SignatureError(f"case {case_id}: the {mask_desc} has no {regions[0]} voxels, so there is no tumour to "
+                             "describe; look at this case in 01_segment (flags), or use signature.mask: reference")
+    row: dict[str, float] = {}
+    chans = {s: int(m.shape[0]) for s, m in stage_maps.items()}
+    for r in regions:
+        m = np.asarray(masks[r], dtype=bool)
+        row[f"{r}__volume__ml"] = float(m.sum()) * voxel_ml
+        for stage, act in stage_maps.items():
+            if m.any():
+                mean, sd = pool(act, m)
+            else:
+                mean = sd = np.full(chans[stage], np.nan)
+            for c in range(chans[stage]):
+                row[f"{r}__{stage}__c{c:03d}__mean"] = float(mean[c])
+                row[f"{r}__{stage}__c{c:03d}__sd"] = float(sd[c])
+    return row
+
+
+def erode_dilate(mask: np.ndarray, kind: str) -> np.ndarray:
+    """The mask eroded or dilated by one voxel (6-connected)."""
+    from scipy import ndimage
+
+    fn = ndimage.binary_erosion if kind == "erode" else ndimage.binary_dilation
+    return fn(np.asarray(mask, dtype=bool))
+
+
+def rotate(arr: np.ndarray, order: int) -> np.ndarray:
+    """Rotation by :data:`ROTATE_DEG` in the plane of voxel axes 0 and 1 of (C, X, Y, Z) or (X, Y, Z)."""
+    from scipy import ndimage
+
+    axes = (1, 2) if arr.ndim == 4 else (0, 1)
+    return ndimage.rotate(arr, ROTATE_DEG, axes=axes, reshape=False, order=order, mode="constant", cval=0)
+
+
+def add_noise(image: np.ndarray, seed: int) -> np.ndarray:
+    """Gaussian noise (SD :data:`NOISE_SD`) added to the non-zero (brain) voxels of a z-scored image."""
+    rng = np.random.default_rng(seed)
+    img = np.asarray(image, dtype=np.float32)
+    return np.where(img != 0, img + rng.normal(0, NOISE_SD, img.shape).astype(np.float32), 0).astype(np.float32)

@@ -1,0 +1,249 @@
+"""Notebook 02: every feature table of a cohort, the stability filters, and what to show.
+
+Sources (index ``case_id``):
+- ``volumetric``: region volumes and robust intensity mean/SD (:mod:`volumetric`);
+- ``signature``: the network image signature pooled during 01_segment's pass
+  (:mod:`network`, read from ``<run>/masks/<case>.signature.parquet``);
+- ``radiomics``: PyRadiomics features (:mod:`handcrafted`) when ``radiomics`` names settings;
+- the cohort's precomputed ``cohort.features`` tables, passed on unchanged.
+Image features use the predicted masks of 01_segment (default) or the reference label maps
+(``mask: reference``). ``signature`` and ``radiomics`` go through a :class:`StabilityFilter` fitted
+here on perturbed re-extractions (or loaded from ``filter_from``, another run, and applied unchanged);
+the filtered tables are what 03_classify and 04_stratify read, the unfiltered ones are kept too.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from glioma_nb import paths
+from glioma_nb.signature.network import SignatureError
+from glioma_nb.signature.stability import StabilityFilter
+
+FILTERED_SOURCES = ("signature", "radiomics")
+
+
+@dataclass
+class SignatureResult:
+    tables: dict[str, pd.DataFrame]                     # what later steps read (filtered where filtered)
+    unfiltered: dict[str, pd.DataFrame] = field(default_factory=dict)
+    filters: dict[str, StabilityFilter] = field(default_factory=dict)
+    errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["case_id", "source", "error"]))
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    mask: str = "predicted"
+    filter_origin: str = ""
+    replicates: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)   # source -> perturbation -> table
+
+    def save(self, ctx: Any) -> None:
+        """Write ``tables/features_<source>`` (filtered) and, per filtered source, ``unfiltered_<source>``
+        and ``stability_<source>`` (ICC, mode fraction, missing fraction, reason removed)."""
+        ctx.save_feature_tables(self.tables)
+        for name, filt in self.filters.items():
+            ctx.save_table(self.unfiltered[name].rename_axis("case_id").reset_index(), f"unfiltered_{name}")
+            ctx.save_table(filt.report_.reset_index(), f"stability_{name}")
+
+    def counts(self) -> pd.DataFrame:
+        """Features per source before and after filtering, with the reasons for removal."""
+        rows = {}
+        for name, table in self.tables.items():
+            raw = self.unfiltered.get(name, table)
+            row = {"cases": table.shape[0], "features (unfiltered)": raw.shape[1], "features (kept)": table.shape[1]}
+            if name in self.filters:
+                row.update({f"removed: {k}": int(v) for k, v in self.filters[name].counts().drop("kept").items()})
+            rows[name] = row
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("source").fillna(0)
+
+    def family_counts(self) -> pd.DataFrame:
+        """Features per family (network stage, or PyRadiomics class / image type) before and after filtering."""
+        out = []
+        for name in FILTERED_SOURCES:
+            if name not in self.unfiltered:
+                continue
+            fam = pd.Series([feature_family(c) for c in self.unfiltered[name].columns],
+                            index=self.unfiltered[name].columns)
+            kept = fam[fam.index.isin(self.tables[name].columns)]
+            out.append(pd.DataFrame({"source": name, "unfiltered": fam.value_counts(),
+                                     "kept": kept.value_counts()}).fillna(0).astype({"unfiltered": int, "kept": int}))
+        return pd.concat(out).rename_axis("family").reset_index() if out else pd.DataFrame()
+
+
+def feature_family(column: str) -> str:
+    """``WT__enc2__c003__mean`` -> ``enc2``; ``WT__flair__glcm_Contrast`` -> ``glcm``;
+    ``WT__t1__log-sigma-2-0-mm-3D_glcm_Idm`` -> ``log-sigma-2-0-mm-3D glcm``; ``WT__shape__X`` -> ``shape``."""
+    parts = column.split("__")
+    if len(parts) >= 4:
+        return parts[1]
+    if len(parts) == 3:
+        if parts[1] in ("shape", "volume"):
+            return parts[1]
+        bits = parts[2].split("_")
+        return " ".join(bits[:-1]) if len(bits) > 1 else parts[1]
+    return "other"
+
+
+def signature_step(ctx: Any, intensity_percentiles: Sequence[float] = (1, 99), mask: str = "predicted",
+                   network: bool = True, radiomics: str | None = None, n_jobs: int = 1,
+                   stability: Mapping[str, Any] | None = None, filter_from: str | None = None,
+                   progress: bool = True) -> SignatureResult:
+    """Extract, filter and return the feature tables of a notebook step context's cohort."""
+    from glioma_nb.signature import handcrafted, volumetric
+
+    cohort = ctx.cohort
+    stab = dict(stability or {})
+    perturbations = list(stab.pop("perturbations", []))
+    if mask not in ("predicted", "reference"):
+        raise ValueError(f"signature.mask must be predicted or reference, not {mask!r}")
+    res = SignatureResult(tables={}, mask=mask)
+    errors: list[dict[str, str]] = []
+    has_images = bool(cohort.modalities) and any(c.images for c in cohort.cases)
+    mask_dir = ctx.run_dir / "masks"
+    if has_images:
+        if mask == "predicted":
+            if not list(mask_dir.glob("*.nii.gz")):
+                raise SignatureError(f"signature.mask is predicted but this run has no masks in "
+                                     f"{paths.display_path(mask_dir)}; run 01_segment first, or set "
+                                     "signature.mask: reference (the cohort's label maps)")
+            masks_from = handcrafted.MaskSource.predicted(cohort, mask_dir)
+        else:
+            if cohort.scheme is None:
+                raise SignatureError(f"cohort {cohort.name} has no label maps; signature.mask: reference needs them")
+            masks_from = handcrafted.MaskSource.reference(cohort)
+        t0 = time.perf_counter()
+        res.unfiltered["volumetric"] = volumetric.cohort_features(cohort, intensity_percentiles, progress=progress,
+                                                                  masks_from=masks_from)
+        res.seconds["volumetric"] = time.perf_counter() - t0
+        if network:
+            main, long, errs, note = _network_tables(cohort.case_ids, mask_dir, mask)
+            errors.extend({"case_id": c, "source": "signature", "error": e} for c, e in errs.items())
+            if note:
+                res.notes.append(note)
+            if not main.empty:
+                res.unfiltered["signature"] = main
+                res.replicates["signature"] = {p: long.xs(p, level="perturbation") for p in perturbations
+                                               if p in long.index.get_level_values("perturbation")}
+        if radiomics:
+            settings = handcrafted.load_settings(radiomics)
+            ctx.path("logs", "radiomics_settings.yaml").write_text(handcrafted.settings_path(radiomics).read_text())
+            t0 = time.perf_counter()
+            res.unfiltered["radiomics"] = handcrafted.cohort_features(cohort, settings, intensity_percentiles,
+                                                                      n_jobs=n_jobs, progress=progress,
+                                                                      masks_from=masks_from)
+            res.seconds["radiomics"] = time.perf_counter() - t0
+            if not filter_from:
+                res.replicates["radiomics"] = {}
+                t0 = time.perf_counter()
+                for i, pert in enumerate(perturbations):
+                    res.replicates["radiomics"][pert] = handcrafted.cohort_features(
+                        cohort, settings, intensity_percentiles, n_jobs=n_jobs, progress=progress,
+                        masks_from=masks_from, perturbation=pert, seed=int(ctx.config["project"]["seed"]) + i)
+                res.seconds["radiomics perturbations"] = time.perf_counter() - t0
+    for name, table in cohort.features.items():
+        if name in res.unfiltered:
+            raise ValueError(f"cohort {cohort.name}: cohort.features.{name} clashes with the {name} features "
+                             "extracted from the images; rename the table")
+        res.unfiltered[name] = table
+    if not res.unfiltered:
+        raise ValueError(f"cohort {cohort.name}: no feature source - it has neither images nor "
+                         "cohort.features tables; add images or a feature table")
+    res.tables = dict(res.unfiltered)
+    import joblib
+
+    for name in FILTERED_SOURCES:
+        if name not in res.unfiltered:
+            continue
+        if filter_from:
+            src = paths.resolve_path(filter_from) / "models" / f"signature_filter__{name}.joblib"
+            if not src.exists():
+                raise SignatureError(f"signature.filter_from: {paths.display_path(src)} does not exist; point it at "
+                                     f"the run folder whose 02_signature fitted the {name} filter")
+            filt = joblib.load(src)
+            res.filter_origin = str(paths.display_path(src.parent.parent))
+        else:
+            reps = res.replicates.get(name) or None
+            filt = StabilityFilter(**stab).fit(res.unfiltered[name], replicates=reps)
+            joblib.dump(filt, ctx.path("models", f"signature_filter__{name}.joblib"))
+        res.filters[name] = filt
+        res.tables[name] = filt.transform(res.unfiltered[name])
+    res.errors = pd.DataFrame(errors, columns=["case_id", "source", "error"])
+    return res
+
+
+def _network_tables(case_ids: Sequence[str], mask_dir: Path, mask: str
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str], str]:
+    """The network signature cached by 01_segment: (main, long by perturbation, errors by case, note)."""
+    from glioma_nb.segment import infer
+
+    errs, pooled_in = {}, set()
+    for cid in case_ids:
+        meta = mask_dir / f"{cid}.json"
+        if not meta.exists():
+            continue
+        rec = json.loads(meta.read_text())
+        if rec.get("signature_error"):
+            errs[cid] = rec["signature_error"]
+        if rec.get("signature"):
+            pooled_in.add(rec["signature"]["mask"])
+    if pooled_in and pooled_in != {mask}:
+        raise SignatureError(f"01_segment pooled the network signature in the {sorted(pooled_in)} mask, but "
+                             f"signature.mask is {mask}; run 01_segment again with the same signature.mask")
+    main, long = infer.load_signature(mask_dir, case_ids)
+    note = "" if not main.empty else ("no network signature: 01_segment pooled none in this run "
+                                      "(segment.model none, or signature.network was false when it ran)")
+    return main, long, errs, note
+
+
+def feature_map_case(table: pd.DataFrame) -> str:
+    """The case whose whole-tumour volume is the median of the cohort (for the example feature map)."""
+    vol = table.filter(regex=r"^WT__volume__ml$").iloc[:, 0] if "WT__volume__ml" in table else table.iloc[:, 0]
+    return str((vol - vol.median()).abs().idxmin())
+
+
+def texture_map(cohort: Any, case_id: str, masks_from: Any, modality: str, percentiles: Sequence[float] = (1, 99),
+                feature: str = "LongRunHighGrayLevelEmphasis", kernel_radius: int = 2, bin_width: float = 5.0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A voxel-wise GLRLM map (PyRadiomics voxel-based extraction, in-plane kernel) on the axial slice
+    with the most whole tumour: (image slice, mask slice, feature map slice; NaN outside the tumour),
+    slices of the RAS-reoriented volume."""
+    import logging
+
+    import SimpleITK as sitk
+    from radiomics import featureextractor
+
+    from glioma_nb import io
+    from glioma_nb.signature.handcrafted import to_sitk
+    from glioma_nb.signature.volumetric import robust_normalise
+
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+    import nibabel as nib
+
+    label_img, scheme = masks_from.load(case_id)
+    label_img = nib.as_closest_canonical(label_img)      # RAS: voxel axis 2 is axial
+    wt = next(iter(io.region_masks(np.asanyarray(label_img.dataobj), scheme).values()))
+    k = int(np.argmax(wt.sum(axis=(0, 1))))
+    image = nib.as_closest_canonical(cohort.load_image(case_id, modality))
+    img = 100.0 * robust_normalise(np.asanyarray(image.dataobj), percentiles)
+    sl = slice(max(k, 0), k + 1)
+    m3 = np.zeros_like(wt, dtype=np.uint8)
+    m3[:, :, sl] = wt[:, :, sl]
+    settings = {"imageType": {"Original": {}}, "featureClass": {"glrlm": [feature]},
+                "setting": {"binWidth": bin_width, "force2D": True, "force2Ddimension": 0, "normalize": False, "label": 1},
+                "voxelSetting": {"kernelRadius": kernel_radius, "maskedKernel": True, "voxelBatch": 5000,
+                                 "initValue": float("nan")}}
+    ex = featureextractor.RadiomicsFeatureExtractor(settings)
+    s_img = to_sitk(label_img, img.astype(np.float32))
+    s_mask = to_sitk(label_img, m3)
+    s_mask.CopyInformation(s_img)
+    out = ex.execute(s_img, s_mask, label=1, voxelBased=True)
+    fmap_img = next(v for key, v in out.items() if key.endswith(feature) and isinstance(v, sitk.Image))
+    # back onto the full grid: the result covers the mask's bounding box
+    full = sitk.Resample(fmap_img, s_img, sitk.Transform(), sitk.sitkNearestNeighbor, float("nan"))
+    fmap = np.transpose(sitk.GetArrayFromImage(full), (2, 1, 0))
+    fmap = np.where(m3 > 0, fmap, np.nan)
+    return img[:, :, k], wt[:, :, k], fmap[:, :, k]
