@@ -156,3 +156,11 @@ def test_ibsi_matching_rule():
     assert ibsi.matches(556.3, 556, 4) and not ibsi.matches(561, 556, 4)
     assert ibsi.matches(0.30304, 0.303, 0) and not ibsi.matches(0.3036, 0.303, 0)
     assert ibsi.matches(1494.6, 1490, 0) and not ibsi.matches(1496, 1490, 0)
+
+
+def test_erosion_is_in_plane_for_thick_slices():
+    mask = np.zeros((9, 9, 3), bool)
+    mask[2:7, 2:7, :] = True                     # 3 thick slices: a 3D erosion would keep only the middle one
+    assert network.erode_dilate(mask, "erode").sum() == 9
+    assert network.erode_dilate(mask, "erode", in_plane=True).sum() == 27
+    assert network.erode_dilate(mask, "dilate", in_plane=True)[:, :, 0].sum() == 45

@@ -119,7 +119,8 @@ def predict_with_signature(net: Any, spec: ModelSpec, data: Mapping[str, Any], r
         rows["none"] = network.case_row(maps, masks, voxel_ml, cid, desc)
         for kind in request.perturbations:
             if kind in ("erode", "dilate"):
-                pmasks = {r: network.erode_dilate(m, kind) for r, m in masks.items()}
+                thick = max(spec.spacing) > 1.5 * min(spec.spacing)
+                pmasks = {r: network.erode_dilate(m, kind, in_plane=thick) for r, m in masks.items()}
                 rows[kind] = network.case_row(maps, pmasks, voxel_ml, cid, f"{kind}d {desc}")
                 continue
             img = np.asarray(d["image"], dtype=np.float32)

@@ -18,7 +18,8 @@ An empty whole tumour is an error for that case (:class:`SignatureError`, naming
 mask); an empty subregion (no enhancement, say) gives NaN for that region's columns and volume 0.
 
 Stability perturbations (``Request.perturbations``) are pooled in the same call: ``erode`` and
-``dilate`` (the mask by one voxel on the model grid) reuse the pass; ``noise`` (Gaussian, 0.1 SD of
+``dilate`` (the mask by one voxel on the model grid; in-plane only when the model's slices are more
+than 1.5 times thicker than its in-plane voxels) reuse the pass; ``noise`` (Gaussian, 0.1 SD of
 the z-scored image inside the brain) and ``rotate`` (image and mask by 5 degrees in the axial plane)
 each run one more pass. Rows are indexed by perturbation (``none`` is the signature itself).
 """
@@ -166,12 +167,16 @@ def case_row(stage_maps: Mapping[str, Any], masks: Mapping[str, np.ndarray], vox
     return row
 
 
-def erode_dilate(mask: np.ndarray, kind: str) -> np.ndarray:
-    """The mask eroded or dilated by one voxel (6-connected)."""
+def erode_dilate(mask: np.ndarray, kind: str, in_plane: bool = False) -> np.ndarray:
+    """The mask eroded or dilated by one voxel (6-connected; 4-connected in the plane of voxel axes 0
+    and 1 with ``in_plane``, for thick slices where one voxel along axis 2 is a whole slice)."""
     from scipy import ndimage
 
+    struct = ndimage.generate_binary_structure(3, 1)
+    if in_plane:
+        struct[:, :, 0] = struct[:, :, 2] = False
     fn = ndimage.binary_erosion if kind == "erode" else ndimage.binary_dilation
-    return fn(np.asarray(mask, dtype=bool))
+    return fn(np.asarray(mask, dtype=bool), structure=struct)
 
 
 def rotate(arr: np.ndarray, order: int) -> np.ndarray:
