@@ -173,7 +173,8 @@ def _signature_bench(cohort_name: str, device: str, max_cases: int, filters_case
 
 
 def run_signature_bench(cohorts: Iterable[str] = ("brats18-dev", "tcga-lgg-dev"), max_cases: int = 5,
-                        filters_cases: int = 1, out_dir: str = "bench/results") -> Path:
+                        filters_cases: int = 1, out_dir: str = "bench/results",
+                        devices: Iterable[str] | None = None) -> Path:
     """``make bench-signature``: network signature and PyRadiomics seconds per case, CPU and GPU when
     present; a cohort whose data are absent is recorded as skipped (the synthetic cohort always runs)."""
     import multiprocessing as mp
@@ -184,7 +185,7 @@ def run_signature_bench(cohorts: Iterable[str] = ("brats18-dev", "tcga-lgg-dev")
     results: dict[str, object] = {"created_utc": provenance.utc_now().isoformat(timespec="seconds"),
                                   "git": provenance.git_info(), "environment": provenance.environment(),
                                   "benchmarks": []}
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = list(devices) if devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for name in cohorts:
         for device in devices:
             try:

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     bsig.add_argument("--max-cases", type=int, default=5)
     bsig.add_argument("--filters-cases", type=int, default=1, help="cases for the (slow) LoG/wavelet extraction")
     bsig.add_argument("--out", default="bench/results")
+    bsig.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda when present")
 
     t = sub.add_parser("segment-train", help="train a segmentation model (models/<name>.yaml) on its shared-data split")
     t.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "bench-signature":
             from glioma_nb import bench
 
-            out = bench.run_signature_bench(args.cohorts, args.max_cases, args.filters_cases, args.out)
+            out = bench.run_signature_bench(args.cohorts, args.max_cases, args.filters_cases, args.out, args.devices)
             print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "segment-train":
             from glioma_nb.segment import train_cli

@@ -43,3 +43,25 @@ def test_sphere_shape_and_region_columns(tiny_cohort):
 def test_unknown_settings_name_lists_the_known_ones():
     with pytest.raises(FileNotFoundError, match="known: .*mri-3d"):
         handcrafted.settings_path("mri-4d")
+
+
+def test_perturbed_re_extractions_and_predicted_masks(tiny_cohort, tmp_path):
+    cohort = io.load_cohort(config.resolve_config(str(tiny_cohort)), progress=False)
+    settings = handcrafted.load_settings("mri-3d")
+    settings["featureClass"] = {"shape": None, "firstorder": None}
+    base = handcrafted.case_features(cohort, "C00", settings, regions=["WT"])
+    vol = {p: handcrafted.case_features(cohort, "C00", settings, regions=["WT"], perturbation=p)["WT__shape__VoxelVolume"]
+           for p in ("erode", "dilate", "noise", "rotate")}
+    assert vol["erode"] < base["WT__shape__VoxelVolume"] < vol["dilate"]
+    assert vol["noise"] == base["WT__shape__VoxelVolume"]
+    assert vol["rotate"] == pytest.approx(base["WT__shape__VoxelVolume"], rel=0.05)
+    # the predicted-mask source: a missing mask names the case and the fix
+    masks = handcrafted.MaskSource.predicted(cohort, tmp_path)
+    with pytest.raises(ValueError, match=r"case C00: no predicted mask .*run 01_segment"):
+        handcrafted.case_features(cohort, "C00", settings, masks_from=masks)
+    # a predicted mask identical to the reference gives the reference's features
+    lab = cohort.load_label("C00")
+    nib.save(nib.Nifti1Image(np.asanyarray(lab.dataobj).astype(np.uint8), lab.affine), tmp_path / "C00.nii.gz")
+    (tmp_path / "C00.json").write_text('{"scheme": "brats2018"}')
+    pred = handcrafted.case_features(cohort, "C00", settings, regions=["WT"], masks_from=masks)
+    assert pred == pytest.approx(base)

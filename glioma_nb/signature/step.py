@@ -69,8 +69,10 @@ class SignatureResult:
             fam = pd.Series([feature_family(c) for c in self.unfiltered[name].columns],
                             index=self.unfiltered[name].columns)
             kept = fam[fam.index.isin(self.tables[name].columns)]
+            order = list(dict.fromkeys(fam))        # network order (volume, enc1 .. dec2) / settings order
             out.append(pd.DataFrame({"source": name, "unfiltered": fam.value_counts(),
-                                     "kept": kept.value_counts()}).fillna(0).astype({"unfiltered": int, "kept": int}))
+                                     "kept": kept.value_counts()}).reindex(order).fillna(0)
+                       .astype({"unfiltered": int, "kept": int}))
         return pd.concat(out).rename_axis("family").reset_index() if out else pd.DataFrame()
 
 
