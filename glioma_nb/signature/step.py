@@ -58,7 +58,7 @@ class SignatureResult:
             if name in self.filters:
                 row.update({f"removed: {k}": int(v) for k, v in self.filters[name].counts().drop("kept").items()})
             rows[name] = row
-        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("source").fillna(0)
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("source").fillna(0).astype(int)
 
     def family_counts(self) -> pd.DataFrame:
         """Features per family (network stage, or PyRadiomics class / image type) before and after filtering."""
