@@ -130,7 +130,7 @@ def predict_with_signature(net: Any, spec: ModelSpec, data: Mapping[str, Any], r
                 img = network.rotate(img, order=1)
                 pmasks = {r: network.rotate(m.astype(np.uint8), order=0).astype(bool) for r, m in masks.items()}
             _, pmaps = sliding_window(net, torch.from_numpy(np.ascontiguousarray(img)), spec, overlap=overlap,
-                                      device=device, amp=amp, stages=stages)
+                                      tta=tta, device=device, amp=amp, stages=stages)   # as the signature's own pass
             rows[kind] = network.case_row(pmaps, pmasks, voxel_ml, cid, f"{desc}, {kind}")
     except network.SignatureError as exc:
         return classes, None, str(exc)
