@@ -19,48 +19,7 @@ import pandas as pd
 import yaml
 
 from glioma_nb import io, paths
-from glioma_nb.signature.volumetric import robust_normalise
-
-
-class MaskSource:
-    """Where a case's tumour mask comes from: the cohort's reference label maps, or the masks
-    01_segment predicted (``<run>/masks/<case>.nii.gz`` in the scheme its ``<case>.json`` names)."""
-
-    def __init__(self, kind: str, cohort: io.Cohort, mask_dir: Path | None = None) -> None:
-        self.kind, self.cohort, self.mask_dir = kind, cohort, Path(mask_dir) if mask_dir else None
-
-    @classmethod
-    def reference(cls, cohort: io.Cohort) -> "MaskSource":
-        return cls("reference", cohort)
-
-    @classmethod
-    def predicted(cls, cohort: io.Cohort, mask_dir: Path) -> "MaskSource":
-        return cls("predicted", cohort, mask_dir)
-
-    def path(self, case_id: str) -> Path | None:
-        if self.kind == "reference":
-            return self.cohort.case(case_id).label
-        assert self.mask_dir is not None
-        return self.mask_dir / f"{case_id}.nii.gz"
-
-    def load(self, case_id: str) -> tuple[Any, io.LabelScheme]:
-        """(label image, its scheme); an error naming the case, the file and the fix when absent."""
-        import json
-
-        import nibabel as nib
-
-        if self.kind == "reference":
-            img = self.cohort.load_label(case_id)
-            if img is None or self.cohort.scheme is None:
-                raise ValueError(f"cohort {self.cohort.name}: case {case_id} has no reference label map; "
-                                 "use signature.mask: predicted (masks from 01_segment)")
-            return img, self.cohort.scheme
-        path, meta = self.path(case_id), self.mask_dir / f"{case_id}.json"
-        if path is None or not path.exists() or not meta.exists():
-            raise ValueError(f"case {case_id}: no predicted mask {paths.display_path(path)}; run 01_segment in this "
-                             "run first, or use signature.mask: reference (the cohort's label maps)")
-        img = io.override_geometry(nib.load(path), self.cohort.spacing, self.cohort.orientation)
-        return img, io.LABEL_SCHEMES[json.loads(meta.read_text())["scheme"]]
+from glioma_nb.signature.volumetric import MaskSource, robust_normalise  # noqa: F401 (MaskSource re-exported)
 
 
 def settings_path(name: str) -> Path:
@@ -163,16 +122,10 @@ def case_features(cohort: io.Cohort, case_id: str, settings: Mapping[str, Any],
               for m in cohort.modalities}
     region_masks = io.region_masks(lab, scheme)
     if perturbation in ("erode", "dilate"):
-        from scipy import ndimage
-
-        struct = ndimage.generate_binary_structure(3, 1)
-        if two_d:
-            struct[:, :, 0] = struct[:, :, 2] = False
-        fn = ndimage.binary_erosion if perturbation == "erode" else ndimage.binary_dilation
-        region_masks = {r: fn(m, structure=struct) for r, m in region_masks.items()}
+        region_masks = {r: network.erode_dilate(m, perturbation, in_plane=two_d) for r, m in region_masks.items()}
     elif perturbation == "noise":
-        rng = np.random.default_rng(seed)
-        arrays = {m: np.where(a != 0, a + rng.normal(0, 0.05, a.shape), 0).astype(np.float32) for m, a in arrays.items()}
+        rng = np.random.default_rng(seed)     # one stream across the modalities
+        arrays = {m: network.add_noise(a, rng, sd=0.05) for m, a in arrays.items()}
     elif perturbation == "rotate":
         arrays = {m: network.rotate(a, order=1) for m, a in arrays.items()}
         region_masks = {r: network.rotate(m.astype(np.uint8), order=0).astype(bool) for r, m in region_masks.items()}

@@ -187,8 +187,9 @@ def rotate(arr: np.ndarray, order: int) -> np.ndarray:
     return ndimage.rotate(arr, ROTATE_DEG, axes=axes, reshape=False, order=order, mode="constant", cval=0)
 
 
-def add_noise(image: np.ndarray, seed: int) -> np.ndarray:
-    """Gaussian noise (SD :data:`NOISE_SD`) added to the non-zero (brain) voxels of a z-scored image."""
+def add_noise(image: np.ndarray, seed: int | np.random.Generator, sd: float = NOISE_SD) -> np.ndarray:
+    """Gaussian noise (SD ``sd``; :data:`NOISE_SD` suits a z-scored image) added to the non-zero
+    (brain) voxels. ``seed`` may be a Generator, whose stream then continues."""
     rng = np.random.default_rng(seed)
     img = np.asarray(image, dtype=np.float32)
-    return np.where(img != 0, img + rng.normal(0, NOISE_SD, img.shape).astype(np.float32), 0).astype(np.float32)
+    return np.where(img != 0, img + rng.normal(0, sd, img.shape).astype(np.float32), 0).astype(np.float32)

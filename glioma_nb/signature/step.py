@@ -40,6 +40,7 @@ class SignatureResult:
     mask: str = "predicted"
     filter_origin: str = ""
     replicates: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)   # source -> perturbation -> table
+    masks_from: Any = None                              # the MaskSource of the image features (None: no images)
 
     def save(self, ctx: Any) -> None:
         """Write ``tables/features_<source>`` (filtered) and, per filtered source, ``unfiltered_<source>``
@@ -112,11 +113,11 @@ def signature_step(ctx: Any, intensity_percentiles: Sequence[float] = (1, 99), m
                 raise SignatureError(f"signature.mask is predicted but this run has no masks in "
                                      f"{paths.display_path(mask_dir)}; run 01_segment first, or set "
                                      "signature.mask: reference (the cohort's label maps)")
-            masks_from = handcrafted.MaskSource.predicted(cohort, mask_dir)
+            masks_from = res.masks_from = handcrafted.MaskSource.predicted(cohort, mask_dir)
         else:
             if cohort.scheme is None:
                 raise SignatureError(f"cohort {cohort.name} has no label maps; signature.mask: reference needs them")
-            masks_from = handcrafted.MaskSource.reference(cohort)
+            masks_from = res.masks_from = handcrafted.MaskSource.reference(cohort)
         t0 = time.perf_counter()
         res.unfiltered["volumetric"] = volumetric.cohort_features(cohort, intensity_percentiles, progress=progress,
                                                                   masks_from=masks_from)
@@ -203,7 +204,7 @@ def _network_tables(case_ids: Sequence[str], mask_dir: Path, mask: str
 
 def feature_map_case(table: pd.DataFrame) -> str:
     """The case whose whole-tumour volume is the median of the cohort (for the example feature map)."""
-    vol = table.filter(regex=r"^WT__volume__ml$").iloc[:, 0] if "WT__volume__ml" in table else table.iloc[:, 0]
+    vol = table["WT__volume__ml"]
     return str((vol - vol.median()).abs().idxmin())
 
 
@@ -215,6 +216,7 @@ def texture_map(cohort: Any, case_id: str, masks_from: Any, modality: str, perce
     slices of the RAS-reoriented volume."""
     import logging
 
+    import nibabel as nib
     import SimpleITK as sitk
     from radiomics import featureextractor
 
@@ -223,17 +225,14 @@ def texture_map(cohort: Any, case_id: str, masks_from: Any, modality: str, perce
     from glioma_nb.signature.volumetric import robust_normalise
 
     logging.getLogger("radiomics").setLevel(logging.ERROR)
-    import nibabel as nib
-
     label_img, scheme = masks_from.load(case_id)
     label_img = nib.as_closest_canonical(label_img)      # RAS: voxel axis 2 is axial
     wt = next(iter(io.region_masks(np.asanyarray(label_img.dataobj), scheme).values()))
     k = int(np.argmax(wt.sum(axis=(0, 1))))
     image = nib.as_closest_canonical(cohort.load_image(case_id, modality))
     img = 100.0 * robust_normalise(np.asanyarray(image.dataobj), percentiles)
-    sl = slice(max(k, 0), k + 1)
     m3 = np.zeros_like(wt, dtype=np.uint8)
-    m3[:, :, sl] = wt[:, :, sl]
+    m3[:, :, k] = wt[:, :, k]
     settings = {"imageType": {"Original": {}}, "featureClass": {"glrlm": [feature]},
                 "setting": {"binWidth": bin_width, "force2D": True, "force2Ddimension": 0, "normalize": False, "label": 1},
                 "voxelSetting": {"kernelRadius": kernel_radius, "maskedKernel": True, "voxelBatch": 5000,

@@ -7,12 +7,49 @@ convention ``<region>__<source>__<stat>``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from glioma_nb import io
+from glioma_nb import io, paths
+
+
+class MaskSource:
+    """Where a case's tumour mask comes from: the cohort's reference label maps, or the masks
+    01_segment predicted (``<run>/masks/<case>.nii.gz`` in the scheme its ``<case>.json`` names)."""
+
+    def __init__(self, kind: str, cohort: io.Cohort, mask_dir: Path | None = None) -> None:
+        self.kind, self.cohort, self.mask_dir = kind, cohort, Path(mask_dir) if mask_dir else None
+
+    @classmethod
+    def reference(cls, cohort: io.Cohort) -> "MaskSource":
+        return cls("reference", cohort)
+
+    @classmethod
+    def predicted(cls, cohort: io.Cohort, mask_dir: Path) -> "MaskSource":
+        return cls("predicted", cohort, mask_dir)
+
+    def load(self, case_id: str) -> tuple[Any, io.LabelScheme]:
+        """(label image, its scheme); an error naming the case, the file and the fix when absent."""
+        import json
+
+        import nibabel as nib
+
+        if self.kind == "reference":
+            img = self.cohort.load_label(case_id)
+            if img is None or self.cohort.scheme is None:
+                raise ValueError(f"cohort {self.cohort.name}: case {case_id} has no reference label map; "
+                                 "use signature.mask: predicted (masks from 01_segment)")
+            return img, self.cohort.scheme
+        assert self.mask_dir is not None
+        path, meta = self.mask_dir / f"{case_id}.nii.gz", self.mask_dir / f"{case_id}.json"
+        if not path.exists() or not meta.exists():
+            raise ValueError(f"case {case_id}: no predicted mask {paths.display_path(path)}; run 01_segment in this "
+                             "run first, or use signature.mask: reference (the cohort's label maps)")
+        img = io.override_geometry(nib.load(path), self.cohort.spacing, self.cohort.orientation)
+        return img, io.LABEL_SCHEMES[json.loads(meta.read_text())["scheme"]]
 
 
 def robust_normalise(data: np.ndarray, percentiles: Sequence[float] = (1, 99)) -> np.ndarray:
@@ -27,16 +64,10 @@ def robust_normalise(data: np.ndarray, percentiles: Sequence[float] = (1, 99)) -
 
 
 def case_features(cohort: io.Cohort, case_id: str, percentiles: Sequence[float] = (1, 99),
-                  masks_from: Any = None) -> dict[str, float]:
+                  masks_from: MaskSource | None = None) -> dict[str, float]:
     """Volumes and normalised intensity mean/SD per region for one case, in the reference label map or
-    the masks of ``masks_from`` (a :class:`glioma_nb.signature.handcrafted.MaskSource`)."""
-    if masks_from is None:
-        label_img = cohort.load_label(case_id)
-        if label_img is None or cohort.scheme is None:
-            raise ValueError(f"cohort {cohort.name}: case {case_id} has no label map; volumetric features need one")
-        scheme = cohort.scheme
-    else:
-        label_img, scheme = masks_from.load(case_id)
+    the masks of ``masks_from`` (a :class:`MaskSource`)."""
+    label_img, scheme = (masks_from or MaskSource.reference(cohort)).load(case_id)
     lab = np.asanyarray(label_img.dataobj)
     voxel_ml = float(np.prod(np.linalg.norm(np.asarray(label_img.affine)[:3, :3], axis=0))) / 1000.0
     masks = io.region_masks(lab, scheme)
@@ -53,7 +84,7 @@ def case_features(cohort: io.Cohort, case_id: str, percentiles: Sequence[float] 
 
 
 def cohort_features(cohort: io.Cohort, percentiles: Sequence[float] = (1, 99),
-                    progress: bool = True, masks_from: Any = None) -> pd.DataFrame:
+                    progress: bool = True, masks_from: MaskSource | None = None) -> pd.DataFrame:
     """One row per case (index ``case_id``) of :func:`case_features`."""
     from tqdm import tqdm
 
