@@ -20,10 +20,23 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _new_results() -> dict[str, object]:
+    """The header every benchmark JSON starts with (time, git, environment) and its empty list."""
+    return {"created_utc": provenance.utc_now().isoformat(timespec="seconds"), "git": provenance.git_info(),
+            "environment": provenance.environment(), "benchmarks": []}
+
+
+def _write_results(results: dict[str, object], out_dir: str, name: str) -> Path:
+    """Write ``<out_dir>/<name>_<UTC time>.json`` atomically; returns its path."""
+    out = paths.resolve_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}_{provenance.utc_now().strftime('%Y%m%dT%H%M%SZ')}.json"
+    provenance.write_json_atomic(path, results)
+    return path
+
+
 def run_foundation_bench(cohorts: Iterable[str], out_dir: str = "bench/results") -> Path:
-    results: dict[str, object] = {"created_utc": provenance.utc_now().isoformat(timespec="seconds"),
-                                  "git": provenance.git_info(), "environment": provenance.environment(),
-                                  "benchmarks": []}
+    results = _new_results()
     with tempfile.TemporaryDirectory() as tmp:
         n = 8
         t0 = time.perf_counter()
@@ -45,11 +58,7 @@ def run_foundation_bench(cohorts: Iterable[str], out_dir: str = "bench/results")
         results["benchmarks"].append({"name": f"qc_{name}", "cases": len(cohort.cases), "seconds": round(dt, 3),
                                       "seconds_per_case": round(dt / n, 3), "qc_errors": len(report.errors),
                                       "peak_rss_mb": round(_peak_rss_mb(), 1)})
-    out = paths.resolve_path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"foundation_{provenance.utc_now().strftime('%Y%m%dT%H%M%SZ')}.json"
-    provenance.write_json_atomic(path, results)
-    return path
+    return _write_results(results, out_dir, "foundation")
 
 
 def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, object]:
@@ -101,9 +110,7 @@ def run_segment_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), max_c
 
     import torch
 
-    results: dict[str, object] = {"created_utc": provenance.utc_now().isoformat(timespec="seconds"),
-                                  "git": provenance.git_info(), "environment": provenance.environment(),
-                                  "benchmarks": []}
+    results = _new_results()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for model in models_:
         for device in devices:
@@ -112,11 +119,7 @@ def run_segment_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), max_c
             results["benchmarks"].append(res)
             print(f"{res['name']}: {res['seconds_per_case_median']} s/case (median of {res['cases']}), "
                   f"peak RSS {res['peak_rss_mb']} MB", flush=True)
-    out = paths.resolve_path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"segment_{provenance.utc_now().strftime('%Y%m%dT%H%M%SZ')}.json"
-    provenance.write_json_atomic(path, results)
-    return path
+    return _write_results(results, out_dir, "segment")
 
 
 def _signature_bench(cohort_name: str, device: str, max_cases: int, filters_cases: int) -> dict[str, object]:
@@ -172,7 +175,7 @@ def _signature_bench(cohort_name: str, device: str, max_cases: int, filters_case
     return res
 
 
-def run_signature_bench(cohorts: Iterable[str] = ("brats18-dev", "tcga-lgg-dev"), max_cases: int = 5,
+def run_signature_bench(cohorts: Iterable[str] = ("brats18-dev", "tcga-lgg-dev", "synthetic"), max_cases: int = 5,
                         filters_cases: int = 1, out_dir: str = "bench/results",
                         devices: Iterable[str] | None = None) -> Path:
     """``make bench-signature``: network signature and PyRadiomics seconds per case, CPU and GPU when
@@ -182,9 +185,7 @@ def run_signature_bench(cohorts: Iterable[str] = ("brats18-dev", "tcga-lgg-dev")
 
     import torch
 
-    results: dict[str, object] = {"created_utc": provenance.utc_now().isoformat(timespec="seconds"),
-                                  "git": provenance.git_info(), "environment": provenance.environment(),
-                                  "benchmarks": []}
+    results = _new_results()
     devices = list(devices) if devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for name in cohorts:
         for device in devices:
@@ -195,8 +196,4 @@ def run_signature_bench(cohorts: Iterable[str] = ("brats18-dev", "tcga-lgg-dev")
                 res = {"name": f"signature_{name}_{device}", "skipped": str(exc).splitlines()[0]}
             results["benchmarks"].append(res)
             print({k: v for k, v in res.items() if not isinstance(v, (list, dict))}, flush=True)
-    out = paths.resolve_path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"signature_{provenance.utc_now().strftime('%Y%m%dT%H%M%SZ')}.json"
-    provenance.write_json_atomic(path, results)
-    return path
+    return _write_results(results, out_dir, "signature")

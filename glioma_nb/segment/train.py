@@ -203,12 +203,13 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
         scaler.step(opt)
         scaler.update()
         sched.step()
-        nonfinite = 0 if np.isfinite(loss.item()) else nonfinite + 1
+        loss_value = loss.item()       # one device sync per iteration
+        nonfinite = 0 if np.isfinite(loss_value) else nonfinite + 1
         if nonfinite >= MAX_NONFINITE:
             raise SegmentationError(f"model {spec.name}: the loss has been non-finite for {nonfinite} iterations "
                                     f"(iteration {it + 1}, {autocast_dtype if use_autocast else 'float32'}); "
                                     f"{ckpt} holds the last checkpoint. Lower train.lr or train without autocast")
-        running.append(loss.item())
+        running.append(loss_value)
         done = it + 1
         if done % 10 == 0 or done == s.iterations or done % s.val_every == 0:
             entry: dict[str, Any] = {"iteration": done, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
