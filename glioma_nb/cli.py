@@ -1,4 +1,4 @@
-"""Command line: ``glioma-nb run | validate | synth | cohorts | bench`` (also ``python -m glioma_nb``)."""
+"""Command line: ``glioma-nb run | study | overlap | validate | synth | cohorts | bench`` (also ``python -m glioma_nb``)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ from typing import Sequence
 
 from glioma_nb import STEPS, config, io, paths, runner
 from glioma_nb.segment import SegmentationError
+from glioma_nb.validate import ValidationError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,6 +20,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="config override, e.g. --set segment.n_overlay_cases=2 (repeatable)")
     r.add_argument("--steps", nargs="+", choices=STEPS, help="run only these steps")
     r.add_argument("--resume", metavar="RUN_ID", help="continue a failed run from its first unfinished step")
+
+    st = sub.add_parser("study", help="a training cohort and independent validation cohorts end to end, "
+                                      "with a study summary")
+    st.add_argument("--study", help="configs/studies/<name>.yaml or a YAML path")
+    st.add_argument("--cohorts", nargs="+", metavar="COHORT",
+                    help="short form: the first cohort trains, the others are validated against it")
+    st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override applied to every run of the study (repeatable)")
+    st.add_argument("--resume", metavar="STUDY_DIR", help="continue a failed study (its folder)")
+
+    ov = sub.add_parser("overlap", help="patients of one cohort that are also in another (by id and by image)")
+    ov.add_argument("--cohort", required=True, help="the cohort checked (e.g. a validation cohort)")
+    ov.add_argument("--against", required=True, help="the cohort it must not share patients with (training)")
+    ov.add_argument("--no-images", action="store_true", help="compare patient ids only")
 
     v = sub.add_parser("validate", help="check a cohort's files and clinical table; report every problem")
     v.add_argument("--cohort", default="synthetic")
@@ -69,6 +84,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 run_dir = runner.run(args.cohort, args.overrides, args.steps)
             print(f"completed: {paths.display_path(run_dir)}")
+        elif args.command == "study":
+            if args.resume and args.overrides:
+                raise config.ConfigError("--set cannot be combined with --resume: a study's parameters are frozen")
+            sdir = runner.run_study(args.study, args.cohorts, args.overrides, resume=args.resume)
+            print(f"study completed: {paths.display_path(sdir)}")
+        elif args.command == "overlap":
+            from glioma_nb import validate
+
+            cohorts = []
+            for name in (args.cohort, args.against):
+                cfg = config.resolve_config(name)
+                runner.ensure_cohort_data(cfg, progress=False)
+                cohorts.append(io.load_cohort(cfg, progress=False))
+            table, notes = validate.patient_overlap(cohorts[1], cohorts[0], fingerprints=not args.no_images)
+            for n in notes:
+                print(f"note: {n}")
+            print(f"{table['validation_case'].nunique()} case(s) of {args.cohort} are also in {args.against}")
+            if len(table):
+                print(table.rename(columns={"validation_case": args.cohort, "training_case": args.against})
+                      .to_string(index=False))
+            return 1 if len(table) else 0
         elif args.command == "validate":
             cfg = config.resolve_config(args.cohort, args.overrides)
             runner.ensure_cohort_data(cfg)
@@ -105,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             train_cli(args.model, args.out, iterations=args.iterations, device=args.device, bf16=args.bf16,
                       ship=args.ship, argv=list(argv) if argv is not None else sys.argv[1:])
-    except (config.ConfigError, io.CohortError, runner.RunError, FileExistsError, SegmentationError) as exc:
+    except (config.ConfigError, io.CohortError, runner.RunError, FileExistsError, SegmentationError,
+            ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -126,6 +126,22 @@ def available_cohorts() -> list[str]:
     return sorted(p.stem for p in (paths.configs_dir() / "cohorts").glob("*.yaml"))
 
 
+def _cohort_layers(path: Path, seen: tuple[Path, ...] = ()) -> Config:
+    """A cohort file merged over the cohort it ``extends`` (a name in configs/cohorts or a YAML path),
+    each layer validated against the schema."""
+    if path in seen:
+        raise ConfigError(f"cohort files extend each other in a loop: {[paths.display_path(p) for p in seen]}")
+    cfg = load_yaml(path)
+    parent = cfg.pop("extends", None)
+    validate(cfg, base_config(), source=paths.display_path(path))
+    if parent is None:
+        return cfg
+    ppath = cohort_file(str(parent))
+    if not ppath.exists():
+        raise ConfigError(f"{paths.display_path(path)}: extends {parent!r}, but {paths.display_path(ppath)} does not exist")
+    return deep_merge(_cohort_layers(ppath, (*seen, path)), cfg)
+
+
 def resolve_config(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
     """Resolve the configuration of a run: base <- cohort file <- overrides, validated.
 
@@ -141,8 +157,7 @@ def resolve_config(cohort: str = "synthetic", overrides: Iterable[str] | Mapping
     if not path.exists():
         raise ConfigError(f"unknown cohort {cohort!r}: {paths.display_path(path)} does not exist; "
                           f"available: {', '.join(available_cohorts())}")
-    cohort_cfg = load_yaml(path)
-    validate(cohort_cfg, schema, source=paths.display_path(path))
+    cohort_cfg = _cohort_layers(path)
     cfg = deep_merge(schema, cohort_cfg)
     cfg["cohort"]["name"] = path.stem
     if isinstance(overrides, Mapping):

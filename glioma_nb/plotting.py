@@ -592,3 +592,140 @@ def plot_feature_map(image: np.ndarray, mask: np.ndarray, fmap: np.ndarray, *, t
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------- validation
+HARMONISATION_STYLE = {"none": ("C1", "-"), "combat": ("C2", "--")}
+
+
+def plot_shift(shift: Mapping[tuple[str, str], pd.DataFrame], threshold: float = 0.5) -> plt.Figure:
+    """Histogram of |standardised mean difference| (validation - training) per feature table, one
+    panel per table, before and after harmonisation; the dotted line marks ``threshold``."""
+    sources = list(dict.fromkeys(s for s, _ in shift))
+    if not sources:
+        return _message_figure("no feature table shared by the training and validation runs")
+    fig, axes = _node_grid(len(sources), 4.6, 3.6)
+    for ax, src in zip(axes, sources):
+        top = 0.0
+        for (s, harm), t in shift.items():
+            if s != src or t.empty:
+                continue
+            v = t["smd"].abs().clip(upper=5).to_numpy()
+            top = max(top, float(v.max()))
+            colour, _ = HARMONISATION_STYLE.get(harm, ("C0", "-"))
+            ax.hist(v, bins=np.linspace(0, 5, 41), alpha=0.55, color=colour,
+                    label=f"{harm}: median {np.median(v):.2f}, {np.mean(v > threshold):.0%} > {threshold:g}")
+        ax.axvline(threshold, ls=":", color="grey")
+        ax.set(xlabel="|standardised mean difference| (clipped at 5)", ylabel="features",
+               title=f"{src} ({len(shift.get((src, 'none'), []))} features)")
+        ax.legend(fontsize=7, title="harmonisation", title_fontsize=7)
+    fig.suptitle("Site shift of the validation cohort against the training cohort", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def plot_shifted_features(train: pd.DataFrame, val: pd.DataFrame, harmonised: pd.DataFrame | None,
+                          shift: pd.DataFrame, n: int = 4) -> plt.Figure:
+    """The ``n`` most shifted features: training, validation and harmonised validation values."""
+    top = shift.reindex(shift["smd"].abs().sort_values(ascending=False).index).head(n)
+    if top.empty:
+        return _message_figure("no shared features")
+    fig, axes = plt.subplots(1, len(top), figsize=(3.4 * len(top), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], top.itertuples()):
+        data = [train[r.feature].dropna(), val[r.feature].dropna()]
+        labels = ["training", "validation"]
+        if harmonised is not None and r.feature in harmonised:
+            data.append(harmonised[r.feature].dropna())
+            labels.append("validation\nComBat")
+        ax.boxplot(data, showfliers=False)
+        for i, d in enumerate(data, start=1):
+            ax.plot(np.random.default_rng(i).normal(i, 0.05, len(d)), d, ".", alpha=0.5, ms=4)
+        ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
+        name = r.feature if len(r.feature) <= 38 else r.feature[:18] + "…" + r.feature[-18:]
+        ax.set_title(f"{name}\nSMD {r.smd:+.2f}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_validation_roc(train_oof: pd.DataFrame | None, predictions: pd.DataFrame, chosen: pd.DataFrame) -> plt.Figure:
+    """Per node (its training-chosen feature set): ROC of the training cross-validation (out-of-fold)
+    and of the locked model on the validation cohort, raw and harmonised, with AUCs."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    nodes = list(dict.fromkeys(chosen["node"])) if len(chosen) else []
+    if not nodes:
+        return _message_figure("no node has labelled validation cases of both classes")
+    fig, axes = _node_grid(len(nodes))
+    for ax, node in zip(axes, nodes):
+        c = chosen[chosen["node"] == node]
+        fs = c["feature_set"].iloc[0]
+        if train_oof is not None:
+            d = train_oof[(train_oof["node"] == node) & (train_oof["feature_set"] == fs)]
+            if d["y"].nunique() == 2:
+                fpr, tpr, _ = roc_curve(d["y"], d["prob"])
+                ax.plot(fpr, tpr, color="C0", label=f"training CV (n={len(d)}): {roc_auc_score(d['y'], d['prob']):.2f}")
+        for harm in c["harmonisation"]:
+            d = predictions[(predictions["node"] == node) & (predictions["feature_set"] == fs)
+                            & (predictions["harmonisation"] == harm) & predictions["scored"]].dropna(subset=["y"])
+            if d["y"].nunique() == 2:
+                colour, ls = HARMONISATION_STYLE.get(harm, ("C3", "-"))
+                fpr, tpr, _ = roc_curve(d["y"], d["prob"])
+                ax.plot(fpr, tpr, color=colour, ls=ls,
+                        label=f"validation, {harm} (n={len(d)}): {roc_auc_score(d['y'], d['prob']):.2f}")
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{node} ({fs})", xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(title="AUC", fontsize=7, title_fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_validation_calibration(predictions: pd.DataFrame, chosen: pd.DataFrame, n_bins: int = 4) -> plt.Figure:
+    """Reliability of the locked models on the validation cohort (quantile bins), raw and harmonised."""
+    from sklearn.calibration import calibration_curve
+
+    nodes = list(dict.fromkeys(chosen["node"])) if len(chosen) else []
+    if not nodes:
+        return _message_figure("no node has labelled validation cases of both classes")
+    fig, axes = _node_grid(len(nodes))
+    for ax, node in zip(axes, nodes):
+        c = chosen[chosen["node"] == node]
+        fs = c["feature_set"].iloc[0]
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="ideal")
+        for r in c.itertuples():
+            d = predictions[(predictions["node"] == node) & (predictions["feature_set"] == fs)
+                            & (predictions["harmonisation"] == r.harmonisation) & predictions["scored"]].dropna(subset=["y"])
+            if d["y"].nunique() < 2:
+                continue
+            frac, mean_pred = calibration_curve(d["y"], d["prob"], n_bins=n_bins, strategy="quantile")
+            colour, ls = HARMONISATION_STYLE.get(r.harmonisation, ("C3", "-"))
+            slope = getattr(r, "calibration_slope", np.nan)
+            ax.plot(mean_pred, frac, "o", color=colour, ls=ls, label=f"{r.harmonisation}: slope {slope:.2f}")
+        ax.set(xlabel="predicted probability", ylabel="observed fraction positive", xlim=(0, 1), ylim=(0, 1),
+               title=f"{node} ({fs}), validation")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_study_forest(table: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
+    """Training CV and validation estimates (95% CI) of the AUC and C-index rows of a headline table."""
+    t = table[table["metric"].str.startswith(("AUC", "C-index", "Dice"))].reset_index(drop=True)
+    ax = ax or plt.subplots(figsize=(8, 0.5 * max(len(t), 2) + 1.5))[1]
+    if t.empty:
+        ax.text(0.5, 0.5, "no AUC, C-index or Dice to show", ha="center")
+        ax.set_axis_off()
+        return ax
+    y = np.arange(len(t))[::-1]
+    for off, (col, colour, label) in zip((0.15, -0.15), (("train_cv", "C0", "training (CV)"),
+                                                          ("validation", "C1", "validation"))):
+        v, lo, hi = (t[col].to_numpy(float), t[f"{col}_lo"].to_numpy(float), t[f"{col}_hi"].to_numpy(float))
+        err = np.vstack([v - lo, hi - v])
+        ax.errorbar(v, y + off, xerr=np.where(np.isfinite(err), err, 0), fmt="o", color=colour, label=label, capsize=3)
+    ax.axvline(0.5, ls=":", color="grey", lw=1)
+    labels = [f"{m} [{h}]" if h != "none" else m for m, h in zip(t["metric"], t["harmonisation"])]
+    if "validation_cohort" in t:
+        labels = [f"{lab} - {c}" for lab, c in zip(labels, t["validation_cohort"])]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set(xlabel="estimate (95% CI); dotted: chance for AUC and C-index", xlim=(0, 1.02))
+    ax.legend(fontsize=8, loc="lower left")
+    return ax

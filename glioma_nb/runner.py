@@ -22,7 +22,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -81,6 +81,19 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
     :class:`CohortError` list every problem).
     """
     cfg = config_mod.resolve_config(cohort, overrides)
+    ref, locked = None, None
+    if cfg["validate"]["reference_run"]:
+        from glioma_nb import validate
+
+        ref = validate.load_reference(cfg["validate"]["reference_run"], paths.reports_dir(cfg["run"]["reports_dir"]))
+        cfg, locked = validate.lock_config(cfg, ref)
+        validate.check_compatible(cfg, ref)
+        steps = list(steps) if steps else list(validate.VALIDATION_STEPS)
+        refit = [s for s in steps if s in ("03_classify", "04_stratify")]
+        if refit:
+            raise config_mod.ConfigError(
+                f"a validation run applies the models locked in {ref.run_id}; {refit} would refit them on the "
+                f"validation cohort: run the steps {list(validate.VALIDATION_STEPS)} (the default)")
     steps = list(steps) if steps else list(cfg["run"]["steps"])
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
@@ -89,6 +102,7 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
     cohort_obj, report = io.check_cohort(cfg, progress=progress)
     if not report.ok:
         raise io.CohortError(report)
+    overlap = _overlap(ref, cohort_obj, progress) if ref is not None else None
     git = provenance.git_info()
     run_dir, run_id = _new_run_dir(paths.reports_dir(cfg["run"]["reports_dir"]) / cfg["cohort"]["name"],
                                    provenance.make_run_id(git))
@@ -110,11 +124,37 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
             "steps": [{"name": s, "status": "pending"} for s in steps],
             "resumes": [],
         }
+        if ref is not None:
+            table, notes = overlap
+            table.to_csv(run_dir / "qc" / "overlap.csv", index=False)
+            locked.to_csv(run_dir / "qc" / "locked_settings.csv", index=False)
+            manifest["reference"] = {
+                "run_id": ref.run_id, "cohort": ref.cohort, "run_dir": paths.display_path(ref.run_dir),
+                "git": ref.manifest["git"]["short"], "models_sha256": ref.models, "notes": ref.notes,
+                "overlap_cases": sorted(set(table["validation_case"])), "overlap_notes": notes}
         provenance.write_json_atomic(run_dir / "manifest.json", manifest)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written
         raise
     return run_dir
+
+
+def _overlap(ref: Any, cohort_obj: io.Cohort, progress: bool) -> tuple[pd.DataFrame, list[str]]:
+    """The patient-overlap guard of a validation run, with a loud warning when it finds anyone."""
+    from glioma_nb import validate
+
+    try:
+        train, _ = io.check_cohort(ref.config, progress=False, images=False)
+    except (io.CohortError, OSError) as exc:
+        table = pd.DataFrame(columns=["validation_case", "training_case", "patient_id", "by", "image_correlation"])
+        return table, [f"the reference cohort {ref.cohort} cannot be read here ({str(exc).splitlines()[0]}): "
+                       "patient overlap NOT checked"]
+    table, notes = validate.patient_overlap(train, cohort_obj)
+    if len(table):
+        print(f"WARNING: {table['validation_case'].nunique()} validation case(s) of {cohort_obj.name} are also in the "
+              f"training cohort {ref.cohort} of {ref.run_id} ({', '.join(sorted(set(table['validation_case'])))}); "
+              "they are left out of every validation metric (qc/overlap.csv)", file=sys.stderr, flush=True)
+    return table, notes
 
 
 def load_manifest(run_dir: Path) -> dict[str, Any]:
@@ -235,6 +275,11 @@ def execute(run_dir: Path, progress: bool = True) -> Path:
         if metrics_file.exists():
             entry["metrics"] = json.loads(metrics_file.read_text())
         entry["outputs"] = sorted(_list_files(run_dir) - before - {"manifest.json"})
+        models = [f for f in entry["outputs"] if f.startswith("models/") and not f.endswith(".part")]
+        if models and error is None:  # a later validation run checks the locked models against these
+            from glioma_nb.validate import file_sha256
+
+            manifest.setdefault("models_sha256", {}).update({f: file_sha256(run_dir / f) for f in models})
         if error is None:
             entry["status"] = "completed"
             provenance.write_json_atomic(run_dir / "manifest.json", manifest)
@@ -449,3 +494,114 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
     seed_everything(int(cfg["project"]["seed"]))
     pd.set_option("display.max_columns", 60)  # reports show whole case tables, not "..." columns
     return StepContext(step, rd, cfg, cohort_obj, case_table, problems, params)
+
+
+# ---------------------------------------------------------------------------------------------- studies
+def load_study(study: str | None = None, cohorts: Sequence[str] | None = None) -> dict[str, Any]:
+    """A study: one training cohort (or an existing training run) and validation cohorts.
+
+    ``study`` names ``configs/studies/<name>.yaml`` (or is a YAML path) with keys ``description``,
+    ``training: {cohort, overrides}`` or ``training: {run: <run folder or id>}``, ``validation: [{cohort,
+    overrides}, ...]`` and ``overrides`` (applied to every run). ``cohorts`` is the short form: the first
+    is the training cohort, the others are validated against it.
+    """
+    if study:
+        path = paths.resolve_path(study) if study.endswith((".yaml", ".yml")) else \
+            paths.configs_dir() / "studies" / f"{study}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in (paths.configs_dir() / "studies").glob("*.yaml"))
+            raise config_mod.ConfigError(f"unknown study {study!r}: {paths.display_path(path)} does not exist; "
+                                         f"available: {', '.join(known)}")
+        spec = config_mod.load_yaml(path)
+        spec.setdefault("name", path.stem)
+    elif cohorts:
+        spec = {"name": "-".join(cohorts), "training": {"cohort": cohorts[0]},
+                "validation": [{"cohort": c} for c in cohorts[1:]]}
+    else:
+        raise config_mod.ConfigError("a study needs --study NAME or --cohorts TRAINING [VALIDATION ...]")
+    unknown = set(spec) - {"name", "description", "training", "validation", "overrides"}
+    train = spec.get("training") or {}
+    if unknown or not (train.get("cohort") or train.get("run")):
+        raise config_mod.ConfigError(f"study {spec.get('name')}: needs training.cohort (or training.run) and a "
+                                     f"validation list; unknown keys {sorted(unknown)}")
+    for v in spec.get("validation") or []:
+        if not v.get("cohort"):
+            raise config_mod.ConfigError(f"study {spec['name']}: every validation entry needs a cohort, got {v}")
+    return spec
+
+
+def _rel_run(run_dir: Path) -> str:
+    return str(Path(run_dir).resolve().relative_to(paths.reports_dir().resolve()))
+
+
+def run_study(study: str | None = None, cohorts: Sequence[str] | None = None, overrides: Iterable[str] = (),
+              resume: str | None = None, progress: bool = True) -> Path:
+    """Run a training cohort and its validation cohorts end to end, then the study summary notebook.
+
+    The study folder ``<reports>/studies/<name>/<run_id>/`` holds ``study.json`` (which run folder
+    plays which role), ``study_summary.ipynb`` / ``.html`` and ``tables/study_summary.csv``. Each
+    cohort gets its own run folder as usual; a validation run names the training run as its
+    ``validate.reference_run``. ``resume`` (a study folder) resumes a failed run and goes on.
+    """
+    import papermill as pm
+
+    if resume:
+        sdir = paths.resolve_path(resume)
+        if not (sdir / "study.json").exists():
+            raise RunError(f"{resume} is not a study folder (no study.json)")
+        spec = json.loads((sdir / "study.json").read_text())
+    else:
+        spec = load_study(study, cohorts)
+        git = provenance.git_info()
+        sdir, sid = _new_run_dir(paths.reports_dir() / "studies" / spec["name"], provenance.make_run_id(git))
+        for sub in ("tables", "figures"):
+            (sdir / sub).mkdir()
+        spec = {**spec, "study_id": sid, "git": git, "status": "running",
+                "created_utc": provenance.utc_now().isoformat(timespec="seconds"),
+                "overrides": list(spec.get("overrides") or []) + list(overrides)}
+        provenance.write_json_atomic(sdir / "study.json", spec)
+
+    def save() -> None:
+        provenance.write_json_atomic(sdir / "study.json", spec)
+
+    def run_one(entry: dict[str, Any], extra: list[str]) -> Path:
+        over = list(spec["overrides"]) + list(entry.get("overrides") or []) + extra
+        if entry.get("run"):
+            rd = paths.reports_dir() / entry["run"]
+            if load_manifest(rd)["status"] != "completed":
+                rd = resume(rd, progress=progress)
+        else:
+            rd = create_run(entry["cohort"], over, progress=progress)
+            entry.update(run=_rel_run(rd), run_id=rd.name)
+            save()
+            if progress:
+                print(f"[study {spec['name']}] {entry['cohort']}: {paths.display_path(rd)}", flush=True)
+            execute(rd, progress=progress)
+        return rd
+
+    train = spec["training"]
+    if train.get("run") and not train.get("run_id"):  # an existing training run named in the study file
+        rd = find_run(train["run"])
+        train.update(run=_rel_run(rd), run_id=rd.name, cohort=load_manifest(rd)["cohort"])
+        save()
+    try:
+        train_dir = run_one(train, [])
+        for v in spec.get("validation") or []:
+            run_one(v, [f"validate.reference_run={train_dir}"])
+    except BaseException:
+        spec["status"] = "failed"
+        save()
+        raise
+    nb = sdir / "study_summary.ipynb"
+    if nb.exists():  # a resumed study: the earlier summary is kept aside, never overwritten
+        n = len(list(sdir.glob("study_summary.attempt*.ipynb"))) + 1
+        nb.replace(sdir / f"study_summary.attempt{n}.ipynb")
+    pm.execute_notebook(str(paths.notebooks_dir() / "study_summary.ipynb"), str(nb),
+                        parameters={"study_dir": str(sdir)}, cwd=str(paths.project_root()), progress_bar=False,
+                        kernel_name="python3")
+    nb.write_text(scrub_text(nb.read_text(encoding="utf-8"), {str(sdir): "<study>"}), encoding="utf-8")
+    export_html(nb, sdir / "study_summary.html")
+    spec["status"] = "completed"
+    spec["finished_utc"] = provenance.utc_now().isoformat(timespec="seconds")
+    save()
+    return sdir

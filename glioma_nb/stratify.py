@@ -1049,7 +1049,9 @@ def save_risk_model(path: Any, search: Any, X: pd.DataFrame, surv: pd.DataFrame,
     s = surv.loc[X.index]
     bundle = {"model": search, "best_params": {"alpha": search.best_alpha_, "l1_ratio": search.l1_ratio},
               "inner_cv_c_index": search.best_score_, "features": list(X.columns), "n_train": int(len(X)),
-              "events": int(s["event"].sum()), "training_data_sha256": data_hash(X, s["time"] * (2 * s["event"] - 1)), **meta}
+              "events": int(s["event"].sum()), "training_data_sha256": data_hash(X, s["time"] * (2 * s["event"] - 1)),
+              # the cut-off of locked risk groups in other cohorts (validate.apply_risk_models)
+              "training_risk_median": float(np.median(search.predict(X.to_numpy(dtype=float)))), **meta}
     tmp = path.with_name(path.name + ".part")
     joblib.dump(bundle, tmp)
     tmp.replace(path)
