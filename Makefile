@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.glioma-nb-installed
 COHORT ?= synthetic
+# A study instead of one cohort: make run-all COHORTS="tcga-lgg-du tcga-lgg-fg" or STUDY=tcga-lgg-site
+COHORTS ?=
+STUDY ?=
 # Extra CLI arguments, e.g. make run-all ARGS="--set segment.n_overlay_cases=2"
 ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
@@ -15,6 +18,8 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
+	@echo "make run-all COHORTS=\"train val...\"      train on the first cohort, validate the locked models on the others"
+	@echo "make run-all STUDY=name                  the same from configs/studies/<name>.yaml (+ study summary)"
 	@echo "make test                                run the test suite"
 	@echo "make lab                                 JupyterLab on notebooks/"
 	@echo "make validate COHORT=name                check a cohort's files and clinical table"
@@ -31,8 +36,13 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
+# One cohort (COHORT=name), or a study: COHORTS="training validation..." or STUDY=configs/studies/<name>
 run-all: $(STAMP)
+ifneq ($(strip $(STUDY)$(COHORTS)),)
+	$(PY) -m glioma_nb study $(if $(strip $(STUDY)),--study $(STUDY)) $(if $(strip $(COHORTS)),--cohorts $(COHORTS)) $(ARGS)
+else
 	$(PY) -m glioma_nb run --cohort $(COHORT) $(ARGS)
+endif
 
 validate: $(STAMP)
 	$(PY) -m glioma_nb validate --cohort $(COHORT) $(ARGS)

@@ -716,7 +716,7 @@ def plot_study_forest(table: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt
         ax.set_axis_off()
         return ax
     y = np.arange(len(t))[::-1]
-    for off, (col, colour, label) in zip((0.15, -0.15), (("train_cv", "C0", "training (CV)"),
+    for off, (col, colour, label) in zip((0.15, -0.15), (("train_cv", "C0", "training run (CV; Dice: its held-out cases)"),
                                                           ("validation", "C1", "validation"))):
         v, lo, hi = (t[col].to_numpy(float), t[f"{col}_lo"].to_numpy(float), t[f"{col}_hi"].to_numpy(float))
         err = np.vstack([v - lo, hi - v])

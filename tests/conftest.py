@@ -118,3 +118,25 @@ def planted_table(n: int = 80, p: int = 20, signal: float = 1.5, seed: int = 0) 
     X = pd.DataFrame(rng.normal(size=(n, p)), index=y.index, columns=[f"f{j}" for j in range(p)])
     X["f0"] += signal * y
     return X, y
+
+
+FAST_RUN = ["segment.n_overlay_cases=2", "classify.n_permutations=5", "classify.repeats=1", "classify.n_bootstrap=100",
+            "stratify.n_resamples=20", "stratify.repeats=1", "stratify.n_bootstrap=50"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_training_run(synthetic_small, tmp_path_factory):
+    """A complete run (all five steps, fast settings) of the 12-case synthetic cohort, made once per
+    session: the end-to-end runner test checks it, the validation tests lock its models."""
+    from glioma_nb import runner
+
+    base = tmp_path_factory.mktemp("trainrun")
+    y = synthetic_yaml(synthetic_small, base / "synsmall.yaml")
+    mp = pytest.MonkeyPatch()  # the session-wide reports folder (the autouse fixture is per test)
+    mp.setenv("GLIOMA_NB_REPORTS", str(tmp_path_factory.getbasetemp() / "reports"))
+    mp.setenv("GLIOMA_NB_DATA", str(tmp_path_factory.getbasetemp() / "data"))
+    try:
+        run_dir = runner.run(str(y), FAST_RUN, progress=False)
+    finally:
+        mp.undo()
+    return y, run_dir

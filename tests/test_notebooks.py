@@ -27,7 +27,18 @@ def _parameters(nb) -> dict:
 
 
 def test_every_step_has_a_notebook_and_nothing_else_is_there():
-    assert sorted(p.stem for p in paths.notebooks_dir().glob("*.ipynb")) == list(STEPS)
+    assert sorted(p.stem for p in paths.notebooks_dir().glob("*.ipynb")) == [*STEPS, "study_summary"]
+
+
+def test_study_summary_notebook_is_thin_and_takes_the_study_folder():
+    nb = nbformat.read(paths.notebooks_dir() / "study_summary.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert _parameters(nb) == {"study_dir": ""}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+            tree = ast.parse("\n".join(l for l in cell.source.splitlines() if not l.startswith("%")))
+            assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While)) for n in ast.walk(tree))
 
 
 @pytest.mark.parametrize("step", STEPS)

@@ -9,16 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import synthetic_yaml
+from conftest import FAST_RUN, synthetic_yaml
 from glioma_nb import STEPS, cli, config, paths, provenance, runner
 
 
 @pytest.mark.slow
-def test_run_all_steps_end_to_end(synthetic_small, tmp_path):
-    y = synthetic_yaml(synthetic_small, tmp_path / "synsmall.yaml")
-    fast = ["segment.n_overlay_cases=2", "classify.n_permutations=5", "classify.repeats=1", "classify.n_bootstrap=100",
-            "stratify.n_resamples=20", "stratify.repeats=1", "stratify.n_bootstrap=50"]
-    run_dir = runner.run(str(y), fast, progress=False)
+def test_run_all_steps_end_to_end(synthetic_training_run, synthetic_small, tmp_path):
+    y, run_dir = synthetic_training_run
+    fast = FAST_RUN
     assert run_dir.parent == paths.reports_dir() / "synsmall"
     for step in STEPS:
         assert (run_dir / f"{step}.ipynb").exists() and (run_dir / f"{step}.html").exists(), step
@@ -43,7 +41,7 @@ def test_run_all_steps_end_to_end(synthetic_small, tmp_path):
     assert m["params_sha256"] == config.config_hash(frozen)
     assert (run_dir / "tables" / "features_volumetric.csv").exists() and (run_dir / "figures").iterdir()
     # shared reports leak no local paths
-    leaks = [str(paths.project_root()), str(Path.home()), str(synthetic_small), str(tmp_path), str(run_dir)]
+    leaks = [str(paths.project_root()), str(Path.home()), str(synthetic_small), str(y.parent), str(tmp_path), str(run_dir)]
     for f in list(run_dir.glob("*.ipynb")) + list(run_dir.glob("*.html")):
         text = f.read_text()
         for leak in leaks:
