@@ -170,6 +170,8 @@ def find_run(run: str, cohort: str | None = None, reports: Path | None = None) -
     if (p / "manifest.json").exists():
         return p.resolve()
     root = reports or paths.reports_dir()
+    if (root / run / "manifest.json").exists():  # <cohort>/<run_id> relative to the reports folder
+        return (root / run).resolve()
     hits = sorted(root.glob(f"{cohort or '*'}/{run}"))
     hits = [h for h in hits if (h / "manifest.json").exists()]
     if len(hits) == 1:

@@ -265,3 +265,16 @@ def test_study_validates_a_locked_training_run_and_its_summary_is_the_notebooks(
     assert any("lacks idh labels" in n for n in notes)
     assert validate.model_hashes(train_dir) == train_hashes
     assert (sdir / "study_summary.html").exists() and (sdir / "figures" / "study_forest.png").exists()
+
+
+@requires_shared("tcga-lgg")
+def test_site_subsets_know_which_patients_the_segmentation_weights_saw():
+    from glioma_nb.segment import models
+
+    spec = models.load_spec("flair-wt")
+    seen = {}
+    for name in ("tcga-lgg-dev", "tcga-lgg-du", "tcga-lgg-fg"):
+        c = io.load_cohort(config.resolve_config(name), progress=False)
+        seen[name] = models.trained_on(spec, "renamed-" + name, c.case_ids, c.root)  # by data folder, not name
+    assert len(seen["tcga-lgg-dev"]) == 46 and seen["tcga-lgg-du"] | seen["tcga-lgg-fg"] <= seen["tcga-lgg-dev"]
+    assert (len(seen["tcga-lgg-du"]), len(seen["tcga-lgg-fg"])) == (34, 11)

@@ -184,11 +184,25 @@ def resolve_device(requested: str = "auto") -> str:
     return requested
 
 
-def trained_on(spec: ModelSpec, cohort_name: str, case_ids: list[str]) -> set[str]:
-    """Which of ``case_ids`` (of cohort ``cohort_name``) the shipped weights of ``spec`` were trained on."""
+def _cohort_data_root(cohort_name: str) -> Path | None:
+    """The resolved data folder of a cohort configuration (None when it cannot be resolved here)."""
+    from glioma_nb import config, io
+
+    try:
+        return io.cohort_root(config.resolve_config(cohort_name)).resolve()
+    except Exception:  # a missing config or unset variable: compare by name only
+        return None
+
+
+def trained_on(spec: ModelSpec, cohort_name: str, case_ids: list[str], root: Path | None = None) -> set[str]:
+    """Which of ``case_ids`` (of cohort ``cohort_name``, data in ``root``) the shipped weights of
+    ``spec`` were trained on. A cohort is the training cohort when it has its name or reads the same
+    data folder (e.g. a site subset that ``extends`` it)."""
     out: set[str] = set()
     for src in spec.train.get("sources", []):
-        if src.get("cohort") != cohort_name:
+        same = src.get("cohort") == cohort_name or (
+            root is not None and _cohort_data_root(src.get("cohort", "")) == Path(root).resolve())
+        if not same:
             continue
         cases = src.get("cases", [])
         held = set(src.get("held_out", []))

@@ -142,7 +142,7 @@ def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_
     if train_model:
         result.trained_on = [c for c in cohort.case_ids if c not in held_out]
     elif weights == "shipped":
-        result.trained_on = sorted(models.trained_on(spec, cohort.name, cohort.case_ids))
+        result.trained_on = sorted(models.trained_on(spec, cohort.name, cohort.case_ids, cohort.root))
     if cohort.scheme is not None:
         scores = metrics.cohort_scores(cohort, mask_dir)
         if not scores.empty:
