@@ -647,26 +647,37 @@ def plot_shifted_features(train: pd.DataFrame, val: pd.DataFrame, harmonised: pd
     return fig
 
 
+def _scored(predictions: pd.DataFrame, node: str, feature_set: str, harmonisation: str) -> pd.DataFrame:
+    """The scored, labelled validation predictions of one locked model and harmonisation."""
+    p = predictions
+    return p[(p["node"] == node) & (p["feature_set"] == feature_set) & (p["harmonisation"] == harmonisation)
+             & p["scored"].astype(bool)].dropna(subset=["y"])
+
+
+def _chosen_panels(chosen: pd.DataFrame) -> tuple[plt.Figure, list[tuple[Any, str, str, pd.DataFrame]]]:
+    """One panel per node of a training-chosen table: (figure, [(ax, node, feature set, its rows)])."""
+    nodes = list(dict.fromkeys(chosen["node"])) if len(chosen) else []
+    if not nodes:
+        return _message_figure("no node has labelled validation cases of both classes"), []
+    fig, axes = _node_grid(len(nodes))
+    return fig, [(ax, n, chosen.loc[chosen["node"] == n, "feature_set"].iloc[0], chosen[chosen["node"] == n])
+                 for ax, n in zip(axes, nodes)]
+
+
 def plot_validation_roc(train_oof: pd.DataFrame | None, predictions: pd.DataFrame, chosen: pd.DataFrame) -> plt.Figure:
     """Per node (its training-chosen feature set): ROC of the training cross-validation (out-of-fold)
     and of the locked model on the validation cohort, raw and harmonised, with AUCs."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    nodes = list(dict.fromkeys(chosen["node"])) if len(chosen) else []
-    if not nodes:
-        return _message_figure("no node has labelled validation cases of both classes")
-    fig, axes = _node_grid(len(nodes))
-    for ax, node in zip(axes, nodes):
-        c = chosen[chosen["node"] == node]
-        fs = c["feature_set"].iloc[0]
+    fig, panels = _chosen_panels(chosen)
+    for ax, node, fs, c in panels:
         if train_oof is not None:
             d = train_oof[(train_oof["node"] == node) & (train_oof["feature_set"] == fs)]
             if d["y"].nunique() == 2:
                 fpr, tpr, _ = roc_curve(d["y"], d["prob"])
                 ax.plot(fpr, tpr, color="C0", label=f"training CV (n={len(d)}): {roc_auc_score(d['y'], d['prob']):.2f}")
         for harm in c["harmonisation"]:
-            d = predictions[(predictions["node"] == node) & (predictions["feature_set"] == fs)
-                            & (predictions["harmonisation"] == harm) & predictions["scored"]].dropna(subset=["y"])
+            d = _scored(predictions, node, fs, harm)
             if d["y"].nunique() == 2:
                 colour, ls = HARMONISATION_STYLE.get(harm, ("C3", "-"))
                 fpr, tpr, _ = roc_curve(d["y"], d["prob"])
@@ -683,17 +694,11 @@ def plot_validation_calibration(predictions: pd.DataFrame, chosen: pd.DataFrame,
     """Reliability of the locked models on the validation cohort (quantile bins), raw and harmonised."""
     from sklearn.calibration import calibration_curve
 
-    nodes = list(dict.fromkeys(chosen["node"])) if len(chosen) else []
-    if not nodes:
-        return _message_figure("no node has labelled validation cases of both classes")
-    fig, axes = _node_grid(len(nodes))
-    for ax, node in zip(axes, nodes):
-        c = chosen[chosen["node"] == node]
-        fs = c["feature_set"].iloc[0]
+    fig, panels = _chosen_panels(chosen)
+    for ax, node, fs, c in panels:
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="ideal")
         for r in c.itertuples():
-            d = predictions[(predictions["node"] == node) & (predictions["feature_set"] == fs)
-                            & (predictions["harmonisation"] == r.harmonisation) & predictions["scored"]].dropna(subset=["y"])
+            d = _scored(predictions, node, fs, r.harmonisation)
             if d["y"].nunique() < 2:
                 continue
             frac, mean_pred = calibration_curve(d["y"], d["prob"], n_bins=n_bins, strategy="quantile")

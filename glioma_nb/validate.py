@@ -662,12 +662,10 @@ def apply_risk_models(ref: Reference, tables: Mapping[str, pd.DataFrame], clinic
         if fs not in sets:
             notes.append(f"risk model {fs}: the validation cohort cannot build it ({'; '.join(set_notes)})")
             continue
-        X = sets[fs]
         try:
-            risk = stratify.predict_risk(b, X)
-        except KeyError as exc:
-            notes.append(f"risk model {fs}: {exc}")
-            continue
+            risk = stratify.predict_risk(b, sets[fs])
+        except KeyError as exc:  # the validation features do not match the locked model's columns
+            raise ValidationError(f"locked {rel} of reference run {ref.run_id}: {exc.args[0]}") from None
         # risk groups cut at the training cohort's median risk (locked), not the validation cohort's
         cut = b.get("training_risk_median")
         if cut is None:  # bundles written before the median was stored: recompute from the training tables
