@@ -350,6 +350,9 @@ def resume(run_dir: Path, progress: bool = True) -> Path:
     return execute(run_dir, progress=progress)
 
 
+resume_run = resume  # run_study's ``resume`` argument (a study folder) shadows the function inside it
+
+
 def run(cohort: str = "synthetic", overrides: Iterable[str] = (), steps: Iterable[str] | None = None,
         progress: bool = True) -> Path:
     """Create a run folder for ``cohort`` and execute its notebooks (what ``make run-all`` calls)."""
@@ -571,7 +574,7 @@ def run_study(study: str | None = None, cohorts: Sequence[str] | None = None, ov
         if entry.get("run"):
             rd = paths.reports_dir() / entry["run"]
             if load_manifest(rd)["status"] != "completed":
-                rd = resume(rd, progress=progress)
+                rd = resume_run(rd, progress=progress)
         else:
             rd = create_run(entry["cohort"], over, progress=progress)
             entry.update(run=_rel_run(rd), run_id=rd.name)
