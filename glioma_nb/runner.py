@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -223,6 +224,26 @@ def _list_files(run_dir: Path) -> set[str]:
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
 
 
+def _written_since(run_dir: Path, entry: dict[str, Any]) -> list[str]:
+    """Files of ``run_dir`` written since the first attempt of ``entry`` (a step) started.
+
+    A killed process records no outputs, so a resumed step finds what its earlier attempts left by
+    modification time; the manifest and the ``attempts/`` archive are not the step's.
+    """
+    starts = []
+    for e in [entry, *entry.get("attempts", [])]:
+        if e.get("started_epoch") is not None:
+            starts.append(float(e["started_epoch"]))
+        elif e.get("started_utc"):  # manifests written before started_epoch: second resolution, and
+            # the kernel's start-up second is skipped so the run's own set-up files stay in place
+            starts.append(datetime.fromisoformat(e["started_utc"]).timestamp() + 1)
+    if not starts:
+        return []
+    t0 = min(starts)
+    return sorted(rel for rel in _list_files(run_dir) if rel != "manifest.json" and not rel.startswith("attempts/")
+                  and (run_dir / rel).stat().st_mtime >= t0)
+
+
 def execute(run_dir: Path, progress: bool = True) -> Path:
     """Execute the pending steps of a run folder in order; stop at the first failure.
 
@@ -247,7 +268,7 @@ def execute(run_dir: Path, progress: bool = True) -> Path:
         out_html = run_dir / f"{step}.html"
         before = _list_files(run_dir)
         entry.update(status="running", started_utc=provenance.utc_now().isoformat(timespec="seconds"),
-                     notebook=out_nb.name)
+                     started_epoch=time.time(), notebook=out_nb.name)
         entry.pop("error", None)
         provenance.write_json_atomic(run_dir / "manifest.json", manifest)
         if progress:
@@ -336,14 +357,18 @@ def resume(run_dir: Path, progress: bool = True) -> Path:
                 src = run_dir / f"{entry['name']}.{ext}"
                 if src.exists():
                     src.replace(run_dir / "attempts" / f"{entry['name']}.attempt{n}.{ext}")
-            # what the failed attempt wrote moves aside too, so the retry starts clean and nothing is lost
-            for rel in entry.get("outputs", []):
+            # what the failed attempt wrote moves aside too, so the retry starts clean and nothing is lost;
+            # a killed process recorded no outputs: those are the files written since the step started
+            outputs = sorted(set(entry.get("outputs") or []) | set(_written_since(run_dir, entry)))
+            entry["outputs"] = outputs
+            for rel in outputs:
                 src = run_dir / rel
                 if src.exists() and src.parent != run_dir and not rel.startswith(CACHE_SUBDIRS):
                     dest = run_dir / "attempts" / f"{entry['name']}.attempt{n}" / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     src.replace(dest)
-            entry.setdefault("attempts", []).append({k: entry.get(k) for k in ("error", "seconds", "started_utc", "outputs")})
+            entry.setdefault("attempts", []).append(
+                {k: entry.get(k) for k in ("error", "seconds", "started_utc", "started_epoch", "outputs")})
             entry["status"] = "pending"
     manifest["resumes"].append({"at_utc": provenance.utc_now().isoformat(timespec="seconds"), "git": git})
     provenance.write_json_atomic(run_dir / "manifest.json", manifest)

@@ -115,6 +115,57 @@ def test_failed_step_is_recorded_and_resume_continues(tiny_cohort):
         runner.resume(run_dir, progress=False)
 
 
+def test_resume_after_a_killed_process_moves_its_orphaned_outputs_aside(tiny_cohort, monkeypatch):
+    """A process killed mid-step records no outputs; the resumed step must not trip over its files."""
+    import time
+
+    run_dir = _tiny_run(tiny_cohort)
+    m = runner.load_manifest(run_dir)
+    setup_files = runner._list_files(run_dir)
+    time.sleep(0.05)
+    m["steps"][0].update(status="running", started_epoch=time.time(),
+                         started_utc=provenance.utc_now().isoformat(timespec="seconds"))
+    m["status"] = "running"
+    provenance.write_json_atomic(run_dir / "manifest.json", m)
+    time.sleep(0.05)
+    (run_dir / "01_segment.ipynb").write_text("{}")
+    (run_dir / "figures" / "01_segment__overlays.png").write_bytes(b"png")
+    (run_dir / "masks").mkdir(exist_ok=True)
+    (run_dir / "masks" / "C00.nii.gz").write_bytes(b"mask")  # a finished case: a cache, kept in place
+    monkeypatch.setattr(runner, "execute", lambda rd, progress=True: rd)  # only the tidying is under test
+    runner.resume(run_dir, progress=False)
+    assert not (run_dir / "figures" / "01_segment__overlays.png").exists()
+    assert (run_dir / "attempts" / "01_segment.attempt1" / "figures" / "01_segment__overlays.png").exists()
+    assert (run_dir / "attempts" / "01_segment.attempt1.ipynb").exists()
+    assert (run_dir / "masks" / "C00.nii.gz").exists()
+    assert setup_files <= runner._list_files(run_dir)  # params, qc tables of the set-up stay
+    step = runner.load_manifest(run_dir)["steps"][0]
+    assert step["status"] == "pending" and "figures/01_segment__overlays.png" in step["attempts"][0]["outputs"]
+
+
+def test_study_resume_resumes_an_interrupted_training_run(tmp_path, monkeypatch):
+    """study --resume continues the training run it recorded instead of starting another."""
+    monkeypatch.setenv("GLIOMA_NB_REPORTS", str(tmp_path / "reports"))
+    train = tmp_path / "reports" / "c" / "R1"
+    train.mkdir(parents=True)
+    (train / "manifest.json").write_text(json.dumps({"status": "failed", "cohort": "c", "run_id": "R1"}))
+    sdir = tmp_path / "reports" / "studies" / "s" / "S1"
+    sdir.mkdir(parents=True)
+    (sdir / "study.json").write_text(json.dumps({"name": "s", "status": "running", "overrides": [],
+                                                 "training": {"cohort": "c", "run": "c/R1", "run_id": "R1"},
+                                                 "validation": []}))
+    resumed = []
+
+    def fake_resume(rd, progress=True):
+        resumed.append(Path(rd).name)
+        raise runner.RunError("stop here")
+
+    monkeypatch.setattr(runner, "resume_run", fake_resume)
+    with pytest.raises(runner.RunError, match="stop here"):
+        runner.run_study(resume=str(sdir), progress=False)
+    assert resumed == ["R1"] and json.loads((sdir / "study.json").read_text())["status"] == "failed"
+
+
 def test_cli_refuses_overrides_with_resume(capsys):
     assert cli.main(["run", "--resume", "x", "--set", "project.seed=1"]) == 2
     assert "frozen" in capsys.readouterr().err
