@@ -158,6 +158,19 @@ def _overlap(ref: Any, cohort_obj: io.Cohort, progress: bool) -> tuple[pd.DataFr
     return table, notes
 
 
+def read_feature_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """The feature tables 02_signature saved in a run (``tables/features_<source>``, parquet else CSV),
+    by source, indexed by case_id."""
+    out = {}
+    for f in sorted((Path(run_dir) / "tables").glob("features_*.parquet")):
+        out[f.stem.removeprefix("features_")] = pd.read_parquet(f).set_index("case_id")
+    for f in sorted((Path(run_dir) / "tables").glob("features_*.csv")):
+        name = f.stem.removeprefix("features_")
+        if name not in out:
+            out[name] = pd.read_csv(f, dtype={"case_id": str}).set_index("case_id")
+    return out
+
+
 def load_manifest(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "manifest.json"
     if not path.exists():
@@ -300,9 +313,7 @@ def execute(run_dir: Path, progress: bool = True) -> Path:
         entry["outputs"] = sorted(_list_files(run_dir) - before - {"manifest.json"})
         models = [f for f in entry["outputs"] if f.startswith("models/") and not f.endswith(".part")]
         if models and error is None:  # a later validation run checks the locked models against these
-            from glioma_nb.validate import file_sha256
-
-            manifest.setdefault("models_sha256", {}).update({f: file_sha256(run_dir / f) for f in models})
+            manifest.setdefault("models_sha256", {}).update({f: provenance.sha256_file(run_dir / f) for f in models})
         if error is None:
             entry["status"] = "completed"
             provenance.write_json_atomic(run_dir / "manifest.json", manifest)
@@ -441,14 +452,7 @@ class StepContext:
 
     def feature_tables(self) -> dict[str, pd.DataFrame]:
         """The feature tables 02_signature saved in this run (``tables/features_<source>``), by source."""
-        out = {}
-        for f in sorted((self.run_dir / "tables").glob("features_*.parquet")):
-            out[f.stem.removeprefix("features_")] = pd.read_parquet(f).set_index("case_id")
-        for f in sorted((self.run_dir / "tables").glob("features_*.csv")):
-            name = f.stem.removeprefix("features_")
-            if name not in out:
-                out[name] = pd.read_csv(f, dtype={"case_id": str}).set_index("case_id")
-        return out
+        return read_feature_tables(self.run_dir)
 
     def record(self, **metrics: Any) -> None:
         """Record headline metrics of this step (written to metrics/<step>.json and the manifest)."""

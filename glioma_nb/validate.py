@@ -15,7 +15,6 @@ harmonisation to the training cohort (:class:`ReferenceComBat`, fitted on traini
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import warnings
@@ -26,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from glioma_nb import config as config_mod, io, paths, runner
+from glioma_nb import config as config_mod, io, paths, provenance, runner
 
 #: steps of a validation run: nothing is refitted, so 03_classify and 04_stratify do not run
 VALIDATION_STEPS = ("01_segment", "02_signature", "05_validate")
@@ -46,18 +45,10 @@ class ValidationError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------- reference runs
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_hashes(run_dir: Path) -> dict[str, str]:
     """sha256 of every file under a run's ``models/`` (relative path -> hash), sorted."""
     root = Path(run_dir) / "models"
-    return {str(p.relative_to(run_dir)): file_sha256(p) for p in sorted(root.rglob("*"))
+    return {str(p.relative_to(run_dir)): provenance.sha256_file(p) for p in sorted(root.rglob("*"))
             if p.is_file() and not p.name.endswith(".part")}
 
 
@@ -80,8 +71,7 @@ class Reference:
         return self.manifest["cohort"]
 
     def metrics(self, step: str) -> dict[str, Any]:
-        f = self.run_dir / "metrics" / f"{step}.json"
-        return json.loads(f.read_text()) if f.exists() else {}
+        return m_step(self.run_dir, step)
 
     def table(self, name: str) -> pd.DataFrame | None:
         for ext, read in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
@@ -91,10 +81,7 @@ class Reference:
         return None
 
     def feature_tables(self) -> dict[str, pd.DataFrame]:
-        out = {}
-        for f in sorted((self.run_dir / "tables").glob("features_*.parquet")):
-            out[f.stem.removeprefix("features_")] = pd.read_parquet(f).set_index("case_id")
-        return out
+        return runner.read_feature_tables(self.run_dir)
 
     def load(self, rel: str) -> dict[str, Any]:
         """A model bundle of the reference run, after checking its hash against the recorded one."""
@@ -104,7 +91,7 @@ class Reference:
         if not path.exists():
             raise ValidationError(f"reference run {self.run_id}: {rel} is missing; the reference run's models must "
                                   "be complete: rerun its training cohort")
-        if rel in self.models and file_sha256(path) != self.models[rel]:
+        if rel in self.models and provenance.sha256_file(path) != self.models[rel]:
             raise ValidationError(f"reference run {self.run_id}: {rel} changed after it was checked "
                                   f"(sha256 {self.models[rel][:12]}); a locked model must not change")
         return joblib.load(path)
@@ -612,7 +599,7 @@ def apply_clusters(ref: Reference, tables: Mapping[str, pd.DataFrame], clinical:
         if feature_set not in sets:
             res.notes.append(f"features {feature_set!r} unavailable: {'; '.join(set_notes)}")
             continue
-        ids = [c for c in sg.case_ids if c in sets[feature_set].index and c not in exclude]
+        ids = [c for c in sg.case_ids if c in sets[feature_set].index]
         if not ids:
             res.notes.append("no validation case in this subgroup")
             continue
@@ -755,13 +742,6 @@ def headline_table(*, segmentation: pd.DataFrame | None = None, chosen: pd.DataF
     for harm, c in (cns5 or {}).items():
         rows.append(_row(f"CNS5 diagnosis accuracy ({c['feature_set']})", harm, (cns5_train, np.nan, np.nan),
                          (c["accuracy"], c["accuracy_lo"], c["accuracy_hi"]), c["n"]))
-    if clusters is not None:
-        for r in clusters.itertuples():
-            rows.append(_row(f"log-rank P, consensus clusters of {r.subgroup}", "none",
-                             (getattr(r, "logrank_p_train", np.nan), np.nan, np.nan),
-                             (getattr(r, "logrank_p_validation", np.nan), np.nan, np.nan),
-                             getattr(r, "n_cases_validation", np.nan), paper_cv=getattr(r, "paper_logrank_p", np.nan),
-                             train_n=getattr(r, "n_cases_train", np.nan)))
     if risk is not None and len(risk) and "train_cv_c_harrell" in risk:
         r_ok = risk.dropna(subset=["train_cv_c_harrell"])
         if len(r_ok):
@@ -773,6 +753,13 @@ def headline_table(*, segmentation: pd.DataFrame | None = None, chosen: pd.DataF
                                   getattr(r, "c_harrell_high", np.nan)), r.n))
                 rows.append(_row(f"log-rank P, risk groups at the training median ({r.feature_set})", r.harmonisation,
                                  val=(getattr(r, "logrank_p", np.nan), np.nan, np.nan), n=r.n))
+    if clusters is not None:
+        for r in clusters.itertuples():
+            rows.append(_row(f"log-rank P, consensus clusters of {r.subgroup}", getattr(r, "harmonisation", "none"),
+                             (getattr(r, "logrank_p_train", np.nan), np.nan, np.nan),
+                             (getattr(r, "logrank_p_validation", np.nan), np.nan, np.nan),
+                             getattr(r, "n_cases_validation", np.nan), paper_cv=getattr(r, "paper_logrank_p", np.nan),
+                             train_n=getattr(r, "n_cases_train", np.nan)))
     return _drop_empty(pd.DataFrame(rows, columns=list(_row("", "").keys())))
 
 
@@ -842,10 +829,14 @@ def save_study_output(study_dir: Path, table: pd.DataFrame | None = None, fig: A
 
 def m_step(run_dir: Path, step: str) -> dict[str, Any]:
     """A step's recorded metrics: from the manifest entry, else metrics/<step>.json, else {}."""
-    for entry in runner.load_manifest(run_dir)["steps"]:
-        if entry["name"] == step and entry.get("metrics"):
-            return entry["metrics"]
-    f = Path(run_dir) / "metrics" / f"{step}.json"
+    entry = next((e for e in runner.load_manifest(run_dir)["steps"] if e["name"] == step), {"name": step})
+    return _entry_metrics(run_dir, entry)
+
+
+def _entry_metrics(run_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
+    if entry.get("metrics"):
+        return entry["metrics"]
+    f = Path(run_dir) / "metrics" / f"{entry['name']}.json"
     return json.loads(f.read_text()) if f.exists() else {}
 
 
@@ -871,11 +862,7 @@ def run_summary(run_dir: Path) -> pd.DataFrame:
     manifest = runner.load_manifest(Path(run_dir))
     rows = []
     for entry in manifest["steps"]:
-        metrics = entry.get("metrics") or {}
-        if not metrics:
-            mfile = Path(run_dir) / "metrics" / f"{entry['name']}.json"
-            if mfile.exists():
-                metrics = json.loads(mfile.read_text())
+        metrics = _entry_metrics(run_dir, entry)
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k != "step"}
         rows.append({"step": entry["name"], "status": entry["status"], "seconds": entry.get("seconds"), **scalars})
     return pd.DataFrame(rows)
@@ -1001,14 +988,7 @@ def validate_step(ctx: Any, reference_run: str, harmonisation: Sequence[str] = (
     comparison = pd.concat(comps, ignore_index=True)
     cns5_train = ref.metrics("03_classify").get("cns5_accuracy")
     head = headline_table(segmentation=segmentation, chosen=chosen, accuracy=accuracy, cns5=cns5,
-                          cns5_train=cns5_train, clusters=None, risk=risk)
-    cl_rows = [_row(f"log-rank P, consensus clusters of {r.subgroup}", r.harmonisation,
-                    (getattr(r, "logrank_p_train", np.nan), np.nan, np.nan),
-                    (getattr(r, "logrank_p_validation", np.nan), np.nan, np.nan), getattr(r, "n_cases_validation", np.nan),
-                    paper_cv=getattr(r, "paper_logrank_p", np.nan), train_n=getattr(r, "n_cases_train", np.nan))
-               for r in comparison.itertuples()]
-    if cl_rows:
-        head = _drop_empty(pd.concat([head, pd.DataFrame(cl_rows)], ignore_index=True))
+                          cns5_train=cns5_train, clusters=comparison, risk=risk)
     return ValidationResult(ref, overlap, locked, segmentation, shift, shift_summary(shift), sources, classifiers,
                             predictions, chosen, accuracy, cns5,
                             pd.concat(cns5_cases, ignore_index=True) if cns5_cases else pd.DataFrame(),
