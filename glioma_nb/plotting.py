@@ -606,12 +606,10 @@ def plot_shift(shift: Mapping[tuple[str, str], pd.DataFrame], threshold: float =
         return _message_figure("no feature table shared by the training and validation runs")
     fig, axes = _node_grid(len(sources), 4.6, 3.6)
     for ax, src in zip(axes, sources):
-        top = 0.0
         for (s, harm), t in shift.items():
             if s != src or t.empty:
                 continue
             v = t["smd"].abs().clip(upper=5).to_numpy()
-            top = max(top, float(v.max()))
             colour, _ = HARMONISATION_STYLE.get(harm, ("C0", "-"))
             ax.hist(v, bins=np.linspace(0, 5, 41), alpha=0.55, color=colour,
                     label=f"{harm}: median {np.median(v):.2f}, {np.mean(v > threshold):.0%} > {threshold:g}")
@@ -713,7 +711,7 @@ def plot_validation_calibration(predictions: pd.DataFrame, chosen: pd.DataFrame,
 
 
 def plot_study_forest(table: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
-    """Training CV and validation estimates (95% CI) of the AUC and C-index rows of a headline table."""
+    """Training CV and validation estimates (95% CI) of the Dice, AUC and C-index rows of a headline table."""
     t = table[table["metric"].str.startswith(("AUC", "C-index", "Dice"))].reset_index(drop=True)
     ax = ax or plt.subplots(figsize=(8, 0.5 * max(len(t), 2) + 1.5))[1]
     if t.empty:
