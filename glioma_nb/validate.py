@@ -549,6 +549,11 @@ def average_accuracy(chosen: pd.DataFrame) -> pd.DataFrame:
                                                       train_cv_accuracy=("train_cv_accuracy", "mean")).reset_index())
 
 
+def scored_diagnoses(table: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.DataFrame:
+    """The cases (index case_id) a CNS5 accuracy is scored on: a reference diagnosis, not excluded."""
+    return table[~table["true_diagnosis"].str.startswith("Unclassified") & ~table.index.isin(set(exclude))]
+
+
 def cns5_validation(ref: Reference, predictions: pd.DataFrame, clinical: pd.DataFrame, feature_set: str, *,
                     exclude: Iterable[str] = (), n_bootstrap: int = 1000, random_state: int = 0
                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -568,7 +573,7 @@ def cns5_validation(ref: Reference, predictions: pd.DataFrame, clinical: pd.Data
     pred["diagnosis"] = [classify.cns5_diagnosis(**r) for r in pred[list(classify.MARKER_NODES)].to_dict("records")]
     table = pd.concat([truth.add_prefix("true_"), pred.add_prefix("pred_")], axis=1)
     table = table[p["case_id"].drop_duplicates().pipe(lambda s: table.index.isin(s))] if len(p) else table.iloc[0:0]
-    known = table[~table["true_diagnosis"].str.startswith("Unclassified") & ~table.index.isin(set(exclude))]
+    known = scored_diagnoses(table, exclude)
     correct = (known["true_diagnosis"] == known["pred_diagnosis"]).astype(float)
     acc, lo, hi, n = bootstrap_mean(correct, n_boot=n_bootstrap, seed=random_state)
     return table, {"feature_set": feature_set, "accuracy": acc, "accuracy_lo": lo, "accuracy_hi": hi, "n": n,
@@ -912,6 +917,13 @@ class ValidationResult:
     @property
     def excluded(self) -> list[str]:
         return sorted(set(self.overlap["validation_case"].astype(str)))
+
+    def cns5_scored(self, harmonisation: str = "none") -> pd.DataFrame:
+        """Predicted and true CNS5 diagnoses of the cases the accuracy of ``harmonisation`` is scored on."""
+        if self.cns5_cases.empty:
+            return self.cns5_cases
+        c = self.cns5_cases[self.cns5_cases["harmonisation"] == harmonisation].set_index("case_id")
+        return scored_diagnoses(c, self.excluded)
 
 
 def validate_step(ctx: Any, reference_run: str, harmonisation: Sequence[str] = ("none", "combat"),
