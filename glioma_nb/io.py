@@ -25,6 +25,13 @@ import pandas as pd
 from glioma_nb import paths
 
 MODALITIES: tuple[str, ...] = ("t1", "t1c", "t2", "flair")
+HEAD_SPACING = "head"
+# Reference head of ``estimate_head_spacing``: measured by it on the one TCGA-LGG FLAIR in ../shared/data with
+# its true header (tcga-lgg-native/TCGA-FG-6692/raw/fla.nii.gz, 0.898 x 0.898 x 5.5 mm): largest axial
+# cross-section of the head 25,312 mm2, head volume / that area 123.6 mm.
+HEAD_AXIAL_AREA_MM2 = 25312.0
+HEAD_HEIGHT_MM = 123.6
+_SPACING_BOUNDS = {"in-plane": (0.3, 2.0), "slice": (0.5, 12.0)}
 
 
 @dataclass(frozen=True)
@@ -184,9 +191,11 @@ class Cohort:
     clinical: pd.DataFrame
     modalities: tuple[str, ...]
     scheme: LabelScheme | None
-    spacing: tuple[float, float, float] | None = None
+    spacing: tuple[float, float, float] | str | None = None   # or HEAD_SPACING: estimated per case
     orientation: str | None = None
     qc: QCReport | None = None
+    head_reference: tuple[float, float] = (HEAD_AXIAL_AREA_MM2, HEAD_HEIGHT_MM)
+    _case_spacing: dict[str, tuple[float, float, float]] = field(default_factory=dict, repr=False)
     features: dict[str, pd.DataFrame] = field(default_factory=dict)   # precomputed tables (cohort.features)
     feature_files: list[Path] = field(default_factory=list)
 
@@ -200,18 +209,44 @@ class Cohort:
                 return c
         raise KeyError(f"cohort {self.name}: no case {case_id!r}")
 
+    def spacing_of(self, case_id: str, data: np.ndarray | None = None) -> tuple[float, float, float] | None:
+        """The voxel size (mm) that replaces ``case_id``'s header, or None to keep the header's.
+
+        With ``cohort.geometry.spacing: head`` it is estimated once per case from the head's size in the
+        first modality (:func:`estimate_head_spacing`; ``data``: that image's array, if already read).
+        """
+        if self.spacing != HEAD_SPACING:
+            return self.spacing  # type: ignore[return-value]
+        if case_id not in self._case_spacing:
+            images = self.case(case_id).images
+            path = images[next(m for m in self.modalities if m in images)]
+            img = nib.load(path)
+            orientation = self.orientation or "".join(nib.aff2axcodes(img.affine))
+            try:
+                self._case_spacing[case_id] = estimate_head_spacing(
+                    np.asanyarray(img.dataobj) if data is None else data, orientation, *self.head_reference)
+            except ValueError as exc:
+                raise ValueError(f"cohort {self.name}, case {case_id}, {paths.display_path(path)}: {exc}; state the "
+                                 "voxel size instead (cohort.geometry.spacing: [sx, sy, sz]) or fix the "
+                                 "image") from exc
+        return self._case_spacing[case_id]
+
+    def override(self, img: nib.Nifti1Image, case_id: str) -> nib.Nifti1Image:
+        """``img`` (an image or mask of ``case_id``) with the cohort's geometry override applied."""
+        return override_geometry(img, self.spacing_of(case_id), self.orientation)
+
     def load_image(self, case_id: str, modality: str) -> nib.Nifti1Image:
         """The image of ``modality`` for ``case_id``, with the cohort's geometry override applied."""
         case = self.case(case_id)
         if modality not in case.images:
             raise KeyError(f"cohort {self.name}: case {case_id} has no {modality} (has {sorted(case.images)})")
-        return override_geometry(nib.load(case.images[modality]), self.spacing, self.orientation)
+        return self.override(nib.load(case.images[modality]), case_id)
 
     def load_label(self, case_id: str) -> nib.Nifti1Image | None:
         case = self.case(case_id)
         if case.label is None:
             return None
-        return override_geometry(nib.load(case.label), self.spacing, self.orientation)
+        return self.override(nib.load(case.label), case_id)
 
     def input_files(self) -> list[Path]:
         files: list[Path] = []
@@ -247,6 +282,56 @@ def orientation_affine(shape: tuple[int, ...], spacing: Iterable[float], orienta
     centre = (np.asarray(shape[:3], dtype=float) - 1.0) / 2.0
     aff[:3, 3] = -aff[:3, :3] @ centre
     return aff
+
+
+def head_mask(data: np.ndarray) -> np.ndarray:
+    """The head (scalp included) of a non-skull-stripped MRI: above half the Otsu threshold, largest
+    connected component, holes filled slice by slice along the last axis."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    data = np.asarray(data, dtype=np.float32)
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.Execute(sitk.GetImageFromArray(data))
+    labels, n = ndimage.label(data > 0.5 * otsu.GetThreshold())
+    if n == 0:
+        return np.zeros(data.shape, bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    mask = labels == sizes.argmax()
+    return np.stack([ndimage.binary_fill_holes(mask[..., k]) for k in range(mask.shape[-1])], axis=-1)
+
+
+def estimate_head_spacing(data: np.ndarray, orientation: str, axial_area_mm2: float = HEAD_AXIAL_AREA_MM2,
+                          height_mm: float = HEAD_HEIGHT_MM) -> tuple[float, float, float]:
+    """Voxel size (mm, in voxel-axis order) of an axial head MRI whose header does not record it.
+
+    For stacks exported without geometry (e.g. TCGA-LGG's TIFF slices), from the size of the head: square
+    in-plane voxels scaled so the largest axial cross-section of the head is ``axial_area_mm2``, and slices
+    so that head volume / that cross-section is ``height_mm`` (a head's extent in voxels does not depend on
+    how many slices cover it). ``orientation`` (e.g. "PLS") says which voxel axis is inferior-superior.
+    The defaults are measured on a TCGA-LGG FLAIR with its true header (see ``HEAD_AXIAL_AREA_MM2``); a head
+    differs from them by some 5-10 % in each direction, and so does the estimate.
+    """
+    codes = orientation.upper()
+    axial = next((i for i, c in enumerate(codes) if c in "SI"), None)
+    if data.ndim != 3 or axial is None:
+        raise ValueError(f"needs a 3D axial stack with an inferior-superior axis (shape {data.shape}, "
+                         f"orientation {orientation!r})")
+    mask = np.moveaxis(head_mask(data), axial, -1)
+    area = mask.sum(axis=(0, 1))
+    if (area > 0).sum() < 3 or area.max() < 100:
+        raise ValueError("no head found to estimate the voxel size from (fewer than 3 slices or 100 voxels)")
+    inplane = math.sqrt(axial_area_mm2 / float(area.max()))
+    thick = height_mm / (float(mask.sum()) / float(area.max()))
+    for what, value in (("in-plane", inplane), ("slice", thick)):
+        lo, hi = _SPACING_BOUNDS[what]
+        if not lo <= value <= hi:
+            raise ValueError(f"estimated {what} spacing {value:.2f} mm is outside {lo}-{hi} mm (is it a head "
+                             "MRI, not skull-stripped, whole head in the field of view?)")
+    out = [inplane] * 3
+    out[axial] = thick
+    return (round(out[0], 3), round(out[1], 3), round(out[2], 3))
 
 
 def override_geometry(img: nib.Nifti1Image, spacing: Iterable[float] | None,
@@ -461,11 +546,17 @@ def _check_case(case: Case, cohort: Cohort, cfg: Mapping[str, Any], report: QCRe
             report.add(case.case_id, path, f"unreadable {mod} image ({type(exc).__name__}: {exc})",
                        "re-export or re-download the file; it is truncated or not NIfTI")
             continue
-        img = override_geometry(img, cohort.spacing, cohort.orientation)
         if data.ndim != 3:
             report.add(case.case_id, path, f"{mod} image has {data.ndim} dimensions {data.shape}",
                        "give one 3D volume per modality")
             continue
+        try:
+            img = cohort.override(img, case.case_id) if ref_shape is not None else \
+                override_geometry(img, cohort.spacing_of(case.case_id, data), cohort.orientation)
+        except ValueError as exc:
+            report.add(case.case_id, path, f"cannot estimate the voxel size: {exc.__cause__ or exc}",
+                       "state the voxel size (cohort.geometry.spacing: [sx, sy, sz]) or fix the image")
+            return row
         if ref_shape is None:
             ref_shape, ref_aff, ref_mod = data.shape, img.affine, mod
             row.update(shape="x".join(map(str, data.shape)),
@@ -497,7 +588,7 @@ def _check_case(case: Case, cohort: Cohort, cfg: Mapping[str, Any], report: QCRe
             report.add(case.case_id, case.label, f"unreadable label map ({type(exc).__name__}: {exc})",
                        "re-export the label map")
             return row
-        limg = override_geometry(limg, cohort.spacing, cohort.orientation)
+        limg = cohort.override(limg, case.case_id)
         if ref_shape is not None and lab.shape != ref_shape:
             report.add(case.case_id, case.label, f"label shape {lab.shape} != image shape {ref_shape}",
                        "the label map must be on the image grid")
@@ -687,12 +778,24 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
         else:
             scheme = LABEL_SCHEMES[c["label"]["scheme"]]
     geom = c["geometry"]
-    spacing = tuple(float(s) for s in geom["spacing"]) if geom.get("spacing") else None
+    spacing: tuple[float, float, float] | str | None = None
+    if geom.get("spacing") == HEAD_SPACING:
+        spacing = HEAD_SPACING
+    elif geom.get("spacing"):
+        try:
+            spacing = tuple(float(s) for s in geom["spacing"])  # type: ignore[assignment]
+        except (TypeError, ValueError):
+            report.add(None, None, f"cohort.geometry.spacing {geom['spacing']!r} is neither [sx, sy, sz] nor "
+                       f"'{HEAD_SPACING}'", "fix cohort.geometry.spacing")
+    head = geom.get("head_reference") or {}
     cohort = Cohort(c["name"], root, cases, pd.DataFrame(), tuple(m for m in c["modalities"] if m in MODALITIES),
-                    scheme, spacing, geom.get("orientation"), report)
+                    scheme, spacing, geom.get("orientation"), report,
+                    head_reference=(float(head.get("axial_area_mm2", HEAD_AXIAL_AREA_MM2)),
+                                    float(head.get("height_mm", HEAD_HEIGHT_MM))))
     if spacing is not None or cohort.orientation is not None:
         try:
-            orientation_affine((2, 2, 2), spacing or (1, 1, 1), cohort.orientation or "RAS")
+            orientation_affine((2, 2, 2), spacing if isinstance(spacing, tuple) else (1, 1, 1),
+                               cohort.orientation or "RAS")
         except ValueError as exc:
             report.add(None, None, f"cohort.geometry: {exc}", "fix cohort.geometry")
             cohort.spacing = cohort.orientation = None

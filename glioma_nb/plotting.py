@@ -52,7 +52,7 @@ def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axe
 
         from glioma_nb.segment.metrics import _pred_scheme
 
-        pimg = io.override_geometry(nib.load(Path(mask_dir) / f"{case_id}.nii.gz"), cohort.spacing, cohort.orientation)
+        pimg = cohort.override(nib.load(Path(mask_dir) / f"{case_id}.nii.gz"), case_id)
         pred = np.asanyarray(reorder_img(pimg, resample="nearest").dataobj)
         pred_scheme = _pred_scheme(Path(mask_dir), case_id, pred)
     imgs = {m: reorder_img(cohort.load_image(case_id, m), resample="continuous") for m in mods}

@@ -48,7 +48,7 @@ class MaskSource:
         if not path.exists() or not meta.exists():
             raise ValueError(f"case {case_id}: no predicted mask {paths.display_path(path)}; run 01_segment in this "
                              "run first, or use signature.mask: reference (the cohort's label maps)")
-        img = io.override_geometry(nib.load(path), self.cohort.spacing, self.cohort.orientation)
+        img = self.cohort.override(nib.load(path), case_id)
         return img, io.LABEL_SCHEMES[json.loads(meta.read_text())["scheme"]]
 
 
