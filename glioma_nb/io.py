@@ -318,7 +318,7 @@ def estimate_head_spacing(data: np.ndarray, orientation: str, axial_area_mm2: fl
     if data.ndim != 3 or axial is None:
         raise ValueError(f"needs a 3D axial stack with an inferior-superior axis (shape {data.shape}, "
                          f"orientation {orientation!r})")
-    mask = np.moveaxis(head_mask(data), axial, -1)
+    mask = head_mask(np.moveaxis(data, axial, -1))
     area = mask.sum(axis=(0, 1))
     if (area > 0).sum() < 3 or area.max() < 100:
         raise ValueError("no head found to estimate the voxel size from (fewer than 3 slices or 100 voxels)")
