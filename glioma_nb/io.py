@@ -550,9 +550,8 @@ def _check_case(case: Case, cohort: Cohort, cfg: Mapping[str, Any], report: QCRe
             report.add(case.case_id, path, f"{mod} image has {data.ndim} dimensions {data.shape}",
                        "give one 3D volume per modality")
             continue
-        try:
-            img = cohort.override(img, case.case_id) if ref_shape is not None else \
-                override_geometry(img, cohort.spacing_of(case.case_id, data), cohort.orientation)
+        try:  # the first image read gives spacing: head its data; later ones find the estimate cached
+            img = override_geometry(img, cohort.spacing_of(case.case_id, data), cohort.orientation)
         except ValueError as exc:
             report.add(case.case_id, path, f"cannot estimate the voxel size: {exc.__cause__ or exc}",
                        "state the voxel size (cohort.geometry.spacing: [sx, sy, sz]) or fix the image")
