@@ -70,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (opt-in)")
     t.add_argument("--ship", action="store_true",
                    help="after training: score the held-out cases, copy the weights into the package, write the model card")
+
+    pc = sub.add_parser("segment-postprocess-cv",
+                        help="choose a model's post-processing by k-fold CV on its training patients (held-out untouched)")
+    pc.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
+    pc.add_argument("--out", required=True, help="CV folder (fold models, out-of-fold masks, scores); resumed when it exists")
+    pc.add_argument("--folds", type=int, default=2)
+    pc.add_argument("--cohort", help="the training source whose patients are split (default: the spec's last)")
+    pc.add_argument("--iterations", type=int, help="override train.iterations for the fold models")
+    pc.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return p
 
 
@@ -141,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             train_cli(args.model, args.out, iterations=args.iterations, device=args.device, bf16=args.bf16,
                       ship=args.ship, argv=list(argv) if argv is not None else sys.argv[1:])
+        elif args.command == "segment-postprocess-cv":
+            from glioma_nb.segment import postprocess_cv_cli
+
+            postprocess_cv_cli(args.model, args.out, folds=args.folds, cohort=args.cohort, iterations=args.iterations,
+                               device=args.device, argv=list(argv) if argv is not None else sys.argv[1:])
     except (config.ConfigError, io.CohortError, runner.RunError, FileExistsError, SegmentationError,
             ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@
 ``infer``       sliding-window inference with Gaussian blending, masks in the original image space,
                 per-case caching and sanity flags
 ``metrics``     Dice and HD95 per region (MONAI metrics), per case and with bootstrap CIs
+``postprocess`` post-processing rules of a predicted mask, chosen by CV on the training patients
 """
 from __future__ import annotations
 
@@ -35,3 +36,22 @@ def train_cli(model: str, out: str, iterations: int | None = None, device: str =
         card = train.ship(spec, Path(out), per_case, command)
         print(f"shipped {spec.weights_path.name} with model card {card.name}")
     return summary
+
+
+def postprocess_cv_cli(model: str, out: str, folds: int = 2, cohort: str | None = None, iterations: int | None = None,
+                       device: str = "auto", argv: list[str] | None = None) -> str:
+    """``glioma-nb segment-postprocess-cv``: the out-of-fold Dice of every post-processing rule and the
+    rule chosen (``<out>/oof_scores.csv``, ``<out>/postprocess_choice.json``)."""
+    from pathlib import Path
+
+    from glioma_nb.segment import models, postprocess
+
+    spec = models.load_spec(model)
+    oof = postprocess.cross_validate(spec, Path(out), folds=folds, cohort=cohort, iterations=iterations, device=device)
+    rule, summary = postprocess.choose(oof)
+    meta = {"model": spec.name, "folds": folds, "iterations": iterations or spec.train.get("iterations"),
+            "cases": int(oof["case_id"].nunique()), "command": "python -m glioma_nb " + " ".join(argv or [])}
+    path = postprocess.write_choice(Path(out), rule, summary, meta)
+    print(summary.round(4).to_string())
+    print(f"chosen: {rule} (set postprocess: {rule} in the model spec); {path}")
+    return rule

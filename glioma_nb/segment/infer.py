@@ -178,7 +178,7 @@ def mask_path(out_dir: Path, case_id: str) -> Path:
 def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, *,
                    case_ids: Iterable[str] | None = None, overlap: float = 0.5, tta: bool = False,
                    device: str = "cpu", amp: bool = False, progress: bool = True,
-                   signature: Any = None) -> pd.DataFrame:
+                   signature: Any = None, postprocess: str | None = None) -> pd.DataFrame:
     """Segment cases of ``cohort`` into ``out_dir`` (cached per case); one row per case.
 
     Columns: case_id, status (predicted | cached), seconds, predicted region volumes (mL), flags.
@@ -186,9 +186,16 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
     :class:`glioma_nb.signature.network.Request`), the network image signature is pooled in the same
     pass and cached as ``<case>.signature.parquet`` (rows by perturbation); a case whose cached
     signature was made with another request is run again. A case whose signature fails (empty
-    tumour) keeps its mask and gets ``signature_error``.
+    tumour) keeps its mask and gets ``signature_error``. ``postprocess`` (default: the spec's) is the
+    :mod:`~glioma_nb.segment.postprocess` rule applied to the mask; a case cached with another rule
+    is run again. The sanity flags describe the network's mask before the rule.
     """
     from tqdm import tqdm
+
+    from glioma_nb.segment import postprocess as post
+
+    rule = spec.postprocess if postprocess is None else postprocess
+    post.parse_rule(rule)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,8 +213,9 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
         mpath, jpath = mask_path(out_dir, cid), out_dir / f"{cid}.json"
         if mpath.exists() and jpath.exists():
             rec = json.loads(jpath.read_text())
-            if signature is None or (rec.get("signature") == signature.key() and
-                                     (signature_path(out_dir, cid).exists() or rec.get("signature_error"))):
+            same_rule = rec.get("postprocess", "none") == rule
+            if same_rule and (signature is None or (rec.get("signature") == signature.key() and
+                                                    (signature_path(out_dir, cid).exists() or rec.get("signature_error")))):
                 rows.append({**rec, "status": "cached"})
                 continue
         t0 = time.perf_counter()
@@ -228,13 +236,14 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
                 tmp.replace(spath)
             elif spath.exists():
                 spath.unlink()
-        label, scheme = transforms.classes_to_label(classes, spec.classes, cohort.scheme)
+        flags = sanity_flags(classes, voxel_ml)
+        label, scheme = transforms.classes_to_label(post.apply(classes, rule), spec.classes, cohort.scheme)
         src = nib.load(cohort.case(cid).images[spec.modalities[0]])   # the file's own affine and header
         hdr = src.header.copy()
         hdr.set_data_dtype(np.uint8)
         _write_atomic_nifti(nib.Nifti1Image(label, src.affine, hdr), mpath)
         rec = {"case_id": cid, "model": spec.name, "scheme": scheme.name, "seconds": round(time.perf_counter() - t0, 2),
-               **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(sanity_flags(classes, voxel_ml)), **extra}
+               "postprocess": rule, **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(flags), **extra}
         tmp = jpath.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rec, indent=1))
         tmp.replace(jpath)

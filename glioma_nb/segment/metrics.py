@@ -86,10 +86,14 @@ def summary_record(summary: pd.DataFrame) -> Mapping[str, float]:
     return out  # type: ignore[return-value]
 
 
-def cohort_scores(cohort: io.Cohort, mask_dir: "Path | str", case_ids: Iterable[str] | None = None) -> pd.DataFrame:
-    """Dice/HD95 of the predicted masks in ``mask_dir`` against the cohort's label maps, per case."""
+def cohort_scores(cohort: io.Cohort, mask_dir: "Path | str", case_ids: Iterable[str] | None = None,
+                  postprocess: str = "none") -> pd.DataFrame:
+    """Dice/HD95 of the predicted masks in ``mask_dir`` against the cohort's label maps, per case
+    (with a :mod:`~glioma_nb.segment.postprocess` rule applied to the masks first)."""
     import nibabel as nib
     from pathlib import Path
+
+    from glioma_nb.segment import postprocess as post
 
     if cohort.scheme is None:
         raise ValueError(f"cohort {cohort.name} has no label maps: nothing to score")
@@ -99,7 +103,7 @@ def cohort_scores(cohort: io.Cohort, mask_dir: "Path | str", case_ids: Iterable[
         pred_path = Path(mask_dir) / f"{cid}.nii.gz"
         if ref_img is None or not pred_path.exists():
             continue
-        pred = np.asanyarray(nib.load(pred_path).dataobj)
+        pred = post.apply(np.asanyarray(nib.load(pred_path).dataobj), postprocess)
         pred_scheme = _pred_scheme(Path(mask_dir), cid, pred)
         spacing = ref_img.header.get_zooms()[:3]
         rows.append({"case_id": cid, **case_scores(pred, np.asanyarray(ref_img.dataobj), pred_scheme, cohort.scheme,

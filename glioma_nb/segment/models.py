@@ -63,6 +63,12 @@ class ModelSpec:
     train: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     path: Path | None = None
+    postprocess: str = "none"         # a glioma_nb.segment.postprocess rule, applied at inference
+
+    def __post_init__(self) -> None:
+        from glioma_nb.segment import postprocess
+
+        postprocess.parse_rule(self.postprocess)
 
     @property
     def n_classes(self) -> int:
@@ -110,7 +116,8 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     return ModelSpec(name=raw["name"], network=dict(raw["network"]), modalities=tuple(raw["modalities"]),
                      classes=raw["classes"], spacing=tuple(float(s) for s in raw["spacing"]),
                      patch=tuple(int(s) for s in raw["patch"]), train=dict(raw.get("train") or {}),
-                     description=raw.get("description", ""), path=p)
+                     description=raw.get("description", ""), path=p,
+                     postprocess=str(raw.get("postprocess", "none")))
 
 
 def choose_model(modalities: tuple[str, ...] | list[str], requested: str = "auto") -> str | None:
