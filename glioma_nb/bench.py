@@ -77,7 +77,8 @@ def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, o
         for src in sources:
             ids = src.held_out[:max_cases]
             mask_dir = Path(tmp) / src.cohort.name
-            # one pass per case: load, preprocess, sliding window, inversion to the original grid, mask written
+            # one pass per case: load, preprocess, sliding window, inversion to the original grid, the model's
+            # post-processing rule, mask written
             table = infer.segment_cohort(src.cohort, spec, net, mask_dir, case_ids=ids, device=device, progress=False)
             rows += [{"cohort": src.cohort.name, "case_id": r.case_id, "seconds_total": r.seconds}
                      for r in table.itertuples()]
@@ -90,7 +91,7 @@ def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, o
         dice[cohort] = metrics.summarise(part).round(4).to_dict(orient="records")
     secs = [r["seconds_total"] for r in rows]
     out: dict[str, object] = {"name": f"segment_{model}_{device}", "model": model, "device": device,
-                              "cases": len(rows), "seconds_per_case_median": round(float(np.median(secs)), 3),
+                              "postprocess": spec.postprocess, "cases": len(rows), "seconds_per_case_median": round(float(np.median(secs)), 3),
                               "seconds_per_case_max": round(float(np.max(secs)), 3),
                               "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_peak_rss_mb(), 1),
                               "per_case": rows, "held_out_scores": dice}

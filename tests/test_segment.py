@@ -279,3 +279,118 @@ def test_shipped_model_segments_a_held_out_real_case(tmp_path, cohort_name, case
     assert table.loc[0, "status"] == "predicted"
     scores = metrics.cohort_scores(cohort, tmp_path, [case_id])
     assert scores.loc[0, "dice_WT"] > min_dice
+
+
+# --- post-processing: rules, CV choice, inference --------------------------------------------------
+
+from glioma_nb.segment import postprocess  # noqa: E402
+
+
+def test_postprocess_rules_keep_the_right_components():
+    a = np.zeros((30, 30, 30), np.uint8)
+    a[2:12, 2:12, 2:12] = 2          # 1000 voxels, class 2
+    a[5:7, 5:7, 12:14] = 1           # touches the big block: the same component
+    a[20:25, 20:25, 20:25] = 1       # 125 voxels: 12 % of the largest
+    a[27, 27, 27] = 3                # 1 voxel
+    a[14, 14, 14] = 1                # diagonal neighbour of nothing: its own component
+    big = a.copy()
+    big[20:, 20:, 20:] = 0
+    big[14, 14, 14] = 0
+    assert np.array_equal(postprocess.apply(a, "none"), a)
+    assert np.array_equal(postprocess.apply(a, "largest"), big)              # classes inside are kept
+    kept = postprocess.apply(a, "min_fraction:0.1")
+    assert kept[20:25, 20:25, 20:25].all() and kept[27, 27, 27] == 0 and kept[14, 14, 14] == 0
+    assert postprocess.apply(a, "min_fraction:0.2")[20:25, 20:25, 20:25].sum() == 0
+    # 26-connectivity: a diagonal chain is one component
+    d = np.zeros((5, 5, 5), np.uint8)
+    d[0, 0, 0] = d[1, 1, 1] = d[2, 2, 2] = 1
+    assert np.array_equal(postprocess.apply(d, "largest"), d)
+    # an empty mask and a single component are returned unchanged
+    assert not postprocess.apply(np.zeros((4, 4, 4), np.uint8), "largest").any()
+
+
+@pytest.mark.parametrize("rule", ["biggest", "min_fraction:1.5", "min_fraction:x", "largest:0.2"])
+def test_an_unknown_postprocess_rule_is_refused_with_the_accepted_forms(rule):
+    with pytest.raises(SegmentationError, match="none, largest, min_fraction:F"):
+        postprocess.parse_rule(rule)
+    with pytest.raises(SegmentationError, match="none, largest"):
+        _spec(postprocess=rule)
+
+
+def test_choose_keeps_a_rule_only_when_it_raises_the_out_of_fold_dice():
+    base = {"a": 0.9, "b": 0.3, "c": 0.8}
+    rows = [{"case_id": c, "rule": "none", "dice_WT": v} for c, v in base.items()]
+    helps = rows + [{"case_id": c, "rule": "largest", "dice_WT": v + (0.4 if c == "b" else -0.01)}
+                    for c, v in base.items()]
+    rule, summary = postprocess.choose(pd.DataFrame(helps))
+    assert rule == "largest"
+    assert summary.loc["largest", "improved"] == 1 and summary.loc["largest", "worsened"] == 2
+    hurts = rows + [{"case_id": c, "rule": "largest", "dice_WT": v - 0.05} for c, v in base.items()]
+    assert postprocess.choose(pd.DataFrame(hurts))[0] == "none"
+
+
+def test_fold_split_is_a_seeded_partition():
+    ids = [f"p{i:02d}" for i in range(23)]
+    folds = postprocess.fold_split(ids, 3)
+    assert sorted(sum(folds, [])) == ids and len({len(f) for f in folds} - {7, 8}) == 0
+    assert folds == postprocess.fold_split(list(reversed(ids)), 3)
+    with pytest.raises(SegmentationError, match="2 <= folds"):
+        postprocess.fold_split(ids, 1)
+
+
+def _blob_cohort(tmp_path: Path, n: int = 1) -> io.Cohort:
+    """Toy cases whose image also has a bright blob away from the tumour: a false positive of the
+    threshold 'network' that the label map does not have."""
+    cohort = _cohort(tmp_path, n=n, shape=(64, 64, 20), zooms=(1.0, 1.0, 3.0))
+    for case in cohort.cases:
+        img = nib.load(case.images["flair"])
+        data = np.asarray(img.dataobj).copy()
+        blob = _sphere(data.shape, (8, 32, 10), 6, (1.0, 1.0, 3.0))   # 8 mm or more from the tumour
+        assert not (blob & (np.asanyarray(nib.load(case.label).dataobj) > 0)).any()
+        data[blob] = data.max()
+        nib.save(nib.Nifti1Image(data, img.affine), case.images["flair"])
+    return cohort
+
+
+def test_inference_applies_the_spec_rule_and_reruns_a_case_cached_with_another(tmp_path):
+    """A bright distant blob is a false positive of the threshold 'network': 'largest' removes it."""
+    cohort = _blob_cohort(tmp_path / "c")
+    out = tmp_path / "masks"
+    raw = infer.segment_cohort(cohort, _spec(), Threshold(), out, progress=False)
+    assert raw.loc[0, "postprocess"] == "none" and "fragmented" in raw.loc[0, "flags"]
+    dice_raw = metrics.cohort_scores(cohort, out).loc[0, "dice_WT"]
+    # scoring with the rule applied to the cached masks == inferring with the rule
+    dice_scored = metrics.cohort_scores(cohort, out, postprocess="largest").loc[0, "dice_WT"]
+    again = infer.segment_cohort(cohort, _spec(postprocess="largest"), Threshold(), out, progress=False)
+    assert again.loc[0, "status"] == "predicted"          # cached with another rule: run again
+    assert again.loc[0, "postprocess"] == "largest" and "fragmented" in again.loc[0, "flags"]
+    assert again.loc[0, "WT_ml"] < raw.loc[0, "WT_ml"]
+    dice_post = metrics.cohort_scores(cohort, out).loc[0, "dice_WT"]
+    assert dice_post > dice_raw + 0.05 and dice_post == pytest.approx(dice_scored)
+    assert infer.segment_cohort(cohort, _spec(postprocess="largest"), Threshold(), out,
+                                progress=False).loc[0, "status"] == "cached"
+
+
+def test_model_card_reports_held_out_dice_with_and_without_the_rule(tmp_path, monkeypatch):
+    cohort = _blob_cohort(tmp_path / "c", n=2)
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path / "pkg")
+    (tmp_path / "pkg").mkdir()
+    cv = {"folds": 2, "cases": 46, "cohort": "toy", "iterations": 10, "dice": "0.70 -> 0.72", "command": "cv-cmd"}
+    spec = _spec(postprocess="largest", postprocess_cv=cv)
+    out = tmp_path / "train"
+    out.mkdir()
+    tiny = spec.build()
+    models.save_weights(tiny, out / "weights.pt")
+    (out / "train_summary.json").write_text(json.dumps({
+        "n_parameters": 1, "train_cases": ["toy/x"], "held_out_cases": ["toy/case0", "toy/case1"], "iterations": 10,
+        "settings": {"batch_cases": 1, "samples_per_case": 2, "lr": 0.1, "weight_decay": 0.0, "seed": 0},
+        "device": "cpu", "bf16": False, "seconds": 6.0}))
+    per_case = train.evaluate_held_out(spec, Threshold(), [train.TrainSource(cohort, [], cohort.case_ids)], out,
+                                       progress=False)
+    assert sorted(per_case["postprocess"].unique()) == ["largest", "none"] and len(per_case) == 4
+    wide = per_case.pivot(index="case_id", columns="postprocess", values="dice_WT")
+    assert (wide["largest"] > wide["none"] + 0.05).all()
+    card = train.ship(spec, out, per_case, "train-cmd").read_text()
+    assert "`largest`" in card and "2-fold cross-validation on 46 training patients" in card and "cv-cmd" in card
+    assert "| toy | none | WT | Dice |" in card and "| toy | largest | WT | Dice |" in card
+    assert "dice_WT (largest)" in card      # per case: raw and post-processed side by side

@@ -94,10 +94,12 @@ def _to_original(pre: Any, d: Mapping[str, Any], probs: Any, data: Mapping[str, 
 
 def predict_with_signature(net: Any, spec: ModelSpec, data: Mapping[str, Any], request: Any,
                            cohort_scheme: io.LabelScheme | None, overlap: float = 0.5, tta: bool = False,
-                           device: str = "cpu", amp: bool = False) -> tuple[np.ndarray, pd.DataFrame | None, str]:
+                           device: str = "cpu", amp: bool = False,
+                           postprocess: str = "none") -> tuple[np.ndarray, pd.DataFrame | None, str]:
     """:func:`predict_case` plus the network image signature from the same pass
-    (:mod:`glioma_nb.signature.network`). Returns (classes on the original grid, signature rows indexed
-    by perturbation or None, the error that prevented the signature or "")."""
+    (:mod:`glioma_nb.signature.network`), pooled in the predicted mask with the ``postprocess`` rule
+    applied (on the model grid) or in the reference label map. Returns (classes on the original grid,
+    without the rule; signature rows indexed by perturbation or None, the error that prevented the signature or "")."""
     import torch
 
     from glioma_nb.signature import network
@@ -108,7 +110,10 @@ def predict_with_signature(net: Any, spec: ModelSpec, data: Mapping[str, Any], r
     stages = list(network.stage_modules(net))
     probs, maps = sliding_window(net, d["image"], spec, overlap=overlap, tta=tta, device=device, amp=amp, stages=stages)
     classes, _ = _to_original(pre, d, probs, data)
-    model_classes = np.asarray(d["label"][0] if reference else probs.argmax(0), dtype=np.uint8)
+    from glioma_nb.segment import postprocess as post
+
+    model_classes = (np.asarray(d["label"][0], dtype=np.uint8) if reference
+                     else post.apply(np.asarray(probs.argmax(0), dtype=np.uint8), postprocess))
     lab, scheme = transforms.classes_to_label(model_classes, spec.classes, cohort_scheme)
     masks = io.region_masks(lab, scheme)
     voxel_ml = float(np.prod(spec.spacing)) / 1000.0
@@ -227,7 +232,7 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
             classes, _ = predict_case(net, spec, data, overlap=overlap, tta=tta, device=device, amp=amp)
         else:
             classes, table, err = predict_with_signature(net, spec, data, signature, cohort.scheme, overlap=overlap,
-                                                         tta=tta, device=device, amp=amp)
+                                                         tta=tta, device=device, amp=amp, postprocess=rule)
             extra = {"signature": signature.key(), "signature_error": err}
             spath = signature_path(out_dir, cid)
             if table is not None:

@@ -64,6 +64,7 @@ class ModelSpec:
     description: str = ""
     path: Path | None = None
     postprocess: str = "none"         # a glioma_nb.segment.postprocess rule, applied at inference
+    postprocess_cv: dict[str, Any] = field(default_factory=dict)   # how the rule was chosen (for the card)
 
     def __post_init__(self) -> None:
         from glioma_nb.segment import postprocess
@@ -117,7 +118,7 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
                      classes=raw["classes"], spacing=tuple(float(s) for s in raw["spacing"]),
                      patch=tuple(int(s) for s in raw["patch"]), train=dict(raw.get("train") or {}),
                      description=raw.get("description", ""), path=p,
-                     postprocess=str(raw.get("postprocess", "none")))
+                     postprocess=str(raw.get("postprocess", "none")), postprocess_cv=dict(raw.get("postprocess_cv") or {}))
 
 
 def choose_model(modalities: tuple[str, ...] | list[str], requested: str = "auto") -> str | None:

@@ -15,6 +15,10 @@ import pandas as pd
 from glioma_nb.segment import SegmentationError, infer, metrics, models, train
 
 
+_RULE_WORDS = {"largest": "only the largest connected component of the tumour is kept",
+               "min_fraction": "components smaller than that fraction of the largest are removed"}
+
+
 @dataclass
 class SegmentResult:
     """Outcome of segmenting a cohort."""
@@ -29,6 +33,7 @@ class SegmentResult:
     held_out: list[str] = field(default_factory=list)              # cases held out of in-run training
     trained_on: list[str] = field(default_factory=list)            # cases the weights were trained on
     note: str = ""
+    postprocess: str = "none"                                      # the rule applied to every mask
 
     @property
     def flagged(self) -> pd.DataFrame:
@@ -47,8 +52,12 @@ class SegmentResult:
                 f"works at {' x '.join(f'{v:g}' for v in sp.spacing)} mm; weights: {self.weights}) segmented "
                 f"**{n} cases**" + (f" ({cached} reused from the run's cache)" if cached else "") +
                 (f", median {self.cases['seconds'].median():.1f} s per case" if n else "") +
-                f"; {len(self.flagged)} flagged by the sanity checks. Masks: `masks/<case>.nii.gz` in each "
-                "image's own voxel grid and affine.")
+                f"; {len(self.flagged)} flagged by the sanity checks (of the network's mask). Post-processing: "
+                + ("none." if self.postprocess == "none" else
+                   f"**{self.postprocess}** ({_RULE_WORDS.get(self.postprocess.split(':')[0], '')}" +
+                   (", the model's own rule, chosen by cross-validation on its training patients)."
+                    if self.postprocess == self.spec.postprocess else ").")) +
+                " Masks: `masks/<case>.nii.gz` in each image's own voxel grid and affine.")
         if n and "signature" in self.cases:
             sig = self.cases["signature"].dropna()
             errs = self.cases.get("signature_error", pd.Series(dtype=object)).fillna("")
@@ -72,7 +81,8 @@ class SegmentResult:
         """Headline numbers for ``metrics/01_segment.json``."""
         if self.spec is None:
             return {"segmentation": self.note}
-        out: dict[str, Any] = {"model": self.spec.name, "weights": self.weights, "n_segmented": len(self.cases),
+        out: dict[str, Any] = {"model": self.spec.name, "weights": self.weights, "postprocess": self.postprocess,
+                               "n_segmented": len(self.cases),
                                "n_flagged": len(self.flagged)}
         if not self.cases.empty:
             out["seconds_per_case"] = round(float(self.cases["seconds"].median()), 2)
@@ -100,8 +110,11 @@ def signature_request(config: Mapping[str, Any]) -> Any:
 
 def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_model: bool = False,
                  train_iterations: int = 300, held_out_fraction: float = 0.25, overlap: float = 0.5,
-                 tta: bool = False, progress: bool = True) -> SegmentResult:
-    """Segment the cohort of a notebook step context (see the module docstring)."""
+                 tta: bool = False, postprocess: str = "model", progress: bool = True) -> SegmentResult:
+    """Segment the cohort of a notebook step context (see the module docstring). ``postprocess``:
+    ``model`` (the rule of the model spec) or a :mod:`~glioma_nb.segment.postprocess` rule."""
+    from glioma_nb.segment import postprocess as post
+
     cohort = ctx.cohort
     if model == "none" or not cohort.modalities:
         why = ("segment.model is none" if model == "none" else "the cohort has no images (layout: table)")
@@ -115,6 +128,11 @@ def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_
     if missing:
         raise SegmentationError(f"cohort {cohort.name}: model {spec.name} needs {list(spec.modalities)}, the cohort "
                                 f"declares {list(cohort.modalities)} (no {missing}); choose another segment.model")
+    rule = spec.postprocess if postprocess == "model" else postprocess
+    try:
+        post.parse_rule(rule)
+    except SegmentationError as exc:
+        raise SegmentationError(f"segment.postprocess: {exc}; or model (the model's own rule)") from None
     device = models.resolve_device(ctx.config["project"]["device"])
     train_log, held_out = None, []
     if train_model:
@@ -137,8 +155,9 @@ def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_
         weights_note = f"{weights} (sha256 {models.sha256(Path(weights))[:12]})"
     mask_dir = ctx.run_dir / "masks"
     cases = infer.segment_cohort(cohort, spec, net, mask_dir, overlap=overlap, tta=tta, device=device,
-                                 progress=progress, signature=signature_request(ctx.config))
-    result = SegmentResult(spec, weights_note, mask_dir, cases, train_log=train_log, held_out=held_out)
+                                 progress=progress, signature=signature_request(ctx.config), postprocess=rule)
+    result = SegmentResult(spec, weights_note, mask_dir, cases, train_log=train_log, held_out=held_out,
+                           postprocess=rule)
     if train_model:
         result.trained_on = [c for c in cohort.case_ids if c not in held_out]
     elif weights == "shipped":

@@ -251,16 +251,19 @@ def _write_log(log: list[dict[str, Any]], path: Path) -> None:
 
 def evaluate_held_out(spec: ModelSpec, net: Any, sources: Sequence[TrainSource], out_dir: Path,
                       device: str = "cpu", overlap: float = 0.5, progress: bool = True) -> pd.DataFrame:
-    """Segment every held-out case in its original space and score it against its label map."""
+    """Segment every held-out case in its original space and score it against its label map: one row
+    per case without post-processing (``postprocess`` none) and, when the spec has a rule, one with it."""
     rows = []
     for src in sources:
         if not src.held_out:
             continue
         mask_dir = Path(out_dir) / "held_out_masks" / src.cohort.name
         table = infer.segment_cohort(src.cohort, spec, net, mask_dir, case_ids=src.held_out, overlap=overlap,
-                                     device=device, progress=progress)
-        scores = metrics.cohort_scores(src.cohort, mask_dir, src.held_out)
-        rows.append(table.merge(scores, on="case_id").assign(cohort=src.cohort.name))
+                                     device=device, progress=progress, postprocess="none")
+        for rule in dict.fromkeys(["none", spec.postprocess]):
+            scores = metrics.cohort_scores(src.cohort, mask_dir, src.held_out, postprocess=rule)
+            rows.append(table.drop(columns="postprocess").merge(scores, on="case_id")
+                        .assign(cohort=src.cohort.name, postprocess=rule))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
@@ -275,12 +278,27 @@ def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -
     size_mb = spec.weights_path.stat().st_size / 1e6
     if size_mb > 20:
         raise SegmentationError(f"{spec.weights_path.name} is {size_mb:.1f} MB; shipped weights must stay under 20 MB")
+    if "postprocess" not in per_case:
+        per_case = per_case.assign(postprocess="none")
     table = []
-    for cohort, part in per_case.groupby("cohort", sort=False):
+    for (cohort, rule), part in per_case.groupby(["cohort", "postprocess"], sort=False):
         summ = metrics.summarise(part)
         for r in summ.itertuples():
-            table.append(f"| {cohort} | {r.region} | {r.metric} | {r.mean:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | "
-                         f"{r.median:.3f} | {r.n} |")
+            table.append(f"| {cohort} | {rule} | {r.region} | {r.metric} | {r.mean:.3f} | [{r.ci_low:.3f}, "
+                         f"{r.ci_high:.3f}] | {r.median:.3f} | {r.n} |")
+    wide = per_case[[c for c in per_case.columns if c.startswith(("cohort", "case_id", "dice_", "hd95_"))]
+                    + ["postprocess"]]
+    if spec.postprocess != "none":   # one row per case: the raw scores and those with the rule
+        raw, post = (wide[wide["postprocess"] == r].drop(columns="postprocess") for r in ("none", spec.postprocess))
+        wide = raw.merge(post, on=["cohort", "case_id"], suffixes=("", f" ({spec.postprocess})"))
+    else:
+        wide = wide.drop(columns="postprocess")
+    cv = spec.postprocess_cv
+    post_line = (f"`{spec.postprocess}` (`postprocess` in the model spec)" +
+                 (f", chosen by {cv.get('folds')}-fold cross-validation on {cv.get('cases')} training patients of "
+                  f"{cv.get('cohort')} only (fold models of {cv.get('iterations')} iterations; the held-out patients "
+                  f"were neither trained on nor predicted): mean out-of-fold WT Dice {cv.get('dice')}. "
+                  f"Reproduce: `{cv.get('command')}`" if cv else ""))
     from glioma_nb import provenance
 
     vers = provenance.package_versions(["torch", "monai"])
@@ -308,14 +326,19 @@ def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -
 - augmentation: label-balanced patches, flips on 3 axes, rotation/scaling (p 0.3), intensity scale/shift, noise
 - trained on {summary['device']}{' (bf16 autocast)' if summary['bf16'] else ''} in {summary['seconds'] / 60:.1f} min; torch {vers.get('torch')}, monai {vers.get('monai')}
 
+## Post-processing
+{post_line}
+
 ## Held-out metrics (original image space; sliding window, overlap 0.5, no TTA; 95% bootstrap CI over cases)
-| cohort | region | metric | mean | 95% CI | median | n |
-|---|---|---|---|---|---|---|
+Rows `none` are the network's masks; rows with a rule are the same masks post-processed (what inference writes).
+
+| cohort | post-processing | region | metric | mean | 95% CI | median | n |
+|---|---|---|---|---|---|---|---|
 {chr(10).join(table)}
 
 Per case:
 
-{_markdown(per_case[[c for c in per_case.columns if c.startswith(('cohort', 'case_id', 'dice_', 'hd95_'))]])}
+{_markdown(wide)}
 
 ## Reproduce
 ```
