@@ -359,6 +359,12 @@ def test_inference_applies_the_spec_rule_and_reruns_a_case_cached_with_another(t
     raw = infer.segment_cohort(cohort, _spec(), Threshold(), out, progress=False)
     assert raw.loc[0, "postprocess"] == "none" and "fragmented" in raw.loc[0, "flags"]
     dice_raw = metrics.cohort_scores(cohort, out).loc[0, "dice_WT"]
+    # a record written before post-processing existed has no rule: it is a 'none' mask, reused as such
+    rec = json.loads((out / "case0.json").read_text())
+    del rec["postprocess"]
+    (out / "case0.json").write_text(json.dumps(rec))
+    old = infer.segment_cohort(cohort, _spec(), Threshold(), out, progress=False)
+    assert old.loc[0, "status"] == "cached" and old.loc[0, "postprocess"] == "none"
     # scoring with the rule applied to the cached masks == inferring with the rule
     dice_scored = metrics.cohort_scores(cohort, out, postprocess="largest").loc[0, "dice_WT"]
     again = infer.segment_cohort(cohort, _spec(postprocess="largest"), Threshold(), out, progress=False)

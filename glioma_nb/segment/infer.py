@@ -221,7 +221,7 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
             same_rule = rec.get("postprocess", "none") == rule
             if same_rule and (signature is None or (rec.get("signature") == signature.key() and
                                                     (signature_path(out_dir, cid).exists() or rec.get("signature_error")))):
-                rows.append({**rec, "status": "cached"})
+                rows.append({**rec, "postprocess": rule, "status": "cached"})   # records before rules: none
                 continue
         t0 = time.perf_counter()
         data = transforms.load_case(cohort, cid, spec, with_label=signature is not None and signature.mask == "reference")

@@ -262,7 +262,7 @@ def evaluate_held_out(spec: ModelSpec, net: Any, sources: Sequence[TrainSource],
                                      device=device, progress=progress, postprocess="none")
         for rule in dict.fromkeys(["none", spec.postprocess]):
             scores = metrics.cohort_scores(src.cohort, mask_dir, src.held_out, postprocess=rule)
-            rows.append(table.drop(columns="postprocess").merge(scores, on="case_id")
+            rows.append(table.drop(columns="postprocess", errors="ignore").merge(scores, on="case_id")
                         .assign(cohort=src.cohort.name, postprocess=rule))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
