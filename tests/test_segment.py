@@ -317,6 +317,14 @@ def test_an_unknown_postprocess_rule_is_refused_with_the_accepted_forms(rule):
         _spec(postprocess=rule)
 
 
+def test_a_spec_file_with_a_bad_rule_is_named(tmp_path):
+    text = models.MODELS_DIR.joinpath("flair-wt.yaml").read_text().replace("postprocess: largest", "postprocess: biggest")
+    assert "biggest" in text
+    (tmp_path / "m.yaml").write_text(text)
+    with pytest.raises(SegmentationError, match=r"m\.yaml: post-processing rule 'biggest'"):
+        models.load_spec(tmp_path / "m.yaml")
+
+
 def test_choose_keeps_a_rule_only_when_it_raises_the_out_of_fold_dice():
     base = {"a": 0.9, "b": 0.3, "c": 0.8}
     rows = [{"case_id": c, "rule": "none", "dice_WT": v} for c, v in base.items()]

@@ -114,11 +114,14 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
         raise SegmentationError(f"{p}: model spec lacks {missing}")
     if raw["classes"] not in CLASS_SETS:
         raise SegmentationError(f"{p}: classes must be one of {sorted(CLASS_SETS)}")
-    return ModelSpec(name=raw["name"], network=dict(raw["network"]), modalities=tuple(raw["modalities"]),
-                     classes=raw["classes"], spacing=tuple(float(s) for s in raw["spacing"]),
-                     patch=tuple(int(s) for s in raw["patch"]), train=dict(raw.get("train") or {}),
-                     description=raw.get("description", ""), path=p,
-                     postprocess=str(raw.get("postprocess", "none")), postprocess_cv=dict(raw.get("postprocess_cv") or {}))
+    try:
+        return ModelSpec(name=raw["name"], network=dict(raw["network"]), modalities=tuple(raw["modalities"]),
+                         classes=raw["classes"], spacing=tuple(float(s) for s in raw["spacing"]),
+                         patch=tuple(int(s) for s in raw["patch"]), train=dict(raw.get("train") or {}),
+                         description=raw.get("description", ""), path=p, postprocess=str(raw.get("postprocess", "none")),
+                         postprocess_cv=dict(raw.get("postprocess_cv") or {}))
+    except SegmentationError as exc:
+        raise SegmentationError(f"{p}: {exc}") from None
 
 
 def choose_model(modalities: tuple[str, ...] | list[str], requested: str = "auto") -> str | None:

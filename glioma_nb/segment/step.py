@@ -56,7 +56,7 @@ class SegmentResult:
                 + ("none." if self.postprocess == "none" else
                    f"**{self.postprocess}** ({_RULE_WORDS.get(self.postprocess.split(':')[0], '')}" +
                    (", the model's own rule, chosen by cross-validation on its training patients)."
-                    if self.postprocess == self.spec.postprocess else ").")) +
+                    if self.postprocess == self.spec.postprocess and self.spec.postprocess_cv else ").")) +
                 " Masks: `masks/<case>.nii.gz` in each image's own voxel grid and affine.")
         if n and "signature" in self.cases:
             sig = self.cases["signature"].dropna()
