@@ -408,3 +408,17 @@ def test_model_card_reports_held_out_dice_with_and_without_the_rule(tmp_path, mo
     assert "`largest`" in card and "2-fold cross-validation on 46 training patients" in card and "cv-cmd" in card
     assert "| toy | none | WT | Dice |" in card and "| toy | largest | WT | Dice |" in card
     assert "dice_WT (largest)" in card      # per case: raw and post-processed side by side
+
+
+def test_notebook_text_names_the_rule_and_where_it_came_from():
+    from glioma_nb.segment.step import SegmentResult
+
+    cases = pd.DataFrame({"case_id": ["a"], "status": ["predicted"], "seconds": [1.0], "flags": [""]})
+    spec = _spec(postprocess="largest", postprocess_cv={"folds": 2})
+    text = SegmentResult(spec, "shipped", Path("m"), cases, postprocess="largest").describe()
+    assert "Post-processing: **largest** (only the largest connected component" in text
+    assert "chosen by cross-validation" in text
+    assert "chosen by" not in SegmentResult(_spec(postprocess="largest"), "shipped", Path("m"), cases,
+                                            postprocess="largest").describe()
+    assert "Post-processing: none." in SegmentResult(spec, "shipped", Path("m"), cases, postprocess="none").describe()
+    assert SegmentResult(spec, "shipped", Path("m"), cases, postprocess="largest").record()["postprocess"] == "largest"

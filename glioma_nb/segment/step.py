@@ -55,8 +55,8 @@ class SegmentResult:
                 f"; {len(self.flagged)} flagged by the sanity checks (of the network's mask). Post-processing: "
                 + ("none." if self.postprocess == "none" else
                    f"**{self.postprocess}** ({_RULE_WORDS.get(self.postprocess.split(':')[0], '')}" +
-                   (", the model's own rule, chosen by cross-validation on its training patients)."
-                    if self.postprocess == self.spec.postprocess and self.spec.postprocess_cv else ").")) +
+                   (", the model's own rule, chosen by cross-validation on its training patients for the shipped "
+                    "weights)." if self.postprocess == self.spec.postprocess and self.spec.postprocess_cv else ").")) +
                 " Masks: `masks/<case>.nii.gz` in each image's own voxel grid and affine.")
         if n and "signature" in self.cases:
             sig = self.cases["signature"].dropna()
