@@ -91,7 +91,8 @@ def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, o
         dice[cohort] = metrics.summarise(part).round(4).to_dict(orient="records")
     secs = [r["seconds_total"] for r in rows]
     out: dict[str, object] = {"name": f"segment_{model}_{device}", "model": model, "device": device,
-                              "postprocess": spec.postprocess, "cases": len(rows), "seconds_per_case_median": round(float(np.median(secs)), 3),
+                              "postprocess": spec.postprocess, "cases": len(rows),
+                              "seconds_per_case_median": round(float(np.median(secs)), 3),
                               "seconds_per_case_max": round(float(np.max(secs)), 3),
                               "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_peak_rss_mb(), 1),
                               "per_case": rows, "held_out_scores": dice}

@@ -268,7 +268,8 @@ def evaluate_held_out(spec: ModelSpec, net: Any, sources: Sequence[TrainSource],
 
 
 def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -> Path:
-    """Copy ``out_dir/weights.pt`` into the package and write the model card beside it."""
+    """Copy ``out_dir/weights.pt`` into the package and write the model card beside it (``per_case``:
+    :func:`evaluate_held_out`, one row per case and rule)."""
     import shutil
 
     out_dir = Path(out_dir)
@@ -278,8 +279,6 @@ def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -
     size_mb = spec.weights_path.stat().st_size / 1e6
     if size_mb > 20:
         raise SegmentationError(f"{spec.weights_path.name} is {size_mb:.1f} MB; shipped weights must stay under 20 MB")
-    if "postprocess" not in per_case:
-        per_case = per_case.assign(postprocess="none")
     table = []
     for (cohort, rule), part in per_case.groupby(["cohort", "postprocess"], sort=False):
         summ = metrics.summarise(part)
