@@ -14,13 +14,14 @@ ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
 PYTEST_ARGS ?=
 
-.PHONY: help venv run-all test test-fast lab validate synth bench bench-segment bench-signature freeze clean-venv
+.PHONY: help venv run-all test test-fast imports lab validate synth bench bench-segment bench-signature freeze clean-venv
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
 	@echo "make run-all COHORTS=\"train val...\"      train on the first cohort, validate the locked models on the others"
 	@echo "make run-all STUDY=name                  the same from configs/studies/<name>.yaml (+ study summary)"
-	@echo "make test                                run the test suite"
+	@echo "make test                                run the test suite (includes the import contracts)"
+	@echo "make imports                             check the package's layers (import-linter, pyproject.toml)"
 	@echo "make lab                                 JupyterLab on notebooks/"
 	@echo "make validate COHORT=name                check a cohort's files and clinical table"
 	@echo "make bench                               benchmarks, JSON under bench/results/"
@@ -53,6 +54,10 @@ synth: $(STAMP)
 # pytest exits 5 when it collects nothing; make treats that as a failure, as it must.
 test: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest $(PYTEST_ARGS)
+
+# the layer contracts alone (tests/test_architecture.py runs them inside make test as well)
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 
 test-fast: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

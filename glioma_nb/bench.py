@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import pandas as pd
 
-from glioma_nb import config, io, paths, provenance, runner, synthetic
+from glioma_nb import config, io, paths, provenance, synthetic
+from glioma_nb.segment import infer, metrics, models, train
+from glioma_nb.signature import handcrafted, network
 
 
 def _peak_rss_mb() -> float:
@@ -47,7 +50,7 @@ def run_foundation_bench(cohorts: Iterable[str], out_dir: str = "bench/results")
     for name in cohorts:
         cfg = config.resolve_config(name)
         try:
-            runner.ensure_cohort_data(cfg, progress=False)
+            synthetic.ensure_cohort_data(cfg, progress=False)
             t0 = time.perf_counter()
             cohort, report = io.check_cohort(cfg, progress=False)
         except io.CohortError as exc:
@@ -65,8 +68,6 @@ def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, o
     """Inference time, memory and Dice of one shipped model on its held-out shared cases (own process)."""
     import torch
 
-    from glioma_nb.segment import infer, metrics, models, train
-
     spec = models.load_spec(model)
     sources = [s for s in train.sources_from_spec(spec) if s.held_out]
     net = models.load_model(spec, device=device)
@@ -83,7 +84,6 @@ def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, o
             rows += [{"cohort": src.cohort.name, "case_id": r.case_id, "seconds_total": r.seconds}
                      for r in table.itertuples()]
             per_case.append(metrics.cohort_scores(src.cohort, mask_dir, ids).assign(cohort=src.cohort.name))
-    import pandas as pd
 
     scores = pd.concat(per_case, ignore_index=True)
     dice = {}
@@ -129,11 +129,8 @@ def _signature_bench(cohort_name: str, device: str, max_cases: int, filters_case
     PyRadiomics original image, + perturbations, and with LoG/wavelet filters (own process)."""
     import torch
 
-    from glioma_nb.segment import infer, models
-    from glioma_nb.signature import handcrafted, network
-
     cfg = config.resolve_config(cohort_name)
-    runner.ensure_cohort_data(cfg, progress=False)
+    synthetic.ensure_cohort_data(cfg, progress=False)
     cohort, _ = io.check_cohort(cfg, progress=False, images=False)
     ids = cohort.case_ids[:max_cases]
     spec = models.load_spec(models.choose_model(cohort.modalities, "auto"))

@@ -1,13 +1,50 @@
-"""Command line: ``glioma-nb run | study | overlap | validate | synth | cohorts | bench`` (also ``python -m glioma_nb``)."""
+"""Command line: ``glioma-nb run | study | overlap | validate | synth | cohorts | compare | bench`` (also ``python -m glioma_nb``)."""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from glioma_nb import STEPS, config, io, paths, runner
-from glioma_nb.segment import SegmentationError
-from glioma_nb.validate import ValidationError
+from glioma_nb import STEPS, bench, config, io, paths, runner, runs, synthetic
+from glioma_nb.runs import ValidationError
+from glioma_nb.segment import models, postprocess, postprocess_cv, train
+from glioma_nb.segment.errors import SegmentationError
+from glioma_nb.validate import overlap as val_overlap
+
+
+def segment_train(model: str, out: str, iterations: int | None = None, device: str = "auto", bf16: bool = False,
+              ship: bool = False, argv: list[str] | None = None) -> dict:
+    """``glioma-nb segment-train``: train a model spec on its shared-data split; optionally ship it."""
+    spec = models.load_spec(model)
+    sources = train.sources_from_spec(spec, progress=True)
+    settings = train.TrainSettings.from_spec(spec, iterations=iterations)
+    summary = train.train(spec, sources, Path(out), settings, device=device, bf16=bf16)
+    print(f"trained {spec.name}: final loss {summary['final_loss']:.4f} in {summary['seconds'] / 60:.1f} min")
+    if ship:
+        dev = models.resolve_device(device)
+        net = models.load_model(spec, Path(out) / "weights.pt", device=dev)
+        per_case = train.evaluate_held_out(spec, net, sources, Path(out), device=dev)
+        per_case.to_csv(Path(out) / "held_out_scores.csv", index=False)
+        command = "python -m glioma_nb " + " ".join(argv or [])
+        card = train.ship(spec, Path(out), per_case, command)
+        print(f"shipped {spec.weights_path.name} with model card {card.name}")
+    return summary
+
+
+def segment_postprocess_cv(model: str, out: str, folds: int = 2, cohort: str | None = None, iterations: int | None = None,
+                       device: str = "auto", argv: list[str] | None = None) -> str:
+    """``glioma-nb segment-postprocess-cv``: the out-of-fold Dice of every post-processing rule and the
+    rule chosen (``<out>/oof_scores.csv``, ``<out>/postprocess_choice.json``)."""
+    spec = models.load_spec(model)
+    oof = postprocess_cv.cross_validate(spec, Path(out), folds=folds, cohort=cohort, iterations=iterations, device=device)
+    rule, summary = postprocess.choose(oof)
+    meta = {"model": spec.name, "folds": folds, "iterations": iterations or spec.train.get("iterations"),
+            "cases": int(oof["case_id"].nunique()), "command": "python -m glioma_nb " + " ".join(argv or [])}
+    path = postprocess.write_choice(Path(out), rule, summary, meta)
+    print(summary.round(4).to_string())
+    print(f"chosen: {rule} (set postprocess: {rule} in the model spec); {path}")
+    return rule
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resolution", type=int, default=2, choices=(1, 2), help="voxel size in mm")
 
     sub.add_parser("cohorts", help="list the cohort configurations")
+
+    c = sub.add_parser("compare", help="compare two run folders' tables and metrics (exit 1 when they differ)")
+    c.add_argument("run_a", help="run folder or run id")
+    c.add_argument("run_b", help="run folder or run id")
 
     b = sub.add_parser("bench", help="benchmarks of the foundation (synthetic generation, cohort QC) as JSON")
     b.add_argument("--cohorts", nargs="+", default=["synthetic", "brats18-dev", "tcga-lgg-dev"])
@@ -89,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.resume:
                 if args.overrides:
                     raise config.ConfigError("--set cannot be combined with --resume: a run's parameters are frozen")
-                run_dir = runner.resume(runner.find_run(args.resume, args.cohort))
+                run_dir = runner.resume(runs.find_run(args.resume, args.cohort))
             else:
                 run_dir = runner.run(args.cohort, args.overrides, args.steps)
             print(f"completed: {paths.display_path(run_dir)}")
@@ -99,14 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             sdir = runner.run_study(args.study, args.cohorts, args.overrides, resume=args.resume)
             print(f"study completed: {paths.display_path(sdir)}")
         elif args.command == "overlap":
-            from glioma_nb import validate
-
             cohorts = []
             for name in (args.cohort, args.against):
                 cfg = config.resolve_config(name)
-                runner.ensure_cohort_data(cfg, progress=False)
+                synthetic.ensure_cohort_data(cfg, progress=False)
                 cohorts.append(io.load_cohort(cfg, progress=False))
-            table, notes = validate.patient_overlap(cohorts[1], cohorts[0], fingerprints=not args.no_images)
+            table, notes = val_overlap.patient_overlap(cohorts[1], cohorts[0], fingerprints=not args.no_images)
             for n in notes:
                 print(f"note: {n}")
             print(f"{table['validation_case'].nunique()} case(s) of {args.cohort} are also in {args.against}")
@@ -116,46 +155,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1 if len(table) else 0
         elif args.command == "validate":
             cfg = config.resolve_config(args.cohort, args.overrides)
-            runner.ensure_cohort_data(cfg)
+            synthetic.ensure_cohort_data(cfg)
             cohort, report = io.check_cohort(cfg)
             print(report.format())
             print(repr(cohort))
             return 0 if report.ok else 1
         elif args.command == "synth":
-            from glioma_nb import synthetic
-
             out = synthetic.generate_cohort(args.out, synthetic.SyntheticSpec(args.n, args.seed, args.resolution))
             print(f"synthetic cohort: {out}")
+        elif args.command == "compare":
+            diffs, counts = runs.compare_runs(runs.find_run(args.run_a), runs.find_run(args.run_b))
+            print(f"compared {counts['tables']} tables ({counts['tables_byte_identical']} byte-identical) and "
+                  f"{counts['metrics_files']} metrics files (timings left out): {len(diffs)} difference(s)")
+            if len(diffs):
+                print(diffs.to_string(index=False))
+            return 1 if len(diffs) else 0
         elif args.command == "cohorts":
             for name in config.available_cohorts():
                 cfg = config.resolve_config(name)
                 print(f"{name:20s} {cfg['cohort']['description']}")
         elif args.command == "bench":
-            from glioma_nb import bench
 
             out = bench.run_foundation_bench(args.cohorts, args.out)
             print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "bench-segment":
-            from glioma_nb import bench
 
             out = bench.run_segment_bench(args.models, args.max_cases, args.out)
             print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "bench-signature":
-            from glioma_nb import bench
 
             out = bench.run_signature_bench(args.cohorts, args.max_cases, args.filters_cases, args.out, args.devices)
             print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "segment-train":
-            from glioma_nb.segment import train_cli
-
-            train_cli(args.model, args.out, iterations=args.iterations, device=args.device, bf16=args.bf16,
+            segment_train(args.model, args.out, iterations=args.iterations, device=args.device, bf16=args.bf16,
                       ship=args.ship, argv=list(argv) if argv is not None else sys.argv[1:])
         elif args.command == "segment-postprocess-cv":
-            from glioma_nb.segment import postprocess_cv_cli
-
-            postprocess_cv_cli(args.model, args.out, folds=args.folds, cohort=args.cohort, iterations=args.iterations,
+            segment_postprocess_cv(args.model, args.out, folds=args.folds, cohort=args.cohort, iterations=args.iterations,
                                device=args.device, argv=list(argv) if argv is not None else sys.argv[1:])
-    except (config.ConfigError, io.CohortError, runner.RunError, FileExistsError, SegmentationError,
+    except (config.ConfigError, io.CohortError, runs.RunError, FileExistsError, SegmentationError,
             ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,11 +4,16 @@ They never save or show; the notebook displays and ``StepContext.save_figure`` s
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy import ndimage
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
 
 from glioma_nb import io
 
@@ -35,7 +40,6 @@ def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axe
     TC amber, ET red (BraTS regions; binary labels show WT only). ``axes``: one per modality.
     """
     from nilearn.image import reorder_img
-    from scipy import ndimage
 
     mods = list(cohort.modalities)
     if axes is None:
@@ -47,14 +51,9 @@ def plot_case_overlay(cohort: io.Cohort, case_id: str, *, axes: Sequence[plt.Axe
     if label_img is not None and cohort.scheme is not None:
         lab = np.asanyarray(reorder_img(label_img, resample="nearest").dataobj)
     if mask_dir is not None:
-        import nibabel as nib
-        from pathlib import Path
-
-        from glioma_nb.segment.metrics import _pred_scheme
-
         pimg = cohort.override(nib.load(Path(mask_dir) / f"{case_id}.nii.gz"), case_id)
         pred = np.asanyarray(reorder_img(pimg, resample="nearest").dataobj)
-        pred_scheme = _pred_scheme(Path(mask_dir), case_id, pred)
+        pred_scheme = io.mask_scheme(Path(mask_dir), case_id, pred)
     imgs = {m: reorder_img(cohort.load_image(case_id, m), resample="continuous") for m in mods}
     vols = {m: np.asanyarray(img.dataobj) for m, img in imgs.items()}
     ref = vols[mods[0]]
@@ -138,9 +137,6 @@ def plot_km(surv: pd.DataFrame, group: str | None = None, *, ax: plt.Axes | None
 def plot_pca(features: pd.DataFrame, colour: pd.Series | None = None, *, ax: plt.Axes | None = None,
              title: str = "PCA of features") -> plt.Axes:
     """First two principal components of z-scored features, coloured by a label when given."""
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
     ax = ax or plt.gca()
     x = StandardScaler().fit_transform(features.fillna(features.median()))
     pca = PCA(n_components=2, random_state=0).fit(x)
@@ -295,16 +291,16 @@ def _node_grid(n: int, width: float = 4.2, height: float = 4.0) -> tuple[plt.Fig
     return fig, axes.ravel()
 
 
-def plot_roc_panels(oof: pd.DataFrame, results: pd.DataFrame, n_boot: int = 300) -> plt.Figure:
-    """One ROC panel per node: a curve per feature set with its bootstrap 95% band and AUC [CI]."""
-    from glioma_nb import classify
+def plot_roc_panels(bands: pd.DataFrame, results: pd.DataFrame) -> plt.Figure:
+    """One ROC panel per node: a curve per feature set with its bootstrap 95% band and AUC [CI].
 
+    ``bands``: long frame (node, feature_set, fpr, tpr, tpr_lo, tpr_hi), from :func:`classify.cv.roc_bands`.
+    """
     nodes = list(dict.fromkeys(results["node"]))
     fig, axes = _node_grid(len(nodes))
     for ax, node in zip(axes, nodes):
         for i, fs in enumerate(results.loc[results["node"] == node, "feature_set"]):
-            d = oof[(oof["node"] == node) & (oof["feature_set"] == fs)]
-            band = classify.roc_band(d["y"].to_numpy(), d["prob"].to_numpy(), n_boot=n_boot)
+            band = bands[(bands["node"] == node) & (bands["feature_set"] == fs)]
             r = results[(results["node"] == node) & (results["feature_set"] == fs)].iloc[0]
             colour = f"C{i}"
             ax.plot(band["fpr"], band["tpr"], color=colour,
@@ -318,17 +314,17 @@ def plot_roc_panels(oof: pd.DataFrame, results: pd.DataFrame, n_boot: int = 300)
     return fig
 
 
-def plot_calibration_panels(oof: pd.DataFrame, best: pd.DataFrame, n_bins: int = 5) -> plt.Figure:
-    """Reliability curve (quantile bins) of each node's best feature set, with slope and intercept."""
-    from sklearn.calibration import calibration_curve
+def plot_calibration_panels(curves: pd.DataFrame, best: pd.DataFrame) -> plt.Figure:
+    """Reliability curve (quantile bins) of each node's best feature set, with slope and intercept.
 
+    ``curves``: long frame (node, feature_set, mean_predicted, fraction_positive), from
+    :func:`classify.cv.calibration_curves`."""
     fig, axes = _node_grid(len(best))
     for ax, (_, r) in zip(axes, best.iterrows()):
-        d = oof[(oof["node"] == r["node"]) & (oof["feature_set"] == r["feature_set"])]
-        frac, mean_pred = calibration_curve(d["y"], d["prob"], n_bins=n_bins, strategy="quantile")
+        d = curves[(curves["node"] == r["node"]) & (curves["feature_set"] == r["feature_set"])]
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="ideal")
-        ax.plot(mean_pred, frac, "o-", label=f"slope {r['calibration_slope']:.2f}, "
-                                            f"intercept {r['calibration_intercept']:+.2f}")
+        ax.plot(d["mean_predicted"], d["fraction_positive"], "o-", label=f"slope {r['calibration_slope']:.2f}, "
+                                                                         f"intercept {r['calibration_intercept']:+.2f}")
         ax.set(xlabel="predicted probability", ylabel="observed fraction positive", xlim=(0, 1), ylim=(0, 1),
                title=f"{r['node']} ({r['feature_set']})")
         ax.legend(fontsize=7, loc="upper left")
@@ -336,25 +332,21 @@ def plot_calibration_panels(oof: pd.DataFrame, best: pd.DataFrame, n_bins: int =
     return fig
 
 
-def plot_decision_panels(oof: pd.DataFrame, best: pd.DataFrame, baseline: str = "clinical") -> plt.Figure:
-    """Decision curves (net benefit) of each node's best set and the baseline, vs treat all / none."""
-    from glioma_nb import stats
+def plot_decision_panels(curves: pd.DataFrame, best: pd.DataFrame) -> plt.Figure:
+    """Decision curves (net benefit) of each node's best set and the baseline, vs treat all / none.
 
-    thresholds = np.linspace(0.05, 0.8, 31)
+    ``curves``: long frame (node, curve, threshold, net_benefit, prevalence) with curve = a feature set or
+    ``treat all``, from :func:`classify.cv.decision_curves`."""
     fig, axes = _node_grid(len(best))
     for ax, (_, r) in zip(axes, best.iterrows()):
-        sets = list(dict.fromkeys([r["feature_set"], baseline]))
-        y = None
-        for i, fs in enumerate(sets):
-            d = oof[(oof["node"] == r["node"]) & (oof["feature_set"] == fs)]
-            if d.empty:
-                continue
-            y = d["y"].to_numpy()
-            ax.plot(thresholds, stats.net_benefit(y, d["prob"].to_numpy(), thresholds), color=f"C{i}", label=fs)
-        if y is not None:
-            ax.plot(thresholds, stats.net_benefit_treat_all(y, thresholds), color="grey", ls="--", label="treat all")
+        d = curves[curves["node"] == r["node"]]
+        for i, (name, c) in enumerate((n, c) for n, c in d.groupby("curve", sort=False) if n != "treat all"):
+            ax.plot(c["threshold"], c["net_benefit"], color=f"C{i}", label=name)
+        everyone = d[d["curve"] == "treat all"]
+        if len(everyone):
+            ax.plot(everyone["threshold"], everyone["net_benefit"], color="grey", ls="--", label="treat all")
             ax.axhline(0, color="black", lw=0.8, label="treat none")
-            ax.set_ylim(-0.05, max(0.1, y.mean() * 1.1))
+            ax.set_ylim(-0.05, max(0.1, float(everyone["prevalence"].iloc[0]) * 1.1))
         ax.set(xlabel="threshold probability", ylabel="net benefit", title=r["node"])
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -517,26 +509,24 @@ def plot_survival_calibration(calib: pd.DataFrame, *, ax: plt.Axes | None = None
     return ax
 
 
-def plot_risk_panels(result: Any, *, split: str = "median", horizon: float = 24.0,
+def plot_risk_panels(groups: pd.DataFrame | None, calibration: pd.DataFrame | None = None, *, name: str = "",
+                     logrank_p: float | None = None, split: str = "median", horizon: float = 24.0,
                      time_unit: str = "months") -> plt.Figure:
-    """Kaplan-Meier of out-of-fold risk groups (log-rank P) beside the survival calibration at ``horizon``."""
-    from glioma_nb import stratify
+    """Kaplan-Meier of out-of-fold risk groups (log-rank P) beside the survival calibration at ``horizon``.
 
+    ``groups``: cases with time, event and ``risk_group``; ``calibration``: from
+    :func:`stratify.risk.survival_calibration`; both None when no risk model was fitted."""
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
-    if result is None:
+    if groups is None:
         for ax in axes:
             ax.text(0.5, 0.5, "no risk model could be fitted", ha="center", va="center")
             ax.set_axis_off()
         return fig
-    groups = stratify.risk_groups(result.oof["risk"], split)
-    names = {0: "low", 1: "high"} if split == "median" else {0: "low", 1: "intermediate", 2: "high"}
-    data = result.oof.assign(risk_group=groups.map(names))
-    plot_km(data, "risk_group", ax=axes[0], time_unit=time_unit)
-    lr = stratify.logrank(data, "risk_group")
-    axes[0].set_title(f"{result.name}: out-of-fold risk groups ({split})"
-                      + (f", log-rank P = {lr['p_value']:.3g}" if lr else ""))
-    plot_survival_calibration(stratify.survival_calibration(result, horizon), ax=axes[1], time_unit=time_unit,
-                              title=f"{result.name}: calibration by risk tertile near {horizon:.0f} {time_unit}")
+    plot_km(groups, "risk_group", ax=axes[0], time_unit=time_unit)
+    axes[0].set_title(f"{name}: out-of-fold risk groups ({split})"
+                      + (f", log-rank P = {logrank_p:.3g}" if logrank_p is not None else ""))
+    plot_survival_calibration(calibration, ax=axes[1], time_unit=time_unit,
+                              title=f"{name}: calibration by risk tertile near {horizon:.0f} {time_unit}")
     fig.tight_layout()
     return fig
 
@@ -645,13 +635,6 @@ def plot_shifted_features(train: pd.DataFrame, val: pd.DataFrame, harmonised: pd
     return fig
 
 
-def _scored(predictions: pd.DataFrame, node: str, feature_set: str, harmonisation: str) -> pd.DataFrame:
-    """The scored, labelled validation predictions of one locked model and harmonisation."""
-    p = predictions
-    return p[(p["node"] == node) & (p["feature_set"] == feature_set) & (p["harmonisation"] == harmonisation)
-             & p["scored"].astype(bool)].dropna(subset=["y"])
-
-
 def _chosen_panels(chosen: pd.DataFrame) -> tuple[plt.Figure, list[tuple[Any, str, str, pd.DataFrame]]]:
     """One panel per node of a training-chosen table: (figure, [(ax, node, feature set, its rows)])."""
     nodes = list(dict.fromkeys(chosen["node"])) if len(chosen) else []
@@ -662,25 +645,19 @@ def _chosen_panels(chosen: pd.DataFrame) -> tuple[plt.Figure, list[tuple[Any, st
                  for ax, n in zip(axes, nodes)]
 
 
-def plot_validation_roc(train_oof: pd.DataFrame | None, predictions: pd.DataFrame, chosen: pd.DataFrame) -> plt.Figure:
+def plot_validation_roc(curves: pd.DataFrame, chosen: pd.DataFrame) -> plt.Figure:
     """Per node (its training-chosen feature set): ROC of the training cross-validation (out-of-fold)
-    and of the locked model on the validation cohort, raw and harmonised, with AUCs."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    and of the locked model on the validation cohort, raw and harmonised, with AUCs.
 
+    ``curves``: long frame (node, source, n, auc, fpr, tpr) with source ``training CV`` or a
+    harmonisation, from :func:`validate.apply.validation_roc_curves`."""
     fig, panels = _chosen_panels(chosen)
-    for ax, node, fs, c in panels:
-        if train_oof is not None:
-            d = train_oof[(train_oof["node"] == node) & (train_oof["feature_set"] == fs)]
-            if d["y"].nunique() == 2:
-                fpr, tpr, _ = roc_curve(d["y"], d["prob"])
-                ax.plot(fpr, tpr, color="C0", label=f"training CV (n={len(d)}): {roc_auc_score(d['y'], d['prob']):.2f}")
-        for harm in c["harmonisation"]:
-            d = _scored(predictions, node, fs, harm)
-            if d["y"].nunique() == 2:
-                colour, ls = HARMONISATION_STYLE.get(harm, ("C3", "-"))
-                fpr, tpr, _ = roc_curve(d["y"], d["prob"])
-                ax.plot(fpr, tpr, color=colour, ls=ls,
-                        label=f"validation, {harm} (n={len(d)}): {roc_auc_score(d['y'], d['prob']):.2f}")
+    for ax, node, fs, _ in panels:
+        for source, d in curves[curves["node"] == node].groupby("source", sort=False):
+            colour, ls = ("C0", "-") if source == "training CV" else HARMONISATION_STYLE.get(source, ("C3", "-"))
+            label = source if source == "training CV" else f"validation, {source}"
+            ax.plot(d["fpr"], d["tpr"], color=colour, ls=ls, label=f"{label} (n={int(d['n'].iloc[0])}): "
+                                                                   f"{d['auc'].iloc[0]:.2f}")
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
         ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{node} ({fs})", xlim=(0, 1), ylim=(0, 1.01))
         ax.legend(title="AUC", fontsize=7, title_fontsize=7, loc="lower right")
@@ -688,21 +665,22 @@ def plot_validation_roc(train_oof: pd.DataFrame | None, predictions: pd.DataFram
     return fig
 
 
-def plot_validation_calibration(predictions: pd.DataFrame, chosen: pd.DataFrame, n_bins: int = 4) -> plt.Figure:
-    """Reliability of the locked models on the validation cohort (quantile bins), raw and harmonised."""
-    from sklearn.calibration import calibration_curve
+def plot_validation_calibration(curves: pd.DataFrame, chosen: pd.DataFrame) -> plt.Figure:
+    """Reliability of the locked models on the validation cohort (quantile bins), raw and harmonised.
 
+    ``curves``: long frame (node, harmonisation, mean_predicted, fraction_positive), from
+    :func:`validate.apply.validation_calibration_curves`."""
     fig, panels = _chosen_panels(chosen)
     for ax, node, fs, c in panels:
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="ideal")
         for r in c.itertuples():
-            d = _scored(predictions, node, fs, r.harmonisation)
-            if d["y"].nunique() < 2:
+            d = curves[(curves["node"] == node) & (curves["harmonisation"] == r.harmonisation)]
+            if d.empty:
                 continue
-            frac, mean_pred = calibration_curve(d["y"], d["prob"], n_bins=n_bins, strategy="quantile")
             colour, ls = HARMONISATION_STYLE.get(r.harmonisation, ("C3", "-"))
             slope = getattr(r, "calibration_slope", np.nan)
-            ax.plot(mean_pred, frac, "o", color=colour, ls=ls, label=f"{r.harmonisation}: slope {slope:.2f}")
+            ax.plot(d["mean_predicted"], d["fraction_positive"], "o", color=colour, ls=ls,
+                    label=f"{r.harmonisation}: slope {slope:.2f}")
         ax.set(xlabel="predicted probability", ylabel="observed fraction positive", xlim=(0, 1), ylim=(0, 1),
                title=f"{node} ({fs}), validation")
         ax.legend(fontsize=7, loc="upper left")

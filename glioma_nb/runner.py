@@ -1,14 +1,9 @@
-"""Runs: immutable run folders, papermill execution of the step notebooks, manifest, resume.
+"""Runs: immutable run folders, papermill execution of the step notebooks, manifest, resume, studies.
 
-A run folder ``<reports>/<cohort>/<run_id>/`` holds::
-
-    params.yaml            the resolved, validated configuration (frozen)
-    manifest.json          git, params hash, input sha256s, environment, per-step status/timing/metrics
-    qc/                    cohort QC: case_table.csv, problems.csv
-    NN_step.ipynb / .html  executed notebooks (paths scrubbed) and their HTML
-    figures/ tables/ models/ logs/ metrics/   what the steps write
-    attempts/              notebooks of failed attempts, kept when a run is resumed
-
+A run folder ``<reports>/<cohort>/<run_id>/`` (its layout: :mod:`glioma_nb.runs`) is created by
+:func:`create_run` and executed by :func:`execute`; a notebook opens its step with :func:`open_step`, which
+gives the step its section of the frozen configuration (``ctx.params``): parameters are written once, in
+``configs/base.yaml`` and the cohort files, and changed with ``--set`` / ``overrides``.
 Nothing in an existing run folder is ever overwritten by another run.
 """
 from __future__ import annotations
@@ -19,38 +14,27 @@ import random
 import shutil
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import nbformat
+import numpy as np
 import pandas as pd
+import papermill as pm
+from nbconvert import HTMLExporter
 
-from glioma_nb import STEPS, config as config_mod, io, paths, provenance, step_section
+from glioma_nb import STEPS, io, paths, provenance, runs, step_section, synthetic
+from glioma_nb import config as config_mod
+from glioma_nb.runs import RunError, find_run, load_manifest, read_feature_tables, scrub_text
+from glioma_nb.validate import overlap as val_overlap
+from glioma_nb.validate import reference as val_reference
 
 RUN_SUBDIRS = ("qc", "figures", "tables", "models", "logs", "metrics", "attempts", "masks")
 # Caches kept in place when a failed step is resumed: finished masks are not redone, and a model trained
 # in the run (notebook 01, segment.train) resumes from its checkpoint.
 CACHE_SUBDIRS = ("masks/", "models/segment__")
-
-
-class RunError(RuntimeError):
-    """A run could not be created, resumed or completed; the message says which step and why."""
-
-
-# ------------------------------------------------------------------------------------------ preparing
-def ensure_cohort_data(cfg: Mapping[str, Any], progress: bool = True) -> None:
-    """Generate the synthetic cohort when the config asks for one and it is not there yet."""
-    c = cfg["cohort"]
-    if c.get("source") != "synthetic":
-        return
-    from glioma_nb import synthetic
-
-    root = io.cohort_root(cfg)
-    s = c["synthetic"]
-    synthetic.generate_cohort(root, synthetic.SyntheticSpec(int(s["n_cases"]), int(s["seed"]),
-                                                            int(s["resolution_mm"])), progress=progress)
 
 
 def cohort_inputs(cfg: Mapping[str, Any], cohort: io.Cohort) -> list[Path]:
@@ -84,22 +68,20 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
     cfg = config_mod.resolve_config(cohort, overrides)
     ref, locked = None, None
     if cfg["validate"]["reference_run"]:
-        from glioma_nb import validate
-
-        ref = validate.load_reference(cfg["validate"]["reference_run"], paths.reports_dir(cfg["run"]["reports_dir"]))
-        cfg, locked = validate.lock_config(cfg, ref)
-        validate.check_compatible(cfg, ref)
-        steps = list(steps) if steps else list(validate.VALIDATION_STEPS)
+        ref = runs.load_reference(cfg["validate"]["reference_run"], paths.reports_dir(cfg["run"]["reports_dir"]))
+        cfg, locked = val_reference.lock_config(cfg, ref)
+        val_reference.check_compatible(cfg, ref)
+        steps = list(steps) if steps else list(val_reference.VALIDATION_STEPS)
         refit = [s for s in steps if s in ("03_classify", "04_stratify")]
         if refit:
             raise config_mod.ConfigError(
                 f"a validation run applies the models locked in {ref.run_id}; {refit} would refit them on the "
-                f"validation cohort: run the steps {list(validate.VALIDATION_STEPS)} (the default)")
+                f"validation cohort: run the steps {list(val_reference.VALIDATION_STEPS)} (the default)")
     steps = list(steps) if steps else list(cfg["run"]["steps"])
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise config_mod.ConfigError(f"unknown steps {unknown}; known: {list(STEPS)}")
-    ensure_cohort_data(cfg, progress=progress)
+    synthetic.ensure_cohort_data(cfg, progress=progress)
     cohort_obj, report = io.check_cohort(cfg, progress=progress)
     if not report.ok:
         raise io.CohortError(report)
@@ -142,15 +124,13 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
 
 def _overlap(ref: Any, cohort_obj: io.Cohort, progress: bool) -> tuple[pd.DataFrame, list[str]]:
     """The patient-overlap guard of a validation run, with a loud warning when it finds anyone."""
-    from glioma_nb import validate
-
     try:
         train, _ = io.check_cohort(ref.config, progress=False, images=False)
     except (io.CohortError, OSError) as exc:
         table = pd.DataFrame(columns=["validation_case", "training_case", "patient_id", "by", "image_correlation"])
         return table, [f"the reference cohort {ref.cohort} cannot be read here ({str(exc).splitlines()[0]}): "
                        "patient overlap NOT checked"]
-    table, notes = validate.patient_overlap(train, cohort_obj)
+    table, notes = val_overlap.patient_overlap(train, cohort_obj)
     if len(table):
         print(f"WARNING: {table['validation_case'].nunique()} validation case(s) of {cohort_obj.name} are also in the "
               f"training cohort {ref.cohort} of {ref.run_id} ({', '.join(sorted(set(table['validation_case'])))}); "
@@ -158,67 +138,7 @@ def _overlap(ref: Any, cohort_obj: io.Cohort, progress: bool) -> tuple[pd.DataFr
     return table, notes
 
 
-def read_feature_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
-    """The feature tables 02_signature saved in a run (``tables/features_<source>``, parquet else CSV),
-    by source, indexed by case_id."""
-    out = {}
-    for f in sorted((Path(run_dir) / "tables").glob("features_*.parquet")):
-        out[f.stem.removeprefix("features_")] = pd.read_parquet(f).set_index("case_id")
-    for f in sorted((Path(run_dir) / "tables").glob("features_*.csv")):
-        name = f.stem.removeprefix("features_")
-        if name not in out:
-            out[name] = pd.read_csv(f, dtype={"case_id": str}).set_index("case_id")
-    return out
-
-
-def load_manifest(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "manifest.json"
-    if not path.exists():
-        raise RunError(f"{paths.display_path(run_dir)} is not a run folder (no manifest.json)")
-    return json.loads(path.read_text())
-
-
-def find_run(run: str, cohort: str | None = None, reports: Path | None = None) -> Path:
-    """Locate a run folder by path or by run id (searched under the cohort's reports folder)."""
-    p = Path(run)
-    if (p / "manifest.json").exists():
-        return p.resolve()
-    root = reports or paths.reports_dir()
-    if (root / run / "manifest.json").exists():  # <cohort>/<run_id> relative to the reports folder
-        return (root / run).resolve()
-    hits = sorted(root.glob(f"{cohort or '*'}/{run}"))
-    hits = [h for h in hits if (h / "manifest.json").exists()]
-    if len(hits) == 1:
-        return hits[0]
-    if not hits:
-        raise RunError(f"no run {run!r} under {paths.display_path(root)}"
-                       + (f"/{cohort}" if cohort else "") + "; give the run folder or its id")
-    raise RunError(f"run id {run!r} is ambiguous: {[paths.display_path(h) for h in hits]}; pass --cohort")
-
-
-# ------------------------------------------------------------------------------------------ executing
-def scrub_text(text: str, extra: Mapping[str, str] | None = None) -> str:
-    """Replace absolute local paths in ``text`` by placeholders so shared reports leak no local paths."""
-    subs: dict[str, str] = {}
-    for label, root in (("<reports>", paths.reports_dir()), ("<shared>", paths.shared_data_dir()),
-                        ("<data>", paths.data_dir()), ("<venv>", Path(sys.prefix)),
-                        ("<python>", Path(sys.base_prefix)), (".", paths.project_root()),
-                        ("~", Path.home())):
-        s = str(root)
-        if len(s) > 1:
-            subs[s] = label
-            real = str(Path(s).resolve())
-            if real != s and len(real) > 1:
-                subs[real] = label
-    subs.update(extra or {})
-    for src in sorted(subs, key=len, reverse=True):
-        text = text.replace(src, subs[src])
-    return text
-
-
 def export_html(notebook: Path, html: Path) -> None:
-    import nbformat
-    from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
     body, _ = HTMLExporter().from_notebook_node(nb)
@@ -226,11 +146,11 @@ def export_html(notebook: Path, html: Path) -> None:
 
 
 def _step_params(cfg: Mapping[str, Any], run_dir: Path, step: str) -> dict[str, Any]:
+    """What papermill injects into a step notebook: only where the run is. The step's own parameters are
+    its section of the run's frozen configuration (``ctx.params``), written once, in the config files."""
     rel = paths.display_path(run_dir)
-    params = {"run_dir": rel if not rel.startswith("<") else str(run_dir), "cohort": cfg["cohort"]["name"],
-              "overrides": []}
-    params.update(cfg.get(step_section(step), {}) or {})
-    return params
+    return {"run_dir": rel if not rel.startswith("<") else str(run_dir), "cohort": cfg["cohort"]["name"],
+            "overrides": []}
 
 
 def _list_files(run_dir: Path) -> set[str]:
@@ -263,8 +183,6 @@ def execute(run_dir: Path, progress: bool = True) -> Path:
     The failed step keeps its partially executed notebook (and HTML) and the error goes into the
     manifest; :class:`RunError` is raised. Completed steps are never executed again.
     """
-    import papermill as pm
-
     run_dir = Path(run_dir).resolve()
     manifest = load_manifest(run_dir)
     cfg = config_mod.load_yaml(run_dir / "params.yaml")
@@ -484,8 +402,6 @@ class StepContext:
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (when importable)."""
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
@@ -502,8 +418,9 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
     """Open the context of a notebook step.
 
     Under the runner, ``run_dir`` names the run folder. In JupyterLab (``run_dir == ""``) a new run
-    folder is created for ``cohort`` exactly as the runner would, in ``interactive`` mode, with the
-    notebook's parameter values frozen into it.
+    folder is created for ``cohort`` exactly as the runner would, in ``interactive`` mode, with
+    ``overrides`` (and ``params``, values for the step's own config section) frozen into it. The step's
+    parameters are its section of the run's frozen configuration: ``ctx.params``.
     """
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}; known: {list(STEPS)}")
@@ -523,11 +440,11 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
     cohort_obj, report = io.check_cohort(cfg, progress=False, images=False)
     if not report.ok:
         raise io.CohortError(report)
-    case_table = pd.read_csv(rd / "qc" / "case_table.csv")
-    problems = pd.read_csv(rd / "qc" / "problems.csv")
+    case_table = runs.read_table(rd, "case_table", "qc")
+    problems = runs.read_table(rd, "problems", "qc")
     seed_everything(int(cfg["project"]["seed"]))
     pd.set_option("display.max_columns", 60)  # reports show whole case tables, not "..." columns
-    return StepContext(step, rd, cfg, cohort_obj, case_table, problems, params)
+    return StepContext(step, rd, cfg, cohort_obj, case_table, problems, dict(cfg.get(step_section(step)) or {}))
 
 
 # ---------------------------------------------------------------------------------------------- studies
@@ -577,8 +494,6 @@ def run_study(study: str | None = None, cohorts: Sequence[str] | None = None, ov
     cohort gets its own run folder as usual; a validation run names the training run as its
     ``validate.reference_run``. ``resume`` (a study folder) resumes a failed run and goes on.
     """
-    import papermill as pm
-
     if resume:
         sdir = paths.resolve_path(resume)
         if not (sdir / "study.json").exists():

@@ -1,4 +1,5 @@
-"""Statistics for binary classifiers: bootstrap CIs, DeLong's test, calibration, decision curves.
+"""Statistics shared by every stage: bootstrap CIs (one argument convention: ``n_boot``, ``level``,
+``random_state``), DeLong's test, calibration, decision curves, ROC bands.
 
 scikit-learn gives the point metrics (``roc_auc_score``, ``permutation_test_score``); what it lacks is
 written here: the fast DeLong variance of correlated AUCs (Sun & Xu, IEEE SPL 2014), a stratified
@@ -8,10 +9,12 @@ benefit for decision curves (Vickers & Elkin 2006).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy import optimize, special, stats
+from sklearn.metrics import roc_curve
 
 
 def _check(y: np.ndarray, *scores: np.ndarray) -> None:
@@ -164,3 +167,54 @@ def net_benefit_treat_all(y: np.ndarray, thresholds: Sequence[float]) -> np.ndar
     prev = float(np.mean(np.asarray(y).astype(int)))
     t = np.asarray(thresholds, dtype=float)
     return prev - (1 - prev) * t / (1 - t)
+
+
+# ------------------------------------------------------------------------------------------- bootstrap
+# One convention for every resampling CI of the package: ``n_boot`` resamples, ``level`` coverage,
+# ``random_state`` the seed of a numpy Generator.
+def bootstrap_mean(values: Iterable[float], n_boot: int = 2000, level: float = 0.95,
+                   random_state: int | None = 0) -> tuple[float, float, float, int]:
+    """Mean with a percentile bootstrap CI over cases (NaN dropped): (mean, lo, hi, n)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    rng = np.random.default_rng(random_state)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(means, [a, 1 - a])
+    return float(v.mean()), float(lo), float(hi), int(v.size)
+
+
+def bootstrap_indices(n: int, n_boot: int = 500, random_state: int | None = 0) -> list[np.ndarray]:
+    """``n_boot`` resamples (with replacement) of the indices ``0..n-1``: share them between statistics
+    of the same cases so that their CIs come from the same resamples."""
+    rng = np.random.default_rng(random_state)
+    return [rng.integers(0, n, n) for _ in range(n_boot)]
+
+
+def percentile_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates (NaN ignored); (NaN, NaN) when there are none."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    a = 100 * (1 - level) / 2
+    lo, hi = np.nanpercentile(values, [a, 100 - a])
+    return float(lo), float(hi)
+
+
+def roc_band(y: np.ndarray, prob: np.ndarray, n_boot: int = 500, grid: int = 101,
+             random_state: int | None = 0) -> pd.DataFrame:
+    """ROC curve on a fixed FPR grid with a stratified-bootstrap 95% band of the TPR."""
+    y = np.asarray(y).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    fpr_grid = np.linspace(0, 1, grid)
+
+    def tpr_at(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
+        fpr, tpr, _ = roc_curve(yy, pp)
+        return np.interp(fpr_grid, fpr, tpr)
+
+    rng = np.random.default_rng(random_state)
+    idx = [np.flatnonzero(y == c) for c in (0, 1)]
+    boots = np.array([tpr_at(y[b], prob[b]) for b in
+                      (np.concatenate([rng.choice(i, len(i)) for i in idx]) for _ in range(n_boot))])
+    return pd.DataFrame({"fpr": fpr_grid, "tpr": tpr_at(y, prob), "tpr_lo": np.quantile(boots, 0.025, axis=0),
+                         "tpr_hi": np.quantile(boots, 0.975, axis=0)})

@@ -36,12 +36,14 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+
+from glioma_nb.io.cohort import cohort_root
 
 SUBTYPE_P = {"IDHmut-codel": 0.30, "IDHmut-noncodel": 0.35, "IDHwt": 0.35}
 GRADE_P = {"IDHmut-codel": {2: 0.6, 3: 0.4}, "IDHmut-noncodel": {2: 0.5, 3: 0.35, 4: 0.15},
@@ -335,3 +337,15 @@ def generate_cohort(out_dir: str | os.PathLike[str], spec: SyntheticSpec = Synth
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+# ------------------------------------------------------------------------------------------ preparing
+def ensure_cohort_data(cfg: Mapping[str, Any], progress: bool = True) -> None:
+    """Generate the synthetic cohort when the config asks for one and it is not there yet."""
+    c = cfg["cohort"]
+    if c.get("source") != "synthetic":
+        return
+    root = cohort_root(cfg)
+    s = c["synthetic"]
+    generate_cohort(root, SyntheticSpec(int(s["n_cases"]), int(s["seed"]),
+                                                            int(s["resolution_mm"])), progress=progress)

@@ -1,7 +1,6 @@
 """Shared fixtures: tiny seeded NIfTI cohorts with a non-identity affine, isolated report/data folders."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib

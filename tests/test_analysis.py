@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glioma_nb import classify, stratify
+from glioma_nb.classify import nodes
 from glioma_nb.signature import volumetric
+from glioma_nb.stratify import survival
 
 
 def test_km_median_textbook_and_logrank_matches_lifelines():
@@ -14,31 +15,31 @@ def test_km_median_textbook_and_logrank_matches_lifelines():
 
     df = pd.DataFrame({"os_days": [1, 2, 3, 4, 5, 10, 20, 30, 40, 50],
                        "os_event": [1] * 10, "g": ["a"] * 5 + ["b"] * 5})
-    surv = stratify.survival_frame(df, unit="days")
-    s = stratify.km_summary(surv, "g").set_index("group")
+    surv = survival.survival_frame(df, unit="days")
+    s = survival.km_summary(surv, "g").set_index("group")
     assert s.loc["a", "median"] == 3 and s.loc["b", "median"] == 30  # no censoring: the sample median
-    ours = stratify.logrank(surv, "g")
+    ours = survival.logrank(surv, "g")
     ref = logrank_test(surv.time[:5], surv.time[5:], surv.event[:5], surv.event[5:])
     assert ours["p_value"] == pytest.approx(ref.p_value) and ours["p_value"] < 0.05
 
 
 def test_survival_frame_converts_units_and_drops_missing():
     df = pd.DataFrame({"os_days": [365.25, np.nan, 730.5], "os_event": [1, 1, np.nan]})
-    surv = stratify.survival_frame(df, unit="years")
+    surv = survival.survival_frame(df, unit="years")
     assert surv["time"].tolist() == [1.0] and surv["event"].tolist() == [1]
     with pytest.raises(ValueError, match="unit"):
-        stratify.survival_frame(df, unit="weeks")
+        survival.survival_frame(df, unit="weeks")
 
 
 def test_logrank_none_without_two_groups():
     df = pd.DataFrame({"time": [1.0, 2.0], "event": [1, 0], "g": ["a", "a"]})
-    assert stratify.logrank(df, "g") is None
+    assert survival.logrank(df, "g") is None
 
 
 def test_node_label_table_respects_eligibility():
     clin = pd.DataFrame({"who_grade": [2, 3, 4, 4, 2], "idh_mutant": [1, 1, 0, 0, 1], "codel_1p19q": [1, 0, 0, 0, np.nan],
                          "tertp_mutant": [np.nan] * 5, "mgmt_methylated": [np.nan] * 5})
-    t = classify.node_label_table(clin, min_class_size=1).set_index("node")
+    t = nodes.node_label_table(clin, min_class_size=1).set_index("node")
     assert t.loc["codel_1p19q", "eligible"] == 3 and t.loc["codel_1p19q", "labelled"] == 2  # IDH-mutant only
     assert t.loc["grade_2_vs_3", "eligible"] == 3 and t.loc["grade_2_vs_3", "positive"] == 1
     assert t.loc["gbm_vs_lgg", "positive"] == 2 and t.loc["gbm_vs_lgg", "negative"] == 3
@@ -53,8 +54,9 @@ def test_robust_normalise_maps_percentiles_and_keeps_background():
 
 
 def test_volumetric_features_known_sphere(tiny_cohort):
+    from conftest import SPHERE_RADIUS_MM
+
     from glioma_nb import config, io
-    from conftest import AFFINE, SPHERE_RADIUS_MM
 
     cohort = io.load_cohort(config.resolve_config(str(tiny_cohort)), progress=False)
     f = volumetric.cohort_features(cohort, progress=False)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import planted_table
-from glioma_nb import classify, stats
+
+from glioma_nb import records, stats
+from glioma_nb.classify import cns5, cv, features, pipelines
 
 
 def _table(n=80, p=20, signal=1.5, seed=0):
@@ -24,13 +25,13 @@ def _clinical(markers: pd.DataFrame) -> pd.DataFrame:
 def test_permutation_test_separates_signal_from_permuted_labels():
     X, y = _table(n=60, p=10, signal=2.0, seed=1)
     kw = dict(outer_splits=4, inner_splits=3, k=5)
-    obs = classify.nested_cv(X, y, repeats=1, **kw).auc
-    sig = classify.permutation_test(X, y, None, obs, n_permutations=19, n_jobs=2, **kw)
+    obs = cv.nested_cv(X, y, repeats=1, **kw).auc
+    sig = cv.permutation_test(X, y, None, obs, n_permutations=19, n_jobs=2, **kw)
     assert obs > 0.8 and sig["p_value"] == pytest.approx(1 / 20) and sig["n_permutations"] == 19
     assert sig["null_mean_auc"] == pytest.approx(0.5, abs=0.1)
     y_perm = pd.Series(np.random.default_rng(5).permutation(y.to_numpy()), index=y.index)
-    obs_p = classify.nested_cv(X, y_perm, repeats=1, **kw).auc
-    null = classify.permutation_test(X, y_perm, None, obs_p, n_permutations=19, n_jobs=2, **kw)
+    obs_p = cv.nested_cv(X, y_perm, repeats=1, **kw).auc
+    null = cv.permutation_test(X, y_perm, None, obs_p, n_permutations=19, n_jobs=2, **kw)
     assert 0.3 < obs_p < 0.7 and null["p_value"] > 0.05
 
 
@@ -39,16 +40,16 @@ def test_permutations_keep_a_patients_scans_together():
     groups = pd.Series([f"p{i // 2}" for i in range(40)], index=X.index)
     y.iloc[1::2] = y.iloc[0::2].to_numpy()
     seen = []
-    orig = classify.nested_cv
+    orig = cv.nested_cv
 
     def spy(X_, y_, g_, **kw):
         seen.append(pd.Series(y_).groupby(g_).nunique().max())
         return orig(X_, y_, g_, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(classify, "nested_cv", spy)
+    mp.setattr(cv, "nested_cv", spy)
     try:
-        classify.permutation_test(X, y, groups, 0.9, n_permutations=4, n_jobs=1, outer_splits=4, inner_splits=2)
+        cv.permutation_test(X, y, groups, 0.9, n_permutations=4, n_jobs=1, outer_splits=4, inner_splits=2)
     finally:
         mp.undo()
     assert seen and max(seen) == 1  # every permuted label set gives one label per patient
@@ -59,8 +60,8 @@ def test_leaky_selection_is_detectable_and_nested_cv_is_not_leaky():
     """Selecting features on all data before CV inflates the AUC on pure noise; the nested pipeline does not."""
     from sklearn.feature_selection import SelectKBest, f_classif
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     rng = np.random.default_rng(3)
     X = pd.DataFrame(rng.normal(size=(60, 2000)))
@@ -69,7 +70,7 @@ def test_leaky_selection_is_detectable_and_nested_cv_is_not_leaky():
     leaky = cross_val_predict(LogisticRegression(), leaky_X, y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
                               method="predict_proba")[:, 1]
     assert roc_auc_score(y, leaky) > 0.8  # the detector works: leakage shows up on noise
-    honest = classify.nested_cv(X, y, k=10, repeats=1, outer_splits=5).auc
+    honest = cv.nested_cv(X, y, k=10, repeats=1, outer_splits=5).auc
     assert 0.3 < honest < 0.7
 
 
@@ -86,7 +87,7 @@ def test_imputation_is_fitted_inside_the_folds(monkeypatch):
         return orig(self, X_, y_)
 
     monkeypatch.setattr(SimpleImputer, "fit", spy)
-    res = classify.nested_cv(X, y, repeats=1, outer_splits=5, inner_splits=3)
+    res = cv.nested_cv(X, y, repeats=1, outer_splits=5, inner_splits=3)
     assert rows and max(rows) < len(X)  # never on all cases
     assert res.oof["prob"].notna().all()
 
@@ -124,7 +125,7 @@ def test_delong_variance_hand_computed():
 def test_threshold_metrics_known_counts():
     y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
     p = np.array([0.9, 0.6, 0.2, 0.7, 0.1, 0.1, 0.3, 0.4])
-    m = classify.threshold_metrics(y, p)
+    m = cv.threshold_metrics(y, p)
     assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (2, 1, 1, 4)
     assert m["sensitivity"] == pytest.approx(2 / 3) and m["specificity"] == pytest.approx(0.8)
     assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 0.8) / 2) and m["accuracy"] == pytest.approx(6 / 8)
@@ -135,61 +136,64 @@ def test_feature_sets_join_prefix_skip_and_dedupe():
     a = pd.DataFrame({"x": [1.0, 2.0]}, index=["c1", "c2"])
     b = pd.DataFrame({"x": [3.0]}, index=["c2"])
     aliases: dict[str, str] = {}
-    sets, notes = classify.assemble_feature_sets({"clinical": a, "volumetric": b},
+    sets, notes = features.assemble_feature_sets({"clinical": a, "volumetric": b},
                                                  ["clinical", "signature", "volumetric+clinical", "all"], aliases)
     assert aliases == {"all": "volumetric+clinical"}
     assert list(sets) == ["clinical", "volumetric+clinical"]
     assert list(sets["volumetric+clinical"].columns) == ["volumetric:x", "clinical:x"]
     assert np.isnan(sets["volumetric+clinical"].loc["c1", "volumetric:x"])  # outer join, imputed in the folds
     assert any("'signature' skipped" in n for n in notes) and any("'all' is the same" in n for n in notes)
-    none, notes = classify.assemble_feature_sets({}, ["all"])  # a clinical-only cohort has no image tables
+    none, notes = features.assemble_feature_sets({}, ["all"])  # a clinical-only cohort has no image tables
     assert none == {} and "'all' skipped" in notes[0]
 
 
 def test_clinical_features_encode_sex_and_take_whole_tumour_volume():
     clin = pd.DataFrame({"case_id": ["a", "b"], "age": [40.0, 60.0], "sex": ["M", "F"]})
     vol = pd.DataFrame({"WT__volume__ml": [10.0, 20.0], "TC__volume__ml": [1.0, 2.0]}, index=["a", "b"])
-    f = classify.clinical_features(clin, vol)
+    f = features.clinical_features(clin, vol)
     assert f.to_dict("list") == {"age": [40.0, 60.0], "sex_male": [1.0, 0.0], "WT_volume_ml": [10.0, 20.0]}
 
 
 # ------------------------------------------------------------------------------------- final models
 def test_final_model_round_trip(tmp_path):
     X, y = _table(n=60, seed=6)
-    search = classify.fit_final(X, y, k=5, inner_splits=3)
-    bundle = classify.save_model(tmp_path / "idh.joblib", search, X, y, node="idh", feature_set="toy")
-    again = classify.load_model(tmp_path / "idh.joblib")
-    assert again["features"] == list(X.columns) and again["training_data_sha256"] == bundle["training_data_sha256"]
+    search = cv.fit_final(X, y, k=5, inner_splits=3)
+    rec = records.make("classifier", "idh__toy", search.best_estimator_, X=X, y=y, node="idh", feature_set="toy")
+    records.save(rec, tmp_path / "idh.joblib")
+    again = records.load(tmp_path / "idh.joblib")
+    assert again.kind == "classifier" and again.meta == {"node": "idh", "feature_set": "toy"}
+    assert again.features == list(X.columns) and again.training_data_sha256 == rec.training_data_sha256
+    assert again.versions["scikit-learn"] and again.versions["numpy"]  # library versions travel with the model
     shuffled = X.sample(frac=1, random_state=0)[list(reversed(X.columns))]  # order of rows/columns is irrelevant
-    pd.testing.assert_series_equal(classify.predict_model(again, shuffled).loc[X.index],
+    pd.testing.assert_series_equal(again.predict(shuffled).loc[X.index],
                                    pd.Series(search.predict_proba(X)[:, 1], index=X.index, name="prob"))
-    assert classify.data_hash(shuffled, y) == bundle["training_data_sha256"]
+    assert records.data_hash(shuffled, y) == rec.training_data_sha256
     X2 = X.copy()
     X2.iloc[0, 0] += 1e-9
-    assert classify.data_hash(X2, y) != bundle["training_data_sha256"]
+    assert records.data_hash(X2, y) != rec.training_data_sha256
     with pytest.raises(FileExistsError, match="never overwritten"):
-        classify.save_model(tmp_path / "idh.joblib", search, X, y)
+        records.save(rec, tmp_path / "idh.joblib")
     with pytest.raises(KeyError, match="needs 1 features missing.*f3"):
-        classify.predict_model(again, X.drop(columns=["f3"]))
-    top = classify.top_features(again, n=3)
+        again.predict(X.drop(columns=["f3"]))
+    top = cv.top_features(again, n=3)
     assert top["feature"].iloc[0] == "f0" and top["weight"].iloc[0] > 0  # the planted feature leads
 
 
 # ---------------------------------------------------------------------------------------- CNS5 rules
 @pytest.mark.parametrize("idh, codel, tertp, gbm, expected", [
-    (1, 1, None, None, classify.CNS5_OLIGO),
-    (1, 1, 1, 1, classify.CNS5_OLIGO),          # TERTp is common in oligodendroglioma: still oligo
-    (1, 0, None, 1, classify.CNS5_ASTRO),       # grade 4 IDH-mutant astrocytoma is not a GBM in CNS5
-    (1, None, None, None, classify.CNS5_IDHMUT_NOS),
-    (0, None, 1, 0, classify.CNS5_GBM),         # molecular GBM: IDH-wt + TERTp, any grade
-    (0, 0, 0, 1, classify.CNS5_GBM),
-    (0, 1, 0, 0, classify.CNS5_IDHWT_NOS),
-    (0, None, None, None, classify.CNS5_IDHWT_NOS),
-    (None, 1, 1, 1, classify.CNS5_UNKNOWN),
-    (np.nan, 0, 0, 0, classify.CNS5_UNKNOWN),
+    (1, 1, None, None, cns5.CNS5_OLIGO),
+    (1, 1, 1, 1, cns5.CNS5_OLIGO),          # TERTp is common in oligodendroglioma: still oligo
+    (1, 0, None, 1, cns5.CNS5_ASTRO),       # grade 4 IDH-mutant astrocytoma is not a GBM in CNS5
+    (1, None, None, None, cns5.CNS5_IDHMUT_NOS),
+    (0, None, 1, 0, cns5.CNS5_GBM),         # molecular GBM: IDH-wt + TERTp, any grade
+    (0, 0, 0, 1, cns5.CNS5_GBM),
+    (0, 1, 0, 0, cns5.CNS5_IDHWT_NOS),
+    (0, None, None, None, cns5.CNS5_IDHWT_NOS),
+    (None, 1, 1, 1, cns5.CNS5_UNKNOWN),
+    (np.nan, 0, 0, 0, cns5.CNS5_UNKNOWN),
 ])
 def test_cns5_rules(idh, codel, tertp, gbm, expected):
-    assert classify.cns5_diagnosis(idh=idh, codel=codel, tertp=tertp, gbm=gbm) == expected
+    assert cns5.cns5_diagnosis(idh=idh, codel=codel, tertp=tertp, gbm=gbm) == expected
 
 
 def test_cascade_propagates_marker_predictions():
@@ -203,12 +207,12 @@ def test_cascade_propagates_marker_predictions():
     m = pd.DataFrame({"idh": idh, "codel": codel, "tertp": np.nan, "grade": grade}, index=ids)
     X = pd.DataFrame({"a": idh * 4 + rng.normal(0, 0.3, n), "b": codel * 4 + rng.normal(0, 0.3, n),
                       "c": (grade == 4) * 4 + rng.normal(0, 0.3, n)}, index=ids)
-    out = classify.cascade_cv(X, _clinical(m), ["idh", "codel_1p19q", "gbm_vs_lgg"], inner_splits=3, k=3)
+    out = cns5.cascade_cv(X, _clinical(m), ["idh", "codel_1p19q", "gbm_vs_lgg"], inner_splits=3, k=3)
     assert (out["true_diagnosis"] == out["pred_diagnosis"]).mean() > 0.95
     assert out["pred_tertp"].isna().all()  # no tertp node: never guessed
-    only_idh = classify.cascade_cv(X, _clinical(m), ["idh"], inner_splits=3, k=3)
+    only_idh = cns5.cascade_cv(X, _clinical(m), ["idh"], inner_splits=3, k=3)
     mutant = only_idh["pred_idh"] == 1
-    assert (only_idh.loc[mutant, "pred_diagnosis"] == classify.CNS5_IDHMUT_NOS).all()
+    assert (only_idh.loc[mutant, "pred_diagnosis"] == cns5.CNS5_IDHMUT_NOS).all()
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -216,7 +220,7 @@ def test_untrainable_nodes_are_skipped_with_a_reason():
     X, y = _table(n=40, seed=8)
     m = pd.DataFrame({"idh": y.astype(float).to_numpy(), "codel": np.nan, "tertp": 1.0, "grade": 2.0}, index=X.index)
     m.loc[m.index[m["idh"] == 1][:3], "codel"] = [0.0, 1.0, 0.0]  # 1p/19q is asked of IDH-mutants only
-    res = classify.evaluate({"toy": X}, _clinical(m), nodes=["idh", "gbm_vs_lgg", "codel_1p19q", "tertp", "mgmt"],
+    res = cv.evaluate({"toy": X}, _clinical(m), nodes=["idh", "gbm_vs_lgg", "codel_1p19q", "tertp", "mgmt"],
                             repeats=1, n_permutations=0, n_bootstrap=50, outer_splits=4)
     assert res.results["node"].tolist() == ["idh"] and res.results["auc"].iloc[0] > 0.75
     reasons = dict(zip(res.skipped["node"], res.skipped["reason"]))
@@ -224,13 +228,13 @@ def test_untrainable_nodes_are_skipped_with_a_reason():
     assert "fewer than classify.min_class_size" in reasons["codel_1p19q"]
     assert reasons["mgmt"] == "no labelled cases in this cohort"
     # 6 positives: 4 or 5 per outer training set, fewer than 5 inner folds need
-    small = classify.node_problem(pd.Series([0] * 10 + [1] * 6), pd.Series(range(16)), outer_splits=5,
+    small = pipelines.node_problem(pd.Series([0] * 10 + [1] * 6), pd.Series(range(16)), outer_splits=5,
                                   inner_splits=5, min_class_size=5)
     assert "too few for 5 outer x 5 inner folds" in small
-    assert classify.node_problem(pd.Series([0] * 10 + [1] * 6), pd.Series(range(16)), outer_splits=5,
+    assert pipelines.node_problem(pd.Series([0] * 10 + [1] * 6), pd.Series(range(16)), outer_splits=5,
                                  inner_splits=3, min_class_size=5) is None
     with pytest.raises(ValueError, match="unknown classification nodes"):
-        classify.evaluate({"toy": X}, _clinical(m), nodes=["idh", "tumour_colour"])
+        cv.evaluate({"toy": X}, _clinical(m), nodes=["idh", "tumour_colour"])
 
 
 @pytest.mark.slow
@@ -243,9 +247,9 @@ def test_synthetic_cohort_planted_idh_signal_and_permuted_labels(synthetic_40):
     X = volumetric.cohort_features(cohort, progress=False)
     y = cohort.clinical.set_index("case_id")["idh_mutant"].astype(int).reindex(X.index)
     kw = dict(outer_splits=5, inner_splits=3, k=10)
-    res = classify.nested_cv(X, y, repeats=2, **kw)
+    res = cv.nested_cv(X, y, repeats=2, **kw)
     assert res.auc > 0.8, res
     y_perm = pd.Series(np.random.default_rng(0).permutation(y.to_numpy()), index=y.index)
-    perm = classify.nested_cv(X, y_perm, repeats=1, **kw)
-    test = classify.permutation_test(X, y_perm, None, perm.auc, n_permutations=19, n_jobs=2, **kw)
+    perm = cv.nested_cv(X, y_perm, repeats=1, **kw)
+    test = cv.permutation_test(X, y_perm, None, perm.auc, n_permutations=19, n_jobs=2, **kw)
     assert 0.25 < perm.auc < 0.75 and test["p_value"] > 0.05, (perm, test)

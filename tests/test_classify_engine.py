@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import planted_table
-from glioma_nb import classify
+
+from glioma_nb.classify import cv, pipelines
 
 
 def _table(n=120, p=30, signal=1.5, seed=0):
@@ -17,7 +17,7 @@ def _table(n=120, p=30, signal=1.5, seed=0):
                                                    ("random_forest", "none")])
 def test_planted_signal_is_found(classifier, selection):
     X, y = _table()
-    res = classify.nested_cv(X, y, classifier=classifier, selection=selection, k=5, repeats=1, outer_splits=4)
+    res = cv.nested_cv(X, y, classifier=classifier, selection=selection, k=5, repeats=1, outer_splits=4)
     assert res.auc > 0.75, res
     assert res.oof["prob"].between(0, 1).all() and list(res.oof.index) == list(X.index)
 
@@ -27,14 +27,14 @@ def test_selection_inside_folds_keeps_pure_noise_at_chance():
     rng = np.random.default_rng(1)
     X = pd.DataFrame(rng.normal(size=(60, 2000)))
     y = pd.Series(rng.integers(0, 2, 60))
-    res = classify.nested_cv(X, y, classifier="logreg_l2", selection="univariate", k=10, repeats=2, outer_splits=5)
+    res = cv.nested_cv(X, y, classifier="logreg_l2", selection="univariate", k=10, repeats=2, outer_splits=5)
     assert 0.3 < res.auc < 0.7, res
 
 
 def test_permuted_labels_are_near_chance():
     X, y = _table(seed=2)
     y_perm = pd.Series(np.random.default_rng(0).permutation(y.to_numpy()), index=y.index)
-    res = classify.nested_cv(X, y_perm, repeats=2, outer_splits=4)
+    res = cv.nested_cv(X, y_perm, repeats=2, outer_splits=4)
     assert 0.3 < res.auc < 0.7, res
 
 
@@ -55,16 +55,16 @@ def test_patients_never_span_train_and_test(monkeypatch):
             yield tr, te
 
     monkeypatch.setattr(StratifiedGroupKFold, "split", spy)
-    classify.nested_cv(X, y, groups, repeats=1, outer_splits=4, inner_splits=3)
+    cv.nested_cv(X, y, groups, repeats=1, outer_splits=4, inner_splits=3)
     assert seen and all(not s for s in seen)
 
 
 def test_deterministic_and_clear_errors():
     X, y = _table(n=60, seed=4)
-    a = classify.nested_cv(X, y, repeats=1, outer_splits=3)
-    b = classify.nested_cv(X, y, repeats=1, outer_splits=3)
+    a = cv.nested_cv(X, y, repeats=1, outer_splits=3)
+    b = cv.nested_cv(X, y, repeats=1, outer_splits=3)
     pd.testing.assert_frame_equal(a.oof, b.oof)
     with pytest.raises(ValueError, match="unknown classifier"):
-        classify.build_pipeline("xgboost")
+        pipelines.build_pipeline("xgboost")
     with pytest.raises(ValueError, match="fewer than 5 outer folds"):
-        classify.nested_cv(X.iloc[:8], pd.Series([0, 1, 0, 1, 0, 0, 0, 1], index=X.index[:8]))
+        cv.nested_cv(X.iloc[:8], pd.Series([0, 1, 0, 1, 0, 0, 0, 1], index=X.index[:8]))

@@ -6,8 +6,8 @@ import math
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import AFFINE, SPHERE_RADIUS_MM, sphere_label
+
 from glioma_nb import config, io
 from glioma_nb.signature import handcrafted
 

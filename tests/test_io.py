@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import AFFINE, SHAPE, SPHERE_RADIUS_MM, requires_shared, sphere_label
 
-from conftest import AFFINE, SHAPE, SPHERE_RADIUS_MM, requires_shared, sphere_label, write_brats_cohort
 from glioma_nb import cli, config, io
+from glioma_nb.io import clinical
 
 
 def check(yaml_path: Path, *overrides: str):
@@ -295,7 +296,7 @@ def test_shared_head_reference_is_the_native_tcga_flair_and_its_tiff_stack_gets_
     ("female", "sex", "F"), ("Gross total", "resection", "GTR"), ("NA", "binary", None),
 ])
 def test_clinical_value_parsing(raw, kind, expected):
-    got = io._parse(kind, raw)
+    got = clinical._parse(kind, raw)
     assert (got is expected or got == expected) if expected is not None else np.isnan(got)
 
 

@@ -6,11 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
-import yaml
+from conftest import FAST_RUN
 
-from conftest import FAST_RUN, synthetic_yaml
-from glioma_nb import STEPS, cli, config, paths, provenance, runner
+from glioma_nb import STEPS, cli, config, paths, provenance, runner, runs, step_section
 
 
 @pytest.mark.slow
@@ -48,6 +48,37 @@ def test_run_all_steps_end_to_end(synthetic_training_run, synthetic_small, tmp_p
             assert leak not in text, f"{f.name} contains {leak}"
 
 
+def test_compare_runs_finds_every_changed_number(synthetic_training_run, tmp_path, capsys):
+    """The before/after check of a refactoring: a run compared with its copy is identical; a changed table
+    cell, a changed metric and a missing table are each reported, timings are not."""
+    _, run_dir = synthetic_training_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    diffs, counts = runs.compare_runs(run_dir, copy)
+    assert diffs.empty and counts["tables"] >= 20 and counts["metrics_files"] == 5
+    t = pd.read_csv(copy / "tables" / "classification_results.csv")
+    t.loc[0, "auc"] += 1e-12
+    t.to_csv(copy / "tables" / "classification_results.csv", index=False)
+    m = json.loads((copy / "metrics" / "04_stratify.json").read_text())
+    m["n_events"] += 1
+    m["seconds_in_notebook"] += 100  # a timing: not a difference
+    (copy / "metrics" / "04_stratify.json").write_text(json.dumps(m))
+    (copy / "tables" / "km_summary.parquet").unlink()
+    diffs, _ = runs.compare_runs(run_dir, copy)
+    assert sorted(diffs["name"]) == ["04_stratify.json/n_events", "classification_results.csv", "km_summary.parquet"]
+    assert cli.main(["compare", str(run_dir), str(copy)]) == 1 and "3 difference(s)" in capsys.readouterr().out
+
+
+def test_a_step_reads_its_parameters_from_the_frozen_config(synthetic_training_run):
+    """Parameters are written once: what the step ran with is its config section, as frozen in the run."""
+    _, run_dir = synthetic_training_run
+    frozen = config.load_yaml(run_dir / "params.yaml")
+    for step in STEPS:
+        recorded = json.loads((run_dir / "metrics" / f"{step}.json").read_text())["params"]
+        assert recorded == json.loads(json.dumps(frozen[step_section(step)])), step
+    assert frozen["classify"]["repeats"] == 1  # the run's override (FAST_RUN), not the base default
+
+
 def _tiny_run(tiny_cohort, steps=("01_segment", "03_classify")):
     return runner.create_run(str(tiny_cohort), steps=list(steps), progress=False)
 
@@ -76,18 +107,18 @@ def test_failed_step_is_recorded_and_resume_continues(tiny_cohort):
     victim = tiny_cohort.parent / "tiny" / "C02" / "C02_flair.nii.gz"
     keep = victim.read_bytes()
     victim.unlink()  # the cohort breaks after the run was created
-    with pytest.raises(runner.RunError, match="step 01_segment failed") as err:
+    with pytest.raises(runs.RunError, match="step 01_segment failed") as err:
         runner.execute(run_dir, progress=False)
     assert "--resume" in str(err.value)
-    m = runner.load_manifest(run_dir)
+    m = runs.load_manifest(run_dir)
     assert m["status"] == "failed" and m["steps"][0]["status"] == "failed"
     assert "missing flair file" in m["steps"][0]["error"] and m["steps"][1]["status"] == "pending"
     assert (run_dir / "01_segment.ipynb").exists()  # partial notebook kept
     # inputs changed -> resume refuses
     victim.write_bytes(keep[:-10] + b"0123456789")
-    with pytest.raises(runner.RunError, match="inputs changed"):
+    with pytest.raises(runs.RunError, match="inputs changed"):
         runner.resume(run_dir, progress=False)
-    assert runner.load_manifest(run_dir)["resumes"] == []  # a refused resume changes nothing
+    assert runs.load_manifest(run_dir)["resumes"] == []  # a refused resume changes nothing
     victim.write_bytes(keep)
     # a case the failed attempt finished (mask + network signature) is a per-case cache: the resumed
     # step keeps and reuses it
@@ -100,18 +131,18 @@ def test_failed_step_is_recorded_and_resume_continues(tiny_cohort):
     spec = models.load_spec("brats-4mod")
     infer.segment_cohort(cohort, spec, models.load_model(spec), run_dir / "masks", case_ids=["C01"], progress=False,
                          signature=signature_request(cfg))
-    m = runner.load_manifest(run_dir)
+    m = runs.load_manifest(run_dir)
     m["steps"][0]["outputs"] += ["masks/C01.nii.gz", "masks/C01.json", "masks/C01.signature.parquet"]
     provenance.write_json_atomic(run_dir / "manifest.json", m)
     runner.resume(run_dir, progress=False)
     with open(run_dir / "tables" / "segmentation_cases.csv") as fh:
         cases = {r["case_id"]: r["status"] for r in csv.DictReader(fh)}
     assert cases == {"C00": "predicted", "C01": "cached", "C02": "predicted"}
-    m = runner.load_manifest(run_dir)
+    m = runs.load_manifest(run_dir)
     assert m["status"] == "completed" and [s["status"] for s in m["steps"]] == ["completed", "completed"]
     assert (run_dir / "attempts" / "01_segment.attempt1.ipynb").exists()
     assert len(m["resumes"]) == 1 and m["steps"][0]["attempts"][0]["error"]
-    with pytest.raises(runner.RunError, match="already completed"):
+    with pytest.raises(runs.RunError, match="already completed"):
         runner.resume(run_dir, progress=False)
 
 
@@ -120,7 +151,7 @@ def test_resume_after_a_killed_process_moves_its_orphaned_outputs_aside(tiny_coh
     import time
 
     run_dir = _tiny_run(tiny_cohort)
-    m = runner.load_manifest(run_dir)
+    m = runs.load_manifest(run_dir)
     setup_files = runner._list_files(run_dir)
     time.sleep(0.05)
     m["steps"][0].update(status="running", started_epoch=time.time(),
@@ -139,7 +170,7 @@ def test_resume_after_a_killed_process_moves_its_orphaned_outputs_aside(tiny_coh
     assert (run_dir / "attempts" / "01_segment.attempt1.ipynb").exists()
     assert (run_dir / "masks" / "C00.nii.gz").exists()
     assert setup_files <= runner._list_files(run_dir)  # params, qc tables of the set-up stay
-    step = runner.load_manifest(run_dir)["steps"][0]
+    step = runs.load_manifest(run_dir)["steps"][0]
     assert step["status"] == "pending" and "figures/01_segment__overlays.png" in step["attempts"][0]["outputs"]
 
 
@@ -158,10 +189,10 @@ def test_study_resume_resumes_an_interrupted_training_run(tmp_path, monkeypatch)
 
     def fake_resume(rd, progress=True):
         resumed.append(Path(rd).name)
-        raise runner.RunError("stop here")
+        raise runs.RunError("stop here")
 
     monkeypatch.setattr(runner, "resume_run", fake_resume)
-    with pytest.raises(runner.RunError, match="stop here"):
+    with pytest.raises(runs.RunError, match="stop here"):
         runner.run_study(resume=str(sdir), progress=False)
     assert resumed == ["R1"] and json.loads((sdir / "study.json").read_text())["status"] == "failed"
 
@@ -173,7 +204,7 @@ def test_cli_refuses_overrides_with_resume(capsys):
 
 def test_scrub_text_replaces_local_roots():
     text = f"{paths.project_root()}/notebooks/x {Path.home()}/y {paths.shared_data_dir()}/brats18"
-    out = runner.scrub_text(text)
+    out = runs.scrub_text(text)
     assert str(paths.project_root()) not in out and "<shared>/brats18" in out
 
 
@@ -187,7 +218,7 @@ def test_interactive_open_step_creates_a_run_with_the_notebook_parameters(tiny_c
     assert len(ctx.cohort.cases) == 3 and list(ctx.case_table["case_id"]) == ["C00", "C01", "C02"]
     ctx.record(answer=42)
     out = ctx.finish()
-    m = runner.load_manifest(ctx.run_dir)
+    m = runs.load_manifest(ctx.run_dir)
     assert m["mode"] == "interactive" and m["steps"] == [{"name": "03_classify", "status": "completed", "metrics": out}]
     assert json.loads((ctx.run_dir / "metrics" / "03_classify.json").read_text())["answer"] == 42
     ctx.save_table(ctx.case_table, "t")
@@ -201,7 +232,7 @@ def test_segment_notebook_trains_when_asked(tiny_cohort):
     run_dir = runner.create_run(str(tiny_cohort), ["segment.train=true", "segment.train_iterations=4"],
                                 steps=["01_segment"], progress=False)
     runner.execute(run_dir, progress=False)
-    seg = runner.load_manifest(run_dir)["steps"][0]["metrics"]
+    seg = runs.load_manifest(run_dir)["steps"][0]["metrics"]
     assert seg["weights"].startswith("trained in this run (4 iterations on 2 cases)")
     assert seg["dice_WT_n"] == 1 and seg["n_trained_on"] == 2 and seg["n_segmented"] == 3
     assert (run_dir / "models" / "segment__brats-4mod" / "train_log.csv").exists()

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import requires_shared
 
 from glioma_nb import io
 from glioma_nb.segment import SegmentationError, infer, metrics, models, train, transforms
-from conftest import requires_shared
+from glioma_nb.segment.step import SegmentResult
 
 TINY = dict(name="unet", channels=[4, 8, 16], strides=[2, 2], num_res_units=1)
 
@@ -283,7 +284,7 @@ def test_shipped_model_segments_a_held_out_real_case(tmp_path, cohort_name, case
 
 # --- post-processing: rules, CV choice, inference --------------------------------------------------
 
-from glioma_nb.segment import postprocess  # noqa: E402
+from glioma_nb.segment import postprocess, postprocess_cv  # noqa: E402
 
 
 def test_postprocess_rules_keep_the_right_components():
@@ -339,11 +340,11 @@ def test_choose_keeps_a_rule_only_when_it_raises_the_out_of_fold_dice():
 
 def test_fold_split_is_a_seeded_partition():
     ids = [f"p{i:02d}" for i in range(23)]
-    folds = postprocess.fold_split(ids, 3)
+    folds = postprocess_cv.fold_split(ids, 3)
     assert sorted(sum(folds, [])) == ids and len({len(f) for f in folds} - {7, 8}) == 0
-    assert folds == postprocess.fold_split(list(reversed(ids)), 3)
+    assert folds == postprocess_cv.fold_split(list(reversed(ids)), 3)
     with pytest.raises(SegmentationError, match="2 <= folds"):
-        postprocess.fold_split(ids, 1)
+        postprocess_cv.fold_split(ids, 1)
 
 
 def _blob_cohort(tmp_path: Path, n: int = 1) -> io.Cohort:
@@ -411,14 +412,15 @@ def test_model_card_reports_held_out_dice_with_and_without_the_rule(tmp_path, mo
 
 
 def test_notebook_text_names_the_rule_and_where_it_came_from():
-    from glioma_nb.segment.step import SegmentResult
-
     cases = pd.DataFrame({"case_id": ["a"], "status": ["predicted"], "seconds": [1.0], "flags": [""]})
     spec = _spec(postprocess="largest", postprocess_cv={"folds": 2})
-    text = SegmentResult(spec, "shipped", Path("m"), cases, postprocess="largest").describe()
+
+    def result(spec, rule):
+        return SegmentResult(spec=spec, weights="shipped", mask_dir=Path("m"), cases=cases, postprocess=rule)
+
+    text = result(spec, "largest").describe()
     assert "Post-processing: **largest** (only the largest connected component" in text
     assert "chosen by cross-validation" in text
-    assert "chosen by" not in SegmentResult(_spec(postprocess="largest"), "shipped", Path("m"), cases,
-                                            postprocess="largest").describe()
-    assert "Post-processing: none." in SegmentResult(spec, "shipped", Path("m"), cases, postprocess="none").describe()
-    assert SegmentResult(spec, "shipped", Path("m"), cases, postprocess="largest").record()["postprocess"] == "largest"
+    assert "chosen by" not in result(_spec(postprocess="largest"), "largest").describe()
+    assert "Post-processing: none." in result(spec, "none").describe()
+    assert result(spec, "largest").record()["postprocess"] == "largest"

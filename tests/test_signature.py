@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SHARED, requires_shared
+from test_segment import _cohort, _spec
 
 from glioma_nb.segment import infer
 from glioma_nb.signature import ibsi, network, stability
-from conftest import SHARED, requires_shared
-from test_segment import _cohort, _spec
 
 TINY3 = dict(name="unet", channels=[4, 8, 16, 32], strides=[2, 2, 2], num_res_units=1)
 

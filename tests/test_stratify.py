@@ -8,7 +8,8 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from glioma_nb import stratify, synthetic
+from glioma_nb import records, reporting, synthetic
+from glioma_nb.stratify import clustering, cox, risk, subgroups, survival
 
 # Freireich et al. 1963 leukaemia remission times (weeks), the textbook log-rank example
 # (Kleinbaum & Klein, Survival Analysis, ch. 2: log-rank chi-square 16.79, P < 0.0001).
@@ -33,10 +34,10 @@ def _exp_survival(n: int, beta: np.ndarray, X: np.ndarray, seed: int = 0) -> pd.
 # ------------------------------------------------------------------------------------ known answers
 def test_km_median_and_logrank_match_the_textbook():
     d = _leukaemia()
-    lr = stratify.logrank(d, "arm")
+    lr = survival.logrank(d, "arm")
     assert lr["test_statistic"] == pytest.approx(16.79, abs=0.01)
     assert lr["p_value"] < 1e-4
-    km = stratify.km_summary(d, "arm").set_index("group")
+    km = survival.km_summary(d, "arm").set_index("group")
     assert km.loc["placebo", "median"] == 8        # Kleinbaum & Klein: median 8 weeks placebo
     assert km.loc["6-MP", "median"] == 23          # and 23 weeks 6-MP
     assert km.loc["6-MP", "events"] == 9
@@ -45,7 +46,7 @@ def test_km_median_and_logrank_match_the_textbook():
 def test_km_by_hand():
     d = pd.DataFrame({"time": [1, 2, 3, 4, 5], "event": [1, 1, 0, 1, 1]})
     # S(1)=0.8, S(2)=0.6, S(4)=0.3: the median is 4
-    assert stratify.km_summary(d)["median"].iloc[0] == 4
+    assert survival.km_summary(d)["median"].iloc[0] == 4
 
 
 def test_trend_test_sees_monotone_but_not_u_shaped_hazards():
@@ -53,28 +54,28 @@ def test_trend_test_sees_monotone_but_not_u_shaped_hazards():
     g = np.repeat([0, 1, 2], 80)
     mono = pd.DataFrame({"time": rng.exponential(1 / np.exp(0.5 * g)), "event": 1, "g": g})
     u = pd.DataFrame({"time": rng.exponential(1 / np.exp(np.where(g == 1, 1.2, 0.0))), "event": 1, "g": g})
-    assert stratify.logrank_trend(mono, "g")["p_value"] < 0.01
-    assert stratify.logrank(u, "g")["p_value"] < 0.01          # the groups differ...
-    assert stratify.logrank_trend(u, "g")["p_value"] > 0.05    # ...but not in order
+    assert survival.logrank_trend(mono, "g")["p_value"] < 0.01
+    assert survival.logrank(u, "g")["p_value"] < 0.01          # the groups differ...
+    assert survival.logrank_trend(u, "g")["p_value"] > 0.05    # ...but not in order
     # the trend statistic is a 1-df projection of the k-1 df log-rank statistic
-    assert stratify.logrank_trend(mono, "g")["test_statistic"] <= stratify.logrank(mono, "g")["test_statistic"] + 1e-9
-    assert stratify.logrank_trend(mono[mono.g < 2], "g") is None  # 2 groups: use the log-rank test
+    assert survival.logrank_trend(mono, "g")["test_statistic"] <= survival.logrank(mono, "g")["test_statistic"] + 1e-9
+    assert survival.logrank_trend(mono[mono.g < 2], "g") is None  # 2 groups: use the log-rank test
 
 
 def test_time_is_converted_once_from_days():
     clin = pd.DataFrame({"case_id": ["a", "b"], "os_days": [365.25, 365.25 / 12], "os_event": [1, 0]})
-    assert stratify.survival_frame(clin, "years")["time"].tolist() == pytest.approx([1.0, 1 / 12])
-    assert stratify.survival_frame(clin, "months")["time"].tolist() == pytest.approx([12.0, 1.0])
+    assert survival.survival_frame(clin, "years")["time"].tolist() == pytest.approx([1.0, 1 / 12])
+    assert survival.survival_frame(clin, "months")["time"].tolist() == pytest.approx([12.0, 1.0])
     with pytest.raises(ValueError, match="unit"):
-        stratify.survival_frame(clin, "weeks")
+        survival.survival_frame(clin, "weeks")
 
 
 def test_c_index_of_perfect_and_reversed_order():
     t = np.arange(1, 21, dtype=float)
     oof = pd.DataFrame({"time": t, "event": 1, "risk": -t})
-    m = stratify.survival_metrics(oof, n_bootstrap=20)
+    m = survival.survival_metrics(oof, n_bootstrap=20)
     assert m["c_harrell"] == 1.0 and m["c_uno"] == pytest.approx(1.0)
-    m = stratify.survival_metrics(oof.assign(risk=t), n_bootstrap=20)
+    m = survival.survival_metrics(oof.assign(risk=t), n_bootstrap=20)
     assert m["c_harrell"] == 0.0
 
 
@@ -83,7 +84,7 @@ def test_cox_recovers_a_simulated_hazard_ratio():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2, 400).astype(float)
     d = _exp_survival(400, np.array([np.log(2.0)]), x[:, None])
-    fit = stratify.fit_cox(d, pd.DataFrame({"x": x}))
+    fit = cox.fit_cox(d, pd.DataFrame({"x": x}))
     row = fit.table.set_index("covariate").loc["x"]
     assert row["hr_low"] < 2.0 < row["hr_high"]
     assert row["p"] < 0.01 and row["hr"] > 1.3
@@ -91,36 +92,36 @@ def test_cox_recovers_a_simulated_hazard_ratio():
 
 def test_cox_on_the_synthetic_hazard_model_covers_every_simulated_log_hr():
     df = synthetic.sample_clinical(600, np.random.default_rng(1))
-    surv = stratify.survival_frame(df, "months")
-    design, _ = stratify.cox_design(surv, None, ["age", "kps", "resection", "who_grade", "idh_mutant", "codel_1p19q"])
+    surv = survival.survival_frame(df, "months")
+    design, _ = cox.cox_design(surv, None, ["age", "kps", "resection", "who_grade", "idh_mutant", "codel_1p19q"])
     design["risk_group"] = surv["risk_group"]
     design["mgmt_in_idhwt"] = surv["mgmt_methylated"] * (1 - surv["idh_mutant"])
-    t = stratify.fit_cox(surv, design).table.set_index("covariate")
+    t = cox.fit_cox(surv, design).table.set_index("covariate")
     for cov, true in synthetic.HAZARD_LOG_HR.items():
         assert t.loc[cov, "coef_low"] <= true <= t.loc[cov, "coef_high"], cov
 
 
 def test_cox_refuses_with_reasons_instead_of_crashing():
     d = pd.DataFrame({"time": np.arange(1, 13, dtype=float), "event": [1, 0] * 6})
-    few = stratify.fit_cox(d, pd.DataFrame({"a": np.arange(12.0), "b": np.arange(12.0) ** 2}))
+    few = cox.fit_cox(d, pd.DataFrame({"a": np.arange(12.0), "b": np.arange(12.0) ** 2}))
     assert few.table.empty and "too few events" in few.notes[-1]
-    no_events_in_level = stratify.fit_cox(d, pd.DataFrame({"g": [0, 1] * 6}, dtype=float),
+    no_events_in_level = cox.fit_cox(d, pd.DataFrame({"g": [0, 1] * 6}, dtype=float),
                                           min_events_per_variable=1)
     assert no_events_in_level.table.empty and "no events where g = 1" in no_events_in_level.notes[-1]
-    assert "no covariate" in stratify.fit_cox(d, pd.DataFrame(index=d.index)).notes[-1]
+    assert "no covariate" in cox.fit_cox(d, pd.DataFrame(index=d.index)).notes[-1]
     # every death of group 1 comes after the last follow-up of group 0: the likelihood has no maximum
     sep = pd.DataFrame({"time": [1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15.0], "event": [1] * 12})
-    mono = stratify.fit_cox(sep, pd.DataFrame({"g": [1.0] * 6 + [0.0] * 6}), min_events_per_variable=1)
+    mono = cox.fit_cox(sep, pd.DataFrame({"g": [1.0] * 6 + [0.0] * 6}), min_events_per_variable=1)
     assert mono.table.empty and "quasi-complete separation" in mono.notes[-1]
     a = np.random.default_rng(0).normal(size=12)
-    collinear = stratify.fit_cox(d.assign(event=1), pd.DataFrame({"a": a, "b": 2 * a}), min_events_per_variable=1)
+    collinear = cox.fit_cox(d.assign(event=1), pd.DataFrame({"a": a, "b": 2 * a}), min_events_per_variable=1)
     assert collinear.table.empty and "did not converge" in collinear.notes[-1]
 
 
 def test_cluster_survival_notes_a_cluster_without_events():
     d = pd.DataFrame({"time": np.arange(1, 21, dtype=float), "event": [1] * 10 + [0] * 10,
                       "cluster": [0] * 10 + [1] * 10})
-    out = stratify.cluster_survival(d, "cluster", [], horizon=10)
+    out = clustering.cluster_survival(d, "cluster", [], horizon=10)
     assert any("have no events" in n for n in out["notes"])
     assert out["cox_unadjusted"].table.empty
     assert out["logrank"]["p_value"] < 0.001
@@ -129,11 +130,11 @@ def test_cluster_survival_notes_a_cluster_without_events():
 # ----------------------------------------------------------------------------------- clustering
 def test_consensus_clustering_finds_two_blobs_and_not_noise():
     X, y = make_blobs(60, n_features=8, centers=2, cluster_std=1.0, random_state=0)
-    blobs = stratify.ConsensusClustering(k_max=4, n_resamples=25).fit(pd.DataFrame(X))
+    blobs = clustering.ConsensusClustering(k_max=4, n_resamples=25).fit(pd.DataFrame(X))
     assert blobs.best_k_ == 2
     assert blobs.pac_[2] < 0.05 and blobs.stability_[2] > 0.95
     assert adjusted_rand_score(y, blobs.labels_) == 1.0
-    noise = stratify.ConsensusClustering(k_max=4, n_resamples=25).fit(
+    noise = clustering.ConsensusClustering(k_max=4, n_resamples=25).fit(
         pd.DataFrame(np.random.default_rng(0).normal(size=(60, 8))))
     assert min(noise.pac_.values()) > 0.3
     assert max(noise.stability_.values()) < 0.8
@@ -142,7 +143,7 @@ def test_consensus_clustering_finds_two_blobs_and_not_noise():
 def test_centroid_assignment_reproduces_training_labels_and_assigns_new_cases():
     X, y = make_blobs(80, n_features=6, centers=3, cluster_std=0.8, random_state=1)
     train, new = pd.DataFrame(X[:60]).add_prefix("f"), pd.DataFrame(X[60:]).add_prefix("f")
-    m = stratify.ConsensusClustering(k=3, n_resamples=20).fit(train)
+    m = clustering.ConsensusClustering(k=3, n_resamples=20).fit(train)
     assert (m.predict(train) == m.labels_).all() and m.self_assignment_ == 1.0
     assert adjusted_rand_score(y[60:], m.predict(new[train.columns[::-1]])) == 1.0  # columns by name
     with pytest.raises(KeyError, match="missing"):
@@ -158,7 +159,7 @@ def test_cluster_subgroups_finds_planted_prognostic_groups_and_skips_small_subgr
     t = rng.exponential(1 / np.exp(1.2 * group)) * 365.25
     clin = pd.DataFrame({"case_id": feats.index, "os_days": t, "os_event": 1, "who_grade": [4] * 57 + [2] * 3,
                          "idh_mutant": 0, "age": rng.normal(60, 10, n)})
-    res = stratify.cluster_subgroups(clin, feats, ["all", "idhwt_lgg", "triple_negative_gbm"], n_resamples=20,
+    res = clustering.cluster_subgroups(clin, feats, ["all", "idhwt_lgg", "triple_negative_gbm"], n_resamples=20,
                                      adjust_for=["age"])
     r = res["all"]
     assert r.model.best_k_ == 2 and adjusted_rand_score(group, r.labels) == 1.0
@@ -169,7 +170,7 @@ def test_cluster_subgroups_finds_planted_prognostic_groups_and_skips_small_subgr
     assert "fewer than 2k" in res["idhwt_lgg"].notes[-1]
     assert not any("handful" in n for n in r.notes)
     assert "tertp_mutant" in res["triple_negative_gbm"].notes[0]
-    table = stratify.cluster_table(res)
+    table = clustering.cluster_table(res)
     assert table.set_index("subgroup").loc["all", "k"] == 2
 
 
@@ -177,14 +178,14 @@ def test_subgroup_presets_and_queries():
     clin = pd.DataFrame({"case_id": list("abcdef"), "idh_mutant": [0, 0, 1, 0, np.nan, 0],
                          "who_grade": [2, 3, 2, 4, 3, 4], "codel_1p19q": [0, 0, 1, 0, np.nan, 0],
                          "os_days": [100] * 6, "os_event": [1, 0, 1, 1, 0, 0]})
-    sg = stratify.select_subgroup(clin, "idhwt_lgg")
+    sg = subgroups.select_subgroup(clin, "idhwt_lgg")
     assert sg.case_ids == ["a", "b"] and sg.events == 1
     assert "1 cases lack" in sg.problems[0]
-    assert stratify.select_subgroup(clin, "who_grade == 4").case_ids == ["d", "f"]
-    tn = stratify.select_subgroup(clin, "triple_negative_gbm")
+    assert subgroups.select_subgroup(clin, "who_grade == 4").case_ids == ["d", "f"]
+    tn = subgroups.select_subgroup(clin, "triple_negative_gbm")
     assert tn.n == 0 and "tertp_mutant" in tn.problems[0]
     with pytest.raises(ValueError, match="canonical clinical column"):
-        stratify.select_subgroup(clin, "idh_mutant ==")
+        subgroups.select_subgroup(clin, "idh_mutant ==")
 
 
 # ---------------------------------------------------------------------------------- risk models
@@ -193,16 +194,16 @@ def test_cv_risk_model_finds_a_planted_signal_and_not_noise():
     n = 150
     X = pd.DataFrame(rng.normal(size=(n, 8)), index=[f"c{i}" for i in range(n)]).add_prefix("f")
     surv = _exp_survival(n, np.array([1.0] + [0.0] * 7), X.to_numpy(), seed=6).set_index(X.index)
-    signal = stratify.cv_risk_model(X, surv, repeats=1, n_bootstrap=100, horizons=[0.5, 1.0, 99.0])
+    signal = risk.cv_risk_model(X, surv, repeats=1, n_bootstrap=100, horizons=[0.5, 1.0, 99.0])
     assert signal.metrics["c_harrell_low"] > 0.6
     assert signal.metrics["auc_t1"] > 0.6 and signal.metrics["ibs"] < signal.metrics["ibs_km_reference"]
     assert any("outside the follow-up" in n for n in signal.notes)
     assert signal.oof["risk"].notna().all() and len(signal.survival) == n
-    _, table, _ = stratify.evaluate_risk_models(
+    _, table, _ = risk.evaluate_risk_models(
         {"all": X.add_prefix("volumetric:").assign(**{"resection:gtr": 1.0 * (X["f1"] > 0)}),
          "image": X.add_prefix("volumetric:")}, surv, repeats=1, n_bootstrap=20)
     assert table.set_index("feature_set")["variant"].to_dict() == {"all": "post-operative", "image": "pre-operative"}
-    noise = stratify.cv_risk_model(X.drop(columns=["f0"]), surv, repeats=1, n_bootstrap=100)
+    noise = risk.cv_risk_model(X.drop(columns=["f0"]), surv, repeats=1, n_bootstrap=100)
     assert noise.metrics["c_harrell_low"] < 0.5 < noise.metrics["c_harrell_high"] + 0.05
 
 
@@ -210,15 +211,15 @@ def test_risk_model_refuses_too_few_events():
     X = pd.DataFrame({"a": np.arange(30.0)}, index=[f"c{i}" for i in range(30)])
     surv = pd.DataFrame({"time": np.arange(1, 31.0), "event": [1] * 8 + [0] * 22}, index=X.index)
     with pytest.raises(ValueError, match="too few events"):
-        stratify.cv_risk_model(X, surv)
-    results, table, notes = stratify.evaluate_risk_models({"a": X}, surv)
+        risk.cv_risk_model(X, surv)
+    results, table, notes = risk.evaluate_risk_models({"a": X}, surv)
     assert not results and table.empty and "too few events" in notes[0]
 
 
 def test_survival_sources_leave_out_what_the_cohort_lacks():
     clin = pd.DataFrame({"case_id": ["a", "b", "c"], "age": [50, 60, 70], "sex": ["M", "F", "M"],
                          "who_grade": [2, 3, 4], "idh_mutant": [1, 0, 0], "resection": [np.nan] * 3})
-    src = stratify.survival_sources(clin, {"volumetric": pd.DataFrame({"v": [1.0, 2.0]}, index=["a", "c"])})
+    src = risk.survival_sources(clin, {"volumetric": pd.DataFrame({"v": [1.0, 2.0]}, index=["a", "c"])})
     assert set(src) == {"age", "clinical", "molecular", "volumetric"}     # no resection values: no source
     assert list(src["molecular"].columns) == ["grade3", "grade4", "idh_wildtype"]
     assert np.isnan(src["volumetric"].loc["b", "v"])
@@ -228,34 +229,35 @@ def test_saved_models_predict_identically(tmp_path):
     rng = np.random.default_rng(7)
     X = pd.DataFrame(rng.normal(size=(60, 3)), index=[f"c{i}" for i in range(60)]).add_prefix("f")
     surv = _exp_survival(60, np.array([1.0, 0, 0]), X.to_numpy()).set_index(X.index)
-    search = stratify.fit_final_risk(X, surv)
-    stratify.save_risk_model(tmp_path / "r.joblib", search, X, surv, feature_set="x")
-    import joblib
-
-    bundle = joblib.load(tmp_path / "r.joblib")
-    assert np.allclose(stratify.predict_risk(bundle, X[X.columns[::-1]]), search.predict(X.to_numpy()))
+    search = risk.fit_final_risk(X, surv)
+    rec = risk.final_risk_record(X, surv, name="risk__x", feature_set="x")
+    records.save(rec, tmp_path / "r.joblib")
+    again = records.load(tmp_path / "r.joblib")
+    assert again.kind == "risk" and again.meta["feature_set"] == "x" and again.meta["events"] == int(surv["event"].sum())
+    assert np.allclose(again.predict(X[X.columns[::-1]]), search.predict(X.to_numpy()))
+    assert again.meta["training_risk_median"] == pytest.approx(float(np.median(search.predict(X.to_numpy()))))
     with pytest.raises(FileExistsError):
-        stratify.save_risk_model(tmp_path / "r.joblib", search, X, surv)
+        records.save(rec, tmp_path / "r.joblib")
 
 
 def test_clinical_cox_uses_what_the_cohort_records():
     df = synthetic.sample_clinical(300, np.random.default_rng(2))
-    surv = stratify.survival_frame(df.drop(columns=["kps"]), "months")
-    fit = stratify.clinical_cox(surv)
+    surv = survival.survival_frame(df.drop(columns=["kps"]), "months")
+    fit = cox.clinical_cox(surv)
     assert "kps is not recorded" in fit.notes[0]
     t = fit.table.set_index("covariate")
     assert {"age_per_10y", "idh_wildtype", "grade4", "gtr"} <= set(t.index) and "kps_per_10" not in t.index
     assert t.loc["idh_wildtype", "hr"] > 1 and t.loc["age_per_10y", "hr"] > 1
-    assert "apparent (in-sample) concordance" in stratify.fit_sentence(fit)
+    assert "apparent (in-sample) concordance" in reporting.fit_sentence(fit)
 
 
 def test_k_is_never_chosen_with_clusters_smaller_than_min_cluster_size():
     rng = np.random.default_rng(0)
     X = pd.DataFrame(np.vstack([rng.normal(0, 0.5, (8, 4)), rng.normal(8, 0.5, (8, 4)), rng.normal(4, 0.3, (2, 4))]))
-    m = stratify.ConsensusClustering(k_max=4, n_resamples=20).fit(X)
+    m = clustering.ConsensusClustering(k_max=4, n_resamples=20).fit(X)
     assert m.pac_[3] < m.pac_[2]                     # PAC alone would split off the pair in between...
     assert m.best_k_ == 2 and np.bincount(m.labels_).min() >= 3   # ...but clusters of 2 say nothing
-    assert stratify.ConsensusClustering(k_max=4, n_resamples=20, min_cluster_size=2).fit(X).best_k_ == 3
+    assert clustering.ConsensusClustering(k_max=4, n_resamples=20, min_cluster_size=2).fit(X).best_k_ == 3
 
 
 def test_forest_plot_draws_extreme_hazard_ratios_at_the_axis_limits():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import synthetic_yaml
+
 from glioma_nb import config, io, synthetic
 
 

@@ -8,9 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import planted_table, requires_shared, synthetic_yaml, write_brats_cohort
-from glioma_nb import classify, config, io, paths, runner, validate
+
+from glioma_nb import config, io, paths, records, reporting, runner, runs
+from glioma_nb.classify import cv, features
+from glioma_nb.validate import apply, harmonise, overlap, study
+from glioma_nb.validate.reference import VALIDATION_STEPS
 
 
 # ---------------------------------------------------------------------------------------- ComBat and shift
@@ -27,9 +30,9 @@ def _sites(seed: int = 0, n_train: int = 60, n_val: int = 25, p: int = 30):
 
 def test_combat_moves_a_shifted_site_onto_the_training_distribution():
     train, val = _sites()
-    before = validate.shift_table(train, val)
-    cb = validate.ReferenceComBat().fit(train)
-    after = validate.shift_table(train, cb.transform(val))
+    before = harmonise.shift_table(train, val)
+    cb = harmonise.ReferenceComBat().fit(train)
+    after = harmonise.shift_table(train, cb.transform(val))
     assert before["smd"].abs().median() > 1.0 and (before["ks_q"] < 0.05).mean() > 0.7
     assert after["smd"].abs().median() < 0.15 and (after["ks_q"] < 0.05).mean() < 0.1
     sd_ratio = cb.transform(val).std() / train.std()
@@ -38,7 +41,7 @@ def test_combat_moves_a_shifted_site_onto_the_training_distribution():
 
 def test_combat_is_fitted_on_training_only():
     train, val = _sites()
-    cb = validate.ReferenceComBat().fit(train)
+    cb = harmonise.ReferenceComBat().fit(train)
     mean, sd = cb.mean_.copy(), cb.sd_.copy()
     pd.testing.assert_series_equal(mean, train.mean())          # training statistics, nothing else
     other = (val * 5 - 100).set_axis([f"o{i}" for i in range(len(val))])
@@ -60,16 +63,16 @@ def test_shift_table_measures_a_planted_difference():
     a = pd.DataFrame(rng.normal(0, 1, (200, 5)), columns=list("abcde"))
     b = pd.DataFrame(rng.normal(0, 1, (200, 5)), columns=list("abcde"))
     b["a"] += 1.0
-    t = validate.shift_table(a, b).set_index("feature")
+    t = harmonise.shift_table(a, b).set_index("feature")
     assert t.loc["a", "smd"] == pytest.approx(1.0, abs=0.2) and t.loc["a", "ks_q"] < 1e-6
     assert (t.drop(index="a")["smd"].abs() < 0.3).all() and (t.drop(index="a")["ks_q"] > 0.05).all()
 
 
 # ------------------------------------------------------------------------------------------ overlap guard
 def test_patient_ids_are_compared_across_naming_schemes():
-    assert validate.normalise_patient_id("TCGA_DU_A5TR_19970726") == "TCGA-DU-A5TR"
-    assert validate.normalise_patient_id("tcga-du-a5tr") == "TCGA-DU-A5TR"
-    assert validate.normalise_patient_id(np.nan) is None
+    assert overlap.normalise_patient_id("TCGA_DU_A5TR_19970726") == "TCGA-DU-A5TR"
+    assert overlap.normalise_patient_id("tcga-du-a5tr") == "TCGA-DU-A5TR"
+    assert overlap.normalise_patient_id(np.nan) is None
 
 
 def test_overlap_guard_finds_a_copied_scan_under_another_id(synthetic_small, tmp_path):
@@ -90,7 +93,7 @@ def test_overlap_guard_finds_a_copied_scan_under_another_id(synthetic_small, tmp
     clin = clin[clin["case_id"] == copied].assign(case_id=new, patient_id="P-new")
     clin.to_csv(root / "clinical.csv", index=False)
     val = io.load_cohort(config.resolve_config(str(synthetic_yaml(root, tmp_path / "v.yaml"))), progress=False)
-    table, notes = validate.patient_overlap(train, val)
+    table, notes = overlap.patient_overlap(train, val)
     assert list(zip(table["validation_case"], table["training_case"], table["by"])) == [(new, copied, "image")]
     assert table["image_correlation"].iloc[0] > 0.999 and not notes
     # by id: the same patient id is found whatever the images (here another training patient's id)
@@ -98,9 +101,9 @@ def test_overlap_guard_finds_a_copied_scan_under_another_id(synthetic_small, tmp
     clin["patient_id"] = train.clinical.set_index("case_id").loc[other, "patient_id"]
     clin.to_csv(root / "clinical.csv", index=False)
     val = io.load_cohort(config.resolve_config(str(synthetic_yaml(root, tmp_path / "v.yaml"))), progress=False)
-    table, _ = validate.patient_overlap(train, val)
+    table, _ = overlap.patient_overlap(train, val)
     assert set(zip(table["training_case"], table["by"])) == {(copied, "image"), (other, "id")}
-    table, _ = validate.patient_overlap(train, val, fingerprints=False)
+    table, _ = overlap.patient_overlap(train, val, fingerprints=False)
     assert set(zip(table["training_case"], table["by"])) == {(other, "id")}
 
 
@@ -109,7 +112,7 @@ def test_overlap_guard_finds_a_copied_scan_under_another_id(synthetic_small, tmp
 def test_overlap_guard_finds_the_known_brats18_tcga_duplicates():
     brats = io.load_cohort(config.resolve_config("brats18-dev"), progress=False)
     tcga = io.load_cohort(config.resolve_config("tcga-lgg-dev"), progress=False)
-    table, _ = validate.patient_overlap(brats, tcga, fingerprints=False)
+    table, _ = overlap.patient_overlap(brats, tcga, fingerprints=False)
     assert set(table["patient_id"]) == {"TCGA-DU-A5TR", "TCGA-DU-A5TW"}
     assert set(table["training_case"]) == {"Brats18_TCIA10_628_1", "Brats18_TCIA10_639_1"}
 
@@ -122,15 +125,16 @@ def reference(tiny_cohort):
                            progress=False)
     X, y = planted_table(n=80, p=12)
     X.rename_axis("case_id").reset_index().to_parquet(rd / "tables" / "features_signature.parquet")
-    Xs = classify.assemble_feature_sets({"signature": X}, ["signature"])[0]["signature"]  # as 03 builds it
-    search = classify.fit_final(Xs, y, inner_splits=3, random_state=0)
-    classify.save_model(rd / "models" / "idh__signature.joblib", search, Xs, y, node="idh", feature_set="signature")
+    Xs = features.assemble_feature_sets({"signature": X}, ["signature"])[0]["signature"]  # as 03 builds it
+    search = cv.fit_final(Xs, y, inner_splits=3, random_state=0)
+    records.save(records.make("classifier", "idh__signature", search.best_estimator_, X=Xs, y=y, node="idh",
+                              feature_set="signature"), rd / "models" / "idh__signature.joblib")
     (rd / "metrics" / "01_segment.json").write_text(json.dumps({"model": "brats-4mod"}))
-    m = runner.load_manifest(rd)
+    m = runs.load_manifest(rd)
     for s in m["steps"]:
         s["status"] = "completed"
     m["status"] = "completed"
-    m["models_sha256"] = validate.model_hashes(rd)
+    m["models_sha256"] = runs.model_hashes(rd)
     (rd / "manifest.json").write_text(json.dumps(m))
     return rd
 
@@ -143,45 +147,45 @@ def _validation_table(n=40, seed=3):
 
 
 def test_locked_models_predict_identically_twice_and_the_reference_is_untouched(reference):
-    ref = validate.load_reference(reference)
+    ref = runs.load_reference(reference)
     X, clinical = _validation_table()
-    before = validate.model_hashes(reference)
-    a, pa, _ = validate.apply_classifiers(ref, {"signature": X}, clinical, n_bootstrap=100)
-    b, pb, _ = validate.apply_classifiers(ref, {"signature": X}, clinical, n_bootstrap=100)
+    before = runs.model_hashes(reference)
+    a, pa, _ = apply.apply_classifiers(ref, {"signature": X}, clinical, n_bootstrap=100)
+    b, pb, _ = apply.apply_classifiers(ref, {"signature": X}, clinical, n_bootstrap=100)
     pd.testing.assert_frame_equal(pa, pb)
     pd.testing.assert_frame_equal(a, b)
     assert a.loc[0, "auc"] > 0.75 and a.loc[0, "n"] == 40        # the planted signal carries over
-    assert validate.model_hashes(reference) == before and validate.verify_unchanged(ref)["unchanged"].all()
+    assert runs.model_hashes(reference) == before and runs.verify_unchanged(ref)["unchanged"].all()
     # overlap cases are predicted but never scored
-    c, pc, _ = validate.apply_classifiers(ref, {"signature": X}, clinical, exclude=["v0", "v1"], n_bootstrap=100)
+    c, pc, _ = apply.apply_classifiers(ref, {"signature": X}, clinical, exclude=["v0", "v1"], n_bootstrap=100)
     assert c.loc[0, "n"] == 38 and not pc.set_index("case_id").loc[["v0", "v1"], "scored"].any()
 
 
 def test_reference_run_is_refused_when_models_changed_missing_or_unfinished(reference):
     model = reference / "models" / "idh__signature.joblib"
     model.write_bytes(model.read_bytes() + b"\0")
-    with pytest.raises(validate.ValidationError, match="changed since the run wrote them"):
-        validate.load_reference(reference)
+    with pytest.raises(runs.ValidationError, match="changed since the run wrote them"):
+        runs.load_reference(reference)
     spare = reference / "models" / "spare.joblib"
     spare.write_bytes(b"not recorded")
     model.unlink()
-    with pytest.raises(validate.ValidationError, match=r"missing: \['models/idh__signature.joblib'\]"):
-        validate.load_reference(reference)
+    with pytest.raises(runs.ValidationError, match=r"missing: \['models/idh__signature.joblib'\]"):
+        runs.load_reference(reference)
     spare.unlink()
-    with pytest.raises(validate.ValidationError, match="has no models"):
-        validate.load_reference(reference)
-    m = runner.load_manifest(reference)
+    with pytest.raises(runs.ValidationError, match="has no models"):
+        runs.load_reference(reference)
+    m = runs.load_manifest(reference)
     m["steps"][3]["status"] = "failed"
     (reference / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(validate.ValidationError, match=r"not completed.*resume it"):
-        validate.load_reference(reference)
+    with pytest.raises(runs.ValidationError, match=r"not completed.*resume it"):
+        runs.load_reference(reference)
 
 
 def test_locked_model_refuses_validation_features_that_do_not_match(reference):
-    ref = validate.load_reference(reference)
+    ref = runs.load_reference(reference)
     X, clinical = _validation_table()
-    with pytest.raises(validate.ValidationError, match="f3"):
-        validate.apply_classifiers(ref, {"signature": X.drop(columns=["f3"])}, clinical)
+    with pytest.raises(runs.ValidationError, match="f3"):
+        apply.apply_classifiers(ref, {"signature": X.drop(columns=["f3"])}, clinical)
 
 
 def test_validation_run_takes_the_reference_settings_and_refuses_a_missing_modality(reference, tmp_path):
@@ -190,9 +194,9 @@ def test_validation_run_takes_the_reference_settings_and_refuses_a_missing_modal
     cfg = config.load_yaml(rd / "params.yaml")
     assert cfg["segment"]["model"] == "brats-4mod" and cfg["segment"]["tta"] is False  # locked to the reference
     assert cfg["signature"]["filter_from"] == str(reference)
-    m = runner.load_manifest(rd)
-    assert [s["name"] for s in m["steps"]] == list(validate.VALIDATION_STEPS)
-    assert m["reference"]["models_sha256"] == validate.model_hashes(reference)
+    m = runs.load_manifest(rd)
+    assert [s["name"] for s in m["steps"]] == list(VALIDATION_STEPS)
+    assert m["reference"]["models_sha256"] == runs.model_hashes(reference)
     locked = pd.read_csv(rd / "qc" / "locked_settings.csv").set_index("setting")
     assert bool(locked.loc["segment.tta", "overridden"])
     # a FLAIR-only validation cohort cannot feed the reference's four-modality model: clear error, no folder
@@ -200,7 +204,7 @@ def test_validation_run_takes_the_reference_settings_and_refuses_a_missing_modal
     y = yaml.safe_load(flair_only.read_text())
     y["cohort"]["modalities"] = ["flair"]
     flair_only.write_text(yaml.safe_dump(y))
-    with pytest.raises(validate.ValidationError, match=r"lacks t1, t1c, t2.*brats-4mod"):
+    with pytest.raises(runs.ValidationError, match=r"lacks t1, t1c, t2.*brats-4mod"):
         runner.create_run(str(flair_only), [f"validate.reference_run={reference}"], progress=False)
     assert not (paths.reports_dir() / "val_flair").exists()
     with pytest.raises(config.ConfigError, match="would refit"):
@@ -213,7 +217,7 @@ def test_study_validates_a_locked_training_run_and_its_summary_is_the_notebooks(
     from glioma_nb import synthetic
 
     _, train_dir = synthetic_training_run
-    train_hashes = validate.model_hashes(train_dir)
+    train_hashes = runs.model_hashes(train_dir)
     # an independent cohort from another site: other phantoms, BraTS-2021 labels (ET = 3), no IDH column,
     # an extra clinical column
     root = synthetic.generate_cohort(tmp_path / "other", synthetic.SyntheticSpec(n_cases=10, seed=21), progress=False)
@@ -234,20 +238,20 @@ def test_study_validates_a_locked_training_run_and_its_summary_is_the_notebooks(
     cfg = yaml.safe_load(y.read_text())
     del cfg["cohort"]["clinical"]["columns"]["idh_mutant"]
     y.write_text(yaml.safe_dump(cfg))
-    study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({"training": {"run": str(train_dir)}, "validation": [{"cohort": str(y)}],
-                                     "overrides": ["validate.n_bootstrap=100", "segment.n_overlay_cases=2"]}))
-    sdir = runner.run_study(str(study), progress=False)
+    study_yaml = tmp_path / "study.yaml"
+    study_yaml.write_text(yaml.safe_dump({"training": {"run": str(train_dir)}, "validation": [{"cohort": str(y)}],
+                                          "overrides": ["validate.n_bootstrap=100", "segment.n_overlay_cases=2"]}))
+    sdir = runner.run_study(str(study_yaml), progress=False)
 
     spec = json.loads((sdir / "study.json").read_text())
     assert spec["status"] == "completed" and spec["training"]["run_id"] == train_dir.name
     vdir = paths.reports_dir() / spec["validation"][0]["run"]
-    m = runner.load_manifest(vdir)
-    assert [s["name"] for s in m["steps"]] == list(validate.VALIDATION_STEPS) and m["status"] == "completed"
+    m = runs.load_manifest(vdir)
+    assert [s["name"] for s in m["steps"]] == list(VALIDATION_STEPS) and m["status"] == "completed"
     assert m["reference"]["run_id"] == train_dir.name and m["reference"]["overlap_cases"] == []
     # the summary regenerates from the manifests, and holds exactly the numbers notebook 05 saved
     summary = pd.read_csv(sdir / "tables" / "study_summary.csv")
-    regenerated = validate.study_table(sdir)
+    regenerated = study.study_table(sdir)
     num = ["train_cv", "validation", "validation_lo", "validation_hi", "validation_n"]
     np.testing.assert_allclose(summary[num].to_numpy(float), regenerated[num].to_numpy(float), rtol=1e-12)
     headline = pd.read_csv(vdir / "tables" / "validation_headline.csv")
@@ -255,7 +259,7 @@ def test_study_validates_a_locked_training_run_and_its_summary_is_the_notebooks(
     np.testing.assert_allclose(summary[num].to_numpy(float), headline[num].to_numpy(float), rtol=1e-12)
     # ... and the executed notebook displays them
     shown = (vdir / "05_validate.ipynb").read_text()
-    for text in validate.format_headline(headline)["validation"].head(4):
+    for text in reporting.format_headline(headline)["validation"].head(4):
         if text:
             assert text in shown, text
     # label scheme 2021: ET scored; the missing IDH column is said, not hidden; the reference is untouched
@@ -263,7 +267,7 @@ def test_study_validates_a_locked_training_run_and_its_summary_is_the_notebooks(
     assert headline.set_index("metric").loc["Dice ET", "validation"] > 0
     notes = json.loads((vdir / "metrics" / "05_validate.json").read_text())["notes"]
     assert any("lacks idh labels" in n for n in notes)
-    assert validate.model_hashes(train_dir) == train_hashes
+    assert runs.model_hashes(train_dir) == train_hashes
     assert (sdir / "study_summary.html").exists() and (sdir / "figures" / "study_forest.png").exists()
 
 

@@ -17,10 +17,16 @@ from typing import Any, Iterable, Mapping, Sequence
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy import ndimage
+from tqdm import tqdm
 
 from glioma_nb import io
-from glioma_nb.segment import SegmentationError, transforms
+from glioma_nb.segment import postprocess as post
+from glioma_nb.segment import transforms
+from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.segment.models import ModelSpec
+from glioma_nb.signature import network
+from glioma_nb.signature.network import Tap
 
 # Sanity checks of a predicted whole tumour (flags, not errors: the case is kept and listed).
 SANITY = {"min_wt_ml": 1.0, "max_wt_ml": 400.0, "min_largest_component": 0.8}
@@ -38,7 +44,6 @@ def sliding_window(net: Any, image: Any, spec: ModelSpec, overlap: float = 0.5, 
 
     tap = None
     if stages is not None:
-        from glioma_nb.signature.network import Tap
 
         tap = Tap(net, stages)
     x = torch.as_tensor(image).unsqueeze(0).to(device)
@@ -102,15 +107,12 @@ def predict_with_signature(net: Any, spec: ModelSpec, data: Mapping[str, Any], r
     without the rule; signature rows indexed by perturbation or None, the error that prevented the signature or "")."""
     import torch
 
-    from glioma_nb.signature import network
-
     reference = request.mask == "reference"
     pre = transforms.preprocess(spec, with_label=reference)
     d = pre({k: data[k] for k in (("image", "label") if reference else ("image",))})
     stages = list(network.stage_modules(net))
     probs, maps = sliding_window(net, d["image"], spec, overlap=overlap, tta=tta, device=device, amp=amp, stages=stages)
     classes, _ = _to_original(pre, d, probs, data)
-    from glioma_nb.segment import postprocess as post
 
     model_classes = (np.asarray(d["label"][0], dtype=np.uint8) if reference
                      else post.apply(np.asarray(probs.argmax(0), dtype=np.uint8), postprocess))
@@ -146,8 +148,6 @@ def predict_with_signature(net: Any, spec: ModelSpec, data: Mapping[str, Any], r
 
 def sanity_flags(classes: np.ndarray, voxel_ml: float, limits: Mapping[str, float] = SANITY) -> list[str]:
     """Reasons to look at a predicted mask: empty, implausible whole-tumour volume, fragmented."""
-    from scipy import ndimage
-
     wt = classes > 0
     n = int(wt.sum())
     if n == 0:
@@ -195,10 +195,6 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
     :mod:`~glioma_nb.segment.postprocess` rule applied to the mask; a case cached with another rule
     is run again. The sanity flags describe the network's mask before the rule.
     """
-    from tqdm import tqdm
-
-    from glioma_nb.segment import postprocess as post
-
     rule = spec.postprocess if postprocess is None else postprocess
     post.parse_rule(rule)
 

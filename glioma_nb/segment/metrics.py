@@ -7,12 +7,14 @@ undefined HD95 (NaN, counted in ``n_missing_hd95``). HD95 is in millimetres (vox
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from glioma_nb import io
+from glioma_nb import io, stats
+from glioma_nb.segment import postprocess as post
 
 
 def region_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
@@ -50,25 +52,12 @@ def case_scores(pred: np.ndarray, ref: np.ndarray, pred_scheme: io.LabelScheme, 
     return out
 
 
-def bootstrap_mean(values: Iterable[float], n_boot: int = 2000, level: float = 0.95,
-                   seed: int = 0) -> tuple[float, float, float, int]:
-    """Mean with a percentile bootstrap CI over cases (NaN dropped): (mean, lo, hi, n)."""
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(means, [a, 1 - a])
-    return float(v.mean()), float(lo), float(hi), int(v.size)
-
-
-def summarise(per_case: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def summarise(per_case: pd.DataFrame, n_boot: int = 2000, random_state: int = 0) -> pd.DataFrame:
     """One row per region and metric: mean, 95% bootstrap CI, median, n cases (and HD95 NaNs)."""
     rows = []
     for col in [c for c in per_case.columns if c.startswith(("dice_", "hd95_"))]:
         metric, region = col.split("_", 1)
-        mean, lo, hi, n = bootstrap_mean(per_case[col], n_boot=n_boot, seed=seed)
+        mean, lo, hi, n = stats.bootstrap_mean(per_case[col], n_boot=n_boot, random_state=random_state)
         rows.append({"region": region, "metric": "Dice" if metric == "dice" else "HD95 (mm)", "mean": mean,
                      "ci_low": lo, "ci_high": hi, "median": float(per_case[col].median()), "n": n,
                      "n_missing": int(per_case[col].isna().sum())})
@@ -91,9 +80,6 @@ def cohort_scores(cohort: io.Cohort, mask_dir: "Path | str", case_ids: Iterable[
     """Dice/HD95 of the predicted masks in ``mask_dir`` against the cohort's label maps, per case
     (with a :mod:`~glioma_nb.segment.postprocess` rule applied to the masks first)."""
     import nibabel as nib
-    from pathlib import Path
-
-    from glioma_nb.segment import postprocess as post
 
     if cohort.scheme is None:
         raise ValueError(f"cohort {cohort.name} has no label maps: nothing to score")
@@ -104,21 +90,8 @@ def cohort_scores(cohort: io.Cohort, mask_dir: "Path | str", case_ids: Iterable[
         if ref_img is None or not pred_path.exists():
             continue
         pred = post.apply(np.asanyarray(nib.load(pred_path).dataobj), postprocess)
-        pred_scheme = _pred_scheme(Path(mask_dir), cid, pred)
+        pred_scheme = io.mask_scheme(Path(mask_dir), cid, pred)
         spacing = ref_img.header.get_zooms()[:3]
         rows.append({"case_id": cid, **case_scores(pred, np.asanyarray(ref_img.dataobj), pred_scheme, cohort.scheme,
                                                     spacing)})
     return pd.DataFrame(rows)
-
-
-def _pred_scheme(mask_dir: "Path", case_id: str, pred: np.ndarray) -> io.LabelScheme:
-    """The scheme of a predicted mask: from its record (``<case>.json``), else from its values."""
-    import json
-
-    rec = mask_dir / f"{case_id}.json"
-    if rec.exists():
-        return io.LABEL_SCHEMES[json.loads(rec.read_text())["scheme"]]
-    vals = set(np.unique(pred).tolist()) - {0}
-    if vals <= {1}:
-        return io.LABEL_SCHEMES["binary"]
-    return io.LABEL_SCHEMES["brats2021" if 3 in vals else "brats2018"]

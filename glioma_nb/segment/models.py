@@ -16,8 +16,10 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from glioma_nb import config, io
 from glioma_nb.provenance import sha256_file as sha256
-from glioma_nb.segment import SegmentationError
+from glioma_nb.segment import postprocess
+from glioma_nb.segment.errors import SegmentationError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -67,7 +69,6 @@ class ModelSpec:
     postprocess_cv: dict[str, Any] = field(default_factory=dict)   # how the rule was chosen (for the card)
 
     def __post_init__(self) -> None:
-        from glioma_nb.segment import postprocess
 
         postprocess.parse_rule(self.postprocess)
 
@@ -197,8 +198,6 @@ def resolve_device(requested: str = "auto") -> str:
 
 def _cohort_data_root(cohort_name: str) -> Path | None:
     """The resolved data folder of a cohort configuration (None when it cannot be resolved here)."""
-    from glioma_nb import config, io
-
     try:
         return io.cohort_root(config.resolve_config(cohort_name)).resolve()
     except Exception:  # a missing config or unset variable: compare by name only

@@ -1,6 +1,6 @@
 """What notebook 01 does with a cohort: pick the model, (optionally train it), segment, score.
 
-:func:`segment_step` is the one call of the notebook. Masks go to ``<run>/masks/<case>.nii.gz`` (a
+`step` is the one call of the notebook. Masks go to ``<run>/masks/<case>.nii.gz`` (a
 per-case cache that a resumed run keeps), the per-case table to ``tables/segmentation_cases``, the
 scores to ``tables/segmentation_scores`` and ``tables/segmentation_summary``.
 """
@@ -10,22 +10,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
-from glioma_nb.segment import SegmentationError, infer, metrics, models, train
-
+from glioma_nb import plotting, records
+from glioma_nb.results import StepResult
+from glioma_nb.segment import infer, metrics, models
+from glioma_nb.segment import postprocess as post
+from glioma_nb.segment import train as seg_train
+from glioma_nb.segment.errors import SegmentationError
+from glioma_nb.signature.network import Request
 
 _RULE_WORDS = {"largest": "only the largest connected component of the tumour is kept",
                "min_fraction": "components smaller than that fraction of the largest are removed"}
 
 
 @dataclass
-class SegmentResult:
-    """Outcome of segmenting a cohort."""
+class SegmentResult(StepResult):
+    """Outcome of segmenting a cohort, with the tables and figures notebook 01 shows
+    (see :class:`glioma_nb.results.StepResult`)."""
 
-    spec: models.ModelSpec | None
-    weights: str                                   # "shipped (sha256 ...)" or a path / "trained in this run"
-    mask_dir: Path | None
+    spec: models.ModelSpec | None = None
+    weights: str = ""                              # "shipped (sha256 ...)" or a path / "trained in this run"
+    mask_dir: Path | None = None
     cases: pd.DataFrame = field(default_factory=pd.DataFrame)      # per case: seconds, volumes, flags, status
     scores: pd.DataFrame = field(default_factory=pd.DataFrame)     # per case Dice / HD95 (labels present)
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)    # per region mean [CI]
@@ -99,8 +106,6 @@ def signature_request(config: Mapping[str, Any]) -> Any:
     """What 01_segment pools for 02_signature in the same pass (None when signature.network is off):
     the mask of ``signature.mask`` and, unless a filter is taken from another run, the stability
     perturbations."""
-    from glioma_nb.signature.network import Request
-
     sig = config.get("signature", {}) or {}
     if not sig.get("network", True):
         return None
@@ -108,17 +113,17 @@ def signature_request(config: Mapping[str, Any]) -> Any:
     return Request(mask=sig.get("mask", "predicted"), perturbations=perts, seed=int(config["project"]["seed"]))
 
 
-def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_model: bool = False,
+def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool = False,
                  train_iterations: int = 300, held_out_fraction: float = 0.25, overlap: float = 0.5,
-                 tta: bool = False, postprocess: str = "model", progress: bool = True) -> SegmentResult:
+                 tta: bool = False, postprocess: str = "model", n_overlay_cases: int = 4,
+         progress: bool = True) -> SegmentResult:
     """Segment the cohort of a notebook step context (see the module docstring). ``postprocess``:
     ``model`` (the rule of the model spec) or a :mod:`~glioma_nb.segment.postprocess` rule."""
-    from glioma_nb.segment import postprocess as post
-
     cohort = ctx.cohort
     if model == "none" or not cohort.modalities:
         why = ("segment.model is none" if model == "none" else "the cohort has no images (layout: table)")
-        return SegmentResult(None, "", None, note=f"no segmentation: {why}")
+        result = SegmentResult(note=f"no segmentation: {why}")
+        return _display(ctx, result, n_overlay_cases)
     name = models.choose_model(cohort.modalities, model)
     if name is None:
         raise SegmentationError(f"cohort {cohort.name} has modalities {list(cohort.modalities)}; no shipped model "
@@ -134,19 +139,24 @@ def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_
     except SegmentationError as exc:
         raise SegmentationError(f"segment.postprocess: {exc}; or model (the model's own rule)") from None
     device = models.resolve_device(ctx.config["project"]["device"])
-    train_log, held_out = None, []
-    if train_model:
+    train_log, held_out, record = None, [], None
+    if train:
         if cohort.scheme is None:
             raise SegmentationError(f"cohort {cohort.name} has no label maps: segment.train needs them")
-        tr, held_out = train.split_by_patient(cohort, held_out_fraction, seed=int(ctx.config["project"]["seed"]))
+        tr, held_out = seg_train.split_by_patient(cohort, held_out_fraction, seed=int(ctx.config["project"]["seed"]))
         out = ctx.run_dir / "models" / f"segment__{spec.name}"
-        settings = train.TrainSettings.from_spec(spec, iterations=train_iterations,
+        settings = seg_train.TrainSettings.from_spec(spec, iterations=train_iterations,
                                                  seed=int(ctx.config["project"]["seed"]))
         settings.val_every = max(train_iterations // 4, 10)
-        train.train(spec, [train.TrainSource(cohort, tr, held_out)], out, settings, device=device, progress=progress)
+        seg_train.train(spec, [seg_train.TrainSource(cohort, tr, held_out)], out, settings, device=device, progress=progress)
         net = models.load_model(spec, out / "weights.pt", device=device)
         train_log = pd.read_csv(out / "train_log.csv")
         weights_note = f"trained in this run ({train_iterations} iterations on {len(tr)} cases)"
+        record = records.make(
+            "segmentation", f"segmentation__{spec.name}", spec, X=pd.DataFrame(index=pd.Index(sorted(tr), name="case_id")),
+            features=list(spec.modalities), weights=str((out / "weights.pt").relative_to(ctx.run_dir)),
+            weights_sha256=models.sha256(out / "weights.pt"), iterations=train_iterations, trained_on=sorted(tr),
+            held_out=sorted(held_out), cohort=cohort.name)
     elif weights == "shipped":
         net = models.load_model(spec, None, device=device)
         weights_note = f"shipped (sha256 {models.sha256(spec.weights_path)[:12]})"
@@ -156,10 +166,11 @@ def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_
     mask_dir = ctx.run_dir / "masks"
     cases = infer.segment_cohort(cohort, spec, net, mask_dir, overlap=overlap, tta=tta, device=device,
                                  progress=progress, signature=signature_request(ctx.config), postprocess=rule)
-    result = SegmentResult(spec, weights_note, mask_dir, cases, train_log=train_log, held_out=held_out,
-                           postprocess=rule)
-    if train_model:
+    result = SegmentResult(spec=spec, weights=weights_note, mask_dir=mask_dir, cases=cases, train_log=train_log,
+                           held_out=held_out, postprocess=rule)
+    if train:
         result.trained_on = [c for c in cohort.case_ids if c not in held_out]
+        result.models[record.name] = record  # the network's spec, input channels, weights file and its sha256
     elif weights == "shipped":
         result.trained_on = sorted(models.trained_on(spec, cohort.name, cohort.case_ids, cohort.root))
     if cohort.scheme is not None:
@@ -169,4 +180,32 @@ def segment_step(ctx: Any, model: str = "auto", weights: str = "shipped", train_
             result.scores = scores
             # honest figures: only cases the weights never saw
             result.summary = metrics.summarise(scores[~scores["trained_on"]])
+    return _display(ctx, result, n_overlay_cases)
+
+
+def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int) -> SegmentResult:
+    """The tables, figures and metrics of notebook 01 around a segmentation: cohort QC, reference overlays and
+    volumes, the training curve, predicted overlays, per-case table, Dice/HD95."""
+    cohort, case_table = ctx.cohort, ctx.case_table
+    shown = plotting.select_cases(case_table, n_overlay_cases) if cohort.modalities else []
+    if cohort.modalities:
+        result.add_figure("overlays", plotting.plot_overlays(cohort, shown))
+    volume_cols = [c for c in case_table.columns if c.endswith("_ml")]
+    if volume_cols:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        plotting.plot_region_volumes(case_table, ax=ax, hue="who_grade")
+        result.add_figure("region_volumes", fig)
+        result.frames["volumes"] = case_table[volume_cols].describe().round(2)
+    if result.train_log is not None:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        plotting.plot_train_log(result.train_log, ax=ax)
+        result.add_figure("train_log", fig)
+    if result.spec is not None:
+        result.add_figure("predicted_overlays", plotting.plot_overlays(cohort, shown, mask_dir=result.mask_dir))
+        result.tables["segmentation_cases"] = result.cases.drop(columns=["signature"], errors="ignore")
+    if not result.scores.empty:
+        result.tables.update(segmentation_scores=result.scores, segmentation_summary=result.summary)
+        result.add_figure("scores", plotting.plot_segmentation_scores(result.scores))
+    result.metrics = dict(n_cases=len(cohort.cases), qc_warnings=int((ctx.problems["severity"] == "warning").sum()),
+                          **{f"median_{c}": float(case_table[c].median()) for c in volume_cols}, **result.record())
     return result

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import GroupShuffleSplit
+from tqdm import tqdm
 
-from glioma_nb import io
-from glioma_nb.segment import SegmentationError, infer, metrics, models, transforms
+from glioma_nb import config, io, provenance, synthetic
+from glioma_nb.segment import infer, metrics, models, transforms
+from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.segment.models import ModelSpec
 
 
@@ -61,12 +65,10 @@ class TrainSettings:
 
 def sources_from_spec(spec: ModelSpec, progress: bool = False) -> list[TrainSource]:
     """The training sources a spec names (``train.sources``: cohort, cases, held_out)."""
-    from glioma_nb import config, runner
-
     out = []
     for src in spec.train.get("sources", []):
         cfg = config.resolve_config(src["cohort"])
-        runner.ensure_cohort_data(cfg, progress=progress)
+        synthetic.ensure_cohort_data(cfg, progress=progress)
         cohort, report = io.check_cohort(cfg, progress=progress, images=False)
         if not report.ok:
             raise io.CohortError(report)
@@ -88,8 +90,6 @@ def sources_from_spec(spec: ModelSpec, progress: bool = False) -> list[TrainSour
 
 def split_by_patient(cohort: io.Cohort, held_out_fraction: float = 0.25, seed: int = 0) -> tuple[list[str], list[str]]:
     """Training and held-out case ids, whole patients on one side (``patient_id`` of the clinical table)."""
-    from sklearn.model_selection import GroupShuffleSplit
-
     ids = np.asarray(cohort.case_ids)
     clin = cohort.clinical
     groups = (clin["patient_id"].reindex(ids).fillna(pd.Series(ids, index=ids)).astype(str).to_numpy()
@@ -101,7 +101,6 @@ def split_by_patient(cohort: io.Cohort, held_out_fraction: float = 0.25, seed: i
 
 
 def _prepare(sources: Sequence[TrainSource], spec: ModelSpec, which: str, progress: bool) -> list[dict[str, Any]]:
-    from tqdm import tqdm
 
     pre = transforms.preprocess(spec, with_label=True)
     items = [(s.cohort, c) for s in sources for c in getattr(s, which)]
@@ -146,7 +145,6 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
     """
     import torch
     from monai.losses import DiceCELoss
-    from tqdm import tqdm
 
     s = settings or TrainSettings.from_spec(spec)
     device = models.resolve_device(device)
@@ -270,8 +268,6 @@ def evaluate_held_out(spec: ModelSpec, net: Any, sources: Sequence[TrainSource],
 def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -> Path:
     """Copy ``out_dir/weights.pt`` into the package and write the model card beside it (``per_case``:
     :func:`evaluate_held_out`, one row per case and rule)."""
-    import shutil
-
     out_dir = Path(out_dir)
     summary = json.loads((out_dir / "train_summary.json").read_text())
     shutil.copyfile(out_dir / "weights.pt", spec.weights_path)
@@ -298,7 +294,6 @@ def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -
                   f"{cv.get('cohort')} only (fold models of {cv.get('iterations')} iterations; the held-out patients "
                   f"were neither trained on nor predicted): mean out-of-fold WT Dice {cv.get('dice')}. "
                   f"Reproduce: `{cv.get('command')}`" if cv else ""))
-    from glioma_nb import provenance
 
     vers = provenance.package_versions(["torch", "monai"])
     text = f"""# Model card: {spec.name}

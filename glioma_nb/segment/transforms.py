@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from glioma_nb import io
-from glioma_nb.segment import SegmentationError
+from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.segment.models import ModelSpec
 
 
@@ -117,8 +117,16 @@ def preprocess(spec: ModelSpec, with_label: bool = False) -> Any:
 
 def augment(spec: ModelSpec, samples_per_case: int = 2, pos_fraction: float = 2 / 3) -> Any:
     """Training patches and augmentation, applied to a preprocessed case."""
-    from monai.transforms import (Compose, RandAffined, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised,
-                                  RandScaleIntensityd, RandShiftIntensityd, SpatialPadd)
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
 
     anisotropic = max(spec.spacing) > 1.5 * min(spec.spacing)
     rotate = (0.0, 0.0, 0.26) if anisotropic else (0.26, 0.26, 0.26)  # about 15 degrees; in-plane only for thick slices

@@ -6,5 +6,5 @@
   predicted or the reference masks; :mod:`ibsi`: the IBSI-1 phantom check;
 - :mod:`volumetric`: region volumes and robust intensity statistics (the baseline);
 - :mod:`stability`: ICC(3,1) under perturbations and the :class:`~stability.StabilityFilter`;
-- :mod:`step`: notebook 02's orchestration (:func:`step.signature_step`).
+- :mod:`step`: notebook 02's orchestration (:func:`step.step`).
 """

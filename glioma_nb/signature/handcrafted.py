@@ -17,8 +17,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import yaml
+from joblib import Parallel, delayed
+from tqdm import tqdm
 
 from glioma_nb import io, paths
+from glioma_nb.signature import network
 from glioma_nb.signature.volumetric import MaskSource, robust_normalise  # noqa: F401 (MaskSource re-exported)
 
 
@@ -113,8 +116,6 @@ def case_features(cohort: io.Cohort, case_id: str, settings: Mapping[str, Any],
     ``perturbation`` (stability re-extraction): ``erode`` / ``dilate`` the mask by one voxel (in-plane
     only with ``force2D``), ``noise`` (Gaussian, SD 0.05 of the 1st-99th percentile range, brain
     voxels) or ``rotate`` (image and mask by 5 degrees in the plane of voxel axes 0 and 1)."""
-    from glioma_nb.signature import network
-
     label_img, scheme = (masks_from or MaskSource.reference(cohort)).load(case_id)
     lab = np.asanyarray(label_img.dataobj)
     two_d = bool((settings.get("setting") or {}).get("force2D"))
@@ -157,9 +158,6 @@ def cohort_features(cohort: io.Cohort, settings: Mapping[str, Any], percentiles:
                     n_jobs: int = 1, progress: bool = True, masks_from: MaskSource | None = None,
                     perturbation: str | None = None, seed: int = 0, case_ids: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per case (index ``case_id``) of :func:`case_features`, cases in parallel with joblib."""
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
-
     ids = list(case_ids) if case_ids is not None else cohort.case_ids
     rows = Parallel(n_jobs=n_jobs, return_as="generator")(
         delayed(case_features)(cohort, cid, settings, percentiles, masks_from=masks_from, perturbation=perturbation, seed=seed)

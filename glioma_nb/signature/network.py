@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 STATS = ("mean", "sd")
 PERTURBATIONS = ("erode", "dilate", "noise", "rotate")
@@ -170,8 +171,6 @@ def case_row(stage_maps: Mapping[str, Any], masks: Mapping[str, np.ndarray], vox
 def erode_dilate(mask: np.ndarray, kind: str, in_plane: bool = False) -> np.ndarray:
     """The mask eroded or dilated by one voxel (6-connected; 4-connected in the plane of voxel axes 0
     and 1 with ``in_plane``, for thick slices where one voxel along axis 2 is a whole slice)."""
-    from scipy import ndimage
-
     struct = ndimage.generate_binary_structure(3, 1)
     if in_plane:
         struct[:, :, 0] = struct[:, :, 2] = False
@@ -181,8 +180,6 @@ def erode_dilate(mask: np.ndarray, kind: str, in_plane: bool = False) -> np.ndar
 
 def rotate(arr: np.ndarray, order: int) -> np.ndarray:
     """Rotation by :data:`ROTATE_DEG` in the plane of voxel axes 0 and 1 of (C, X, Y, Z) or (X, Y, Z)."""
-    from scipy import ndimage
-
     axes = (1, 2) if arr.ndim == 4 else (0, 1)
     return ndimage.rotate(arr, ROTATE_DEG, axes=axes, reshape=False, order=order, mode="constant", cval=0)
 

@@ -19,41 +19,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from glioma_nb import paths
+from glioma_nb import io, paths, plotting, records
+from glioma_nb.results import StepResult
+from glioma_nb.segment import infer
+from glioma_nb.signature import handcrafted, volumetric
+from glioma_nb.signature.handcrafted import to_sitk
 from glioma_nb.signature.network import SignatureError
 from glioma_nb.signature.stability import StabilityFilter
+from glioma_nb.signature.volumetric import robust_normalise
 
 FILTERED_SOURCES = ("signature", "radiomics")
 
 
 @dataclass
-class SignatureResult:
-    tables: dict[str, pd.DataFrame]                     # what later steps read (filtered where filtered)
+class SignatureResult(StepResult):
+    """The feature tables of a cohort, their stability filters, and what notebook 02 shows
+    (see :class:`glioma_nb.results.StepResult`)."""
+
+    features: dict[str, pd.DataFrame] = field(default_factory=dict)   # what later steps read (filtered where filtered)
     unfiltered: dict[str, pd.DataFrame] = field(default_factory=dict)
     filters: dict[str, StabilityFilter] = field(default_factory=dict)
     errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["case_id", "source", "error"]))
-    notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     mask: str = "predicted"
     filter_origin: str = ""
     replicates: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)   # source -> perturbation -> table
     masks_from: Any = None                              # the MaskSource of the image features (None: no images)
+    main_source: str = ""                               # the source the heatmap and PCA show
 
     def save(self, ctx: Any) -> None:
         """Write ``tables/features_<source>`` (filtered) and, per filtered source, ``unfiltered_<source>``
         and ``stability_<source>`` (ICC, mode fraction, missing fraction, reason removed)."""
-        ctx.save_feature_tables(self.tables)
+        ctx.save_feature_tables(self.features)
         for name, filt in self.filters.items():
             ctx.save_table(self.unfiltered[name].rename_axis("case_id").reset_index(), f"unfiltered_{name}")
             ctx.save_table(filt.report_.reset_index(), f"stability_{name}")
+        super().save(ctx)
 
     def counts(self) -> pd.DataFrame:
         """Features per source before and after filtering, with the reasons for removal."""
         rows = {}
-        for name, table in self.tables.items():
+        for name, table in self.features.items():
             raw = self.unfiltered.get(name, table)
             row = {"cases": table.shape[0], "features (unfiltered)": raw.shape[1], "features (kept)": table.shape[1]}
             if name in self.filters:
@@ -69,7 +79,7 @@ class SignatureResult:
                 continue
             fam = pd.Series([feature_family(c) for c in self.unfiltered[name].columns],
                             index=self.unfiltered[name].columns)
-            kept = fam[fam.index.isin(self.tables[name].columns)]
+            kept = fam[fam.index.isin(self.features[name].columns)]
             order = list(dict.fromkeys(fam))        # network order (volume, enc1 .. dec2) / settings order
             out.append(pd.DataFrame({"source": name, "unfiltered": fam.value_counts(),
                                      "kept": kept.value_counts()}).reindex(order).fillna(0)
@@ -91,19 +101,17 @@ def feature_family(column: str) -> str:
     return "other"
 
 
-def signature_step(ctx: Any, intensity_percentiles: Sequence[float] = (1, 99), mask: str = "predicted",
-                   network: bool = True, radiomics: str | None = None, n_jobs: int = 1,
-                   stability: Mapping[str, Any] | None = None, filter_from: str | None = None,
-                   progress: bool = True) -> SignatureResult:
+def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: str = "predicted",
+         network: bool = True, radiomics: str | None = None, n_jobs: int = 1,
+         stability: Mapping[str, Any] | None = None, filter_from: str | None = None, feature_map: bool = True,
+         progress: bool = True) -> SignatureResult:
     """Extract, filter and return the feature tables of a notebook step context's cohort."""
-    from glioma_nb.signature import handcrafted, volumetric
-
     cohort = ctx.cohort
     stab = dict(stability or {})
     perturbations = list(stab.pop("perturbations", []))
     if mask not in ("predicted", "reference"):
         raise ValueError(f"signature.mask must be predicted or reference, not {mask!r}")
-    res = SignatureResult(tables={}, mask=mask)
+    res = SignatureResult(mask=mask)
     errors: list[dict[str, str]] = []
     has_images = bool(cohort.modalities) and any(c.images for c in cohort.cases)
     mask_dir = ctx.run_dir / "masks"
@@ -155,8 +163,7 @@ def signature_step(ctx: Any, intensity_percentiles: Sequence[float] = (1, 99), m
     if not res.unfiltered:
         raise ValueError(f"cohort {cohort.name}: no feature source - it has neither images nor "
                          "cohort.features tables; add images or a feature table")
-    res.tables = dict(res.unfiltered)
-    import joblib
+    res.features = dict(res.unfiltered)
 
     for name in FILTERED_SOURCES:
         if name not in res.unfiltered:
@@ -166,23 +173,63 @@ def signature_step(ctx: Any, intensity_percentiles: Sequence[float] = (1, 99), m
             if not src.exists():
                 raise SignatureError(f"signature.filter_from: {paths.display_path(src)} does not exist; point it at "
                                      f"the run folder whose 02_signature fitted the {name} filter")
-            filt = joblib.load(src)
+            filt = records.load(src).payload
             res.filter_origin = str(paths.display_path(src.parent.parent))
         else:
             reps = res.replicates.get(name) or None
             filt = StabilityFilter(**stab).fit(res.unfiltered[name], replicates=reps)
-            joblib.dump(filt, ctx.path("models", f"signature_filter__{name}.joblib"))
+            rec = records.make("stability_filter", f"signature_filter__{name}", filt, X=res.unfiltered[name],
+                               source=name, perturbations=list(reps or {}), settings=stab)
+            res.models[rec.name] = rec
         res.filters[name] = filt
-        res.tables[name] = filt.transform(res.unfiltered[name])
+        res.features[name] = filt.transform(res.unfiltered[name])
     res.errors = pd.DataFrame(errors, columns=["case_id", "source", "error"])
+    return _display(ctx, res, (stability or {}).get("icc_threshold"), feature_map, intensity_percentiles)
+
+
+def _display(ctx: Any, res: SignatureResult, icc_threshold: float | None, feature_map: bool,
+             intensity_percentiles: Sequence[float]) -> SignatureResult:
+    """The figures and metrics of notebook 02: feature families, ICC, a clustered heatmap and PCA of the main
+    source, and a voxel-wise texture map of the median case."""
+    res.text["masks"] = (f"Masks: **{res.mask}**" + (f"; stability filters taken from `{res.filter_origin}`"
+                                                     if res.filter_origin else "; stability filters fitted on this cohort")
+                         + "".join(f"\n\n{n}" for n in res.notes))
+    res.add_figure("families", plotting.plot_family_counts(res.family_counts()))
+    res.add_figure("icc", plotting.plot_icc(res.filters, threshold=icc_threshold))
+    main = res.main_source = next((s for s in ("signature", "radiomics", "volumetric") if s in res.features),
+                                  next(iter(res.features)))
+    features = res.features[main]
+    grid = plotting.plot_feature_heatmap(features)
+    grid.figure.suptitle(f"{main} features after filtering: {features.shape[0]} cases x {features.shape[1]} features",
+                         y=1.02)
+    res.add_figure("feature_heatmap", grid.figure)
+    labels = ctx.clinical.set_index("case_id").reindex(features.index)
+    idh = labels["idh_mutant"].map({1: "IDH-mutant", 0: "IDH-wildtype"}).rename("IDH")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    plotting.plot_pca(features, labels["who_grade"].astype("string").rename("WHO grade"), ax=axes[0],
+                      title=f"{main}: WHO grade")
+    plotting.plot_pca(features, idh, ax=axes[1], title=f"{main}: IDH")
+    res.add_figure("pca", fig)
+    if feature_map and res.masks_from is not None:
+        case = feature_map_case(res.features["volumetric"])
+        modality = "flair" if "flair" in ctx.cohort.modalities else ctx.cohort.modalities[0]
+        img, wt, fmap = texture_map(ctx.cohort, case, res.masks_from, modality, intensity_percentiles)
+        res.add_figure("feature_map", plotting.plot_feature_map(
+            img, wt, fmap, label="LongRunHighGrayLevelEmphasis",
+            title=f"{case}, {modality}: GLRLM long-run high-grey-level emphasis ({res.mask} mask)"))
+    else:
+        res.text["feature_map"] = "No feature map (feature_map is off, or the cohort has no images)."
+    res.metrics = dict(n_cases=int(features.shape[0]), mask=res.mask, filter_origin=res.filter_origin or "fitted here",
+                       feature_tables={n: list(t.shape) for n, t in res.features.items()},
+                       unfiltered={n: list(t.shape) for n, t in res.unfiltered.items()},
+                       n_feature_errors=len(res.errors),
+                       extraction_seconds={k: round(v, 1) for k, v in res.seconds.items()})
     return res
 
 
 def _network_tables(case_ids: Sequence[str], mask_dir: Path, mask: str
                     ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str], str]:
     """The network signature cached by 01_segment: (main, long by perturbation, errors by case, note)."""
-    from glioma_nb.segment import infer
-
     errs, pooled_in = {}, set()
     for cid in case_ids:
         meta = mask_dir / f"{cid}.json"
@@ -219,10 +266,6 @@ def texture_map(cohort: Any, case_id: str, masks_from: Any, modality: str, perce
     import nibabel as nib
     import SimpleITK as sitk
     from radiomics import featureextractor
-
-    from glioma_nb import io
-    from glioma_nb.signature.handcrafted import to_sitk
-    from glioma_nb.signature.volumetric import robust_normalise
 
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     label_img, scheme = masks_from.load(case_id)

@@ -7,11 +7,13 @@ convention ``<region>__<source>__<stat>``.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from glioma_nb import io, paths
 
@@ -33,8 +35,6 @@ class MaskSource:
 
     def load(self, case_id: str) -> tuple[Any, io.LabelScheme]:
         """(label image, its scheme); an error naming the case, the file and the fix when absent."""
-        import json
-
         import nibabel as nib
 
         if self.kind == "reference":
@@ -86,8 +86,6 @@ def case_features(cohort: io.Cohort, case_id: str, percentiles: Sequence[float] 
 def cohort_features(cohort: io.Cohort, percentiles: Sequence[float] = (1, 99),
                     progress: bool = True, masks_from: MaskSource | None = None) -> pd.DataFrame:
     """One row per case (index ``case_id``) of :func:`case_features`."""
-    from tqdm import tqdm
-
     rows = {cid: case_features(cohort, cid, percentiles, masks_from)
             for cid in tqdm(cohort.case_ids, desc="volumetric features", disable=not progress)}
     df = pd.DataFrame.from_dict(rows, orient="index")

@@ -12,164 +12,33 @@ Three layouts are understood:
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from glioma_nb import paths
-
-MODALITIES: tuple[str, ...] = ("t1", "t1c", "t2", "flair")
-HEAD_SPACING = "head"
-# Reference head of ``estimate_head_spacing``: measured by it on the one TCGA-LGG FLAIR in ../shared/data with
-# its true header (tcga-lgg-native/TCGA-FG-6692/raw/fla.nii.gz, 0.898 x 0.898 x 5.5 mm): largest axial
-# cross-section of the head 25,312 mm2, head volume / that area 123.6 mm.
-HEAD_AXIAL_AREA_MM2 = 25312.0
-HEAD_HEIGHT_MM = 123.6
-_SPACING_BOUNDS = {"in-plane": (0.3, 2.0), "slice": (0.5, 12.0)}
-
-
-@dataclass(frozen=True)
-class LabelScheme:
-    """A label convention: voxel values, their names, and the evaluation regions built from them."""
-
-    name: str
-    values: Mapping[int, str]
-    regions: Mapping[str, tuple[int, ...]]
-
-    @property
-    def allowed(self) -> set[int]:
-        return {0, *self.values}
-
-
-LABEL_SCHEMES: dict[str, LabelScheme] = {
-    "brats2018": LabelScheme(
-        "brats2018",
-        {1: "necrosis / non-enhancing core", 2: "oedema", 4: "enhancing tumour"},
-        {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
-    ),
-    "brats2021": LabelScheme(
-        "brats2021",
-        {1: "necrosis / non-enhancing core", 2: "oedema", 3: "enhancing tumour"},
-        {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
-    ),
-    "binary": LabelScheme("binary", {1: "tumour"}, {"WT": (1,)}),
-}
-
-DEFAULT_FILES: dict[str, dict[str, str]] = {
-    "brats": {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair", "label": "seg"},
-    "per_case": {"t1": "t1.nii.gz", "t1c": "t1c.nii.gz", "t2": "t2.nii.gz", "flair": "flair.nii.gz",
-                 "label": "seg.nii.gz"},
-}
-
-TIME_UNITS_DAYS: dict[str, float] = {"days": 1.0, "months": 365.25 / 12.0, "years": 365.25}
-
-# Canonical clinical columns (what the rest of the package relies on) and their kinds.
-CLINICAL_COLUMNS: dict[str, str] = {
-    "patient_id": "text",        # patient identity for patient-level splits (default: the case id)
-    "site": "text",              # institution / scanner site
-    "age": "number",             # years at diagnosis
-    "sex": "sex",                # M | F
-    "kps": "number",             # Karnofsky performance status, 0-100
-    "histology": "text",         # e.g. astrocytoma, oligodendroglioma, glioblastoma
-    "who_grade": "grade",        # 2 | 3 | 4
-    "idh_mutant": "binary",      # 1 mutant, 0 wild-type
-    "codel_1p19q": "binary",     # 1 codeleted, 0 retained
-    "tertp_mutant": "binary",    # 1 mutant, 0 wild-type
-    "mgmt_methylated": "binary", # 1 methylated, 0 unmethylated
-    "resection": "resection",    # GTR | STR | biopsy
-    "os_time": "number",         # overall survival in cohort.clinical.time_unit; stored as os_days
-    "os_event": "binary",        # 1 death observed, 0 censored
-}
-
-_BINARY_WORDS = {
-    "1": 1, "1.0": 1, "true": 1, "yes": 1, "y": 1, "mutant": 1, "mut": 1, "mutated": 1, "positive": 1,
-    "methylated": 1, "codeleted": 1, "codel": 1, "deceased": 1, "dead": 1,
-    "0": 0, "0.0": 0, "false": 0, "no": 0, "n": 0, "wildtype": 0, "wild-type": 0, "wt": 0,
-    "not_mutated": 0, "negative": 0, "unmethylated": 0, "retained": 0, "intact": 0, "non-codel": 0,
-    "noncodel": 0, "alive": 0, "censored": 0,
-}
-_GRADE_WORDS = {"2": 2, "ii": 2, "g2": 2, "3": 3, "iii": 3, "g3": 3, "4": 4, "iv": 4, "g4": 4}
-_SEX_WORDS = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F"}
-_RESECTION_WORDS = {"gtr": "GTR", "gross total": "GTR", "total": "GTR", "str": "STR", "subtotal": "STR",
-                    "partial": "STR", "biopsy": "biopsy", "bx": "biopsy"}
-_MISSING = {"", "na", "n/a", "nan", "none", "null", "unknown", "not available", "[not available]", "--"}
-
-
-class CohortError(ValueError):
-    """A cohort failed validation. ``report`` holds every problem found, not only the first."""
-
-    def __init__(self, report: "QCReport") -> None:
-        self.report = report
-        super().__init__(report.format())
-
-
-@dataclass
-class Problem:
-    """One QC finding: where it is, what is wrong, and how to fix it."""
-
-    case: str | None
-    file: str | None
-    message: str
-    fix: str
-    severity: str = "error"  # error | warning
-
-    def format(self) -> str:
-        where = " ".join(x for x in (f"case {self.case}:" if self.case else "",
-                                     f"{self.file}:" if self.file else "") if x)
-        return f"[{self.severity}] {where} {self.message}; {self.fix}".strip()
-
-
-@dataclass
-class QCReport:
-    """All problems of a cohort plus the per-case table built while checking."""
-
-    cohort: str
-    problems: list[Problem] = field(default_factory=list)
-    case_table: pd.DataFrame = field(default_factory=pd.DataFrame)
-    root: Path | None = None
-
-    def show(self, file: Path) -> str:
-        """A file as shown in messages: relative to the folder above the cohort root when inside it."""
-        if self.root is not None:
-            try:
-                return str(Path(file).resolve().relative_to(self.root.parent.resolve()))
-            except ValueError:
-                pass
-        return paths.display_path(file)
-
-    def add(self, case: str | None, file: str | Path | None, message: str, fix: str,
-            severity: str = "error") -> None:
-        shown = self.show(file) if isinstance(file, Path) else file
-        self.problems.append(Problem(case, shown, message, fix, severity))
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def format(self) -> str:
-        head = (f"cohort {self.cohort}: {len(self.errors)} error(s), {len(self.warnings)} warning(s)")
-        return "\n".join([head, *("  " + p.format() for p in self.problems)])
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([p.__dict__ for p in self.problems],
-                            columns=["case", "file", "message", "fix", "severity"])
-
-    def __repr__(self) -> str:
-        return f"QCReport(cohort={self.cohort!r}, errors={len(self.errors)}, warnings={len(self.warnings)})"
+from glioma_nb.io.clinical import standardise_clinical
+from glioma_nb.io.geometry import (
+    HEAD_AXIAL_AREA_MM2,
+    HEAD_HEIGHT_MM,
+    HEAD_SPACING,
+    estimate_head_spacing,
+    orientation_affine,
+    override_geometry,
+)
+from glioma_nb.io.labels import (
+    DEFAULT_FILES,
+    LABEL_SCHEMES,
+    MODALITIES,
+    LabelScheme,
+    region_masks,
+)
+from glioma_nb.io.qc import CohortError, Problem, QCReport
 
 
 @dataclass
@@ -259,95 +128,6 @@ class Cohort:
     def __repr__(self) -> str:
         return (f"Cohort({self.name!r}, cases={len(self.cases)}, modalities={list(self.modalities)}, "
                 f"labels={self.scheme.name if self.scheme else None}, clinical_rows={len(self.clinical)})")
-
-
-# --------------------------------------------------------------------------------------------- geometry
-def orientation_affine(shape: tuple[int, ...], spacing: Iterable[float], orientation: str) -> np.ndarray:
-    """Affine for voxel axes pointing to ``orientation`` (e.g. ``"PLS"``) with ``spacing`` mm, centred at 0.
-
-    Each letter gives the world direction (RAS+ convention) of increasing voxel index along that axis.
-    """
-    codes = orientation.upper()
-    if len(codes) != 3 or any(sum(c in pair for c in codes) != 1 for pair in ("LR", "PA", "IS")):
-        raise ValueError(f"orientation {orientation!r} must name one of L/R, A/P, I/S per axis, e.g. 'RAS' or 'PLS'")
-    sp = [float(s) for s in spacing]
-    if len(sp) != 3 or any(not s > 0 for s in sp):
-        raise ValueError(f"spacing {list(spacing)} must be three positive numbers (mm)")
-    axis = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
-    aff = np.zeros((4, 4))
-    aff[3, 3] = 1.0
-    for i, code in enumerate(codes):
-        row, sign = axis[code]
-        aff[row, i] = sign * sp[i]
-    centre = (np.asarray(shape[:3], dtype=float) - 1.0) / 2.0
-    aff[:3, 3] = -aff[:3, :3] @ centre
-    return aff
-
-
-def head_mask(data: np.ndarray) -> np.ndarray:
-    """The head (scalp included) of a non-skull-stripped MRI: above half the Otsu threshold, largest
-    connected component, holes filled slice by slice along the last axis."""
-    import SimpleITK as sitk
-    from scipy import ndimage
-
-    data = np.asarray(data, dtype=np.float32)
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.Execute(sitk.GetImageFromArray(data))
-    labels, n = ndimage.label(data > 0.5 * otsu.GetThreshold())
-    if n == 0:
-        return np.zeros(data.shape, bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    mask = labels == sizes.argmax()
-    return np.stack([ndimage.binary_fill_holes(mask[..., k]) for k in range(mask.shape[-1])], axis=-1)
-
-
-def estimate_head_spacing(data: np.ndarray, orientation: str, axial_area_mm2: float = HEAD_AXIAL_AREA_MM2,
-                          height_mm: float = HEAD_HEIGHT_MM) -> tuple[float, float, float]:
-    """Voxel size (mm, in voxel-axis order) of an axial head MRI whose header does not record it.
-
-    For stacks exported without geometry (e.g. TCGA-LGG's TIFF slices), from the size of the head: square
-    in-plane voxels scaled so the largest axial cross-section of the head is ``axial_area_mm2``, and slices
-    so that head volume / that cross-section is ``height_mm`` (a head's extent in voxels does not depend on
-    how many slices cover it). ``orientation`` (e.g. "PLS") says which voxel axis is inferior-superior.
-    The defaults are measured on a TCGA-LGG FLAIR with its true header (see ``HEAD_AXIAL_AREA_MM2``); a head
-    differs from them by some 5-10 % in each direction, and so does the estimate.
-    """
-    codes = orientation.upper()
-    axial = next((i for i, c in enumerate(codes) if c in "SI"), None)
-    if data.ndim != 3 or axial is None:
-        raise ValueError(f"needs a 3D axial stack with an inferior-superior axis (shape {data.shape}, "
-                         f"orientation {orientation!r})")
-    mask = head_mask(np.moveaxis(data, axial, -1))
-    area = mask.sum(axis=(0, 1))
-    if (area > 0).sum() < 3 or area.max() < 100:
-        raise ValueError("no head found to estimate the voxel size from (fewer than 3 slices or 100 voxels)")
-    inplane = math.sqrt(axial_area_mm2 / float(area.max()))
-    thick = height_mm / (float(mask.sum()) / float(area.max()))
-    for what, value in (("in-plane", inplane), ("slice", thick)):
-        lo, hi = _SPACING_BOUNDS[what]
-        if not lo <= value <= hi:
-            raise ValueError(f"estimated {what} spacing {value:.2f} mm is outside {lo}-{hi} mm (is it a head "
-                             "MRI, not skull-stripped, whole head in the field of view?)")
-    out = [inplane] * 3
-    out[axial] = thick
-    return (round(out[0], 3), round(out[1], 3), round(out[2], 3))
-
-
-def override_geometry(img: nib.Nifti1Image, spacing: Iterable[float] | None,
-                      orientation: str | None) -> nib.Nifti1Image:
-    """Replace a header's voxel size and/or orientation (for files whose header is known to be wrong)."""
-    if spacing is None and orientation is None:
-        return img
-    if orientation is None:
-        orientation = "".join(nib.aff2axcodes(img.affine))
-    if spacing is None:
-        spacing = img.header.get_zooms()[:3]
-    aff = orientation_affine(img.shape, spacing, orientation)
-    out = nib.Nifti1Image(img.dataobj, aff, header=img.header.copy())
-    out.set_qform(aff, code=1)
-    out.set_sform(aff, code=1)
-    return out
 
 
 # -------------------------------------------------------------------------------------------- discovery
@@ -519,13 +299,6 @@ def load_feature_tables(c: Mapping[str, Any], root: Path, report: QCReport) -> t
     return tables, files
 
 
-# ----------------------------------------------------------------------------------------- image checks
-def region_masks(label: np.ndarray, scheme: LabelScheme) -> dict[str, np.ndarray]:
-    """Boolean masks of the scheme's evaluation regions (WT/TC/ET for BraTS, WT for binary)."""
-    lab = np.asarray(label)
-    return {name: np.isin(lab, values) for name, values in scheme.regions.items()}
-
-
 def _read(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     img = nib.load(path)
     return img, np.asanyarray(img.dataobj)
@@ -617,141 +390,6 @@ def _check_case(case: Case, cohort: Cohort, cfg: Mapping[str, Any], report: QCRe
                        "check the export, or set qc.allow_empty_mask: true",
                        severity="warning" if qc["allow_empty_mask"] else "error")
     return row
-
-
-# -------------------------------------------------------------------------------------------- clinical
-def _is_missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    return str(v).strip().lower() in _MISSING
-
-
-def _parse(kind: str, v: Any) -> Any:
-    """Canonical value of ``v`` for a column kind; raises ValueError when it cannot be understood."""
-    if _is_missing(v):
-        return np.nan
-    s = str(v).strip()
-    low = s.lower()
-    if kind == "text":
-        return s
-    if kind == "number":
-        return float(s)
-    if kind == "binary":
-        if low in _BINARY_WORDS:
-            return _BINARY_WORDS[low]
-        raise ValueError(f"{s!r} is not a binary value (1/0, yes/no, mutant/wildtype, ...)")
-    if kind == "grade":
-        key = re.sub(r"^(who\s*)?(grade\s*)?", "", low).replace(".0", "")
-        if key in _GRADE_WORDS:
-            return _GRADE_WORDS[key]
-        raise ValueError(f"{s!r} is not a WHO grade (2/3/4, II/III/IV)")
-    if kind == "sex":
-        if low in _SEX_WORDS:
-            return _SEX_WORDS[low]
-        raise ValueError(f"{s!r} is not a sex (M/F, male/female)")
-    if kind == "resection":
-        if low in _RESECTION_WORDS:
-            return _RESECTION_WORDS[low]
-        raise ValueError(f"{s!r} is not an extent of resection (GTR/STR/biopsy)")
-    raise ValueError(f"unknown column kind {kind}")
-
-
-def molecular_subtype(idh_mutant: Any, codel: Any) -> str | float:
-    """WHO-style molecular group from IDH and 1p/19q: IDHmut-codel, IDHmut-noncodel, IDHwt (or NaN)."""
-    if _is_missing(idh_mutant):
-        return np.nan
-    if int(idh_mutant) == 0:
-        return "IDHwt"
-    if _is_missing(codel):
-        return "IDHmut"
-    return "IDHmut-codel" if int(codel) == 1 else "IDHmut-noncodel"
-
-
-def standardise_clinical(raw: pd.DataFrame, c: Mapping[str, Any], report: QCReport,
-                         file_label: str) -> pd.DataFrame:
-    """Map a raw clinical table onto the canonical columns (see ``CLINICAL_COLUMNS``).
-
-    Problems (unknown canonical names, missing source columns, unparseable values, duplicate ids,
-    negative or missing survival times) are added to ``report``.
-    """
-    spec = c["clinical"]
-    id_col = spec["id_column"]
-    if id_col not in raw.columns:
-        report.add(None, file_label, f"id column '{id_col}' not found (columns: {list(raw.columns)[:12]}...)",
-                   "set cohort.clinical.id_column")
-        return pd.DataFrame(columns=["case_id"])
-    out = pd.DataFrame({"case_id": raw[id_col].astype(str).str.strip()})
-    dups = out["case_id"][out["case_id"].duplicated()].unique().tolist()
-    for d in dups:
-        report.add(d, file_label, "duplicate clinical row for this id", "keep one row per case")
-    for canon, src in (spec.get("columns") or {}).items():
-        if canon not in CLINICAL_COLUMNS:
-            report.add(None, file_label, f"unknown clinical column '{canon}' in cohort.clinical.columns",
-                       f"use one of {sorted(CLINICAL_COLUMNS)}")
-            continue
-        values_map: Mapping[Any, Any] = {}
-        if isinstance(src, Mapping):
-            values_map = src.get("values") or {}
-            src = src.get("source")
-        if src not in raw.columns:
-            report.add(None, file_label, f"source column '{src}' (for {canon}) not found",
-                       "fix cohort.clinical.columns to name an existing column")
-            continue
-        kind = CLINICAL_COLUMNS[canon]
-        parsed = []
-        for cid, v in zip(out["case_id"], raw[src]):
-            if values_map and not _is_missing(v):
-                key = str(v).strip()
-                v = values_map.get(key, values_map.get(_num_key(key), v))
-            try:
-                parsed.append(_parse(kind, v))
-            except ValueError as exc:
-                report.add(cid, file_label, f"column '{src}' ({canon}): {exc}",
-                           f"fix the value or map it with cohort.clinical.columns.{canon}.values")
-                parsed.append(np.nan)
-        out[canon] = parsed
-    for col in spec.get("keep") or []:
-        if col not in raw.columns:
-            report.add(None, file_label, f"kept column '{col}' not found", "fix cohort.clinical.keep")
-        else:
-            out[col] = raw[col].values
-    for canon in CLINICAL_COLUMNS:
-        if canon not in out:
-            out[canon] = np.nan
-    out["patient_id"] = out["patient_id"].where(out["patient_id"].notna(), out["case_id"])
-    if spec.get("site_from_id"):
-        site = out["case_id"].str.extract(spec["site_from_id"], expand=False)
-        out["site"] = out["site"].where(out["site"].notna(), site)
-    unit = spec["time_unit"]
-    if unit not in TIME_UNITS_DAYS:
-        report.add(None, file_label, f"unknown time unit {unit!r}", f"use one of {sorted(TIME_UNITS_DAYS)}")
-        unit = "days"
-    out["os_days"] = pd.to_numeric(out.pop("os_time"), errors="coerce") * TIME_UNITS_DAYS[unit]
-    for _, r in out.iterrows():
-        t, e = r["os_days"], r["os_event"]
-        if pd.notna(t) and t < 0:
-            report.add(r["case_id"], file_label, f"negative survival time {t:g} days",
-                       "survival time must be >= 0 (check the date arithmetic)")
-        if pd.isna(t) and pd.notna(e):
-            report.add(r["case_id"], file_label, "survival event given but survival time missing",
-                       "fill the survival time or clear the event")
-        if pd.notna(t) and pd.isna(e):
-            report.add(r["case_id"], file_label, "survival time given but event (death/censored) missing",
-                       "fill the event column (1 death, 0 censored)")
-    out["molecular_subtype"] = [molecular_subtype(i, c_) for i, c_ in zip(out["idh_mutant"], out["codel_1p19q"])]
-    for col in ("who_grade", "idh_mutant", "codel_1p19q", "tertp_mutant", "mgmt_methylated", "os_event"):
-        out[col] = pd.to_numeric(out[col], errors="coerce").astype("Int64")
-    return out.drop_duplicates("case_id").reset_index(drop=True)
-
-
-def _num_key(key: str) -> Any:
-    try:
-        f = float(key)
-    except ValueError:
-        return key
-    return int(f) if f.is_integer() else f
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -871,6 +509,7 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
     table = table.merge(cohort.clinical, on="case_id", how="left")
     report.case_table = table
     return cohort, report
+
 
 
 def load_cohort(cfg: Mapping[str, Any], progress: bool = True) -> Cohort:

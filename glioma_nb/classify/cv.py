@@ -1,0 +1,369 @@
+"""Nested cross-validation of one node on one feature set, the permutation test, per-node statistics, the
+final refit, and the grid of every node x feature set that notebook 03 reports (:func:`evaluate`)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import sklearn
+from joblib import Parallel, delayed
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+from tqdm import tqdm
+
+from glioma_nb import records, stats
+from glioma_nb.classify.nodes import NODES
+from glioma_nb.classify.pipelines import node_problem, tuned_search
+
+
+@dataclass
+class NestedCVResult:
+    """Out-of-fold probabilities of a nested, grouped, stratified, repeated cross-validation."""
+
+    oof: pd.DataFrame                      # index: sample id; columns: y, prob (mean over repeats), prob_r<i>
+    best_params: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def auc(self) -> float:
+
+        return float(roc_auc_score(self.oof["y"], self.oof["prob"]))
+
+    @property
+    def auc_per_repeat(self) -> list[float]:
+
+        return [float(roc_auc_score(self.oof["y"], self.oof[c])) for c in self.oof if c.startswith("prob_r")]
+
+    def __repr__(self) -> str:
+        return (f"NestedCVResult(n={len(self.oof)}, auc={self.auc:.3f}, "
+                f"auc_per_repeat={[round(a, 3) for a in self.auc_per_repeat]})")
+
+
+def nested_cv(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None = None, *, classifier: str = "logreg_l2",
+              selection: str = "univariate", k: int = 10, outer_splits: int = 5, inner_splits: int = 3,
+              repeats: int = 3, random_state: int = 0) -> NestedCVResult:
+    """Nested cross-validation of one binary node, split by patient (``groups``) and stratified by class.
+
+    The outer loop estimates performance; inside each outer training set a grid search (inner
+    grouped CV, scored by AUC) tunes the pipeline, so imputation, scaling, feature selection and
+    tuning never see the outer test fold. Repeated ``repeats`` times with different splits.
+    """
+    y = pd.Series(y).astype(int)
+    if set(y.unique()) != {0, 1}:
+        raise ValueError("nested_cv needs both classes 0 and 1")
+    groups = pd.Series(groups if groups is not None else X.index, index=X.index)
+    n_groups_min = min(groups[y == c].nunique() for c in (0, 1))
+    if n_groups_min < outer_splits:
+        raise ValueError(f"the smaller class has {n_groups_min} patients, fewer than {outer_splits} outer folds")
+
+    probs = pd.DataFrame(index=X.index)
+    best_params: list[dict[str, Any]] = []
+    Xa, ya, ga = X.to_numpy(dtype=float), y.to_numpy(), groups.to_numpy()  # arrays: less sklearn overhead
+    with sklearn.config_context(skip_parameter_validation=True):
+        for r in range(repeats):
+            seed = random_state + r
+            outer = StratifiedGroupKFold(n_splits=outer_splits, shuffle=True, random_state=seed)
+            col = np.full(len(X), np.nan)
+            for train, test in outer.split(Xa, ya, ga):
+                search = tuned_search(X, classifier=classifier, selection=selection, k=k,
+                                      inner_splits=inner_splits, random_state=seed)
+                search.fit(Xa[train], ya[train], groups=ga[train])
+                col[test] = search.predict_proba(Xa[test])[:, 1]
+                best_params.append(search.best_params_)
+            probs[f"prob_r{r}"] = col
+    oof = pd.concat([y.rename("y"), probs.mean(axis=1).rename("prob"), probs], axis=1)
+    return NestedCVResult(oof, best_params)
+
+
+def permutation_test(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None, observed_auc: float, *,
+                     n_permutations: int = 100, stop_after: int = 10, n_jobs: int = 1, random_state: int = 0,
+                     **cv_kw: Any) -> dict[str, Any]:
+    """Permutation test of the nested-CV AUC against chance.
+
+    Labels are permuted between patients (all scans of a patient keep one label) and the *whole*
+    nested procedure is re-run (one repeat) on each permutation. Sequential Monte-Carlo stopping
+    (Besag & Clifford 1991): once ``stop_after`` permuted AUCs reach the observed one, p = h/k is
+    already large and the remaining permutations are skipped; otherwise p = (1 + g) / (1 + n).
+    """
+    y = pd.Series(y).astype(int)
+    groups = pd.Series(groups if groups is not None else X.index, index=X.index)
+    patient_label = y.groupby(groups).first()
+    rng = np.random.default_rng(random_state)
+    cv_kw = {**cv_kw, "repeats": 1}
+
+    def one(seed: int) -> float:
+        perm = pd.Series(np.random.default_rng(seed).permutation(patient_label.to_numpy()),
+                         index=patient_label.index)
+        y_p = groups.map(perm).astype(int)
+        return nested_cv(X, y_p, groups, random_state=int(seed % 2**31), **cv_kw).auc
+
+    seeds = rng.integers(0, 2**62, size=n_permutations)
+    null: list[float] = []
+    batch = max(1, 2 * (n_jobs if n_jobs > 0 else os.cpu_count() or 1))
+    with Parallel(n_jobs=n_jobs) as par:
+        for start in range(0, n_permutations, batch):
+            null.extend(par(delayed(one)(int(s)) for s in seeds[start:start + batch]))
+            if sum(a >= observed_auc for a in null) >= stop_after:
+                break
+    null_arr = np.asarray(null)
+    ge = int((null_arr >= observed_auc).sum())
+    stopped = len(null) < n_permutations
+    p = ge / len(null) if stopped else (1 + ge) / (1 + len(null))
+    return {"p_value": float(p), "n_permutations": len(null), "stopped_early": stopped,
+            "null_mean_auc": float(null_arr.mean()), "null_auc_95": float(np.quantile(null_arr, 0.95))}
+
+
+# ----------------------------------------------------------------------------------------- statistics
+def threshold_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, balanced accuracy, sensitivity, specificity at ``threshold``, and the confusion counts."""
+    y = np.asarray(y).astype(int)
+    pred = (np.asarray(prob) >= threshold).astype(int)
+    tp = int(((pred == 1) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    sens = tp / (tp + fn) if tp + fn else np.nan
+    spec = tn / (tn + fp) if tn + fp else np.nan
+    return {"accuracy": (tp + tn) / len(y), "balanced_accuracy": (sens + spec) / 2, "sensitivity": sens,
+            "specificity": spec, "tp": tp, "tn": tn, "fp": fp, "fn": fn}
+
+
+def _metric_fns() -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
+
+    return {"auc": lambda y, p: roc_auc_score(y, p),
+            **{m: (lambda y, p, m=m: threshold_metrics(y, p)[m])
+               for m in ("accuracy", "balanced_accuracy", "sensitivity", "specificity")}}
+
+
+def node_statistics(y: np.ndarray, prob: np.ndarray, n_boot: int = 1000, random_state: int = 0) -> dict[str, Any]:
+    """Point metrics with stratified bootstrap 95% CIs, DeLong CI of the AUC, calibration."""
+    y = np.asarray(y).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    out: dict[str, Any] = {"n": int(len(y)), "n_pos": int(y.sum()), "n_neg": int((1 - y).sum())}
+    for name, fn in _metric_fns().items():
+        est, lo, hi = stats.bootstrap_ci(fn, y, prob, n_boot=n_boot, random_state=random_state)
+        out.update({name: est, f"{name}_lo": lo, f"{name}_hi": hi})
+    _, out["auc_delong_lo"], out["auc_delong_hi"] = stats.auc_ci_delong(y, prob)
+    if out["auc"] < 1.0:
+        cal = stats.calibration(y, prob)
+        out.update(calibration_slope=cal.slope, calibration_intercept=cal.intercept)
+    else:  # perfect separation: the logistic calibration fit diverges, the slope is undefined
+        out.update(calibration_slope=np.nan, calibration_intercept=np.nan)
+    out.update({k: v for k, v in threshold_metrics(y, prob).items() if k in ("tp", "tn", "fp", "fn")})
+    return out
+
+
+def fit_final(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None = None, **search_kw: Any) -> Any:
+    """Tune (inner grouped CV) and refit the pipeline on the whole training cohort."""
+    groups = pd.Series(groups if groups is not None else X.index, index=X.index)
+    search = tuned_search(X, **search_kw)
+    search.fit(X, pd.Series(y).astype(int), groups=groups)
+    return search
+
+
+def top_features(record: records.ModelRecord, n: int = 10) -> pd.DataFrame:
+    """The selected features of a final model and their weight (standardised coefficient or importance)."""
+    pipe = record.payload
+    names = np.asarray(record.features)
+    names = names[pipe.named_steps["constant"].get_support()]
+    sel = pipe.named_steps["select"]
+    if sel != "passthrough":
+        names = names[sel.get_support()]
+    clf = pipe.named_steps["clf"]
+    if hasattr(clf, "coef_"):
+        w, kind = clf.coef_.ravel(), "coefficient (per SD)"
+    elif hasattr(clf, "feature_importances_"):
+        w, kind = clf.feature_importances_, "importance"
+    else:
+        return pd.DataFrame(columns=["feature", "weight", "kind"])
+    df = pd.DataFrame({"feature": names, "weight": w, "kind": kind})
+    return df.reindex(df["weight"].abs().sort_values(ascending=False).index).head(n).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------- orchestration
+@dataclass
+class NodeGrid:
+    """Every node x feature set: statistics, out-of-fold predictions, skipped pairs and the refitted models
+    (:class:`records.ModelRecord` by (node, feature set))."""
+
+    results: pd.DataFrame                 # one row per node x feature set
+    oof: pd.DataFrame                     # long: case_id, node, feature_set, y, prob
+    skipped: pd.DataFrame                 # node, reason
+    notes: list[str]
+    models: dict[tuple[str, str], records.ModelRecord] = field(default_factory=dict)
+
+    def headline(self) -> list[dict[str, Any]]:
+        """Per node x feature set: n, AUC with CI, balanced accuracy, P values (for the manifest)."""
+        if self.results.empty:
+            return []
+        cols = ["node", "feature_set", "n", "auc", "auc_lo", "auc_hi", "balanced_accuracy"]
+        cols += [c for c in ("perm_p", "delong_vs_baseline_p") if c in self.results]
+        return self.results[cols].round(4).to_dict("records")
+
+    def best(self) -> pd.DataFrame:
+        """Per node, the feature set with the highest cross-validated AUC."""
+        if self.results.empty:
+            return self.results
+        idx = self.results.groupby("node", sort=False)["auc"].idxmax()
+        return self.results.loc[idx].reset_index(drop=True)
+
+
+def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, nodes: list[str],
+             baseline: str = "clinical", classifier: str = "logreg_l2", selection: str = "univariate",
+             k_features: int = 10, outer_splits: int = 5, inner_splits: int = 3, repeats: int = 3,
+             n_permutations: int = 100, n_bootstrap: int = 1000, min_class_size: int = 5, n_jobs: int = 1,
+             random_state: int = 0, refit: bool = True, progress: bool = True) -> NodeGrid:
+    """Nested CV of every node on every feature set; statistics, permutation test, DeLong vs baseline.
+
+    A node is evaluated on the cases that are eligible, labelled and present in the feature set.
+    Nodes that cannot be trained (one class, too few cases) are skipped with the reason. With
+    ``refit`` the final model of each node x set is refitted on all its cases (a :class:`records.ModelRecord`
+    in ``models``; the step saves them).
+    """
+    clin = clinical.set_index("case_id")
+    groups_all = clin["patient_id"].fillna(pd.Series(clin.index, index=clin.index)) if "patient_id" in clin \
+        else pd.Series(clin.index, index=clin.index)
+    unknown = [n for n in nodes if n not in NODES]
+    if unknown:
+        raise ValueError(f"unknown classification nodes {unknown}; known: {list(NODES)}")
+    rows, oofs, skipped, notes = [], [], [], []
+    models: dict[tuple[str, str], records.ModelRecord] = {}
+    cv_kw = dict(classifier=classifier, selection=selection, k=k_features, outer_splits=outer_splits,
+                 inner_splits=inner_splits)
+    todo = [(n, fs) for n in nodes for fs in feature_sets]
+    bar = tqdm(total=len(todo), desc="nodes x feature sets", disable=not progress)
+    for node_name in nodes:
+        node = NODES[node_name]
+        try:
+            elig = node.eligible(clinical).fillna(False).to_numpy(dtype=bool)
+            target = node.target(clinical).set_axis(clinical["case_id"])[elig].dropna().astype(int)
+        except KeyError as exc:
+            skipped.append({"node": node_name, "reason": f"no {exc} column in the clinical table"})
+            bar.update(len(feature_sets))
+            continue
+        if target.empty:
+            skipped.append({"node": node_name, "reason": "no labelled cases in this cohort"})
+            bar.update(len(feature_sets))
+            continue
+        why = node_problem(target, groups_all.reindex(target.index), outer_splits, inner_splits, min_class_size)
+        if why:  # a problem of the labels themselves: say it once for the node
+            skipped.append({"node": node_name, "reason": why})
+            bar.update(len(feature_sets))
+            continue
+        node_oof: dict[str, pd.DataFrame] = {}
+        for fs_name, X_all in feature_sets.items():
+            bar.update(1)
+            ids = target.index.intersection(X_all.index)
+            X, y, g = X_all.loc[ids], target.loc[ids], groups_all.reindex(ids)
+            X = X.loc[:, X.notna().any()]
+            why = node_problem(y, g, outer_splits, inner_splits, min_class_size)
+            if why:
+                skipped.append({"node": node_name, "feature_set": fs_name, "reason": why})
+                continue
+            res = nested_cv(X, y, g, repeats=repeats, random_state=random_state, **cv_kw)
+            st = node_statistics(y.to_numpy(), res.oof["prob"].to_numpy(), n_boot=n_bootstrap,
+                                 random_state=random_state)
+            row = {"node": node_name, "kind": node.kind, "feature_set": fs_name, "n_features": X.shape[1], **st,
+                   "auc_repeat_sd": float(np.std(res.auc_per_repeat))}
+            if n_permutations:
+                pt = permutation_test(X, y, g, res.auc, n_permutations=n_permutations, n_jobs=n_jobs,
+                                      random_state=random_state, **cv_kw)
+                row.update(perm_p=pt["p_value"], perm_n=pt["n_permutations"], perm_null_auc=pt["null_mean_auc"])
+            rows.append(row)
+            node_oof[fs_name] = res.oof
+            oofs.append(res.oof[["y", "prob"]].rename_axis("case_id").reset_index()
+                        .assign(node=node_name, feature_set=fs_name))
+            if refit:
+                search = fit_final(X, y, g, classifier=classifier, selection=selection, k=k_features,
+                                   inner_splits=inner_splits, random_state=random_state)
+                models[(node_name, fs_name)] = records.make(
+                    "classifier", f"{node_name}__{fs_name.replace('+', '-')}", search.best_estimator_, X=X, y=y,
+                    node=node_name, feature_set=fs_name, positive_class=node.description,
+                    best_params=search.best_params_, inner_cv_auc=float(search.best_score_), n_train=int(len(X)),
+                    class_counts={int(k): int(v) for k, v in pd.Series(y).value_counts().items()},
+                    cv_metrics={k: row[k] for k in ("auc", "auc_lo", "auc_hi", "balanced_accuracy")})
+        # DeLong against the baseline, on the cases both sets have
+        if baseline in node_oof:
+            base = node_oof[baseline]
+            for r in rows:
+                if r["node"] != node_name or r["feature_set"] == baseline:
+                    continue
+                other = node_oof[r["feature_set"]]
+                common = base.index.intersection(other.index)
+                yy = base.loc[common, "y"].to_numpy()
+                if len(common) < 10 or yy.min() == yy.max():
+                    continue
+                d = stats.delong_test(yy, other.loc[common, "prob"].to_numpy(), base.loc[common, "prob"].to_numpy())
+                r.update(delong_vs_baseline_diff=d.auc_1 - d.auc_2, delong_vs_baseline_p=d.p_value,
+                         delong_n=int(len(common)))
+    bar.close()
+    results = pd.DataFrame(rows)
+    oof = pd.concat(oofs, ignore_index=True) if oofs else pd.DataFrame(columns=["case_id", "y", "prob", "node",
+                                                                               "feature_set"])
+    return NodeGrid(results, oof, pd.DataFrame(skipped, columns=["node", "feature_set", "reason"]), notes,
+                          models)
+
+
+def average_accuracy(results: pd.DataFrame, feature_set: str | None = None) -> pd.DataFrame:
+    """The seed paper's summary: mean accuracy over histology nodes and over molecular nodes.
+
+    Uses each node's best feature set (by AUC), or ``feature_set`` for every node when given.
+    """
+    if results.empty:
+        return pd.DataFrame(columns=["kind", "nodes", "average_accuracy", "average_balanced_accuracy"])
+    r = results if feature_set is None else results[results["feature_set"] == feature_set]
+    if feature_set is None:
+        r = r.loc[r.groupby("node", sort=False)["auc"].idxmax()]
+    return (r.groupby("kind").agg(nodes=("node", lambda s: ", ".join(s)), average_accuracy=("accuracy", "mean"),
+                                  average_balanced_accuracy=("balanced_accuracy", "mean")).reset_index())
+
+
+# ------------------------------------------------------------------------------- curves for the figures
+def roc_bands(oof: pd.DataFrame, results: pd.DataFrame, n_boot: int = 300, random_state: int = 0) -> pd.DataFrame:
+    """ROC curve with a stratified-bootstrap 95% band of every node x feature set (long frame: node,
+    feature_set, fpr, tpr, tpr_lo, tpr_hi)."""
+    parts = []
+    for r in results[["node", "feature_set"]].itertuples(index=False):
+        d = oof[(oof["node"] == r.node) & (oof["feature_set"] == r.feature_set)]
+        band = stats.roc_band(d["y"].to_numpy(), d["prob"].to_numpy(), n_boot=n_boot, random_state=random_state)
+        parts.append(band.assign(node=r.node, feature_set=r.feature_set))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["fpr", "tpr", "tpr_lo", "tpr_hi", "node", "feature_set"])
+
+
+def calibration_curves(oof: pd.DataFrame, best: pd.DataFrame, n_bins: int = 5) -> pd.DataFrame:
+    """Reliability curve (quantile bins) of each node's best feature set (long frame: node, feature_set,
+    mean_predicted, fraction_positive)."""
+    parts = []
+    for r in best[["node", "feature_set"]].itertuples(index=False):
+        d = oof[(oof["node"] == r.node) & (oof["feature_set"] == r.feature_set)]
+        frac, mean_pred = calibration_curve(d["y"], d["prob"], n_bins=n_bins, strategy="quantile")
+        parts.append(pd.DataFrame({"node": r.node, "feature_set": r.feature_set, "mean_predicted": mean_pred,
+                                   "fraction_positive": frac}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["node", "feature_set", "mean_predicted", "fraction_positive"])
+
+
+def decision_curves(oof: pd.DataFrame, best: pd.DataFrame, baseline: str = "clinical",
+                    thresholds: np.ndarray = np.linspace(0.05, 0.8, 31)) -> pd.DataFrame:
+    """Net benefit of each node's best feature set and of the baseline, and of treating everyone (long
+    frame: node, curve, threshold, net_benefit, prevalence)."""
+    parts = []
+    for r in best[["node", "feature_set"]].itertuples(index=False):
+        y = None
+        for fs in dict.fromkeys([r.feature_set, baseline]):
+            d = oof[(oof["node"] == r.node) & (oof["feature_set"] == fs)]
+            if d.empty:
+                continue
+            y = d["y"].to_numpy()
+            parts.append(pd.DataFrame({"node": r.node, "curve": fs, "threshold": thresholds,
+                                       "net_benefit": stats.net_benefit(y, d["prob"].to_numpy(), thresholds),
+                                       "prevalence": y.mean()}))
+        if y is not None:
+            parts.append(pd.DataFrame({"node": r.node, "curve": "treat all", "threshold": thresholds,
+                                       "net_benefit": stats.net_benefit_treat_all(y, thresholds), "prevalence": y.mean()}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["node", "curve", "threshold", "net_benefit", "prevalence"])

@@ -1,0 +1,60 @@
+"""The seed paper's tree of binary classification nodes: who is eligible for each node and what its label is."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Node:
+    """A binary classification task on the clinical table."""
+
+    name: str
+    description: str
+    target: Callable[[pd.DataFrame], pd.Series]
+    eligible: Callable[[pd.DataFrame], pd.Series]
+    kind: str  # histology | molecular
+
+
+def _binary(col: str) -> Callable[[pd.DataFrame], pd.Series]:
+    return lambda df: pd.to_numeric(df[col], errors="coerce")
+
+
+def _all(df: pd.DataFrame) -> pd.Series:
+    return pd.Series(True, index=df.index)
+
+
+NODES: dict[str, Node] = {
+    "gbm_vs_lgg": Node("gbm_vs_lgg", "grade 4 (GBM) vs lower-grade glioma (grade 2-3)",
+                       lambda df: (pd.to_numeric(df["who_grade"], errors="coerce") == 4).astype("Int64")
+                       .where(df["who_grade"].notna()), _all, "histology"),
+    "grade_2_vs_3": Node("grade_2_vs_3", "grade 3 vs grade 2 (lower-grade glioma only)",
+                         lambda df: (pd.to_numeric(df["who_grade"], errors="coerce") == 3).astype("Int64")
+                         .where(df["who_grade"].isin([2, 3])),
+                         lambda df: df["who_grade"].isin([2, 3]), "histology"),
+    "idh": Node("idh", "IDH mutant vs wild-type", _binary("idh_mutant"), _all, "molecular"),
+    "codel_1p19q": Node("codel_1p19q", "1p/19q codeleted vs retained (IDH-mutant only)", _binary("codel_1p19q"),
+                        lambda df: pd.to_numeric(df["idh_mutant"], errors="coerce") == 1, "molecular"),
+    "tertp": Node("tertp", "TERT promoter mutant vs wild-type", _binary("tertp_mutant"), _all, "molecular"),
+    "mgmt": Node("mgmt", "MGMT promoter methylated vs unmethylated", _binary("mgmt_methylated"), _all, "molecular"),
+}
+
+
+def node_label_table(clinical: pd.DataFrame, min_class_size: int = 5) -> pd.DataFrame:
+    """Per node: eligible cases, labelled cases, class counts, and whether it can be trained.
+
+    A node is trainable when both classes have at least ``min_class_size`` labelled cases.
+    """
+    rows = []
+    clinical = clinical.reindex(columns=list(dict.fromkeys(["case_id", *clinical.columns, "who_grade", "idh_mutant",
+                                                              "codel_1p19q", "tertp_mutant", "mgmt_methylated"])))
+    for node in NODES.values():
+        elig = node.eligible(clinical).fillna(False).astype(bool)
+        y = node.target(clinical)[elig].dropna()
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        rows.append({"node": node.name, "kind": node.kind, "question": node.description,
+                     "eligible": int(elig.sum()), "labelled": int(len(y)), "positive": n_pos, "negative": n_neg,
+                     "trainable": min(n_pos, n_neg) >= min_class_size})
+    return pd.DataFrame(rows)

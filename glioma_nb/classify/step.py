@@ -1,0 +1,111 @@
+"""Notebook 03's one call: every classification node on every feature set, the CNS5 diagnosis end to end,
+and the seed paper's summary, as a :class:`ClassifyResult` the notebook only displays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from glioma_nb import plotting, reporting
+from glioma_nb.classify import cns5, cv, features
+from glioma_nb.classify import nodes as nodes_mod
+from glioma_nb.results import StepResult
+
+
+@dataclass
+class ClassifyResult(StepResult):
+    """Tables, figures and model records of notebook 03 (see :class:`glioma_nb.results.StepResult`).
+
+    ``grid`` is the node x feature set evaluation (:class:`cv.NodeGrid`); ``sets`` the feature sets it used.
+    """
+
+    grid: cv.NodeGrid | None = None
+    sets: dict[str, pd.DataFrame] = field(default_factory=dict)
+    cns5_accuracy: float | None = None
+
+    def set_sizes(self) -> pd.DataFrame:
+        """Cases and features per feature set."""
+        return pd.DataFrame({"cases": {k: v.shape[0] for k, v in self.sets.items()},
+                             "features": {k: v.shape[1] for k, v in self.sets.items()}}).rename_axis("feature set")
+
+
+def step(ctx: Any, *, min_class_size: int = 5, nodes: Sequence[str] = (), feature_sets: Sequence[str] = (),
+         baseline: str = "clinical", classifier: str = "logreg_l2", selection: str = "univariate",
+         k_features: int = 10, outer_splits: int = 5, inner_splits: int = 3, repeats: int = 3,
+         n_permutations: int = 100, n_bootstrap: int = 1000, diagnosis_features: str = "all", n_jobs: int = -1,
+         progress: bool = True) -> ClassifyResult:
+    """Nested CV of every node x feature set (with permutation and DeLong tests), final models refitted on all
+    cases, figures, the end-to-end CNS5 diagnosis and the average accuracies (parameters: ``classify`` in
+    ``configs/base.yaml``)."""
+    seed = int(ctx.config["project"]["seed"])
+    res = ClassifyResult()
+    node_table = nodes_mod.node_label_table(ctx.clinical, min_class_size=min_class_size)
+    res.tables["classification_nodes"] = node_table
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    plotting.plot_node_counts(node_table, ax=ax)
+    res.add_figure("node_counts", fig)
+
+    sources = ctx.feature_tables()
+    sources = {"clinical": features.clinical_features(ctx.clinical, sources.get("volumetric")), **sources}
+    set_aliases: dict[str, str] = {}  # a requested set identical to an earlier one -> the name it is shown under
+    res.sets, set_notes = features.assemble_feature_sets(sources, list(feature_sets), set_aliases)
+    res.text["feature_sets"] = "\n".join(f"- {n}" for n in set_notes)
+
+    grid = res.grid = cv.evaluate(
+        res.sets, ctx.clinical, nodes=list(nodes), baseline=baseline, classifier=classifier, selection=selection,
+        k_features=k_features, outer_splits=outer_splits, inner_splits=inner_splits, repeats=repeats,
+        n_permutations=n_permutations, n_bootstrap=n_bootstrap, min_class_size=min_class_size, n_jobs=n_jobs,
+        random_state=seed, refit=True, progress=progress)
+    res.tables.update(classification_results=grid.results, oof_predictions=grid.oof,
+                      classification_skipped=grid.skipped,
+                      classification_summary=reporting.summary_table(grid.results))
+    res.models = {rec.name: rec for rec in grid.models.values()}
+    statements = reporting.chance_statements(grid.results)
+    res.text["chance"] = ("\n".join(f"- {s}" for s in statements) if statements else
+                          "Every evaluated node x feature set differs from chance (permutation P < 0.05)."
+                          if "perm_p" in grid.results else "Permutation test off (`n_permutations = 0`).")
+    best = grid.best()
+    if len(best):
+        res.add_figure("roc", plotting.plot_roc_panels(cv.roc_bands(grid.oof, grid.results), grid.results))
+        res.add_figure("calibration", plotting.plot_calibration_panels(cv.calibration_curves(grid.oof, best), best))
+        res.add_figure("decision_curves", plotting.plot_decision_panels(
+            cv.decision_curves(grid.oof, best, baseline=baseline), best))
+        res.add_figure("confusion", plotting.plot_confusion_panels(best))
+    tops = {f"{r.node} ({r.feature_set})": cv.top_features(grid.models[(r.node, r.feature_set)])
+            for r in best.itertuples()}
+    if tops:
+        res.add_figure("top_features", plotting.plot_top_features(tops))
+        res.tables["classification_top_features"] = pd.concat(tops, names=["model"]).reset_index(level=0)
+
+    # the WHO CNS5 diagnosis end to end: every node cross-validated together on one feature set
+    diag_nodes = grid.results["node"].unique().tolist() if len(grid.results) else []
+    diag_set = set_aliases.get(diagnosis_features, diagnosis_features)
+    diag_X = res.sets.get(diag_set)
+    if diag_X is None:  # not among the compared sets: build it from the same sources
+        diag_X = features.assemble_feature_sets(sources, [diag_set])[0].get(diag_set)
+    if diag_X is not None and "idh" in diag_nodes:
+        cascade = cns5.cascade_cv(diag_X, ctx.clinical, diag_nodes, outer_splits=outer_splits, random_state=seed,
+                                  classifier=classifier, selection=selection, k=k_features, inner_splits=inner_splits)
+        res.tables["cns5_predictions"] = cascade.reset_index()
+        known = cascade[~cascade["true_diagnosis"].str.startswith("Unclassified")]
+        res.cns5_accuracy = float((known["true_diagnosis"] == known["pred_diagnosis"]).mean())
+        fig, ax = plt.subplots(figsize=(8, 6))
+        plotting.plot_diagnosis_confusion(known, ax=ax)
+        res.add_figure("cns5_confusion", fig)
+        res.text["cns5"] = (f"End-to-end CNS5 accuracy: **{res.cns5_accuracy:.2f}** on {len(known)} cases with a "
+                            f"reference diagnosis (feature set `{diag_set}`, nodes {diag_nodes}).")
+    else:
+        res.text["cns5"] = (f"No end-to-end diagnosis: needs a trained IDH node and the feature set "
+                            f"`{diagnosis_features}` (sources: {list(sources)}).")
+
+    avg = cv.average_accuracy(grid.results)
+    res.tables["classification_average_accuracy"] = avg
+    res.metrics = dict(
+        trainable_nodes=node_table.loc[node_table["trainable"], "node"].tolist(),
+        labelled_per_node=dict(zip(node_table["node"], node_table["labelled"].astype(int))),
+        results=grid.headline(), skipped=grid.skipped.to_dict("records"), cns5_accuracy=res.cns5_accuracy,
+        average_accuracy=avg.set_index("kind")["average_accuracy"].round(4).to_dict() if len(avg) else {})
+    return res

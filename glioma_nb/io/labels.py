@@ -1,0 +1,63 @@
+"""Label schemes of tumour label maps (BraTS 2018/2021, binary) and their regions WT/TC/ET."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+MODALITIES: tuple[str, ...] = ("t1", "t1c", "t2", "flair")
+
+
+@dataclass(frozen=True)
+class LabelScheme:
+    """A label convention: voxel values, their names, and the evaluation regions built from them."""
+
+    name: str
+    values: Mapping[int, str]
+    regions: Mapping[str, tuple[int, ...]]
+
+    @property
+    def allowed(self) -> set[int]:
+        return {0, *self.values}
+
+
+LABEL_SCHEMES: dict[str, LabelScheme] = {
+    "brats2018": LabelScheme(
+        "brats2018",
+        {1: "necrosis / non-enhancing core", 2: "oedema", 4: "enhancing tumour"},
+        {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
+    ),
+    "brats2021": LabelScheme(
+        "brats2021",
+        {1: "necrosis / non-enhancing core", 2: "oedema", 3: "enhancing tumour"},
+        {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
+    ),
+    "binary": LabelScheme("binary", {1: "tumour"}, {"WT": (1,)}),
+}
+
+
+DEFAULT_FILES: dict[str, dict[str, str]] = {
+    "brats": {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair", "label": "seg"},
+    "per_case": {"t1": "t1.nii.gz", "t1c": "t1c.nii.gz", "t2": "t2.nii.gz", "flair": "flair.nii.gz",
+                 "label": "seg.nii.gz"},
+}
+
+
+def region_masks(label: np.ndarray, scheme: LabelScheme) -> dict[str, np.ndarray]:
+    """Boolean masks of the scheme's evaluation regions (WT/TC/ET for BraTS, WT for binary)."""
+    lab = np.asarray(label)
+    return {name: np.isin(lab, values) for name, values in scheme.regions.items()}
+
+
+def mask_scheme(mask_dir: Path, case_id: str, pred: np.ndarray) -> LabelScheme:
+    """The scheme of a predicted mask: from its record (``<case>.json``), else from its values."""
+    rec = mask_dir / f"{case_id}.json"
+    if rec.exists():
+        return LABEL_SCHEMES[json.loads(rec.read_text())["scheme"]]
+    vals = set(np.unique(pred).tolist()) - {0}
+    if vals <= {1}:
+        return LABEL_SCHEMES["binary"]
+    return LABEL_SCHEMES["brats2021" if 3 in vals else "brats2018"]

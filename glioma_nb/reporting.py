@@ -1,0 +1,246 @@
+"""Words and headline tables for the reader: the sentences the notebooks show, the estimate-[CI] text tables
+and the JSON-ready records of the step metrics. Low layer: it reads data frames and result objects and
+computes no statistics.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+#: The seed paper's mean accuracies (MISSION.md): context beside a validation, never a like-for-like benchmark.
+PAPER_ACCURACY = {"histology": {"cross-validation": 0.898, "independent test": 0.839},
+                  "molecular": {"cross-validation": 0.861, "independent test": 0.804}}
+
+
+def _row(metric: str, harm: str, train: Sequence[Any] = (np.nan,) * 3, val: Sequence[Any] = (np.nan,) * 3,
+         n: Any = np.nan, paper_cv: Any = np.nan, paper_test: Any = np.nan, train_n: Any = np.nan) -> dict[str, Any]:
+    f = lambda v: float(v) if v is not None and pd.notna(v) else np.nan  # noqa: E731
+    return {"metric": metric, "harmonisation": harm, "train_cv": f(train[0]), "train_cv_lo": f(train[1]),
+            "train_cv_hi": f(train[2]), "train_n": f(train_n), "validation": f(val[0]), "validation_lo": f(val[1]),
+            "validation_hi": f(val[2]), "validation_n": f(n), "paper_cv": f(paper_cv), "paper_test": f(paper_test)}
+
+
+def headline_table(*, segmentation: pd.DataFrame | None = None, chosen: pd.DataFrame | None = None,
+                   accuracy: pd.DataFrame | None = None, cns5: Mapping[str, Mapping[str, Any]] | None = None,
+                   cns5_train: Any = None, clusters: pd.DataFrame | None = None, risk: pd.DataFrame | None = None
+                   ) -> pd.DataFrame:
+    """Every headline metric of a validation: training CV (reference run) beside the validation cohort,
+    with 95% CIs, and the seed paper's figure where it has one (different cohorts: context only)."""
+    rows = []
+    if segmentation is not None:
+        for r in segmentation[segmentation["metric"] == "Dice"].itertuples():
+            rows.append(_row(f"Dice {r.region}", "none", (r.mean_train, r.ci_low_train, r.ci_high_train),
+                             (r.mean_validation, r.ci_low_validation, r.ci_high_validation), r.n_validation,
+                             train_n=r.n_train))
+    if chosen is not None and len(chosen):
+        for r in chosen.itertuples():
+            rows.append(_row(f"AUC {r.node} ({r.feature_set})", r.harmonisation,
+                             (r.train_cv_auc, r.train_cv_auc_lo, r.train_cv_auc_hi),
+                             (getattr(r, "auc", np.nan), getattr(r, "auc_lo", np.nan), getattr(r, "auc_hi", np.nan)),
+                             r.n, train_n=getattr(r, "train_cv_n", np.nan)))
+    if accuracy is not None:
+        for r in accuracy.itertuples():
+            p = PAPER_ACCURACY.get(r.kind, {})
+            rows.append(_row(f"mean accuracy, {r.kind} nodes ({r.nodes})", r.harmonisation,
+                             (r.train_cv_accuracy, np.nan, np.nan), (r.validation_accuracy, np.nan, np.nan),
+                             paper_cv=p.get("cross-validation"), paper_test=p.get("independent test")))
+    for harm, c in (cns5 or {}).items():
+        rows.append(_row(f"CNS5 diagnosis accuracy ({c['feature_set']})", harm, (cns5_train, np.nan, np.nan),
+                         (c["accuracy"], c["accuracy_lo"], c["accuracy_hi"]), c["n"]))
+    if risk is not None and len(risk) and "train_cv_c_harrell" in risk:
+        r_ok = risk.dropna(subset=["train_cv_c_harrell"])
+        if len(r_ok):
+            best = r_ok.loc[r_ok.groupby("harmonisation")["train_cv_c_harrell"].idxmax()]
+            for r in best.itertuples():
+                rows.append(_row(f"C-index, Cox model {r.feature_set}", r.harmonisation,
+                                 (r.train_cv_c_harrell, r.train_cv_c_harrell_low, r.train_cv_c_harrell_high),
+                                 (getattr(r, "c_harrell", np.nan), getattr(r, "c_harrell_low", np.nan),
+                                  getattr(r, "c_harrell_high", np.nan)), r.n))
+                rows.append(_row(f"log-rank P, risk groups at the training median ({r.feature_set})", r.harmonisation,
+                                 val=(getattr(r, "logrank_p", np.nan), np.nan, np.nan), n=r.n))
+    if clusters is not None:
+        for r in clusters.itertuples():
+            rows.append(_row(f"log-rank P, consensus clusters of {r.subgroup}", getattr(r, "harmonisation", "none"),
+                             (getattr(r, "logrank_p_train", np.nan), np.nan, np.nan),
+                             (getattr(r, "logrank_p_validation", np.nan), np.nan, np.nan),
+                             getattr(r, "n_cases_validation", np.nan), paper_cv=getattr(r, "paper_logrank_p", np.nan),
+                             train_n=getattr(r, "n_cases_train", np.nan)))
+    return _drop_empty(pd.DataFrame(rows, columns=list(_row("", "").keys())))
+
+
+def _drop_empty(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows with neither a training nor a validation estimate say nothing (e.g. an empty subgroup)."""
+    return table[table[["train_cv", "validation"]].notna().any(axis=1)].reset_index(drop=True)
+
+
+def format_headline(table: pd.DataFrame) -> pd.DataFrame:
+    """The headline table as text: estimate [95% CI], P values with 3 significant digits."""
+    def fmt(v: float, lo: float, hi: float, p: bool) -> str:
+        if pd.isna(v):
+            return ""
+        s = f"{v:.3g}" if p else f"{v:.3f}"
+        return s + (f" [{lo:.3f}, {hi:.3f}]" if pd.notna(lo) and pd.notna(hi) else "")
+
+    out = []
+    for r in table.itertuples():
+        p = "P" in r.metric.split(",")[0]
+        out.append({**({"validation cohort": r.validation_cohort} if "validation_cohort" in table else {}),
+                    "metric": r.metric, "harmonisation": r.harmonisation,
+                    "training (CV)": fmt(r.train_cv, r.train_cv_lo, r.train_cv_hi, p),
+                    "validation": fmt(r.validation, r.validation_lo, r.validation_hi, p),
+                    "n validation": "" if pd.isna(r.validation_n) else int(r.validation_n),
+                    "paper CV / test": " / ".join(f"{v:.3g}" for v in (r.paper_cv, r.paper_test) if pd.notna(v))})
+    return pd.DataFrame(out)
+
+
+def headline_records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The headline table as JSON-ready records (NaN -> None), for metrics/05_validate.json."""
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+            for r in table.to_dict("records")]
+
+
+def describe(val: Any) -> str:
+    """(``val``: a :class:`glioma_nb.validate.step.ValidateResult`.) The paragraph that opens the validation section: what was applied to whom, what was left out."""
+    ref = val.reference
+    n_models = sum(1 for k in ref.models if k.endswith(".joblib"))
+    text = (f"Locked models of the training run **{ref.run_id}** (cohort `{ref.cohort}`, commit "
+            f"{ref.manifest['git']['short']}): {n_models} model files, each checked against the sha256 recorded "
+            f"when the training run wrote it. Nothing was refitted on this cohort. ")
+    if val.excluded:
+        text += (f"\n\n**WARNING: {len(val.excluded)} patient(s) of this cohort are also in the training cohort** "
+                 f"({', '.join(val.excluded)}); they are left out of every metric below.")
+    else:
+        text += "\n\nNo patient of this cohort was found in the training cohort (by id or by image)."
+    return text
+
+
+def training_note(ctx: Any) -> str:
+    """What 05 says in a training run: how to validate its locked models elsewhere."""
+    return (f"This is a training run (no `validate.reference_run`): its models in `models/` are the ones a "
+            f"validation run locks. To apply them to an independent cohort:\n\n"
+            f"    glioma-nb run --cohort <other cohort> --set validate.reference_run={ctx.run_dir.name}\n\n"
+            f"or run both cohorts in one command as a study: `make run-all COHORTS=\"{ctx.cohort.name} <other cohort>\"`.")
+
+
+def classifier_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The locked classifiers' validation metrics as text with CIs, beside the training CV AUC."""
+    if results.empty:
+        return results
+    def ci(r: pd.Series, m: str) -> str:
+        if pd.isna(r.get(m)):
+            return ""
+        lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
+        return f"{r[m]:.2f}" + (f" [{lo:.2f}-{hi:.2f}]" if pd.notna(lo) else "")
+
+    return pd.DataFrame({
+        "node": results["node"], "feature set": results["feature_set"], "harmonisation": results["harmonisation"],
+        "n (pos/neg)": [f"{r.n} ({r.n_pos}/{r.n_neg})" for r in results.itertuples()],
+        "training CV AUC": [ci(r, "train_cv_auc") for _, r in results.iterrows()],
+        "validation AUC": [ci(r, "auc") for _, r in results.iterrows()],
+        "validation accuracy": [ci(r, "accuracy") for _, r in results.iterrows()],
+        "balanced acc.": [ci(r, "balanced_accuracy") for _, r in results.iterrows()],
+        "calib. slope": results.get("calibration_slope", pd.Series(np.nan, index=results.index)).round(2),
+        "Brier": results.get("brier", pd.Series(np.nan, index=results.index)).round(3),
+    })
+
+
+
+
+def summary_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The per node x feature set table of the report: estimates with their 95% CIs as text."""
+    if results.empty:
+        return results
+
+    def ci(r: pd.Series, m: str) -> str:
+        return f"{r[m]:.2f} [{r[m + '_lo']:.2f}-{r[m + '_hi']:.2f}]"
+
+    out = pd.DataFrame({
+        "node": results["node"], "feature set": results["feature_set"],
+        "n (pos/neg)": [f"{r.n} ({r.n_pos}/{r.n_neg})" for r in results.itertuples()],
+        "features": results["n_features"],
+        **{label: [ci(r, m) for _, r in results.iterrows()] for label, m in
+           [("AUC", "auc"), ("balanced acc.", "balanced_accuracy"), ("accuracy", "accuracy"),
+            ("sensitivity", "sensitivity"), ("specificity", "specificity")]},
+        "calib. slope": results["calibration_slope"].round(2),
+    })
+    if "perm_p" in results:
+        out["permutation P"] = [f"{p:.3f} ({int(n)})" if pd.notna(p) else "" for p, n in
+                                zip(results["perm_p"], results.get("perm_n", pd.Series(np.nan, index=results.index)))]
+    if "delong_vs_baseline_p" in results:
+        out["ΔAUC vs baseline (DeLong P)"] = [f"{d:+.2f} ({p:.3f})" if pd.notna(p) else "" for d, p in
+                                              zip(results["delong_vs_baseline_diff"], results["delong_vs_baseline_p"])]
+    return out.reset_index(drop=True)
+
+
+def chance_statements(results: pd.DataFrame, alpha: float = 0.05) -> list[str]:
+    """Plain sentences for every node x feature set that the permutation test cannot tell from chance."""
+    out = []
+    if results.empty or "perm_p" not in results:
+        return out
+    for r in results.itertuples():
+        if pd.notna(r.perm_p) and r.perm_p >= alpha:
+            out.append(f"**{r.node} with {r.feature_set} features is near chance**: AUC {r.auc:.2f} "
+                       f"[{r.auc_lo:.2f}-{r.auc_hi:.2f}], permutation P = {r.perm_p:.2f} "
+                       f"({int(r.perm_n)} permutations, mean null AUC {r.perm_null_auc:.2f}).")
+    return out
+
+
+
+
+def fit_sentence(fit: Any) -> str:
+    """Markdown (``fit``: a :class:`glioma_nb.stratify.cox.CoxFit`): the fit's size, its apparent concordance when fitted, and its notes as bullets."""
+    head = f"{fit.n} cases, {fit.events} events"
+    head += (f"; apparent (in-sample) concordance {fit.concordance:.3f}" if len(fit.table)
+             else "; no model fitted")
+    return "\n".join([head + ".", *[f"- {n}" for n in fit.notes]])
+
+
+def risk_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Readable C-index table: estimate [95% CI] per feature set."""
+    if metrics.empty:
+        return metrics
+    fmt = lambda r, m: f"{r[m]:.3f} [{r[m + '_low']:.3f}-{r[m + '_high']:.3f}]"  # noqa: E731
+    out = metrics[["feature_set", "variant", "n", "events", "n_features"]].copy()
+    out["Harrell C"] = [fmt(r, "c_harrell") for _, r in metrics.iterrows()]
+    out["Uno C"] = [fmt(r, "c_uno") for _, r in metrics.iterrows()]
+    out["vs chance"] = np.where(metrics["c_harrell_low"] > 0.5, "above chance", "CI includes 0.5: no evidence of prognostic value")
+    for c in [c for c in metrics.columns if c.startswith("auc_t")] + [c for c in ("ibs", "ibs_km_reference") if c in metrics]:
+        out[c] = metrics[c].round(3)
+    return out
+
+
+def truth_summary(recovery: pd.DataFrame) -> tuple[str, int | None]:
+    """A sentence on the simulated-HR check, and how many simulated log HRs the 95% CIs cover."""
+    if recovery.empty:
+        return "Real cohort: no simulated truth.", None
+    if "ci_covers_truth" not in recovery:
+        return f"The Cox model of the simulated covariates could not be fitted: {recovery['note'].iloc[0]}", None
+    k = int(recovery["ci_covers_truth"].sum())
+    return (f"{k} of {len(recovery)} simulated log hazard ratios lie inside the 95% CI of the Cox fit "
+            f"({int(recovery['n'].iloc[0])} cases, {int(recovery['events'].iloc[0])} events)."), k
+
+
+def _jsonable(v: Any) -> Any:
+    """A table cell as a JSON value: missing (NaN, NA, None) -> None, numpy scalars -> Python."""
+    if v is None or (np.ndim(v) == 0 and pd.isna(v)):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def cluster_metrics(table: pd.DataFrame) -> dict[str, Any]:
+    """Headline clustering numbers per subgroup for the step metrics (JSON-safe)."""
+    out = {}
+    for _, r in table.iterrows():
+        out[r["subgroup"]] = {k: _jsonable(v) for k, v in r.items() if k in ("n_cases", "events", "k", "pac", "stability_ari",
+                                                             "median_os_by_cluster", "logrank_p", "hr", "hr_adjusted")}
+    return out
+
+
+def risk_metrics_record(metrics: pd.DataFrame) -> dict[str, Any]:
+    """C-indices (with CIs), td-AUCs and IBS per risk feature set for the step metrics (JSON-safe)."""
+    out = {}
+    for _, r in metrics.iterrows():
+        out[r["feature_set"]] = {k: _jsonable(v) for k, v in r.items() if k != "feature_set"}
+    return out

@@ -1,0 +1,60 @@
+"""The shape every stage step returns: named tables, figures, model records and metrics, saved in one call.
+
+A notebook opens the run context, calls its stage's ``step(ctx, **params)`` once, then only displays what the
+result holds (``res.tables[...]``, ``res.figures[...]``, ``res.text[...]``) and calls ``res.save(ctx)``.
+Figures are drawn by :mod:`glioma_nb.plotting` from precomputed frames and closed at once, so that a notebook
+shows each where its cell displays it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from glioma_nb import records
+
+
+@dataclass
+class StepResult:
+    """What a stage step produced.
+
+    ``tables`` are written as ``tables/<name>.csv`` (and parquet), ``figures`` as
+    ``figures/<step>__<name>.png``, ``models`` as ``models/<name>.joblib`` (a :class:`records.ModelRecord`
+    each), ``frames`` are shown but not saved, ``metrics`` into ``metrics/<step>.json``; ``text`` holds the markdown the notebook shows and
+    ``notes`` everything that could not be estimated, with the reason.
+    """
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, records.ModelRecord] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)   # shown, not saved
+    text: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add_figure(self, name: str, fig: Any) -> None:
+        """Keep a drawn figure (closed, so that it is shown only where a notebook cell displays it)."""
+        fig = getattr(fig, "figure", fig)  # an Axes or a seaborn grid -> its figure
+        plt.close(fig)
+        self.figures[name] = fig
+
+    def save(self, ctx: Any) -> None:
+        """Write every table, model record and figure into the run folder and record the metrics; nothing
+        existing is overwritten (the run context refuses)."""
+        for name, table in self.tables.items():
+            ctx.save_table(table, name)
+        for name, rec in self.models.items():
+            records.save(rec, ctx.path("models", f"{name}.joblib"))
+        for name, fig in self.figures.items():
+            ctx.save_figure(fig, name)
+        ctx.record(**self.metrics)
+
+    def notes_markdown(self) -> str:
+        """The notes as a markdown list ("None." when there are none)."""
+        return "\n".join(f"- {n}" for n in self.notes) or "None."
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(tables={list(self.tables)}, figures={list(self.figures)}, "
+                f"models={len(self.models)}, notes={len(self.notes)})")

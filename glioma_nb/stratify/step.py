@@ -1,0 +1,154 @@
+"""Notebook 04's one call: survival overview, clinical Cox model, consensus clusters per subgroup and their
+survival, the planted truth of synthetic cohorts, cross-validated Coxnet risk models and the locked models,
+as a :class:`StratifyResult` the notebook only displays.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from glioma_nb import plotting, records, reporting
+from glioma_nb.classify import features
+from glioma_nb.io import TIME_UNITS_DAYS
+from glioma_nb.results import StepResult
+from glioma_nb.stratify import clustering, cox, risk, survival, truth
+from glioma_nb.stratify import subgroups as subgroups_mod
+from glioma_nb.stratify.clustering import SubgroupClusters
+
+
+@dataclass
+class StratifyResult(StepResult):
+    """Tables, figures and model records of notebook 04 (see :class:`glioma_nb.results.StepResult`)."""
+
+    surv: pd.DataFrame | None = None
+    clusters: dict[str, SubgroupClusters] = field(default_factory=dict)
+    risk_results: dict[str, risk.RiskResult] = field(default_factory=dict)
+    saved: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def step(ctx: Any, *, time_unit_report: str = "months", km_groups: Sequence[str] = (),
+         subgroups: Sequence[str] = ("all",), cluster_features: str = "all", k: int | None = None, k_max: int = 4,
+         n_resamples: int = 100, subsample: float = 0.8, pca_variance: float = 0.8, cluster_method: str = "kmeans",
+         adjust_for: Sequence[str] = (), min_events_per_variable: float = 5, risk_sets: Sequence[str] = (),
+         l1_ratio: float = 0.5, outer_splits: int = 5, inner_splits: int = 3, repeats: int = 3, min_events: int = 10,
+         horizons_years: Sequence[float] = (1, 2, 5), calibration_years: float = 2, risk_split: str = "median",
+         n_bootstrap: int = 500, n_jobs: int = -1) -> StratifyResult:
+    """Everything notebook 04 shows (parameters: ``stratify`` in ``configs/base.yaml``)."""
+    seed = int(ctx.config["project"]["seed"])
+    years = TIME_UNITS_DAYS["years"] / TIME_UNITS_DAYS[time_unit_report]  # one year in the reporting unit
+    res = StratifyResult()
+    notes = res.notes  # every analysis that could not be done, with its reason
+    unit = time_unit_report
+
+    surv = res.surv = survival.survival_frame(ctx.clinical, unit=unit)
+    res.text["survival"] = (f"{len(surv)} of {len(ctx.clinical)} cases have survival data; "
+                            f"{int(surv['event'].sum())} deaths observed; survival declared in "
+                            f"{ctx.config['cohort']['clinical']['time_unit']}, reported in {unit}")
+    res.add_figure("km", plotting.plot_km_panels(surv, [None, *km_groups], time_unit=unit))
+    summary = survival.km_overview(surv, list(km_groups))
+    res.tables["km_summary"] = summary
+
+    clin_cox = cox.clinical_cox(surv, min_events_per_variable=min_events_per_variable)
+    clin_hazards = cox.hazard_table({"clinical Cox": clin_cox})
+    res.tables["cox_clinical"] = clin_hazards
+    notes += [f"clinical Cox: {n}" for n in clin_cox.notes]
+    res.text["clinical_cox"] = reporting.fit_sentence(clin_cox)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(clin_hazards), 2) + 1.5))
+    plotting.plot_forest(clin_hazards, ax=ax, title="Clinical Cox model: hazard ratios (95% CI)")
+    res.add_figure("clinical_forest", fig)
+
+    res.tables["subgroups"] = subgroups_mod.subgroup_table(ctx.clinical, list(subgroups))
+
+    # consensus clusters of the image features within each subgroup
+    image_sources = ctx.feature_tables()
+    cluster_sets, cluster_notes = features.assemble_feature_sets(image_sources, [cluster_features])
+    cluster_X = cluster_sets.get(cluster_features)
+    notes += cluster_notes
+    res.text["cluster_features"] = ("\n".join(f"- {n}" for n in cluster_notes) or
+                                    f"Clustered features: **{cluster_features}** "
+                                    f"({0 if cluster_X is None else cluster_X.shape[1]} columns)")
+    clusters = res.clusters = clustering.cluster_subgroups(
+        ctx.clinical, cluster_X, list(subgroups), time_unit=unit, k=k, k_max=k_max, n_resamples=n_resamples,
+        subsample=subsample, variance=pca_variance, method=cluster_method, adjust_for=list(adjust_for),
+        horizon=calibration_years * years, min_events_per_variable=min_events_per_variable, random_state=seed)
+    cluster_summary = clustering.cluster_table(clusters)
+    res.tables["clusters_summary"] = cluster_summary
+    res.add_figure("consensus", plotting.plot_consensus(clusters))
+    res.add_figure("cluster_km", plotting.plot_cluster_km(clusters, time_unit=unit))
+    res.tables["clusters_km"] = clustering.cluster_details(clusters)
+    hazards = cox.hazard_table(clustering.cluster_cox_fits(clusters))
+    res.tables["cox_hazard_ratios"] = hazards
+    notes += clustering.cluster_notes(clusters)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(hazards), 2) + 1.5))
+    plotting.plot_forest(hazards, ax=ax, title="Cox hazard ratios of the clusters (95% CI)")
+    res.add_figure("cluster_forest", fig)
+    res.tables["paper_comparison"] = clustering.paper_comparison(cluster_summary)
+
+    # planted truth (synthetic cohorts only)
+    log_hr, latent = truth.synthetic_truth(ctx.cohort.root)
+    recovery = truth.truth_recovery(ctx.clinical, log_hr, unit) if log_hr else pd.DataFrame()
+    agreement = truth.cluster_truth_agreement(clusters, latent) if latent is not None else pd.DataFrame()
+    res.text["truth"], n_recovered = reporting.truth_summary(recovery)
+    res.frames.update(truth_recovery=recovery, truth_agreement=agreement)
+
+    # cross-validated penalised Cox risk models
+    surv_by_case = surv.set_index("case_id")
+    risk_sources = risk.survival_sources(ctx.clinical, image_sources)
+    risk_feature_sets, risk_notes = features.assemble_feature_sets(risk_sources, list(risk_sets))
+    risk_results, risk_metrics, fit_notes = risk.evaluate_risk_models(
+        risk_feature_sets, surv_by_case, l1_ratio=l1_ratio, outer_splits=outer_splits, inner_splits=inner_splits,
+        repeats=repeats, random_state=seed, n_bootstrap=n_bootstrap, min_events=min_events,
+        horizons=[h * years for h in horizons_years], n_jobs=n_jobs)
+    res.risk_results = risk_results
+    notes += risk_notes + fit_notes
+    res.text["risk_notes"] = "\n".join(f"- {n}" for n in risk_notes + fit_notes)
+    res.tables.update(risk_models=risk_metrics, risk_oof=risk.oof_table(risk_results))
+    res.frames["risk_table"] = reporting.risk_table(risk_metrics)
+    best = risk.best_risk_model(risk_results, risk_metrics)
+    res.text["best_risk"] = (f"Risk groups and calibration below use **{best.name}** (highest Harrell C)." if best
+                             else "No risk model could be fitted: see the notes above.")
+    horizon = calibration_years * years
+    if best is not None:
+        groups, lr = risk.risk_group_frame(best, risk_split)
+        res.add_figure("risk_groups", plotting.plot_risk_panels(
+            groups, risk.survival_calibration(best, horizon), name=best.name, logrank_p=lr, split=risk_split,
+            horizon=horizon, time_unit=unit))
+    else:
+        res.add_figure("risk_groups", plotting.plot_risk_panels(None))
+
+    # locked models for other cohorts: every clustering, and each risk model refitted on all cases
+    saved = []
+    for name, r in clusters.items():
+        if r.model is None:
+            continue
+        rec = records.make("clusters", f"clusters__{_safe(name)}", r.model, features=list(r.model.feature_names_in_),
+                           subgroup=r.subgroup.name, query=r.subgroup.query, k=r.model.best_k_, labels=r.labels,
+                           cohort=ctx.cohort.name)
+        res.models[rec.name] = rec
+        saved.append({"model": f"{rec.name}.joblib", "kind": "consensus clusters", "subgroup": name,
+                      "k": r.model.best_k_, "features": len(r.model.feature_names_in_)})
+    for name in risk_results:
+        X = risk_feature_sets[name].loc[lambda d: d.index.isin(surv_by_case.index)]
+        rec = risk.final_risk_record(X, surv_by_case, name=f"risk__{_safe(name)}", feature_set=name,
+                                     cohort=ctx.cohort.name, cv_metrics=risk_results[name].metrics,
+                                     l1_ratio=l1_ratio, inner_splits=inner_splits, random_state=seed)
+        res.models[rec.name] = rec
+        saved.append({"model": f"{rec.name}.joblib", "kind": "Coxnet risk model", "subgroup": "all", "k": "",
+                      "features": len(rec.features)})
+    res.saved = pd.DataFrame(saved)
+
+    res.metrics = dict(
+        n_with_survival=len(surv), n_events=int(surv["event"].sum()),
+        logrank_p={r.grouping: r.logrank_p for r in summary.drop_duplicates("grouping").itertuples()},
+        clinical_cox=reporting.risk_metrics_record(clin_hazards.rename(columns={"covariate": "feature_set"})),
+        clusters=reporting.cluster_metrics(cluster_summary), risk_models=reporting.risk_metrics_record(risk_metrics),
+        simulated_hr_recovered=n_recovered, notes=notes)
+    return res

@@ -1,0 +1,213 @@
+"""Survival data and the statistics on it: Kaplan-Meier medians, log-rank (and trend), RMST, C-indices,
+time-dependent AUC and the integrated Brier score (lifelines and scikit-survival do the statistics)."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from glioma_nb.io import TIME_UNITS_DAYS
+from glioma_nb.stats import bootstrap_indices, percentile_ci
+
+
+def survival_frame(clinical: pd.DataFrame, unit: str = "months") -> pd.DataFrame:
+    """Cases with survival data: ``time`` in ``unit`` (from canonical ``os_days``) and ``event`` 0/1.
+
+    The conversion from the cohort's declared unit to days happens once, when the clinical table is
+    read (``cohort.clinical.time_unit``); this converts days to the reporting unit.
+    """
+    if unit not in TIME_UNITS_DAYS:
+        raise ValueError(f"unit must be one of {sorted(TIME_UNITS_DAYS)}, got {unit!r}")
+    if "os_days" not in clinical or "os_event" not in clinical:
+        return pd.DataFrame(columns=[*clinical.columns, "time", "event"])
+    df = clinical.copy()
+    df["time"] = pd.to_numeric(df["os_days"], errors="coerce") / TIME_UNITS_DAYS[unit]
+    df["event"] = pd.to_numeric(df["os_event"], errors="coerce")
+    return df.dropna(subset=["time", "event"]).assign(event=lambda d: d["event"].astype(int)).reset_index(drop=True)
+
+
+def km_summary(surv: pd.DataFrame, group: str | None = None, min_group: int = 2) -> pd.DataFrame:
+    """Per group: n, events, median survival with 95 % CI (lifelines; NaN bound = not reached)."""
+    from lifelines import KaplanMeierFitter
+    from lifelines.utils import median_survival_times
+
+    data = surv if group is None else surv.dropna(subset=[group])
+    groups = [("all", data)] if group is None else [(k, g) for k, g in data.groupby(group) if len(g) >= min_group]
+    rows = []
+    for name, g in groups:
+        kmf = KaplanMeierFitter().fit(g["time"], g["event"])
+        ci = median_survival_times(kmf.confidence_interval_)
+        lo, hi = (float(v) for v in np.asarray(ci).ravel()[:2])
+        med = float(kmf.median_survival_time_)
+        rows.append({"group": name, "n": len(g), "events": int(g["event"].sum()),
+                     "median": med if np.isfinite(med) else np.nan,
+                     "median_ci_low": lo if np.isfinite(lo) else np.nan,
+                     "median_ci_high": hi if np.isfinite(hi) else np.nan})
+    return pd.DataFrame(rows, columns=["group", "n", "events", "median", "median_ci_low", "median_ci_high"])
+
+
+def logrank(surv: pd.DataFrame, group: str, min_group: int = 2) -> dict[str, float] | None:
+    """Multi-group log-rank test; ``None`` when fewer than two groups have ``min_group`` cases or no events."""
+    from lifelines.statistics import multivariate_logrank_test
+
+    data = surv.dropna(subset=[group])
+    sizes = data[group].value_counts()
+    data = data[data[group].isin(sizes[sizes >= min_group].index)]
+    if data[group].nunique() < 2 or data["event"].sum() == 0:
+        return None
+    res = multivariate_logrank_test(data["time"], data[group], data["event"])
+    return {"test_statistic": float(res.test_statistic), "p_value": float(res.p_value),
+            "degrees_of_freedom": int(res.degrees_of_freedom), "groups": int(data[group].nunique())}
+
+
+def logrank_trend(surv: pd.DataFrame, group: str, scores: dict[Any, float] | None = None) -> dict[str, float] | None:
+    """Log-rank test for trend over ordered groups (1 df): (w'(O-E))^2 / w'Vw.
+
+    ``scores`` maps each group to its weight (default: the sorted group values 0, 1, 2, ...).
+    O, E and V come from scikit-survival's ``compare_survival``. ``None`` with fewer than 3 groups,
+    where the trend test is the ordinary log-rank test.
+    """
+    from sksurv.compare import compare_survival
+
+    data = surv.dropna(subset=[group])
+    levels = sorted(data[group].unique())
+    if len(levels) < 3 or data["event"].sum() == 0:
+        return None
+    scores = scores or {g: float(i) for i, g in enumerate(levels)}
+    y = _structured(data["time"], data["event"])
+    _, _, table, cov = compare_survival(y, data[group].to_numpy(), return_stats=True)
+    w = np.array([scores[g] for g in table.index], dtype=float)
+    o_minus_e = (table["observed"] - table["expected"]).to_numpy(dtype=float)
+    var = float(w @ cov @ w)
+    if var <= 0:
+        return None
+
+    chi2 = float((w @ o_minus_e) ** 2 / var)
+    return {"test_statistic": chi2, "p_value": float(stats.chi2.sf(chi2, 1)), "degrees_of_freedom": 1}
+
+
+def km_overview(surv: pd.DataFrame, groupings: list[str], min_group: int = 2) -> pd.DataFrame:
+    """Median survival (95 % CI) per group of each grouping, with the grouping's log-rank P.
+
+    Columns: grouping, group, n, events, median, median_ci_low, median_ci_high, logrank_p.
+    The whole cohort is the first row (grouping ``all``); groupings absent from ``surv`` are skipped.
+    """
+    cols = ["grouping", "group", "n", "events", "median", "median_ci_low", "median_ci_high", "logrank_p"]
+    if not len(surv):
+        return pd.DataFrame(columns=cols)
+    parts = [km_summary(surv).assign(grouping="all", logrank_p=np.nan)]
+    for g in groupings:
+        if g not in surv or surv[g].notna().sum() < min_group:
+            continue
+        table = km_summary(surv, g, min_group=min_group)
+        if table.empty:
+            continue
+        test = logrank(surv, g, min_group=min_group)
+        parts.append(table.assign(grouping=g, logrank_p=test["p_value"] if test else np.nan))
+    out = pd.concat(parts, ignore_index=True)
+    out["group"] = out["group"].astype(str)
+    return out[cols]
+
+
+def rmst(surv: pd.DataFrame, group: str, tau: float) -> pd.DataFrame:
+    """Restricted mean survival time up to ``tau`` per group, with its standard error (lifelines)."""
+    from lifelines import KaplanMeierFitter
+    from lifelines.utils import restricted_mean_survival_time
+
+    rows = []
+    for name, g in surv.dropna(subset=[group]).groupby(group):
+        kmf = KaplanMeierFitter().fit(g["time"], g["event"])
+        with warnings.catch_warnings():  # lifelines integrates the step function with quad: harmless warning
+            warnings.simplefilter("ignore")
+            mean, var = restricted_mean_survival_time(kmf, t=tau, return_variance=True)
+        rows.append({"group": name, "tau": tau, "rmst": float(mean), "rmst_se": float(np.sqrt(max(var, 0.0)))})
+    return pd.DataFrame(rows)
+
+
+def _structured(time: Any, event: Any) -> np.ndarray:
+    from sksurv.util import Surv
+
+    return Surv.from_arrays(event=np.asarray(event).astype(bool), time=np.asarray(time, dtype=float))
+
+
+def _ibs_grid(surv: pd.DataFrame, n: int = 25) -> np.ndarray:
+    t = surv["time"].to_numpy(dtype=float)
+    lo, hi = np.percentile(t, [10, 80])
+    return np.unique(np.linspace(lo, min(hi, np.max(t) * 0.999), n))
+
+
+def survival_metrics(oof: pd.DataFrame, survival: pd.DataFrame | None = None, *, horizons: Sequence[float] = (),
+                     n_bootstrap: int = 500, random_state: int = 0, notes: list[str] | None = None) -> dict[str, Any]:
+    """Harrell and Uno C-index (bootstrap 95% CI), time-dependent AUC at ``horizons`` and the integrated
+    Brier score, from out-of-fold ``risk`` (higher = worse prognosis) and survival curves."""
+    from sksurv.metrics import (
+        concordance_index_censored,
+        concordance_index_ipcw,
+        cumulative_dynamic_auc,
+        integrated_brier_score,
+    )
+
+    notes = notes if notes is not None else []
+    t = oof["time"].to_numpy(dtype=float)
+    e = oof["event"].to_numpy(dtype=bool)
+    risk = oof["risk"].to_numpy(dtype=float)
+    y = _structured(t, e)
+    tau = float(np.percentile(t[e], 90)) if e.any() else float(np.max(t))
+
+    def harrell(idx: np.ndarray) -> float:
+        return float(concordance_index_censored(e[idx], t[idx], risk[idx])[0])
+
+    def uno(idx: np.ndarray) -> float:
+        yy = y[idx]
+        return float(concordance_index_ipcw(yy, yy, risk[idx], tau=tau)[0])
+
+    out: dict[str, Any] = {}
+    boots = bootstrap_indices(len(t), n_bootstrap, random_state)
+    for label, fn in (("c_harrell", harrell), ("c_uno", uno)):
+        est = fn(np.arange(len(t)))
+        vals = []
+        for idx in boots:
+            if e[idx].sum() < 2:
+                continue
+            try:
+                vals.append(fn(idx))
+            except ValueError:  # a resample whose censoring distribution breaks IPCW
+                continue
+        lo, hi = percentile_ci(vals)
+        out.update({label: est, f"{label}_low": lo, f"{label}_high": hi})
+    out["uno_tau"] = tau
+    ok = [h for h in horizons if t[e].min(initial=np.inf) <= h < t.max() and (t > h).any()]
+    for h in horizons:
+        if h not in ok:
+            notes.append(f"time-dependent AUC at {h:g}: outside the follow-up of this cohort (max {t.max():.1f})")
+    for h in ok:
+        try:
+            auc, _ = cumulative_dynamic_auc(y, y, risk, [h])
+            out[f"auc_t{h:g}"] = float(auc[0])
+        except ValueError as exc:
+            notes.append(f"time-dependent AUC at {h:g} not estimable ({exc})")
+    if survival is not None and survival.shape[1] >= 2:
+        grid = survival.columns.to_numpy(dtype=float)
+        keep = (grid > t.min()) & (grid < t.max())
+        try:
+            out["ibs"] = float(integrated_brier_score(y, y, survival.to_numpy()[:, keep], grid[keep]))
+            # reference: the Kaplan-Meier curve of the whole cohort for everyone (no information)
+            from lifelines import KaplanMeierFitter
+
+            km = KaplanMeierFitter().fit(t, e).survival_function_at_times(grid[keep]).to_numpy()
+            out["ibs_km_reference"] = float(integrated_brier_score(y, y, np.tile(km, (len(t), 1)), grid[keep]))
+        except ValueError as exc:
+            notes.append(f"integrated Brier score not estimable ({exc})")
+    return out
+
+
+def risk_groups(risk: pd.Series, split: str = "median") -> pd.Series:
+    """Risk-score groups: ``median`` (low/high) or ``tertiles`` (low/intermediate/high), as ordered ints."""
+    if split == "median":
+        return (risk > risk.median()).astype(int).rename("risk_group")
+    if split == "tertiles":
+        return pd.qcut(risk.rank(method="first"), 3, labels=False).astype(int).rename("risk_group")
+    raise ValueError(f"split must be 'median' or 'tertiles', got {split!r}")
