@@ -196,7 +196,7 @@ def percentile_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     """Percentile interval of bootstrap replicates (NaN ignored); (NaN, NaN) when there are none."""
     if len(values) == 0:
         return float("nan"), float("nan")
-    a = 100 * (1 - level) / 2
+    a = round(50 * (1 - level), 10)  # 2.5 exactly for 95%: the percentile must not move by float rounding
     lo, hi = np.nanpercentile(values, [a, 100 - a])
     return float(lo), float(hi)
 

@@ -64,6 +64,9 @@ def test_compare_runs_finds_every_changed_number(synthetic_training_run, tmp_pat
     m["seconds_in_notebook"] += 100  # a timing: not a difference
     (copy / "metrics" / "04_stratify.json").write_text(json.dumps(m))
     (copy / "tables" / "km_summary.parquet").unlink()
+    steps = pd.read_csv(copy / "tables" / "run_summary.csv")
+    steps["seconds"] += 1.0  # a timing column: not a difference
+    steps.to_csv(copy / "tables" / "run_summary.csv", index=False)
     diffs, _ = runs.compare_runs(run_dir, copy)
     assert sorted(diffs["name"]) == ["04_stratify.json/n_events", "classification_results.csv", "km_summary.parquet"]
     assert cli.main(["compare", str(run_dir), str(copy)]) == 1 and "3 difference(s)" in capsys.readouterr().out

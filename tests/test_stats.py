@@ -102,3 +102,19 @@ def test_bad_labels_are_refused():
         stats.delong_covariance(np.ones(5), [np.arange(5.0)])
     with pytest.raises(ValueError, match="0/1"):
         stats.calibration(np.array([0, 2, 1]), np.array([0.1, 0.5, 0.9]))
+
+
+def test_percentile_ci_is_the_plain_2_5_and_97_5_percentiles():
+    """Bit for bit: a C-index CI must not move in its last digit because 95% was turned into 2.5000000000000004."""
+    v = np.random.default_rng(0).normal(size=501)
+    assert stats.percentile_ci(v) == tuple(float(x) for x in np.nanpercentile(v, [2.5, 97.5]))
+    assert stats.percentile_ci([]) != stats.percentile_ci([])  # (nan, nan): nothing to estimate
+
+
+def test_bootstrap_mean_and_indices_are_seeded():
+    v = np.arange(20, dtype=float)
+    assert stats.bootstrap_mean(v, n_boot=200, random_state=3) == stats.bootstrap_mean(v, n_boot=200, random_state=3)
+    mean, lo, hi, n = stats.bootstrap_mean([*v, np.nan], n_boot=500)
+    assert mean == 9.5 and lo < 9.5 < hi and n == 20
+    a, b = stats.bootstrap_indices(10, 3, 1), stats.bootstrap_indices(10, 3, 1)
+    assert all((x == y).all() for x, y in zip(a, b)) and all(x.max() < 10 for x in a)
