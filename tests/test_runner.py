@@ -40,6 +40,14 @@ def test_run_all_steps_end_to_end(synthetic_training_run, synthetic_small, tmp_p
     assert frozen == config.resolve_config(str(y), fast)
     assert m["params_sha256"] == config.config_hash(frozen)
     assert (run_dir / "tables" / "features_volumetric.csv").exists() and (run_dir / "figures").iterdir()
+    # each notebook shows what its one step call produced (names of tables and figures), not a dump of them
+    import nbformat
+
+    for step in STEPS:
+        nb = nbformat.read(run_dir / f"{step}.ipynb", as_version=4)
+        cell = next(c for c in nb.cells if c.cell_type == "code" and ".step(ctx, **ctx.params)" in c.source)
+        shown = cell.outputs[-1]["data"]["text/plain"]
+        assert shown.endswith(")") and "Result(tables=[" in shown and len(shown) < 2500, (step, shown[:300])
     # shared reports leak no local paths
     leaks = [str(paths.project_root()), str(Path.home()), str(synthetic_small), str(y.parent), str(tmp_path), str(run_dir)]
     for f in list(run_dir.glob("*.ipynb")) + list(run_dir.glob("*.html")):

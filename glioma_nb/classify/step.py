@@ -15,7 +15,7 @@ from glioma_nb.classify import nodes as nodes_mod
 from glioma_nb.results import StepResult
 
 
-@dataclass
+@dataclass(repr=False)  # StepResult.__repr__: what the result holds, not every table
 class ClassifyResult(StepResult):
     """Tables, figures and model records of notebook 03 (see :class:`glioma_nb.results.StepResult`).
 

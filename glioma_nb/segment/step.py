@@ -25,7 +25,7 @@ _RULE_WORDS = {"largest": "only the largest connected component of the tumour is
                "min_fraction": "components smaller than that fraction of the largest are removed"}
 
 
-@dataclass
+@dataclass(repr=False)  # StepResult.__repr__: what the result holds, not every table
 class SegmentResult(StepResult):
     """Outcome of segmenting a cohort, with the tables and figures notebook 01 shows
     (see :class:`glioma_nb.results.StepResult`)."""

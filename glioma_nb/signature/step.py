@@ -35,7 +35,7 @@ from glioma_nb.signature.volumetric import robust_normalise
 FILTERED_SOURCES = ("signature", "radiomics")
 
 
-@dataclass
+@dataclass(repr=False)  # StepResult.__repr__: what the result holds, not every table
 class SignatureResult(StepResult):
     """The feature tables of a cohort, their stability filters, and what notebook 02 shows
     (see :class:`glioma_nb.results.StepResult`)."""

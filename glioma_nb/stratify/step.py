@@ -20,7 +20,7 @@ from glioma_nb.stratify import subgroups as subgroups_mod
 from glioma_nb.stratify.clustering import SubgroupClusters
 
 
-@dataclass
+@dataclass(repr=False)  # StepResult.__repr__: what the result holds, not every table
 class StratifyResult(StepResult):
     """Tables, figures and model records of notebook 04 (see :class:`glioma_nb.results.StepResult`)."""
 

@@ -176,7 +176,7 @@ def risk_groups_frame(val: Validation, harmonisation: str = "none") -> tuple[pd.
     return d, fs
 
 
-@dataclass
+@dataclass(repr=False)  # StepResult.__repr__: what the result holds, not every table
 class ValidateResult(StepResult):
     """Tables, figures and metrics of notebook 05 (see :class:`glioma_nb.results.StepResult`); ``val`` is the
     :class:`Validation` of a validation run, None in a training run."""
