@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 from conftest import FAST_RUN
@@ -41,8 +42,6 @@ def test_run_all_steps_end_to_end(synthetic_training_run, synthetic_small, tmp_p
     assert m["params_sha256"] == config.config_hash(frozen)
     assert (run_dir / "tables" / "features_volumetric.csv").exists() and (run_dir / "figures").iterdir()
     # each notebook shows what its one step call produced (names of tables and figures), not a dump of them
-    import nbformat
-
     for step in STEPS:
         nb = nbformat.read(run_dir / f"{step}.ipynb", as_version=4)
         cell = next(c for c in nb.cells if c.cell_type == "code" and ".step(ctx, **ctx.params)" in c.source)
