@@ -22,6 +22,10 @@ def _row(metric: str, harm: str, train: Sequence[Any] = (np.nan,) * 3, val: Sequ
             "validation_hi": f(val[2]), "validation_n": f(n), "paper_cv": f(paper_cv), "paper_test": f(paper_test)}
 
 
+#: columns of a headline table (training CV beside validation, with CIs and the paper's figures)
+HEADLINE_COLUMNS: list[str] = list(_row("", "").keys())
+
+
 def headline_table(*, segmentation: pd.DataFrame | None = None, chosen: pd.DataFrame | None = None,
                    accuracy: pd.DataFrame | None = None, cns5: Mapping[str, Mapping[str, Any]] | None = None,
                    cns5_train: Any = None, clusters: pd.DataFrame | None = None, risk: pd.DataFrame | None = None
@@ -67,7 +71,7 @@ def headline_table(*, segmentation: pd.DataFrame | None = None, chosen: pd.DataF
                              (getattr(r, "logrank_p_validation", np.nan), np.nan, np.nan),
                              getattr(r, "n_cases_validation", np.nan), paper_cv=getattr(r, "paper_logrank_p", np.nan),
                              train_n=getattr(r, "n_cases_train", np.nan)))
-    return _drop_empty(pd.DataFrame(rows, columns=list(_row("", "").keys())))
+    return _drop_empty(pd.DataFrame(rows, columns=HEADLINE_COLUMNS))
 
 
 def _drop_empty(table: pd.DataFrame) -> pd.DataFrame:

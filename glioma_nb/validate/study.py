@@ -25,7 +25,7 @@ def study_table(study_dir: Path) -> pd.DataFrame:
         for r in met.get("headline", []):
             rows.append({"training_cohort": study["training"]["cohort"], "training_run": study["training"].get("run_id"),
                          "validation_cohort": m["cohort"], "validation_run": m["run_id"], **r})
-    cols = ["training_cohort", "training_run", "validation_cohort", "validation_run", *reporting._row("", "").keys()]
+    cols = ["training_cohort", "training_run", "validation_cohort", "validation_run", *reporting.HEADLINE_COLUMNS]
     return pd.DataFrame(rows, columns=cols)
 
 
