@@ -127,6 +127,7 @@ class Reference:
     config: dict[str, Any]
     models: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    _kinds: dict[str, str] | None = field(default=None, repr=False)   # model file -> record kind, learnt once
 
     @property
     def run_id(self) -> str:
@@ -157,14 +158,16 @@ class Reference:
         return records.load(path)
 
     def models_of(self, kind: str) -> list[tuple[str, records.ModelRecord]]:
-        """Every model record of ``kind`` in the reference run, as (relative path, record), sorted by path."""
-        out = []
-        for rel in sorted(k for k in self.models if k.startswith("models/") and k.endswith(".joblib")
-                          and "/" not in k[len("models/"):]):
-            rec = self.load(rel)
-            if rec.kind == kind:
-                out.append((rel, rec))
-        return out
+        """Every model record of ``kind`` in the reference run, as (relative path, record), sorted by path.
+
+        Each call loads its records afresh (hash checked); the kind of every file is learnt once, so a
+        later call does not load the files of other kinds again."""
+        if self._kinds is None:
+            self._kinds = {}
+            for rel in sorted(k for k in self.models if k.startswith("models/") and k.endswith(".joblib")
+                              and "/" not in k[len("models/"):]):
+                self._kinds[rel] = self.load(rel).kind
+        return [(rel, self.load(rel)) for rel, k in self._kinds.items() if k == kind]
 
 
 def load_reference(run: str | Path, reports: Path | None = None) -> Reference:

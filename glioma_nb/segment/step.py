@@ -114,8 +114,8 @@ def signature_request(config: Mapping[str, Any]) -> Any:
 
 
 def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool = False,
-                 train_iterations: int = 300, held_out_fraction: float = 0.25, overlap: float = 0.5,
-                 tta: bool = False, postprocess: str = "model", n_overlay_cases: int = 4,
+         train_iterations: int = 300, held_out_fraction: float = 0.25, overlap: float = 0.5,
+         tta: bool = False, postprocess: str = "model", n_overlay_cases: int = 4,
          progress: bool = True) -> SegmentResult:
     """Segment the cohort of a notebook step context (see the module docstring). ``postprocess``:
     ``model`` (the rule of the model spec) or a :mod:`~glioma_nb.segment.postprocess` rule."""
