@@ -27,8 +27,7 @@ KINDS: tuple[str, ...] = ("classifier", "clusters", "risk", "stability_filter", 
 RECORD_PACKAGES: tuple[str, ...] = ("glioma-nb", "numpy", "pandas", "scikit-learn", "scikit-survival", "lifelines",
                                     "torch", "monai")
 #: file-name prefixes of runs written before records existed: the kind of their plain bundles
-_LEGACY_PREFIXES = {"signature_filter__": "stability_filter", "clusters__": "clusters", "risk__": "risk",
-                    "segment__": "segmentation"}
+_LEGACY_PREFIXES = {"signature_filter__": "stability_filter", "clusters__": "clusters", "risk__": "risk"}
 
 
 @dataclass
