@@ -160,15 +160,21 @@ def resolve_config(cohort: str = "synthetic", overrides: Iterable[str] | Mapping
     cohort_cfg = _cohort_layers(path)
     cfg = deep_merge(schema, cohort_cfg)
     cfg["cohort"]["name"] = path.stem
+    return with_overrides(cfg, overrides, schema)
+
+
+def with_overrides(cfg: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any] = (),
+                   schema: Mapping[str, Any] | None = None) -> Config:
+    """``cfg`` with ``overrides`` (``["section.key=value", ...]`` or a nested mapping) merged in, validated
+    against the base configuration; ``cfg`` itself is not changed."""
     if isinstance(overrides, Mapping):
         over = dict(overrides)
     else:
         over = {}
         for item in overrides:
             over = deep_merge(over, parse_override(item))
-    validate(over, schema, source="command-line overrides")
-    cfg = deep_merge(cfg, over)
-    return cfg
+    validate(over, schema if schema is not None else base_config(), source="command-line overrides")
+    return deep_merge(cfg, over)
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:

@@ -84,10 +84,11 @@ def resolve_path(text: str | os.PathLike[str], base: Path | None = None) -> Path
 def display_path(path: str | os.PathLike[str]) -> str:
     """A path as it may appear in a shared report: relative to a known root, never absolute."""
     p = Path(path).resolve()
-    for label, root in (("<shared>", shared_data_dir()), ("<data>", data_dir()), (".", project_root())):
+    for label, root in (("<shared>", shared_data_dir()), ("<data>", data_dir()), (".", project_root()),
+                        ("<reports>", reports_dir())):
         try:
             rel = p.relative_to(root)
         except ValueError:
             continue
-        return str(rel) if label == "." else f"{label}/{rel}"
+        return str(rel) if label == "." else (label if rel == Path(".") else f"{label}/{rel}")
     return f"<external>/{p.name}"

@@ -121,10 +121,11 @@ def describe(val: Any) -> str:
 
 
 def training_note(ctx: Any) -> str:
-    """What 05 says in a training run: how to validate its locked models elsewhere."""
+    """What 05 says in a training run: how to validate its locked models elsewhere (an interactive 05 names its
+    upstream run, which holds them)."""
     return (f"This is a training run (no `validate.reference_run`): its models in `models/` are the ones a "
             f"validation run locks. To apply them to an independent cohort:\n\n"
-            f"    glioma-nb run --cohort <other cohort> --set validate.reference_run={ctx.run_dir.name}\n\n"
+            f"    glioma-nb run --cohort <other cohort> --set validate.reference_run={ctx.inputs.name}\n\n"
             f"or run both cohorts in one command as a study: `make run-all COHORTS=\"{ctx.cohort.name} <other cohort>\"`.")
 
 

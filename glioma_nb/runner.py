@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,13 +60,19 @@ def _new_run_dir(base: Path, run_id: str) -> tuple[Path, str]:
 
 
 def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str, Any] = (),
-               steps: Iterable[str] | None = None, mode: str = "runner", progress: bool = True) -> Path:
+               steps: Iterable[str] | None = None, mode: str = "runner", progress: bool = True,
+               upstream: Path | None = None) -> Path:
     """Resolve and validate the configuration, check the cohort, and create a new run folder.
 
-    Nothing is written when the configuration or the cohort is invalid (:class:`ConfigError`,
-    :class:`CohortError` list every problem).
+    With ``upstream`` (an interactive step that builds on an earlier run), the configuration is that run's
+    frozen one with ``overrides`` on top, ``cohort`` is the upstream's, and the manifest records the upstream;
+    nothing is written into the upstream run. Nothing is written when the configuration or the cohort is
+    invalid (:class:`ConfigError`, :class:`CohortError` list every problem).
     """
-    cfg = config_mod.resolve_config(cohort, overrides)
+    if upstream is not None:
+        cfg = config_mod.with_overrides(config_mod.load_yaml(upstream / "params.yaml"), overrides)
+    else:
+        cfg = config_mod.resolve_config(cohort, overrides)
     ref, locked = None, None
     if cfg["validate"]["reference_run"]:
         ref = runs.load_reference(cfg["validate"]["reference_run"], paths.reports_dir(cfg["run"]["reports_dir"]))
@@ -107,6 +114,12 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
             "steps": [{"name": s, "status": "pending"} for s in steps],
             "resumes": [],
         }
+        if upstream is not None:
+            up = load_manifest(upstream)
+            manifest["upstream"] = {
+                "run_id": up["run_id"], "cohort": up["cohort"], "run_dir": _run_ref(upstream),
+                "status": up["status"], "git": up["git"]["short"], "params_sha256": up["params_sha256"],
+                "steps": {e["name"]: e["status"] for e in up["steps"]}}
         if ref is not None:
             table, notes = overlap
             table.to_csv(run_dir / "qc" / "overlap.csv", index=False)
@@ -150,7 +163,7 @@ def _step_params(cfg: Mapping[str, Any], run_dir: Path, step: str) -> dict[str, 
     its section of the run's frozen configuration (``ctx.params``), written once, in the config files."""
     rel = paths.display_path(run_dir)
     return {"run_dir": rel if not rel.startswith("<") else str(run_dir), "cohort": cfg["cohort"]["name"],
-            "overrides": []}
+            "overrides": [], "upstream": ""}
 
 
 def _list_files(run_dir: Path) -> set[str]:
@@ -331,19 +344,39 @@ class StepContext:
     case_table: pd.DataFrame
     problems: pd.DataFrame
     params: dict[str, Any]
+    upstream: Path | None = None
+    read_only: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
     not_available: list[dict[str, str]] = field(default_factory=list)
     _t0: float = field(default_factory=time.perf_counter)
+    _scratch: Path | None = None
 
     @property
     def clinical(self) -> pd.DataFrame:
         return self.cohort.clinical
 
+    @property
+    def inputs(self) -> Path:
+        """Where this step reads what earlier steps wrote (masks, feature tables, scores): the upstream run of
+        an interactive step, else the run itself."""
+        return self.upstream or self.run_dir
+
+    @property
+    def output_dir(self) -> Path:
+        """Where this step's outputs go: the run folder, or a scratch folder when the run is read-only."""
+        if not self.read_only:
+            return self.run_dir
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"glioma-nb-{self.run_dir.name}-{self.step}-"))
+        return self._scratch
+
     def path(self, kind: str, name: str) -> Path:
-        """Path of an output ``name`` in the run's ``kind`` folder (figures, tables, models, logs)."""
+        """Path of an output ``name`` in the run's ``kind`` folder (figures, tables, models, logs); in a
+        read-only run, in a scratch folder outside it."""
         if kind not in RUN_SUBDIRS:
             raise ValueError(f"kind must be one of {RUN_SUBDIRS}")
-        out = self.run_dir / kind / name
+        out = self.output_dir / kind / name
+        out.parent.mkdir(exist_ok=True)
         if out.exists():
             raise FileExistsError(f"{paths.display_path(out)} exists; outputs of a run are never overwritten")
         return out
@@ -369,8 +402,8 @@ class StepContext:
             self.save_table(table.rename_axis("case_id").reset_index(), f"features_{name}")
 
     def feature_tables(self) -> dict[str, pd.DataFrame]:
-        """The feature tables 02_signature saved in this run (``tables/features_<source>``), by source."""
-        return read_feature_tables(self.run_dir)
+        """The feature tables 02_signature saved (``tables/features_<source>`` of :attr:`inputs`), by source."""
+        return read_feature_tables(self.inputs)
 
     def record(self, **metrics: Any) -> None:
         """Record headline metrics of this step (written to metrics/<step>.json and the manifest)."""
@@ -386,6 +419,10 @@ class StepContext:
                "params": self.params, **self.metrics}
         if self.not_available:
             out["not_available"] = self.not_available
+        if self.read_only:
+            print(f"{paths.display_path(self.run_dir)} is read-only here: its record is unchanged; what these cells "
+                  f"saved is in the scratch folder {self.output_dir}")
+            return out
         provenance.write_json_atomic(self.run_dir / "metrics" / f"{self.step}.json", out)
         manifest = load_manifest(self.run_dir)
         if manifest.get("mode") == "interactive":
@@ -396,8 +433,10 @@ class StepContext:
         return out
 
     def __repr__(self) -> str:
+        extra = f", upstream={paths.display_path(self.upstream)!r}" if self.upstream else ""
+        extra += ", read_only=True" if self.read_only else ""
         return (f"StepContext(step={self.step!r}, run={paths.display_path(self.run_dir)!r}, "
-                f"cohort={self.cohort.name!r}, cases={len(self.cohort.cases)})")
+                f"cohort={self.cohort.name!r}, cases={len(self.cohort.cases)}{extra})")
 
 
 def seed_everything(seed: int) -> None:
@@ -414,28 +453,50 @@ def seed_everything(seed: int) -> None:
 
 
 def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides: Iterable[str] = (),
-              params: Mapping[str, Any] | None = None) -> StepContext:
+              params: Mapping[str, Any] | None = None, upstream: str = "") -> StepContext:
     """Open the context of a notebook step.
 
-    Under the runner, ``run_dir`` names the run folder. In JupyterLab (``run_dir == ""``) a new run
-    folder is created for ``cohort`` exactly as the runner would, in ``interactive`` mode, with
-    ``overrides`` (and ``params``, values for the step's own config section) frozen into it. The step's
-    parameters are its section of the run's frozen configuration: ``ctx.params``.
+    Under the runner, ``run_dir`` names the run folder being executed. In JupyterLab (``run_dir == ""``) a
+    new *interactive* run folder is created for the step. A step that builds on earlier ones (02-05) reads
+    their outputs from an *upstream* run: ``upstream`` (a run folder or id), or by default the latest
+    completed run of ``cohort``; ``upstream="none"`` builds on nothing. The new run takes the upstream's
+    frozen configuration with ``overrides`` (and ``params``, values for the step's own section) on top,
+    records the upstream in its manifest and never writes into it.
+
+    ``run_dir`` naming a run whose step is not being executed (an executed report opened in JupyterLab)
+    gives a read-only context: cells read that run's tables; what they save goes to a scratch folder.
+    The step's parameters are its section of the run's frozen configuration: ``ctx.params``.
     """
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}; known: {list(STEPS)}")
     params = dict(params or {})
+    read_only, up = False, None
     if not run_dir:
+        up = _find_upstream(step, cohort, upstream)
         over = {step_section(step): params} if params else {}
         merged: dict[str, Any] = {}
         for item in overrides:
             merged = config_mod.deep_merge(merged, config_mod.parse_override(item))
         rd = create_run(cohort, config_mod.deep_merge(merged, over), steps=[step], mode="interactive",
-                        progress=False)
+                        progress=False, upstream=up)
+        if up is not None:
+            up_m = load_manifest(up)
+            how = "named by upstream" if upstream else f"the latest completed run of {up_m['cohort']}"
+            print(f"upstream: {paths.display_path(up)} ({how}; git {up_m['git']['short']}, created "
+                  f"{up_m['created_utc']}): {step} reads its earlier steps' outputs there, read-only\n"
+                  f"this interactive run: {paths.display_path(rd)}", flush=True)
+        else:
+            print(f"this interactive run: {paths.display_path(rd)} (no upstream run)", flush=True)
     else:
-        rd = paths.resolve_path(run_dir)
-        if not (rd / "params.yaml").exists():
-            raise RunError(f"{run_dir} is not a run folder (no params.yaml)")
+        rd = _locate_run(run_dir)
+        manifest = load_manifest(rd)
+        up_entry = manifest.get("upstream")
+        up = runs.find_run(up_entry["run_dir"]) if up_entry else None
+        status = runs.step_status(manifest, step)
+        read_only = not (status == "running" or (manifest.get("mode") == "interactive" and status == "pending"))
+        if read_only:
+            print(f"{paths.display_path(rd)}: step {step} is {status or 'not in this run'}, so this run is read-only "
+                  "here: cells read its tables, and what they save goes to a scratch folder, never into it", flush=True)
     cfg = config_mod.load_yaml(rd / "params.yaml")
     cohort_obj, report = io.check_cohort(cfg, progress=False, images=False)
     if not report.ok:
@@ -444,7 +505,44 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
     problems = runs.read_table(rd, "problems", "qc")
     seed_everything(int(cfg["project"]["seed"]))
     pd.set_option("display.max_columns", 60)  # reports show whole case tables, not "..." columns
-    return StepContext(step, rd, cfg, cohort_obj, case_table, problems, dict(cfg.get(step_section(step)) or {}))
+    return StepContext(step, rd, cfg, cohort_obj, case_table, problems, dict(cfg.get(step_section(step)) or {}),
+                       upstream=up, read_only=read_only)
+
+
+def _locate_run(run_dir: str) -> Path:
+    """The run folder a notebook names; an executed report names its own run by a placeholder (``<run>``,
+    ``<reports>/...``) and is opened from inside that folder."""
+    if run_dir == "<run>":
+        rd = Path.cwd()
+    elif run_dir.startswith("<reports>/"):
+        rd = paths.reports_dir() / run_dir.split("/", 1)[1]
+    else:
+        rd = paths.resolve_path(run_dir)
+    if not (rd / "params.yaml").exists() or not (rd / "manifest.json").exists():
+        raise RunError(f"{run_dir} is not a run folder (no params.yaml and manifest.json in {rd}); an executed "
+                       "report finds its run when opened from the run folder itself")
+    return rd
+
+
+def _find_upstream(step: str, cohort: str, upstream: str) -> Path | None:
+    """The run an interactive ``step`` builds on (see :func:`open_step`), checked to hold what it needs."""
+    if upstream == "none" or not runs.UPSTREAM_NEEDS[step]:
+        return None
+    if upstream:
+        up = runs.find_run(upstream)
+        missing = runs.missing_upstream(up, step)
+        if missing:
+            raise RunError(f"upstream run {paths.display_path(up)} has not completed {missing}, which {step} reads; "
+                           "name another run, or resume that one (glioma-nb run --resume)")
+        return up
+    cfg = config_mod.resolve_config(cohort)
+    name, reports = cfg["cohort"]["name"], paths.reports_dir(cfg["run"]["reports_dir"])
+    up = runs.latest_completed_run(name, step, reports)
+    if up is None:
+        raise RunError(f"{step} builds on {list(runs.UPSTREAM_NEEDS[step])}, and there is no completed run of cohort "
+                       f"{name!r} under {paths.display_path(reports)}: run `make run-all COHORT={name}` first, set "
+                       "upstream to a run folder or id, or upstream = \"none\" to start from nothing")
+    return up
 
 
 # ---------------------------------------------------------------------------------------------- studies
@@ -483,6 +581,14 @@ def load_study(study: str | None = None, cohorts: Sequence[str] | None = None) -
 
 def _rel_run(run_dir: Path) -> str:
     return str(Path(run_dir).resolve().relative_to(paths.reports_dir().resolve()))
+
+
+def _run_ref(run_dir: Path) -> str:
+    """How a manifest names another run: ``<cohort>/<run_id>`` under the reports folder, else its path."""
+    try:
+        return _rel_run(run_dir)
+    except ValueError:
+        return paths.display_path(run_dir)
 
 
 def run_study(study: str | None = None, cohorts: Sequence[str] | None = None, overrides: Iterable[str] = (),

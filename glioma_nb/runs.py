@@ -69,6 +69,45 @@ def find_run(run: str, cohort: str | None = None, reports: Path | None = None) -
     raise RunError(f"run id {run!r} is ambiguous: {[paths.display_path(h) for h in hits]}; pass --cohort")
 
 
+#: what an interactive step reads from its upstream run: the steps that must be completed there
+UPSTREAM_NEEDS = {"01_segment": (), "02_signature": ("01_segment",), "03_classify": ("02_signature",),
+                  "04_stratify": ("02_signature",), "05_validate": ("02_signature",)}
+
+
+def step_status(manifest: Mapping[str, Any], step: str) -> str | None:
+    """Status of ``step`` in a run's manifest (None when the run does not list it)."""
+    return next((e["status"] for e in manifest.get("steps", []) if e["name"] == step), None)
+
+
+def missing_upstream(run_dir: Path, step: str) -> list[str]:
+    """The steps ``step`` builds on that are not completed in ``run_dir`` (empty: it can be the upstream)."""
+    manifest = load_manifest(run_dir)
+    return [s for s in UPSTREAM_NEEDS[step] if step_status(manifest, s) != "completed"]
+
+
+def latest_completed_run(cohort: str, step: str, reports: Path | None = None) -> Path | None:
+    """The newest completed runner run of ``cohort`` (a name under the reports folder) that holds everything
+    ``step`` builds on; interactive runs are never picked."""
+    root = (reports or paths.reports_dir()) / cohort
+    found = []
+    for m in root.glob("*/manifest.json"):
+        try:
+            manifest = json.loads(m.read_text())
+        except (OSError, ValueError):
+            continue
+        if manifest.get("mode") == "interactive" or manifest.get("status") != "completed":
+            continue
+        if all(step_status(manifest, s) == "completed" for s in UPSTREAM_NEEDS[step]):
+            found.append((manifest.get("created_utc", ""), m.parent.name, m.parent))
+    return max(found)[2].resolve() if found else None
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative path -> hash): a run's state, to show it is unchanged."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): provenance.sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 # ------------------------------------------------------------------------------------------ executing
 def scrub_text(text: str, extra: Mapping[str, str] | None = None) -> str:
     """Replace absolute local paths in ``text`` by placeholders so shared reports leak no local paths."""

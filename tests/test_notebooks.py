@@ -8,7 +8,7 @@ import pytest
 
 from glioma_nb import STEPS, config, paths, runner, step_section
 
-COMMON = {"run_dir": "", "cohort": "synthetic", "overrides": []}
+COMMON = {"run_dir": "", "cohort": "synthetic", "overrides": [], "upstream": ""}
 
 
 def _nb(step):
@@ -72,7 +72,8 @@ def computation_in(source: str) -> list[str]:
                 owner = f.value.id if isinstance(f.value, ast.Name) else None
                 ok = ((f.attr == "open_step" and owner == "runner") or (f.attr == "step" and node.args
                       and isinstance(node.args[0], ast.Name) and node.args[0].id == "ctx")
-                      or (owner in BOUND and f.attr in ("save", "finish")) or f.attr in DISPLAY_METHODS)
+                      or (owner in BOUND and f.attr in ("save", "finish")) or f.attr in DISPLAY_METHODS
+                      or owner == "explore")  # the exploration helpers: one call, one figure
             else:
                 ok = False
             if not ok:
@@ -82,7 +83,7 @@ def computation_in(source: str) -> list[str]:
 
 def test_computation_check_catches_what_a_thin_notebook_must_not_do():
     thin = ('res = classify_step.step(ctx, **ctx.params)\nres.figures.get("roc", Markdown("none"))\n'
-            'if res.val:\n    display(res.tables["x"].round(3))\nres.save(ctx)\nctx.finish()')
+            'if res.val:\n    display(res.tables["x"].round(3))\nexplore.km_by(ctx, "age")\nres.save(ctx)\nctx.finish()')
     assert computation_in(thin) == []
     for fat in ("x = res.tables['a'].mean()", "res.tables['a']['auc'] * 2", "[r for r in res.notes]",
                 "plotting.plot_km(res.surv)", "fig, ax = plt.subplots()", "stratify.cox.fit_cox(surv, d)",
@@ -120,7 +121,8 @@ def test_parameters_are_only_where_the_run_is(step, tmp_path):
 def test_setup_cell_opens_the_step_without_repeating_its_parameters(step):
     nb = _nb(step)
     setup = next(c.source for c in nb.cells if "open_step(" in c.source)
-    assert f'open_step("{step}", run_dir=run_dir, cohort=cohort, overrides=overrides)' in setup
+    assert " ".join(setup.split()).count(
+        f'open_step("{step}", run_dir=run_dir, cohort=cohort, overrides=overrides, upstream=upstream)') == 1
     for name in config.base_config()[step_section(step)]:
         assert f"{name}=" not in setup, f"{name} is repeated in the notebook"
 

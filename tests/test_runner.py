@@ -221,7 +221,7 @@ def test_scrub_text_replaces_local_roots():
 def test_interactive_open_step_creates_a_run_with_the_notebook_parameters(tiny_cohort):
     """JupyterLab "Run All" (run_dir == "") takes the runner's path: a new run folder, parameters frozen."""
     ctx = runner.open_step("03_classify", run_dir="", cohort=str(tiny_cohort), overrides=["project.seed=3"],
-                           params={"min_class_size": 1})
+                           params={"min_class_size": 1}, upstream="none")
     assert ctx.run_dir.parent == paths.reports_dir() / "tiny"
     frozen = config.load_yaml(ctx.run_dir / "params.yaml")
     assert frozen["classify"]["min_class_size"] == 1 and frozen["project"]["seed"] == 3
@@ -247,3 +247,75 @@ def test_segment_notebook_trains_when_asked(tiny_cohort):
     assert seg["dice_WT_n"] == 1 and seg["n_trained_on"] == 2 and seg["n_segmented"] == 3
     assert (run_dir / "models" / "segment__brats-4mod" / "train_log.csv").exists()
     assert (run_dir / "figures" / "01_segment__train_log.png").exists()
+
+
+def _completed_run(cohort_yaml, steps=("01_segment", "02_signature"), status="completed", mode="runner", features=True):
+    """A run folder of ``cohort_yaml`` whose ``steps`` are marked ``status`` (and a planted feature table)."""
+    rd = runner.create_run(str(cohort_yaml), steps=list(steps), progress=False)
+    m = runs.load_manifest(rd)
+    m["status"], m["mode"] = status, mode
+    for e in m["steps"]:
+        e["status"] = status
+    (rd / "manifest.json").write_text(json.dumps(m))
+    if features:
+        X = pd.DataFrame({"case_id": ["C00", "C01", "C02"], "f_planted": [1.0, 2.0, 3.0]})
+        X.to_parquet(rd / "tables" / "features_signature.parquet", index=False)
+    return rd
+
+
+def test_an_interactive_step_builds_on_the_latest_completed_run_and_never_writes_into_it(tiny_cohort, capsys,
+                                                                                         monkeypatch, tmp_path):
+    monkeypatch.setenv("GLIOMA_NB_REPORTS", str(tmp_path / "reports"))  # only this test's runs of "tiny"
+    old = _completed_run(tiny_cohort)
+    newest = _completed_run(tiny_cohort)
+    _completed_run(tiny_cohort, status="failed")          # newer, but failed
+    _completed_run(tiny_cohort, mode="interactive")       # newer, but an interactive run
+    _completed_run(tiny_cohort, steps=("01_segment",))    # newer, completed, but without the features 03 reads
+    assert runs.latest_completed_run("tiny", "03_classify") == newest.resolve() != old.resolve()
+    before = runs.tree_hashes(newest)
+    ctx = runner.open_step("03_classify", cohort=str(tiny_cohort), overrides=["classify.repeats=1"])
+    out = capsys.readouterr().out
+    assert f"upstream: {paths.display_path(newest)} (the latest completed run of tiny" in out
+    assert ctx.upstream == newest.resolve() and ctx.inputs == ctx.upstream and ctx.run_dir != ctx.upstream
+    assert list(ctx.feature_tables()["signature"]["f_planted"]) == [1.0, 2.0, 3.0]
+    assert ctx.params["repeats"] == 1 and not ctx.read_only
+    ctx.save_table(ctx.case_table, "t")
+    ctx.finish()
+    m = runs.load_manifest(ctx.run_dir)
+    assert m["mode"] == "interactive" and m["upstream"]["run_id"] == newest.name
+    assert m["upstream"]["steps"] == {"01_segment": "completed", "02_signature": "completed"}
+    assert (ctx.run_dir / "tables" / "t.csv").exists() and runs.tree_hashes(newest) == before
+    # reopened by its folder (a kernel restarted mid-analysis), the interactive run keeps its upstream
+    again = runner.open_step("03_classify", run_dir=str(ctx.run_dir))
+    assert again.upstream == newest.resolve() and again.read_only  # its step is completed: read-only now
+
+
+def test_an_upstream_is_named_or_refused_with_the_fix(tiny_cohort, monkeypatch, tmp_path):
+    monkeypatch.setenv("GLIOMA_NB_REPORTS", str(tmp_path / "reports"))
+    with pytest.raises(runs.RunError, match="no completed run of cohort 'tiny'.*make run-all COHORT=tiny"):
+        runner.open_step("04_stratify", cohort=str(tiny_cohort))
+    partial = _completed_run(tiny_cohort, steps=("01_segment",))
+    with pytest.raises(runs.RunError, match=r"has not completed \['02_signature'\], which 04_stratify reads"):
+        runner.open_step("04_stratify", cohort=str(tiny_cohort), upstream=str(partial))
+    ctx = runner.open_step("02_signature", cohort=str(tiny_cohort), upstream=f"tiny/{partial.name}")
+    assert ctx.upstream == partial.resolve()
+    alone = runner.open_step("04_stratify", cohort=str(tiny_cohort), upstream="none")
+    assert alone.upstream is None and alone.inputs == alone.run_dir and alone.feature_tables() == {}
+
+
+def test_a_completed_run_reopened_is_read_only_and_its_placeholders_resolve(tiny_cohort, monkeypatch, capsys):
+    rd = _completed_run(tiny_cohort)
+    before = runs.tree_hashes(rd)
+    monkeypatch.chdir(rd)  # JupyterLab starts an executed report's kernel in the report's folder
+    for name in ("<run>", f"<reports>/tiny/{rd.name}", str(rd)):
+        ctx = runner.open_step("02_signature", run_dir=name)
+        assert ctx.run_dir.resolve() == rd.resolve() and ctx.read_only
+    assert "read-only" in capsys.readouterr().out
+    out = ctx.save_table(ctx.case_table, "case_table_again")
+    assert not out.is_relative_to(rd) and out.exists()
+    ctx.record(x=1)
+    ctx.finish()
+    assert runs.tree_hashes(rd) == before
+    monkeypatch.chdir(rd.parent)  # a report copied out of its run folder cannot find its run
+    with pytest.raises(runs.RunError, match="not a run folder"):
+        runner.open_step("02_signature", run_dir="<run>")

@@ -48,6 +48,16 @@ class SegmentResult(StepResult):
             return self.cases
         return self.cases.loc[self.cases["flags"].fillna("") != "", ["case_id", "flags"]]
 
+    @property
+    def worst_case(self) -> str | None:
+        """The case with the lowest whole-tumour Dice, among those the weights never saw when there are any (None
+        when nothing was scored)."""
+        if self.scores.empty or "dice_WT" not in self.scores:
+            return None
+        scored = self.scores[~self.scores["trained_on"].astype(bool)] if "trained_on" in self.scores else self.scores
+        scored = scored if len(scored) else self.scores
+        return str(scored.sort_values("dice_WT").iloc[0]["case_id"])
+
     def describe(self) -> str:
         """A Markdown paragraph saying what was done, with which weights, and what the scores cover."""
         if self.spec is None:
@@ -144,7 +154,7 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
         if cohort.scheme is None:
             raise SegmentationError(f"cohort {cohort.name} has no label maps: segment.train needs them")
         tr, held_out = seg_train.split_by_patient(cohort, held_out_fraction, seed=int(ctx.config["project"]["seed"]))
-        out = ctx.run_dir / "models" / f"segment__{spec.name}"
+        out = ctx.output_dir / "models" / f"segment__{spec.name}"
         settings = seg_train.TrainSettings.from_spec(spec, iterations=train_iterations,
                                                  seed=int(ctx.config["project"]["seed"]))
         settings.val_every = max(train_iterations // 4, 10)
@@ -154,7 +164,7 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
         weights_note = f"trained in this run ({train_iterations} iterations on {len(tr)} cases)"
         record = records.make(
             "segmentation", f"segmentation__{spec.name}", spec, X=pd.DataFrame(index=pd.Index(sorted(tr), name="case_id")),
-            features=list(spec.modalities), weights=str((out / "weights.pt").relative_to(ctx.run_dir)),
+            features=list(spec.modalities), weights=str((out / "weights.pt").relative_to(ctx.output_dir)),
             weights_sha256=models.sha256(out / "weights.pt"), iterations=train_iterations, trained_on=sorted(tr),
             held_out=sorted(held_out), cohort=cohort.name)
     elif weights == "shipped":
@@ -163,7 +173,7 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
     else:
         net = models.load_model(spec, weights, device=device)
         weights_note = f"{weights} (sha256 {models.sha256(Path(weights))[:12]})"
-    mask_dir = ctx.run_dir / "masks"
+    mask_dir = ctx.output_dir / "masks"  # a read-only run (a report reopened) segments into a scratch folder
     cases = infer.segment_cohort(cohort, spec, net, mask_dir, overlap=overlap, tta=tta, device=device,
                                  progress=progress, signature=signature_request(ctx.config), postprocess=rule)
     result = SegmentResult(spec=spec, weights=weights_note, mask_dir=mask_dir, cases=cases, train_log=train_log,

@@ -114,7 +114,7 @@ def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: st
     res = SignatureResult(mask=mask)
     errors: list[dict[str, str]] = []
     has_images = bool(cohort.modalities) and any(c.images for c in cohort.cases)
-    mask_dir = ctx.run_dir / "masks"
+    mask_dir = ctx.inputs / "masks"  # 01_segment's masks: this run's, or its upstream's
     if has_images:
         if mask == "predicted":
             if not list(mask_dir.glob("*.nii.gz")):

@@ -91,7 +91,7 @@ def validate_locked(ctx: Any, reference_run: str, harmonisation: Sequence[str] =
     years = io.TIME_UNITS_DAYS["years"] / io.TIME_UNITS_DAYS[unit]
     horizon = float(ctx.config["stratify"]["calibration_years"]) * years
 
-    scores = runs.read_table(ctx.run_dir, "segmentation_scores")
+    scores = runs.read_table(ctx.inputs, "segmentation_scores")
     if scores is not None:  # per case; cases the segmentation weights were trained on are not scored
         if "trained_on" in scores:
             n_tr = int(scores["trained_on"].sum())
@@ -189,9 +189,9 @@ def step(ctx: Any, *, reference_run: str = "", harmonisation: Sequence[str] = ("
     """Notebook 05: the run's steps and provenance and, in a validation run, every locked model of the
     reference run applied to this cohort (parameters: ``validate`` in ``configs/base.yaml``)."""
     res = ValidateResult()
-    summary = runs.run_summary(ctx.run_dir)
+    summary = runs.run_summary(ctx.inputs)
     res.tables["run_summary"] = summary
-    res.frames["provenance"] = runs.provenance_table(ctx.run_dir)
+    res.frames["provenance"] = runs.provenance_table(ctx.inputs)
     val = res.val = validate_locked(ctx, reference_run, harmonisation, n_bootstrap) if reference_run else None
     res.text["intro"] = reporting.describe(val) if val else reporting.training_note(ctx)
     unit = ctx.config["stratify"]["time_unit_report"]
