@@ -14,7 +14,7 @@ ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
 PYTEST_ARGS ?=
 
-.PHONY: help venv run-all test test-fast imports lab validate synth bench bench-segment bench-signature freeze clean-venv
+.PHONY: help venv run-all test test-fast imports lab browser check-browser validate synth bench bench-segment bench-signature freeze clean-venv
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
@@ -22,7 +22,8 @@ help:
 	@echo "make run-all STUDY=name                  the same from configs/studies/<name>.yaml (+ study summary)"
 	@echo "make test                                run the test suite (includes the import contracts)"
 	@echo "make imports                             check the package's layers (import-linter, pyproject.toml)"
-	@echo "make lab                                 JupyterLab on notebooks/"
+	@echo "make lab                                 JupyterLab on notebooks/ (root or not; prints the URL with its token)"
+	@echo "make check-browser                       JupyterLab + headless Chromium tests, screenshots under reports/browser/"
 	@echo "make validate COHORT=name                check a cohort's files and clinical table"
 	@echo "make bench                               benchmarks, JSON under bench/results/"
 	@echo "make bench-segment                       segmentation s/case, memory, held-out Dice (JSON)"
@@ -62,8 +63,24 @@ imports: $(STAMP)
 test-fast: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# JupyterLab on notebooks/ as root (containers) or not; prints the URL with its token. LAB_ARGS="--ip 0.0.0.0 --port 8890"
+LAB_ARGS ?=
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks
+	$(PY) -m glioma_nb lab $(LAB_ARGS)
+
+# Debian's headless Chromium for the browser test (root installs it; otherwise the test says it is skipped)
+browser:
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      (apt-get install -y -q chromium-headless-shell >/dev/null 2>&1 || \
+	       { apt-get update -q >/dev/null && apt-get install -y -q chromium-headless-shell >/dev/null; }) && \
+	      echo "installed chromium-headless-shell"; \
+	    else echo "no headless Chromium: install Debian's chromium-headless-shell (or chromium) for the browser test"; fi; }
+
+# the JupyterLab tests with a headless Chromium: screenshots of a report and of the Lab page under reports/browser/
+check-browser: $(STAMP) browser
+	GLIOMA_NB_SCREENSHOTS=$(CURDIR)/reports/browser/$$(date -u +%Y%m%dT%H%M%SZ) MPLBACKEND=Agg \
+	  $(PY) -m pytest -q tests/test_lab.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m glioma_nb bench $(ARGS)

@@ -1,7 +1,9 @@
-"""Command line: ``glioma-nb run | study | overlap | validate | synth | cohorts | compare | bench`` (also ``python -m glioma_nb``)."""
+"""Command line: ``glioma-nb run | study | overlap | validate | synth | cohorts | compare | lab | bench`` (also ``python -m glioma_nb``)."""
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -47,6 +49,37 @@ def segment_postprocess_cv(model: str, out: str, folds: int = 2, cohort: str | N
     return rule
 
 
+def lab_argv(port: int = 8888, ip: str = "127.0.0.1", token: str = "", root_dir: Path | None = None,
+             browser: bool | None = None) -> list[str]:
+    """The ``jupyter lab`` command line of ``make lab``: the server's root is the project (notebooks and run
+    folders both reachable), it opens on ``notebooks/``, runs as root where a container makes you root
+    (``--allow-root``), and uses this environment's Python for its kernels. ``browser=None`` opens one
+    only when not root (containers have none)."""
+    root = Path(root_dir or paths.project_root()).resolve()
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    argv = [str(Path(sys.executable).with_name("jupyter")), "lab", f"--ServerApp.root_dir={root}",
+            "--LabApp.default_url=/lab/tree/notebooks" if (root / "notebooks").is_dir() else "--LabApp.default_url=/lab",
+            f"--ServerApp.ip={ip}", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}"]
+    if is_root:
+        argv.append("--allow-root")
+    if not (browser if browser is not None else not is_root):
+        argv.append("--no-browser")
+    return argv
+
+
+def lab(port: int = 8888, ip: str = "127.0.0.1", browser: bool | None = None) -> None:
+    """``glioma-nb lab`` (``make lab``): print the URL with its token, then become the JupyterLab server."""
+    token = os.environ.get("GLIOMA_NB_LAB_TOKEN") or secrets.token_hex(24)
+    argv = lab_argv(port, ip, token, browser=browser)
+    host = "127.0.0.1" if ip in ("0.0.0.0", "::", "") else ip
+    print(f"JupyterLab on {paths.display_path(paths.notebooks_dir())} (run folders under reports/):\n"
+          f"    http://{host}:{port}/lab/tree/notebooks?token={token}\n"
+          "Open a numbered notebook and Run All: it builds on the latest completed run of its cohort "
+          "(parameters cell: upstream). Stop with Ctrl-C twice.", flush=True)
+    os.execv(argv[0], argv)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glioma-nb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare two run folders' tables and metrics (exit 1 when they differ)")
     c.add_argument("run_a", help="run folder or run id")
     c.add_argument("run_b", help="run folder or run id")
+
+    lb = sub.add_parser("lab", help="JupyterLab on notebooks/ (root or not); prints the URL with its token")
+    lb.add_argument("--port", type=int, default=8888)
+    lb.add_argument("--ip", default="127.0.0.1", help="0.0.0.0 to reach it from outside a container")
+    lb.add_argument("--browser", action=argparse.BooleanOptionalAction, default=None,
+                    help="open a browser (default: only when not root)")
 
     b = sub.add_parser("bench", help="benchmarks of the foundation (synthetic generation, cohort QC) as JSON")
     b.add_argument("--cohorts", nargs="+", default=["synthetic", "brats18-dev", "tcga-lgg-dev"])
@@ -174,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in config.available_cohorts():
                 cfg = config.resolve_config(name)
                 print(f"{name:20s} {cfg['cohort']['description']}")
+        elif args.command == "lab":
+            lab(args.port, args.ip, args.browser)
         elif args.command == "bench":
 
             out = bench.run_foundation_bench(args.cohorts, args.out)
