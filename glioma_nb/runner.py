@@ -491,7 +491,12 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
         rd = _locate_run(run_dir)
         manifest = load_manifest(rd)
         up_entry = manifest.get("upstream")
-        up = runs.find_run(up_entry["run_dir"]) if up_entry else None
+        try:
+            up = runs.find_run(up_entry["run_dir"]) if up_entry else None
+        except RunError:
+            print(f"note: the upstream run {up_entry['run_dir']} of this interactive run is not here (moved or "
+                  "deleted); only this run's own tables can be read", flush=True)
+            up = None
         status = runs.step_status(manifest, step)
         read_only = not (status == "running" or (manifest.get("mode") == "interactive" and status == "pending"))
         if read_only:

@@ -288,6 +288,10 @@ def test_an_interactive_step_builds_on_the_latest_completed_run_and_never_writes
     # reopened by its folder (a kernel restarted mid-analysis), the interactive run keeps its upstream
     again = runner.open_step("03_classify", run_dir=str(ctx.run_dir))
     assert again.upstream == newest.resolve() and again.read_only  # its step is completed: read-only now
+    newest.rename(newest.with_name("moved-away"))
+    capsys.readouterr()
+    orphan = runner.open_step("03_classify", run_dir=str(ctx.run_dir))
+    assert orphan.upstream is None and "upstream run tiny/" in capsys.readouterr().out
 
 
 def test_an_upstream_is_named_or_refused_with_the_fix(tiny_cohort, monkeypatch, tmp_path):
