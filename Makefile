@@ -72,8 +72,8 @@ lab: $(STAMP)
 browser:
 	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	      (apt-get install -y -q chromium-headless-shell >/dev/null 2>&1 || \
-	       { apt-get update -q >/dev/null && apt-get install -y -q chromium-headless-shell >/dev/null; }) && \
+	      (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-headless-shell >/dev/null 2>&1 || \
+	       { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-headless-shell >/dev/null; }) && \
 	      echo "installed chromium-headless-shell"; \
 	    else echo "no headless Chromium: install Debian's chromium-headless-shell (or chromium) for the browser test"; fi; }
 
