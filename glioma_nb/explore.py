@@ -38,8 +38,7 @@ def show_case(ctx: Any, case_id: str | None = None) -> plt.Figure:
     if case_id not in cohort.case_ids:
         raise KeyError(f"no case {case_id!r} in cohort {cohort.name}; cases: {', '.join(cohort.case_ids[:10])}"
                        + (" ..." if len(cohort.case_ids) > 10 else ""))
-    masks = [d for d in (ctx.run_dir / "masks", ctx.inputs / "masks", ctx.output_dir / "masks")
-             if (d / f"{case_id}.nii.gz").exists()]
+    masks = [d for d in (ctx.run_dir / "masks", ctx.inputs / "masks") if (d / f"{case_id}.nii.gz").exists()]
     fig = plotting.plot_overlays(cohort, [case_id], mask_dir=masks[0] if masks else None)
     fig.suptitle(f"{case_id}: " + ("prediction solid, reference dashed" if masks else "reference regions (no predicted mask)"),
                  fontsize=10, y=1.06)
@@ -73,13 +72,14 @@ def feature_by_label(ctx: Any, feature: str | None = None, label: str = "idh_mut
         best = (-1.0, "", "")
         groups = sorted(y.unique(), key=str)[:2]
         for name in candidates:
+            if len(groups) < 2:
+                break
             X = tables[name].reindex(y.index).select_dtypes("number")
-            a, b = X[y == groups[0]], X[y == groups[1]] if len(groups) > 1 else None
-            if b is None or len(a) < 2 or len(b) < 2:
+            a, b = X[y == groups[0]], X[y == groups[1]]
+            if len(a) < 2 or len(b) < 2:
                 continue
-            ranks = pd.concat([a, b]).rank()
-            u = ranks.loc[a.index].sum() - len(a) * (len(a) + 1) / 2
-            sep = (2 * u / (len(a) * len(b)) - 1).abs().dropna()
+            u = stats.mannwhitneyu(a, b, axis=0, nan_policy="omit").statistic
+            sep = pd.Series(np.abs(2 * u / (a.count().to_numpy() * b.count().to_numpy()) - 1), index=X.columns).dropna()
             if len(sep) and sep.max() > best[0]:
                 best = (float(sep.max()), name, str(sep.idxmax()))
         if not best[2]:

@@ -92,20 +92,14 @@ def latest_completed_run(cohort: str, step: str, reports: Path | None = None) ->
     found = []
     for m in root.glob("*/manifest.json"):
         try:
-            manifest = json.loads(m.read_text())
-        except (OSError, ValueError):
+            manifest = load_manifest(m.parent)
+        except (OSError, ValueError):  # a manifest being written or broken: not a candidate
             continue
         if manifest.get("mode") == "interactive" or manifest.get("status") != "completed":
             continue
         if all(step_status(manifest, s) == "completed" for s in UPSTREAM_NEEDS[step]):
             found.append((manifest.get("created_utc", ""), m.parent.name, m.parent))
     return max(found)[2].resolve() if found else None
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (relative path -> hash): a run's state, to show it is unchanged."""
-    folder = Path(folder)
-    return {str(p.relative_to(folder)): provenance.sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ------------------------------------------------------------------------------------------ executing
@@ -150,11 +144,16 @@ class ValidationError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------- reference runs
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative path -> hash): a run's state, to show it is unchanged."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): provenance.sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def model_hashes(run_dir: Path) -> dict[str, str]:
-    """sha256 of every file under a run's ``models/`` (relative path -> hash), sorted."""
-    root = Path(run_dir) / "models"
-    return {str(p.relative_to(run_dir)): provenance.sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.endswith(".part")}
+    """sha256 of every file under a run's ``models/`` (``models/...`` path -> hash), sorted; unfinished
+    ``.part`` files left out."""
+    return {f"models/{rel}": h for rel, h in tree_hashes(Path(run_dir) / "models").items() if not rel.endswith(".part")}
 
 
 @dataclass

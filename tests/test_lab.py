@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -159,7 +160,7 @@ def _errors(results: list[list[dict]]) -> str:
 
 def test_lab_command_line_is_what_a_container_user_needs():
     argv = cli.lab_argv(port=8890, token="t0k")
-    assert Path(argv[0]).name == "jupyter" and Path(argv[0]).parent == Path(os.sys.executable).parent
+    assert Path(argv[0]).name == "jupyter" and Path(argv[0]).parent == Path(sys.executable).parent
     assert f"--ServerApp.root_dir={paths.project_root()}" in argv and "--LabApp.default_url=/lab/tree/notebooks" in argv
     assert "--IdentityProvider.token=t0k" in argv and "--ServerApp.port=8890" in argv
     assert ("--allow-root" in argv) == (os.geteuid() == 0)
