@@ -71,9 +71,9 @@ def feature_by_label(ctx: Any, feature: str | None = None, label: str = "idh_mut
     if feature is None:
         best = (-1.0, "", "")
         groups = sorted(y.unique(), key=str)[:2]
+        if len(groups) < 2:
+            return _message(f"{label} has one value here: nothing to separate")
         for name in candidates:
-            if len(groups) < 2:
-                break
             X = tables[name].reindex(y.index).select_dtypes("number")
             a, b = X[y == groups[0]], X[y == groups[1]]
             if len(a) < 2 or len(b) < 2:
