@@ -68,3 +68,71 @@ def test_deterministic_and_clear_errors():
         pipelines.build_pipeline("xgboost")
     with pytest.raises(ValueError, match="fewer than 5 outer folds"):
         cv.nested_cv(X.iloc[:8], pd.Series([0, 1, 0, 1, 0, 0, 0, 1], index=X.index[:8]))
+
+
+# ------------------------------------------------------------------------------- speed without change
+@pytest.mark.parametrize("classifier, selection", [("logreg_l2", "univariate"), ("svm_linear", "l1"),
+                                                   ("random_forest", "none")])
+def test_prefit_search_equals_gridsearchcv(classifier, selection):
+    """The inner search that fits the preprocessing once per split picks, scores and refits exactly as
+    scikit-learn's GridSearchCV on the same splits."""
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+
+    X, y = _table(n=90, p=40, signal=0.8, seed=4)
+    X.iloc[3, 5] = np.nan
+    groups = np.arange(90) // 2
+    ours = pipelines.tuned_search(X, classifier=classifier, selection=selection, k=5, inner_splits=3,
+                                  random_state=3).fit(X, y, groups=groups)
+    pipe, grid = pipelines.build_pipeline(classifier, selection, 5, X.shape[1], random_state=3)
+    ref = GridSearchCV(pipe, grid, cv=StratifiedGroupKFold(3, shuffle=True, random_state=3), scoring="roc_auc",
+                       error_score="raise").fit(X, y, groups=groups)
+    assert ours.best_params_ == ref.best_params_
+    np.testing.assert_array_equal(ours.cv_scores_, ref.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(ours.predict_proba(X), ref.predict_proba(X))
+    with pytest.raises(ValueError, match="tunes the clf step only"):
+        pipelines.PrefitSearch(pipe, {"select__k": [2, 3]}, None)
+
+
+def test_fixed_permutation_statistic_finds_signal_and_keeps_chance():
+    """The cheap exact test: one CV at fixed hyper-parameters, on observed and permuted labels alike."""
+    X, y = _table(n=60, p=10, signal=2.0, seed=1)
+    kw = dict(outer_splits=4, inner_splits=3, k=5)
+    sig = cv.permutation_test(X, y, None, 0.0, n_permutations=19, n_jobs=1, method="fixed", **kw)
+    assert sig["statistic"] > 0.8 and sig["p_value"] == pytest.approx(1 / 20) and sig["method"] == "fixed"
+    y_perm = pd.Series(np.random.default_rng(5).permutation(y.to_numpy()), index=y.index)
+    null = cv.permutation_test(X, y_perm, None, 0.0, n_permutations=19, n_jobs=1, method="fixed", **kw)
+    assert null["p_value"] > 0.05 and abs(null["null_mean_auc"] - 0.5) < 0.1
+    with pytest.raises(ValueError, match="unknown permutation method"):
+        cv.permutation_test(X, y, None, 0.5, method="cheap")
+
+
+def test_sequential_stopping_point_does_not_depend_on_n_jobs():
+    """Noise stops early; where it stops (and so p) is the same for 1 and 2 processes (batches of 2 vs 4)."""
+    rng = np.random.default_rng(2)
+    X = pd.DataFrame(rng.normal(size=(40, 6)))
+    y = pd.Series(rng.integers(0, 2, 40))
+    kw = dict(outer_splits=4, inner_splits=2, k=3, method="fixed", stop_after=3)
+    a = cv.permutation_test(X, y, None, 0.0, n_permutations=40, n_jobs=1, **kw)
+    b = cv.permutation_test(X, y, None, 0.0, n_permutations=40, n_jobs=2, **kw)
+    assert a["stopped_early"] and a == b
+
+
+def test_grid_in_parallel_equals_serial_and_resumes_from_its_cache(tmp_path):
+    """Node x feature set pairs in 2 processes give the serial tables; a second call reads every pair back."""
+    X, y = _table(n=60, p=12, signal=1.5, seed=6)
+    rng = np.random.default_rng(6)
+    clin = pd.DataFrame({"case_id": X.index, "idh_mutant": y.to_numpy(), "mgmt_methylated": rng.integers(0, 2, 60),
+                         "who_grade": 4, "age": rng.normal(55, 10, 60), "sex": "M"})
+    sets = {"clinical": clin.set_index("case_id")[["age"]], "toy": X, "toy+clinical": X.assign(age=clin["age"].to_numpy())}
+    kw = dict(nodes=["idh", "mgmt"], repeats=1, n_permutations=9, permutation="fixed", n_bootstrap=50,
+              outer_splits=4, progress=False)
+    serial = cv.evaluate(sets, clin, n_jobs=1, **kw)
+    parallel = cv.evaluate(sets, clin, n_jobs=2, cache_dir=tmp_path, **kw)
+    pd.testing.assert_frame_equal(serial.results, parallel.results)
+    pd.testing.assert_frame_equal(serial.oof, parallel.oof)
+    assert len(list(tmp_path.glob("*.joblib"))) == 6 and not parallel.notes
+    again = cv.evaluate(sets, clin, n_jobs=1, cache_dir=tmp_path, **kw)
+    pd.testing.assert_frame_equal(serial.results, again.results)
+    assert again.notes == ["6 of 6 node x feature set evaluations reused from the step's cache"]
+    changed = cv.evaluate(sets, clin, n_jobs=1, cache_dir=tmp_path, **{**kw, "n_bootstrap": 60})
+    assert not changed.notes  # other settings: nothing reused

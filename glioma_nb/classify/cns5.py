@@ -5,10 +5,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from glioma_nb.classify.cv import fit_final
 from glioma_nb.classify.nodes import NODES
+from glioma_nb.classify.pipelines import FastStratifiedGroupKFold
 
 # ------------------------------------------------------------------------------------ WHO CNS5 rules
 CNS5_OLIGO = "Oligodendroglioma, IDH-mut, 1p/19q-codel"
@@ -84,7 +84,7 @@ def cascade_cv(X: pd.DataFrame, clinical: pd.DataFrame, nodes: list[str], groups
     strat = ref["diagnosis"].astype("category").cat.codes
     pred = pd.DataFrame(np.nan, index=X.index, columns=list(MARKER_NODES))
     clin = clinical.set_index("case_id").reindex(X.index).rename_axis("case_id").reset_index()
-    outer = StratifiedGroupKFold(n_splits=outer_splits, shuffle=True, random_state=random_state)
+    outer = FastStratifiedGroupKFold(n_splits=outer_splits, shuffle=True, random_state=random_state)
     for train, test in outer.split(X, strat, groups):
         for marker, node_name in MARKER_NODES.items():
             if node_name not in nodes:

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_selection import (
@@ -16,13 +17,58 @@ from sklearn.feature_selection import (
 )
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 
 # ------------------------------------------------------------------------------------------ the engine
+class MedianImputer(SimpleImputer):
+    """``SimpleImputer(strategy="median")`` with the same statistics, computed several times faster: missing
+    values are sorted last and one ``np.partition`` per count of observed values finds the middle ones,
+    instead of a masked-array median of every column (on 1,728 features the imputer was the costliest step
+    of a fit). Columns missing everywhere are dropped, as SimpleImputer does; tests check the numbers agree."""
+
+    def _dense_fit(self, X: np.ndarray, strategy: str, missing_values: Any, fill_value: Any) -> np.ndarray:
+        if strategy != "median" or not (isinstance(missing_values, float) and np.isnan(missing_values)):
+            return super()._dense_fit(X, strategy, missing_values, fill_value)
+        missing = np.isnan(X)
+        super()._fit_indicator(missing)
+        n_valid = X.shape[0] - missing.sum(axis=0)
+        out = np.full(X.shape[1], 0.0 if self.keep_empty_features else np.nan)
+        filled = np.where(missing, np.inf, X)  # missing values sort last: the k-th smallest is a real value
+        for n in np.unique(n_valid[n_valid > 0]):  # one partition per count of observed values
+            cols = np.flatnonzero(n_valid == n)
+            lo, hi = (n - 1) // 2, n // 2
+            part = np.partition(filled[:, cols], [lo, hi], axis=0)
+            out[cols] = np.mean(part[[lo, hi]], axis=0)
+        return out
+
+
+class FastStratifiedGroupKFold(StratifiedGroupKFold):
+    """scikit-learn's StratifiedGroupKFold with the same folds, found faster: each group's best fold is
+    chosen from all candidate folds at once (one array operation) instead of one fold at a time, with the
+    same criterion and tie rule (tested equal). With one case per patient and 600 patients the fold search
+    was a third of the cost of a cross-validation at fixed hyper-parameters."""
+
+    def _find_best_fold(self, y_counts_per_fold: np.ndarray, y_cnt: np.ndarray,
+                        group_y_counts: np.ndarray) -> int | None:
+        k = self.n_splits
+        cand = np.repeat(y_counts_per_fold[None], k, axis=0)   # candidate i: the group added to fold i
+        cand[np.arange(k), np.arange(k)] += group_y_counts
+        evals = np.mean(np.std(cand / y_cnt.reshape(1, 1, -1), axis=1), axis=1)
+        samples = y_counts_per_fold.sum(axis=1)
+        best, min_eval, min_samples = None, np.inf, np.inf
+        for i in range(k):   # sklearn's sequential rule; np.isclose(e, inf) is False for finite e
+            close = (evals[i] == min_eval) if np.isinf(min_eval) else \
+                abs(evals[i] - min_eval) <= 1e-8 + 1e-5 * abs(min_eval)
+            if evals[i] < min_eval or (close and samples[i] < min_samples):
+                best, min_eval, min_samples = i, evals[i], samples[i]
+        return best
+
+
 def _logreg(penalty: str, random_state: int | None) -> Any:
 
     # scikit-learn >= 1.8: the penalty is chosen by l1_ratio (1 = lasso, 0 = ridge)
@@ -76,18 +122,68 @@ def build_pipeline(classifier: str = "logreg_l2", selection: str = "univariate",
         raise ValueError(f"unknown classifier {classifier!r}; known: {sorted(CLASSIFIERS)}")
     factory, grid = CLASSIFIERS[classifier]
     k_eff = min(k, n_features) if n_features else k
-    pipe = Pipeline([("impute", SimpleImputer(strategy="median")), ("constant", VarianceThreshold(0.0)),
+    pipe = Pipeline([("impute", MedianImputer(strategy="median")), ("constant", VarianceThreshold(0.0)),
                      ("scale", StandardScaler()),
                      ("select", _selector(selection, k_eff, random_state)), ("clf", factory(random_state))])
     return pipe, dict(grid)
 
 
+class PrefitSearch:
+    """The inner loop of a node: a grid search over the ``clf`` step of a pipeline, scored by AUC.
+
+    What :class:`sklearn.model_selection.GridSearchCV` does with the same splits, candidate order, scorer
+    (decision function when the classifier has one, else the positive-class probability), tie rule (the
+    first best candidate) and refit, except that the preprocessing (impute, drop constant, scale, select),
+    which no candidate changes, is fitted once per inner split instead of once per candidate and split
+    (``tests/test_classify_engine.py`` checks the two agree). With 4 candidates and 1,728 features this
+    is about 3x faster; the grid may only name ``clf__`` parameters.
+    """
+
+    def __init__(self, pipeline: Pipeline, grid: dict[str, list[Any]], cv: Any) -> None:
+        bad = [k for k in grid if not k.startswith("clf__")]
+        if bad:
+            raise ValueError(f"PrefitSearch tunes the clf step only; got {bad}")
+        self.pipeline, self.grid, self.cv = pipeline, grid, cv
+
+    @staticmethod
+    def _score(clf: Any, Z: np.ndarray, y: np.ndarray) -> float:
+
+        s = clf.decision_function(Z) if hasattr(clf, "decision_function") else clf.predict_proba(Z)[:, 1]
+        return float(roc_auc_score(y, s))
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> "PrefitSearch":
+        X_given, X, y = X, np.asarray(X, dtype=float), np.asarray(y)
+        candidates = list(ParameterGrid(self.grid))
+        clf_params = [{k[len("clf__"):]: v for k, v in c.items()} for c in candidates]
+        scores = []
+        for train, test in self.cv.split(X, y, groups):
+            pre = Pipeline(clone(self.pipeline).steps[:-1])
+            z_train = pre.fit_transform(X[train], y[train])
+            z_test = pre.transform(X[test])
+            split = []
+            for params in clf_params:
+                clf = clone(self.pipeline.named_steps["clf"]).set_params(**params).fit(z_train, y[train])
+                split.append(self._score(clf, z_test, y[test]))
+            scores.append(split)
+        mean = np.average(np.asarray(scores), axis=0)
+        self.cv_scores_ = mean
+        best = int(np.argmax(mean))
+        self.best_index_, self.best_score_, self.best_params_ = best, float(mean[best]), candidates[best]
+        # refitted on X as given (a DataFrame keeps its feature names in the model, as GridSearchCV does)
+        self.best_estimator_ = clone(self.pipeline).set_params(**candidates[best]).fit(X_given, y)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+
+        return self.best_estimator_.predict_proba(X)
+
+
 def tuned_search(X: pd.DataFrame, *, classifier: str = "logreg_l2", selection: str = "univariate", k: int = 10,
-                 inner_splits: int = 3, random_state: int = 0) -> Any:
-    """The inner loop: a grid search over the pipeline, grouped and stratified, scored by AUC."""
+                 inner_splits: int = 3, random_state: int = 0) -> PrefitSearch:
+    """The inner loop: a grid search over the pipeline's classifier, grouped and stratified, scored by AUC."""
     pipe, grid = build_pipeline(classifier, selection, k, X.shape[1], random_state=random_state)
-    inner = StratifiedGroupKFold(n_splits=inner_splits, shuffle=True, random_state=random_state)
-    return GridSearchCV(pipe, grid, cv=inner, scoring="roc_auc", n_jobs=1, error_score="raise")
+    inner = FastStratifiedGroupKFold(n_splits=inner_splits, shuffle=True, random_state=random_state)
+    return PrefitSearch(pipe, grid, inner)
 
 
 def node_problem(y: pd.Series, groups: pd.Series, outer_splits: int, inner_splits: int,
