@@ -34,8 +34,9 @@ from glioma_nb.validate import reference as val_reference
 
 RUN_SUBDIRS = ("qc", "figures", "tables", "models", "logs", "metrics", "attempts", "masks")
 # Caches kept in place when a failed step is resumed: finished masks are not redone, and a model trained
-# in the run (notebook 01, segment.train) resumes from its checkpoint.
-CACHE_SUBDIRS = ("masks/", "models/segment__")
+# in the run (notebook 01, segment.train) resumes from its checkpoint, and the node x feature set evaluations of
+# 03_classify (cache/03_classify) are read back.
+CACHE_SUBDIRS = ("masks/", "models/segment__", "cache/")
 
 
 def cohort_inputs(cfg: Mapping[str, Any], cohort: io.Cohort) -> list[Path]:

@@ -253,3 +253,46 @@ def test_synthetic_cohort_planted_idh_signal_and_permuted_labels(synthetic_40):
     perm = cv.nested_cv(X, y_perm, repeats=1, **kw)
     test = cv.permutation_test(X, y_perm, None, perm.auc, n_permutations=19, n_jobs=2, **kw)
     assert 0.25 < perm.auc < 0.75 and test["p_value"] > 0.05, (perm, test)
+
+
+def test_compare_sets_pairs_feature_sets_on_the_same_patients():
+    rng = np.random.default_rng(2)
+    n = 120
+    y = rng.integers(0, 2, n)
+    ids = [f"c{i}" for i in range(n)]
+    oof = pd.concat([pd.DataFrame({"case_id": ids, "y": y, "prob": p, "node": "idh", "feature_set": fs})
+                     for fs, p in [("good", y * 0.5 + rng.random(n) * 0.6), ("noise", rng.random(n))]])
+    table = cv.compare_sets(oof, cv.parse_pairs(["good vs noise", "good vs absent"], "classify.compare"),
+                            n_bootstrap=200)
+    assert len(table) == 1 and table.loc[0, "n"] == n and table.loc[0, "difference_low"] > 0.2
+    assert table.loc[0, "p_delong"] < 0.001
+    with pytest.raises(ValueError, match="classify.compare: 'good - noise' is not a comparison"):
+        cv.parse_pairs(["good - noise"], "classify.compare")
+
+
+def test_labels_layout_cohort_of_masks_only(tmp_path):
+    import nibabel as nib
+    import yaml
+
+    from glioma_nb import config, io
+
+    root = tmp_path / "masks"
+    root.mkdir()
+    lab = np.zeros((8, 8, 8), np.uint8)
+    lab[2:5, 2:5, 2:5] = 2
+    lab[3, 3, 3] = 4
+    for name in ("TCGA-02-0001_2001.01.01_mask.nii.gz", "TCGA-02-0002_2002.02.02_mask.nii.gz", "notes.txt"):
+        (nib.save(nib.Nifti1Image(lab, np.eye(4)), root / name) if name.endswith(".gz")
+         else (root / name).write_text("x"))
+    cfg = {"cohort": {"root": str(tmp_path), "layout": "labels", "case_glob": "masks/*", "modalities": [],
+                      "case_id_regex": "^(TCGA-..-....)_", "label": {"present": True, "scheme": "brats2018"}}}
+    y = tmp_path / "labels.yaml"
+    y.write_text(yaml.safe_dump(cfg))
+    cohort, report = io.check_cohort(config.resolve_config(str(y)), progress=False)
+    assert report.ok, report.format()
+    assert cohort.case_ids == ["TCGA-02-0001", "TCGA-02-0002"] and cohort.modalities == ()
+    assert report.case_table["WT_ml"].tolist() == [0.027, 0.027]
+    cfg["cohort"]["case_id_regex"] = "^(TCGA-02)-"      # two files, one id: a named error
+    y.write_text(yaml.safe_dump(cfg))
+    _, report = io.check_cohort(config.resolve_config(str(y)), progress=False)
+    assert any("a second label map for this case" in p.message for p in report.errors)

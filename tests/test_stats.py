@@ -118,3 +118,17 @@ def test_bootstrap_mean_and_indices_are_seeded():
     assert mean == 9.5 and lo < 9.5 < hi and n == 20
     a, b = stats.bootstrap_indices(10, 3, 1), stats.bootstrap_indices(10, 3, 1)
     assert all((x == y).all() for x, y in zip(a, b)) and all(x.max() < 10 for x in a)
+
+
+def test_paired_bootstrap_difference_of_aucs():
+    """A score that carries the label beats pure noise, with a CI away from 0; a score against itself is 0."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    good, noise = y + rng.normal(0, 0.7, 200), rng.normal(size=200)
+    r = stats.paired_bootstrap_difference(lambda i: (roc_auc_score(y[i], good[i]), roc_auc_score(y[i], noise[i])),
+                                          200, strata=y, n_boot=300)
+    assert r["difference"] == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, noise))
+    assert r["difference_low"] > 0.2 and r["p_bootstrap"] == pytest.approx(1 / 300)
+    same = stats.paired_bootstrap_difference(lambda i: (roc_auc_score(y[i], good[i]),) * 2, 200, strata=y, n_boot=100)
+    assert same["difference"] == 0 and same["difference_low"] == 0 == same["difference_high"]
+    assert same["p_bootstrap"] == 1.0

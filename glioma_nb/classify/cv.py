@@ -3,21 +3,24 @@ final refit, and the grid of every node x feature set that notebook 03 reports (
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
+import joblib
 import numpy as np
 import pandas as pd
 import sklearn
 from joblib import Parallel, delayed
+from sklearn.base import clone
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 from glioma_nb import records, stats
 from glioma_nb.classify.nodes import NODES
-from glioma_nb.classify.pipelines import node_problem, tuned_search
+from glioma_nb.classify.pipelines import FastStratifiedGroupKFold, build_pipeline, node_problem, tuned_search
 
 
 @dataclass
@@ -65,7 +68,7 @@ def nested_cv(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None = None, *,
     with sklearn.config_context(skip_parameter_validation=True):
         for r in range(repeats):
             seed = random_state + r
-            outer = StratifiedGroupKFold(n_splits=outer_splits, shuffle=True, random_state=seed)
+            outer = FastStratifiedGroupKFold(n_splits=outer_splits, shuffle=True, random_state=seed)
             col = np.full(len(X), np.nan)
             for train, test in outer.split(Xa, ya, ga):
                 search = tuned_search(X, classifier=classifier, selection=selection, k=k,
@@ -78,26 +81,77 @@ def nested_cv(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None = None, *,
     return NestedCVResult(oof, best_params)
 
 
+def fixed_cv_auc(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None = None, *, classifier: str = "logreg_l2",
+                 selection: str = "univariate", k: int = 10, outer_splits: int = 5, random_state: int = 0,
+                 **_: Any) -> float:
+    """AUC of one grouped, stratified CV of the pipeline at fixed hyper-parameters (the middle of the
+    classifier's grid; no inner tuning): the cheap statistic of ``permutation_test(method="fixed")``."""
+    y = pd.Series(y).astype(int)
+    groups = pd.Series(groups if groups is not None else X.index, index=X.index)
+    pipe, grid = build_pipeline(classifier, selection, k, X.shape[1], random_state=random_state)
+    pipe.set_params(**{name: values[len(values) // 2] for name, values in grid.items()})
+    Xa, ya, ga = X.to_numpy(dtype=float), y.to_numpy(), groups.to_numpy()
+    prob = np.full(len(X), np.nan)
+    with sklearn.config_context(skip_parameter_validation=True):
+        outer = FastStratifiedGroupKFold(n_splits=outer_splits, shuffle=True, random_state=random_state)
+        for train, test in outer.split(Xa, ya, ga):
+            prob[test] = clone(pipe).fit(Xa[train], ya[train]).predict_proba(Xa[test])[:, 1]
+    return float(roc_auc_score(ya, prob))
+
+
+#: permutation-test statistics: name -> (statistic(X, y, groups, random_state, **cv_kw), what it re-runs)
+PERMUTATION_METHODS: dict[str, str] = {
+    "nested": "the whole nested CV (one repeat) per permutation; tests the reported AUC itself",
+    "fixed": "one CV at fixed hyper-parameters per permutation, on the observed labels too; exact, ~4x cheaper",
+    "auto": f"nested when cases x features <= {100_000:,}, else fixed",
+}
+
+#: ``permutation="auto"``: above this many cases x features a nested re-run per permutation is too dear
+AUTO_NESTED_MAX_CELLS = 100_000
+
+
+def permutation_method(method: str, X: pd.DataFrame) -> str:
+    """The permutation statistic used for ``X``: ``method``, or for ``auto`` nested on small tables and fixed
+    on large ones (cases x features above :data:`AUTO_NESTED_MAX_CELLS`)."""
+    if method not in PERMUTATION_METHODS:
+        raise ValueError(f"unknown permutation method {method!r}; use one of {sorted(PERMUTATION_METHODS)}")
+    if method == "auto":
+        return "nested" if X.shape[0] * X.shape[1] <= AUTO_NESTED_MAX_CELLS else "fixed"
+    return method
+
+
 def permutation_test(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None, observed_auc: float, *,
                      n_permutations: int = 100, stop_after: int = 10, n_jobs: int = 1, random_state: int = 0,
-                     **cv_kw: Any) -> dict[str, Any]:
-    """Permutation test of the nested-CV AUC against chance.
+                     method: str = "nested", **cv_kw: Any) -> dict[str, Any]:
+    """Permutation test of the cross-validated AUC against chance.
 
-    Labels are permuted between patients (all scans of a patient keep one label) and the *whole*
-    nested procedure is re-run (one repeat) on each permutation. Sequential Monte-Carlo stopping
-    (Besag & Clifford 1991): once ``stop_after`` permuted AUCs reach the observed one, p = h/k is
-    already large and the remaining permutations are skipped; otherwise p = (1 + g) / (1 + n).
+    Labels are permuted between patients (all scans of a patient keep one label) and the statistic is
+    re-computed on each permutation. ``method="nested"`` re-runs the *whole* nested procedure (one repeat)
+    and compares with ``observed_auc``; ``method="fixed"`` computes a cheaper statistic, one CV of the
+    pipeline at fixed hyper-parameters (:func:`fixed_cv_auc`), on the observed labels and on every
+    permutation alike, so the test is still exact (Monte-Carlo p-value under exchangeable labels) at about
+    a tenth of the cost; ``observed_auc`` is then replaced by that statistic's own value.
+
+    Sequential Monte-Carlo stopping (Besag & Clifford 1991): permutations are taken in a fixed order; once
+    ``stop_after`` permuted values reach the observed one (at the k-th permutation), p = stop_after / k and
+    the rest are skipped; otherwise p = (1 + g) / (1 + n). The stopping point does not depend on ``n_jobs``,
+    so serial and parallel runs give the same p.
     """
+    method = permutation_method(method, X)
     y = pd.Series(y).astype(int)
     groups = pd.Series(groups if groups is not None else X.index, index=X.index)
     patient_label = y.groupby(groups).first()
     rng = np.random.default_rng(random_state)
     cv_kw = {**cv_kw, "repeats": 1}
+    if method == "fixed":
+        observed_auc = fixed_cv_auc(X, y, groups, random_state=random_state, **cv_kw)
 
     def one(seed: int) -> float:
         perm = pd.Series(np.random.default_rng(seed).permutation(patient_label.to_numpy()),
                          index=patient_label.index)
         y_p = groups.map(perm).astype(int)
+        if method == "fixed":
+            return fixed_cv_auc(X, y_p, groups, random_state=int(seed % 2**31), **cv_kw)
         return nested_cv(X, y_p, groups, random_state=int(seed % 2**31), **cv_kw).auc
 
     seeds = rng.integers(0, 2**62, size=n_permutations)
@@ -108,12 +162,16 @@ def permutation_test(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None, ob
             null.extend(par(delayed(one)(int(s)) for s in seeds[start:start + batch]))
             if sum(a >= observed_auc for a in null) >= stop_after:
                 break
+    hits = np.cumsum(np.asarray(null) >= observed_auc)
+    stopped = bool(hits.size and hits[-1] >= stop_after)
+    if stopped:  # cut at the permutation that reached stop_after: the same point whatever the batch size
+        null = null[:int(np.argmax(hits >= stop_after)) + 1]
     null_arr = np.asarray(null)
     ge = int((null_arr >= observed_auc).sum())
-    stopped = len(null) < n_permutations
     p = ge / len(null) if stopped else (1 + ge) / (1 + len(null))
-    return {"p_value": float(p), "n_permutations": len(null), "stopped_early": stopped,
-            "null_mean_auc": float(null_arr.mean()), "null_auc_95": float(np.quantile(null_arr, 0.95))}
+    return {"p_value": float(p), "n_permutations": len(null), "stopped_early": stopped, "method": method,
+            "statistic": float(observed_auc), "null_mean_auc": float(null_arr.mean()),
+            "null_auc_95": float(np.quantile(null_arr, 0.95))}
 
 
 # ----------------------------------------------------------------------------------------- statistics
@@ -211,17 +269,75 @@ class NodeGrid:
         return self.results.loc[idx].reset_index(drop=True)
 
 
+def _evaluate_pair(node_name: str, fs_name: str, X: pd.DataFrame, y: pd.Series, g: pd.Series, *,
+                   cv_kw: dict[str, Any], repeats: int, n_permutations: int, permutation: str, n_bootstrap: int,
+                   n_jobs: int, random_state: int, refit: bool) -> dict[str, Any]:
+    """One node x feature set: nested CV, statistics, permutation test and the final model (a plain dict,
+    what the grid cache stores)."""
+    node = NODES[node_name]
+    res = nested_cv(X, y, g, repeats=repeats, random_state=random_state, **cv_kw)
+    st = node_statistics(y.to_numpy(), res.oof["prob"].to_numpy(), n_boot=n_bootstrap, random_state=random_state)
+    row = {"node": node_name, "kind": node.kind, "feature_set": fs_name, "n_features": X.shape[1], **st,
+           "auc_repeat_sd": float(np.std(res.auc_per_repeat))}
+    if n_permutations:
+        pt = permutation_test(X, y, g, res.auc, n_permutations=n_permutations, n_jobs=n_jobs, method=permutation,
+                              random_state=random_state, **cv_kw)
+        row.update(perm_p=pt["p_value"], perm_n=pt["n_permutations"], perm_null_auc=pt["null_mean_auc"],
+                   perm_method=pt["method"], perm_statistic=pt["statistic"])
+    model = None
+    if refit:
+        search = fit_final(X, y, g, random_state=random_state, **{k: v for k, v in cv_kw.items() if k != "outer_splits"})
+        model = records.make(
+            "classifier", f"{node_name}__{fs_name.replace('+', '-')}", search.best_estimator_, X=X, y=y,
+            node=node_name, feature_set=fs_name, positive_class=node.description,
+            best_params=search.best_params_, inner_cv_auc=float(search.best_score_), n_train=int(len(X)),
+            class_counts={int(k): int(v) for k, v in pd.Series(y).value_counts().items()},
+            cv_metrics={k: row[k] for k in ("auc", "auc_lo", "auc_hi", "balanced_accuracy")})
+    return {"row": row, "oof": res.oof, "model": model}
+
+
+def _cached_pair(cache_dir: Path | None, key_data: tuple[Any, ...], node_name: str, fs_name: str,
+                 **kw: Any) -> dict[str, Any]:
+    """:func:`_evaluate_pair`, read from ``cache_dir`` when the same inputs and settings were evaluated
+    before (a resumed step does not redo finished pairs), else computed and written there atomically."""
+    if cache_dir is None:
+        return _evaluate_pair(node_name, fs_name, *key_data[:3], **kw)
+    key = joblib.hash((key_data, {k: v for k, v in kw.items() if k != "n_jobs"}, sklearn.__version__, CACHE_VERSION))
+    path = Path(cache_dir) / f"{node_name}__{fs_name.replace('+', '-')}__{key[:16]}.joblib"
+    if path.exists():
+        try:
+            return {**joblib.load(path), "cached": True}
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError):  # truncated by a killed run: recompute
+            path.unlink(missing_ok=True)
+    out = _evaluate_pair(node_name, fs_name, *key_data[:3], **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    joblib.dump(out, tmp)
+    os.replace(tmp, path)
+    return out
+
+
+#: bump when :func:`_evaluate_pair` changes what it computes, so that older grid caches are not reused
+CACHE_VERSION = 1
+
+
 def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, nodes: list[str],
              baseline: str = "clinical", classifier: str = "logreg_l2", selection: str = "univariate",
              k_features: int = 10, outer_splits: int = 5, inner_splits: int = 3, repeats: int = 3,
-             n_permutations: int = 100, n_bootstrap: int = 1000, min_class_size: int = 5, n_jobs: int = 1,
-             random_state: int = 0, refit: bool = True, progress: bool = True) -> NodeGrid:
+             n_permutations: int = 100, permutation: str = "auto", n_bootstrap: int = 1000,
+             min_class_size: int = 5, n_jobs: int = 1, random_state: int = 0, refit: bool = True,
+             progress: bool = True, cache_dir: Path | None = None) -> NodeGrid:
     """Nested CV of every node on every feature set; statistics, permutation test, DeLong vs baseline.
 
     A node is evaluated on the cases that are eligible, labelled and present in the feature set.
     Nodes that cannot be trained (one class, too few cases) are skipped with the reason. With
     ``refit`` the final model of each node x set is refitted on all its cases (a :class:`records.ModelRecord`
     in ``models``; the step saves them).
+
+    The node x feature set pairs run in ``n_jobs`` processes when there are at least as many pairs as
+    processes (their permutations then run serially), else one pair at a time with parallel permutations;
+    every pair has its own seeds, so the results are the same whatever ``n_jobs``. With ``cache_dir`` each
+    finished pair is stored there and reused when the same inputs and settings come again.
     """
     clin = clinical.set_index("case_id")
     groups_all = clin["patient_id"].fillna(pd.Series(clin.index, index=clin.index)) if "patient_id" in clin \
@@ -229,12 +345,12 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
     unknown = [n for n in nodes if n not in NODES]
     if unknown:
         raise ValueError(f"unknown classification nodes {unknown}; known: {list(NODES)}")
-    rows, oofs, skipped, notes = [], [], [], []
-    models: dict[tuple[str, str], records.ModelRecord] = {}
+    permutation_method(permutation, pd.DataFrame())  # an unknown method fails before any fitting
+    skipped: list[dict[str, Any]] = []
+    notes: list[str] = []
     cv_kw = dict(classifier=classifier, selection=selection, k=k_features, outer_splits=outer_splits,
                  inner_splits=inner_splits)
-    todo = [(n, fs) for n in nodes for fs in feature_sets]
-    bar = tqdm(total=len(todo), desc="nodes x feature sets", disable=not progress)
+    tasks: list[tuple[str, str, tuple[Any, ...]]] = []
     for node_name in nodes:
         node = NODES[node_name]
         try:
@@ -242,20 +358,15 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
             target = node.target(clinical).set_axis(clinical["case_id"])[elig].dropna().astype(int)
         except KeyError as exc:
             skipped.append({"node": node_name, "reason": f"no {exc} column in the clinical table"})
-            bar.update(len(feature_sets))
             continue
         if target.empty:
             skipped.append({"node": node_name, "reason": "no labelled cases in this cohort"})
-            bar.update(len(feature_sets))
             continue
         why = node_problem(target, groups_all.reindex(target.index), outer_splits, inner_splits, min_class_size)
         if why:  # a problem of the labels themselves: say it once for the node
             skipped.append({"node": node_name, "reason": why})
-            bar.update(len(feature_sets))
             continue
-        node_oof: dict[str, pd.DataFrame] = {}
         for fs_name, X_all in feature_sets.items():
-            bar.update(1)
             ids = target.index.intersection(X_all.index)
             X, y, g = X_all.loc[ids], target.loc[ids], groups_all.reindex(ids)
             X = X.loc[:, X.notna().any()]
@@ -263,33 +374,40 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
             if why:
                 skipped.append({"node": node_name, "feature_set": fs_name, "reason": why})
                 continue
-            res = nested_cv(X, y, g, repeats=repeats, random_state=random_state, **cv_kw)
-            st = node_statistics(y.to_numpy(), res.oof["prob"].to_numpy(), n_boot=n_bootstrap,
-                                 random_state=random_state)
-            row = {"node": node_name, "kind": node.kind, "feature_set": fs_name, "n_features": X.shape[1], **st,
-                   "auc_repeat_sd": float(np.std(res.auc_per_repeat))}
-            if n_permutations:
-                pt = permutation_test(X, y, g, res.auc, n_permutations=n_permutations, n_jobs=n_jobs,
-                                      random_state=random_state, **cv_kw)
-                row.update(perm_p=pt["p_value"], perm_n=pt["n_permutations"], perm_null_auc=pt["null_mean_auc"])
-            rows.append(row)
-            node_oof[fs_name] = res.oof
-            oofs.append(res.oof[["y", "prob"]].rename_axis("case_id").reset_index()
-                        .assign(node=node_name, feature_set=fs_name))
-            if refit:
-                search = fit_final(X, y, g, classifier=classifier, selection=selection, k=k_features,
-                                   inner_splits=inner_splits, random_state=random_state)
-                models[(node_name, fs_name)] = records.make(
-                    "classifier", f"{node_name}__{fs_name.replace('+', '-')}", search.best_estimator_, X=X, y=y,
-                    node=node_name, feature_set=fs_name, positive_class=node.description,
-                    best_params=search.best_params_, inner_cv_auc=float(search.best_score_), n_train=int(len(X)),
-                    class_counts={int(k): int(v) for k, v in pd.Series(y).value_counts().items()},
-                    cv_metrics={k: row[k] for k in ("auc", "auc_lo", "auc_hi", "balanced_accuracy")})
+            tasks.append((node_name, fs_name, (X, y, g)))
+    workers = n_jobs if n_jobs > 0 else (os.cpu_count() or 1)
+    outer_jobs = workers if len(tasks) >= workers > 1 else 1
+    kw = dict(cv_kw=cv_kw, repeats=repeats, n_permutations=n_permutations, permutation=permutation,
+              n_bootstrap=n_bootstrap, n_jobs=1 if outer_jobs > 1 else n_jobs, random_state=random_state,
+              refit=refit)
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    bar = tqdm(total=len(tasks), desc="nodes x feature sets", disable=not progress)
+    with Parallel(n_jobs=outer_jobs, return_as="generator") as par:
+        outs = par(delayed(_cached_pair)(cache_dir, data, node_name, fs_name, **kw)
+                   for node_name, fs_name, data in tasks)
+        for (node_name, fs_name, _), out in zip(tasks, outs):
+            done[(node_name, fs_name)] = out
+            bar.update(1)
+    bar.close()
+    n_cached = sum(bool(o.get("cached")) for o in done.values())
+    if n_cached:
+        notes.append(f"{n_cached} of {len(done)} node x feature set evaluations reused from the step's cache")
+    rows, oofs = [], []
+    models: dict[tuple[str, str], records.ModelRecord] = {}
+    for node_name in nodes:
+        node_oof = {fs: o["oof"] for (n, fs), o in done.items() if n == node_name}
+        node_rows = [o["row"] for (n, _), o in done.items() if n == node_name]
+        for (n, fs), o in done.items():
+            if n == node_name:
+                oofs.append(o["oof"][["y", "prob"]].rename_axis("case_id").reset_index()
+                            .assign(node=node_name, feature_set=fs))
+                if o["model"] is not None:
+                    models[(n, fs)] = o["model"]
         # DeLong against the baseline, on the cases both sets have
         if baseline in node_oof:
             base = node_oof[baseline]
-            for r in rows:
-                if r["node"] != node_name or r["feature_set"] == baseline:
+            for r in node_rows:
+                if r["feature_set"] == baseline:
                     continue
                 other = node_oof[r["feature_set"]]
                 common = base.index.intersection(other.index)
@@ -299,12 +417,54 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
                 d = stats.delong_test(yy, other.loc[common, "prob"].to_numpy(), base.loc[common, "prob"].to_numpy())
                 r.update(delong_vs_baseline_diff=d.auc_1 - d.auc_2, delong_vs_baseline_p=d.p_value,
                          delong_n=int(len(common)))
-    bar.close()
+        rows.extend(node_rows)
     results = pd.DataFrame(rows)
     oof = pd.concat(oofs, ignore_index=True) if oofs else pd.DataFrame(columns=["case_id", "y", "prob", "node",
                                                                                "feature_set"])
     return NodeGrid(results, oof, pd.DataFrame(skipped, columns=["node", "feature_set", "reason"]), notes,
-                          models)
+                    models)
+
+
+def parse_pairs(pairs: list[str], what: str) -> list[tuple[str, str]]:
+    """``["a vs b", ...]`` -> [(a, b), ...]; anything else is an error naming the setting."""
+    out = []
+    for item in pairs:
+        a, sep, b = str(item).partition(" vs ")
+        if not sep or not a.strip() or not b.strip():
+            raise ValueError(f"{what}: {item!r} is not a comparison; write it as 'feature set a vs feature set b'")
+        out.append((a.strip(), b.strip()))
+    return out
+
+
+def compare_sets(oof: pd.DataFrame, pairs: list[tuple[str, str]], *, n_bootstrap: int = 1000,
+                 random_state: int = 0) -> pd.DataFrame:
+    """Paired comparison of two feature sets of a node: difference in out-of-fold AUC (a - b) on the cases
+    both have, with a class-stratified paired bootstrap 95% CI and P (cases resampled, both AUCs recomputed),
+    beside DeLong's test. The CI is over patients for these out-of-fold predictions; it does not include the
+    variation from refitting the models on other training sets."""
+    rows = []
+    for node in oof["node"].unique() if len(oof) else []:
+        d = oof[oof["node"] == node]
+        for a, b in pairs:
+            pa = d[d["feature_set"] == a].set_index("case_id")
+            pb = d[d["feature_set"] == b].set_index("case_id")
+            common = pa.index.intersection(pb.index)
+            if pa.empty or pb.empty or len(common) < 10:
+                continue
+            y = pa.loc[common, "y"].to_numpy(dtype=int)
+            sa, sb = pa.loc[common, "prob"].to_numpy(), pb.loc[common, "prob"].to_numpy()
+            if y.min() == y.max():
+                continue
+            r = stats.paired_bootstrap_difference(
+                lambda i, y=y, sa=sa, sb=sb: (roc_auc_score(y[i], sa[i]), roc_auc_score(y[i], sb[i])), len(y),
+                strata=y, n_boot=n_bootstrap, random_state=random_state)
+            dl = stats.delong_test(y, sa, sb)
+            rows.append({"node": node, "set_a": a, "set_b": b, "n": int(len(y)), "n_pos": int(y.sum()),
+                         "auc_a": r["a"], "auc_b": r["b"], "auc_difference": r["difference"],
+                         "difference_low": r["difference_low"], "difference_high": r["difference_high"],
+                         "p_bootstrap": r["p_bootstrap"], "p_delong": dl.p_value})
+    return pd.DataFrame(rows, columns=["node", "set_a", "set_b", "n", "n_pos", "auc_a", "auc_b", "auc_difference",
+                                       "difference_low", "difference_high", "p_bootstrap", "p_delong"])
 
 
 def average_accuracy(results: pd.DataFrame, feature_set: str | None = None) -> pd.DataFrame:

@@ -22,7 +22,8 @@ def clinical_features(clinical: pd.DataFrame, volumes: pd.DataFrame | None = Non
 
 def assemble_feature_sets(sources: dict[str, pd.DataFrame], requested: list[str],
                           aliases: dict[str, str] | None = None) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Feature sets from named sources. ``"a+b"`` joins sources a and b; ``"all"`` joins every source.
+    """Feature sets from named sources. ``"a+b"`` joins sources a and b; ``"all"`` joins every source
+    except the column families (``table.family``) of a table already in it.
 
     Columns are prefixed ``<source>:`` so that sets mixing sources keep unique, traceable names.
     A set with a missing source is skipped, and a set identical to an earlier one is dropped; both
@@ -32,7 +33,8 @@ def assemble_feature_sets(sources: dict[str, pd.DataFrame], requested: list[str]
     sets: dict[str, pd.DataFrame] = {}
     seen: dict[tuple[str, ...], str] = {}
     for name in requested:
-        parts = sorted(sources) if name == "all" else name.split("+")
+        # all: every table; families (``table.family``, column subsets of a table) are not added again
+        parts = sorted(s for s in sources if "." not in s) if name == "all" else name.split("+")
         if not parts:
             notes.append(f"feature set '{name}' skipped: no features in this run")
             continue

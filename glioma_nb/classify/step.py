@@ -35,12 +35,14 @@ class ClassifyResult(StepResult):
 def step(ctx: Any, *, min_class_size: int = 5, nodes: Sequence[str] = (), feature_sets: Sequence[str] = (),
          baseline: str = "clinical", classifier: str = "logreg_l2", selection: str = "univariate",
          k_features: int = 10, outer_splits: int = 5, inner_splits: int = 3, repeats: int = 3,
-         n_permutations: int = 100, n_bootstrap: int = 1000, diagnosis_features: str = "all", n_jobs: int = -1,
+         n_permutations: int = 100, permutation: str = "auto", n_bootstrap: int = 1000,
+         compare: Sequence[str] = (), diagnosis_features: str = "all", n_jobs: int = -1,
          progress: bool = True) -> ClassifyResult:
     """Nested CV of every node x feature set (with permutation and DeLong tests), final models refitted on all
     cases, figures, the end-to-end CNS5 diagnosis and the average accuracies (parameters: ``classify`` in
     ``configs/base.yaml``)."""
     seed = int(ctx.config["project"]["seed"])
+    cv.parse_pairs(list(compare), "classify.compare")  # a malformed comparison fails before hours of fitting
     res = ClassifyResult()
     node_table = nodes_mod.node_label_table(ctx.clinical, min_class_size=min_class_size)
     res.tables["classification_nodes"] = node_table
@@ -57,12 +59,18 @@ def step(ctx: Any, *, min_class_size: int = 5, nodes: Sequence[str] = (), featur
     grid = res.grid = cv.evaluate(
         res.sets, ctx.clinical, nodes=list(nodes), baseline=baseline, classifier=classifier, selection=selection,
         k_features=k_features, outer_splits=outer_splits, inner_splits=inner_splits, repeats=repeats,
-        n_permutations=n_permutations, n_bootstrap=n_bootstrap, min_class_size=min_class_size, n_jobs=n_jobs,
-        random_state=seed, refit=True, progress=progress)
+        n_permutations=n_permutations, permutation=permutation, n_bootstrap=n_bootstrap,
+        min_class_size=min_class_size, n_jobs=n_jobs, random_state=seed, refit=True, progress=progress,
+        cache_dir=ctx.output_dir / "cache" / "03_classify")
     res.tables.update(classification_results=grid.results, oof_predictions=grid.oof,
                       classification_skipped=grid.skipped,
                       classification_summary=reporting.summary_table(grid.results))
     res.models = {rec.name: rec for rec in grid.models.values()}
+    pairs = cv.parse_pairs(list(compare), "classify.compare")
+    if pairs:
+        res.tables["classification_comparisons"] = cv.compare_sets(grid.oof, pairs, n_bootstrap=n_bootstrap,
+                                                                   random_state=seed)
+    res.text["feature_sets"] += "".join(f"\n- {n}" for n in grid.notes)
     statements = reporting.chance_statements(grid.results)
     res.text["chance"] = ("\n".join(f"- {s}" for s in statements) if statements else
                           "Every evaluated node x feature set differs from chance (permutation P < 0.05)."
