@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from glioma_nb import plotting, records, reporting
-from glioma_nb.classify import features
+from glioma_nb.classify import cv, features
 from glioma_nb.io import TIME_UNITS_DAYS
 from glioma_nb.results import StepResult
 from glioma_nb.stratify import clustering, cox, risk, survival, truth
@@ -40,9 +40,10 @@ def step(ctx: Any, *, time_unit_report: str = "months", km_groups: Sequence[str]
          adjust_for: Sequence[str] = (), min_events_per_variable: float = 5, risk_sets: Sequence[str] = (),
          l1_ratio: float = 0.5, outer_splits: int = 5, inner_splits: int = 3, repeats: int = 3, min_events: int = 10,
          horizons_years: Sequence[float] = (1, 2, 5), calibration_years: float = 2, risk_split: str = "median",
-         n_bootstrap: int = 500, n_jobs: int = -1) -> StratifyResult:
+         n_bootstrap: int = 500, compare: Sequence[str] = (), n_jobs: int = -1) -> StratifyResult:
     """Everything notebook 04 shows (parameters: ``stratify`` in ``configs/base.yaml``)."""
     seed = int(ctx.config["project"]["seed"])
+    pairs = cv.parse_pairs(list(compare), "stratify.compare")  # malformed: fail before fitting anything
     years = TIME_UNITS_DAYS["years"] / TIME_UNITS_DAYS[time_unit_report]  # one year in the reporting unit
     res = StratifyResult()
     notes = res.notes  # every analysis that could not be done, with its reason
@@ -111,6 +112,9 @@ def step(ctx: Any, *, time_unit_report: str = "months", km_groups: Sequence[str]
     notes += risk_notes + fit_notes
     res.text["risk_notes"] = "\n".join(f"- {n}" for n in risk_notes + fit_notes)
     res.tables.update(risk_models=risk_metrics, risk_oof=risk.oof_table(risk_results))
+    if pairs:
+        res.tables["risk_comparisons"] = survival.compare_risks(
+            {n: r.oof for n, r in risk_results.items()}, pairs, n_bootstrap=n_bootstrap, random_state=seed)
     res.frames["risk_table"] = reporting.risk_table(risk_metrics)
     best = risk.best_risk_model(risk_results, risk_metrics)
     res.text["best_risk"] = (f"Risk groups and calibration below use **{best.name}** (highest Harrell C)." if best

@@ -3,14 +3,14 @@ time-dependent AUC and the integrated Brier score (lifelines and scikit-survival
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from glioma_nb.io import TIME_UNITS_DAYS
-from glioma_nb.stats import bootstrap_indices, percentile_ci
+from glioma_nb.stats import bootstrap_indices, paired_bootstrap_difference, percentile_ci
 
 
 def survival_frame(clinical: pd.DataFrame, unit: str = "months") -> pd.DataFrame:
@@ -139,16 +139,120 @@ def _ibs_grid(surv: pd.DataFrame, n: int = 25) -> np.ndarray:
     return np.unique(np.linspace(lo, min(hi, np.max(t) * 0.999), n))
 
 
+def _pair_matrices(t: np.ndarray, e: np.ndarray, r: np.ndarray, tied_tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """(comparable, concordance score) of every ordered pair (i, j), n x n: i died before j's time or at the
+    time j was censored; score 1 when i has the higher risk, 1/2 for tied risks (within ``tied_tol``)."""
+    ti, tj = t[:, None], t[None, :]
+    comparable = e[:, None] & ((tj > ti) | ((tj == ti) & ~e[None, :]))
+    diff = r[None, :] - r[:, None]           # risk of j minus risk of i
+    tie = np.abs(diff) <= tied_tol
+    return comparable, ((diff < 0) & ~tie) + 0.5 * tie
+
+
+def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray, weights: np.ndarray | None = None,
+                tied_tol: float = 1e-8) -> float:
+    """Concordance of a risk score with survival, as scikit-survival computes it, in array operations.
+
+    A pair (i, j) is comparable when i died (``event``) before j's time, or at the time j was censored; it is
+    concordant when i has the higher risk, and counts one half when the risks tie (within ``tied_tol``).
+    ``weights`` (of i; default 1) give Uno's IPCW estimate. Equal to ``sksurv.metrics`` (tested); its pair
+    loop is Python, and every bootstrap resample of notebook 04's CIs calls it.
+    """
+    t, e, r = np.asarray(time, float), np.asarray(event, bool), np.asarray(risk, float)
+    w = np.ones(len(t)) if weights is None else np.asarray(weights, float)
+    comparable, score = _pair_matrices(t, e, r, tied_tol)
+    denominator = float(w @ comparable.sum(axis=1))
+    if denominator == 0:
+        raise ValueError("no comparable pairs: cannot estimate the concordance index")
+    return float(w @ (score * comparable).sum(axis=1) / denominator)
+
+
+class HarrellResampler:
+    """Harrell's C of resamples of one set of cases (bootstrap CIs) from the pair matrices computed once: a
+    resample with case counts c gives c'Ac / c'Bc (A: concordant pairs, B: comparable pairs). A case drawn
+    twice pairs with its copy as scikit-survival would pair them (never comparable: same time and status),
+    so each value equals ``harrell_c`` on the resampled arrays (tested), some 20x faster at n = 450."""
+
+    def __init__(self, time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> None:
+        comparable, score = _pair_matrices(np.asarray(time, float), np.asarray(event, bool), np.asarray(risk, float))
+        self.n = len(comparable)
+        self.num, self.den = score * comparable, comparable.astype(float)
+
+    def __call__(self, idx: np.ndarray) -> float:
+        c = np.bincount(idx, minlength=self.n).astype(float)
+        den = c @ self.den @ c
+        if den == 0:
+            raise ValueError("no comparable pairs: cannot estimate the concordance index")
+        return float(c @ self.num @ c / den)
+
+
+def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C (``sksurv.metrics.concordance_index_censored``)."""
+    return concordance(time, event, risk)
+
+
+def uno_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tau: float) -> float:
+    """Uno's C truncated at ``tau``, the censoring distribution estimated on the same cases
+    (``sksurv.metrics.concordance_index_ipcw(y, y, risk, tau)``)."""
+    from sksurv.nonparametric import CensoringDistributionEstimator
+
+    t, e = np.asarray(time, float), np.asarray(event, bool)
+    y = _structured(t, e)
+    keep = t < tau
+    ipcw = np.zeros(len(t))
+    ipcw[keep] = CensoringDistributionEstimator().fit(y).predict_ipcw(y[keep])
+    return concordance(t, e, risk, np.square(ipcw))
+
+
+def _paired_c(t: np.ndarray, e: np.ndarray, ra: np.ndarray, rb: np.ndarray, n_bootstrap: int,
+              random_state: int) -> dict[str, float]:
+    """Harrell and Uno C of two risk scores of the same cases, their difference and its paired bootstrap CI."""
+    tau = float(np.percentile(t[e], 90)) if e.any() else float(np.max(t))
+    ha, hb = HarrellResampler(t, e, ra), HarrellResampler(t, e, rb)
+
+    def harrell(i: np.ndarray) -> tuple[float, float]:
+        if e[i].sum() < 2:
+            raise ValueError("fewer than 2 events")
+        return ha(i), hb(i)
+
+    def uno(i: np.ndarray) -> tuple[float, float]:
+        if e[i].sum() < 2:
+            raise ValueError("fewer than 2 events")
+        return uno_c(t[i], e[i], ra[i], tau), uno_c(t[i], e[i], rb[i], tau)
+
+    out: dict[str, float] = {}
+    for label, fn in (("harrell", harrell), ("uno", uno)):
+        r = paired_bootstrap_difference(fn, len(t), n_boot=n_bootstrap, random_state=random_state)
+        out.update({f"c_{label}_a": r["a"], f"c_{label}_b": r["b"], f"c_{label}_difference": r["difference"],
+                    f"c_{label}_difference_low": r["difference_low"],
+                    f"c_{label}_difference_high": r["difference_high"], f"c_{label}_p": r["p_bootstrap"]})
+    return out
+
+
+def compare_risks(oofs: Mapping[str, pd.DataFrame], pairs: Sequence[tuple[str, str]], *, n_bootstrap: int = 500,
+                  random_state: int = 0) -> pd.DataFrame:
+    """Paired comparison of two risk models on the patients both have: differences (a - b) in Harrell and
+    Uno C of the out-of-fold risks, each with a paired bootstrap 95% CI and P (patients resampled, both
+    C-indices recomputed on the same resample). Pairs whose models are missing are left out."""
+    rows = []
+    for a, b in pairs:
+        if a not in oofs or b not in oofs:
+            continue
+        common = oofs[a].index.intersection(oofs[b].index)
+        d = oofs[a].loc[common]
+        row: dict[str, Any] = {"set_a": a, "set_b": b, "n": int(len(common)), "events": int(d["event"].sum())}
+        row.update(_paired_c(d["time"].to_numpy(dtype=float), d["event"].to_numpy(dtype=bool),
+                             oofs[a].loc[common, "risk"].to_numpy(float), oofs[b].loc[common, "risk"].to_numpy(float),
+                             n_bootstrap, random_state))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def survival_metrics(oof: pd.DataFrame, survival: pd.DataFrame | None = None, *, horizons: Sequence[float] = (),
                      n_bootstrap: int = 500, random_state: int = 0, notes: list[str] | None = None) -> dict[str, Any]:
     """Harrell and Uno C-index (bootstrap 95% CI), time-dependent AUC at ``horizons`` and the integrated
     Brier score, from out-of-fold ``risk`` (higher = worse prognosis) and survival curves."""
-    from sksurv.metrics import (
-        concordance_index_censored,
-        concordance_index_ipcw,
-        cumulative_dynamic_auc,
-        integrated_brier_score,
-    )
+    from sksurv.metrics import cumulative_dynamic_auc, integrated_brier_score
 
     notes = notes if notes is not None else []
     t = oof["time"].to_numpy(dtype=float)
@@ -157,12 +261,10 @@ def survival_metrics(oof: pd.DataFrame, survival: pd.DataFrame | None = None, *,
     y = _structured(t, e)
     tau = float(np.percentile(t[e], 90)) if e.any() else float(np.max(t))
 
-    def harrell(idx: np.ndarray) -> float:
-        return float(concordance_index_censored(e[idx], t[idx], risk[idx])[0])
+    harrell = HarrellResampler(t, e, risk)
 
     def uno(idx: np.ndarray) -> float:
-        yy = y[idx]
-        return float(concordance_index_ipcw(yy, yy, risk[idx], tau=tau)[0])
+        return uno_c(t[idx], e[idx], risk[idx], tau)
 
     out: dict[str, Any] = {}
     boots = bootstrap_indices(len(t), n_bootstrap, random_state)
