@@ -403,3 +403,81 @@ def test_shared_ucsf_pdgm_feature_cohort():
     assert not {"gbma", "idh_mutated"} & set(cohort.features["radiomics"].columns)
     c = cohort.clinical
     assert (c["idh_mutant"].value_counts().to_dict() == {0: 30, 1: 30}) and c["mgmt_methylated"].notna().sum() == 39
+
+
+# ------------------------------------------------------- tables of larger real cohorts (UPenn-GBM layout)
+def _multi_file_cohort(tmp_path, **clinical_extra) -> Path:
+    """Two feature files of one table (one per region), a clinical table with survival times but no
+    censoring column, an acquisition table holding the scanner."""
+    root = tmp_path / "multi"
+    (root / "feats").mkdir(parents=True)
+    (root / "feats" / "FLAIR_ET.csv").write_text("SubjectID,FLAIR_ET_mean\na,1\nb,2\nc,3\n")
+    (root / "feats" / "FLAIR_ED.csv").write_text("SubjectID,FLAIR_ED_mean\na,4\nb,5\n")
+    (root / "clin.csv").write_text("ID,Age,Days,IDH1\na,50,300,Wildtype\nb,60,Not Available,Mutated\nc,70,20,NOS/NEC\n")
+    (root / "acq.csv").write_text("ID,Field\na,3\nb,1.5\nc,3\n")
+    clinical = {"file": "clin.csv", "id_column": "ID", "join": [{"file": "acq.csv", "id_column": "ID"}],
+                "os_event_if_time_known": 1,
+                "columns": {"age": "Age", "os_time": "Days", "who_grade": {"constant": 4},
+                            "idh_mutant": {"source": "IDH1", "values": {"Wildtype": 0, "Mutated": 1, "NOS/NEC": None}},
+                            "site": {"source": "Field", "values": {"3": "3T", "1.5": "1.5T"}}}, **clinical_extra}
+    cfg = {"cohort": {"root": str(root), "layout": "table", "modalities": [], "label": {"present": False},
+                      "features": {"captk": {"file": "feats/*.csv", "id_column": "SubjectID"}},
+                      "clinical": clinical}}
+    path = tmp_path / "multi.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_feature_files_join_and_the_survival_event_rule(tmp_path):
+    cohort, report = io.check_cohort(config.resolve_config(str(_multi_file_cohort(tmp_path))), progress=False)
+    assert report.ok, report.format()
+    t = cohort.features["captk"]
+    assert list(t.columns) == ["FLAIR_ED_mean", "FLAIR_ET_mean"] and np.isnan(t.loc["c", "FLAIR_ED_mean"])
+    c = cohort.clinical.set_index("case_id")
+    # no censoring column: a recorded survival time is a death; no time, no event (not a censoring)
+    assert c["os_event"].tolist()[0] == 1 and pd.isna(c.loc["b", "os_event"]) and c.loc["c", "os_event"] == 1
+    assert c["os_days"].tolist()[::2] == [300, 20]
+    assert c["site"].tolist() == ["3T", "1.5T", "3T"] and c["who_grade"].tolist() == [4, 4, 4]
+    assert c["idh_mutant"].tolist()[:2] == [0, 1] and pd.isna(c.loc["c", "idh_mutant"])
+
+
+def test_survival_event_rule_and_an_event_column_are_not_both_allowed(tmp_path):
+    y = _multi_file_cohort(tmp_path)
+    cfg = yaml.safe_load(y.read_text())
+    cfg["cohort"]["clinical"]["columns"]["os_event"] = "Age"
+    y.write_text(yaml.safe_dump(cfg))
+    _, report = io.check_cohort(config.resolve_config(str(y)), progress=False)
+    assert any("os_event_if_time_known is set and so is columns.os_event" in p.message for p in report.errors)
+
+
+def test_feature_families_are_column_subsets_left_out_of_all():
+    from glioma_nb.classify import features
+    from glioma_nb.signature.step import feature_families
+
+    t = pd.DataFrame({"FLAIR_ET_a": [1.0, 2], "T1_ET_a": [3.0, 4], "FLAIR_ED_a": [5.0, 6]}, index=["x", "y"])
+    fams = feature_families({"captk": t}, {"captk.flair": "^FLAIR_", "captk.et": "^[A-Z0-9]+_ET_"})
+    assert list(fams["captk.flair"].columns) == ["FLAIR_ET_a", "FLAIR_ED_a"]
+    assert list(fams["captk.et"].columns) == ["FLAIR_ET_a", "T1_ET_a"]
+    sets, _ = features.assemble_feature_sets({"captk": t, **fams}, ["all", "captk.et"])
+    assert sets["all"].shape[1] == 3 and list(sets["captk.et"].columns) == ["captk.et:FLAIR_ET_a", "captk.et:T1_ET_a"]
+    for bad, msg in [({"flair": "^F"}, "must be named <table>.<family>"), ({"other.f": "^F"}, "does not have"),
+                     ({"captk.t2": "^T2_"}, "no column of 'captk' matches")]:
+        with pytest.raises(ValueError, match=msg):
+            feature_families({"captk": t}, bad)
+
+
+@requires_shared("tables/upenn-gbm")
+@pytest.mark.shared_data
+def test_shared_upenn_gbm_cohorts():
+    cohort, report = io.check_cohort(config.resolve_config("upenn-gbm"), progress=False)
+    assert report.ok, report.format()
+    c = cohort.clinical
+    assert cohort.features["captk"].shape == (611, 1728)
+    assert c["idh_mutant"].value_counts().to_dict() == {0: 499, 1: 16}
+    assert c["mgmt_methylated"].value_counts().to_dict() == {0: 151, 1: 111}
+    assert int(c["os_event"].sum()) == 452 and c["os_event"].isna().sum() == 159   # the survival-event rule
+    assert c["site"].value_counts().to_dict() == {"3T": 538, "1.5T": 73}
+    corrected, report = io.check_cohort(config.resolve_config("upenn-gbm-corrected"), progress=False)
+    assert report.ok, report.format()
+    assert corrected.features["captk"].shape == (232, 1728) == corrected.features["captk_auto"].shape
+    assert set(corrected.case_ids) <= set(cohort.case_ids)

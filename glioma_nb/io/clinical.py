@@ -127,6 +127,12 @@ def standardise_clinical(raw: pd.DataFrame, c: Mapping[str, Any], report: QCRepo
                        f"use one of {sorted(CLINICAL_COLUMNS)}")
             continue
         values_map: Mapping[Any, Any] = {}
+        if isinstance(src, Mapping) and "constant" in src:  # one value for every case (e.g. an all-GBM cohort)
+            try:
+                out[canon] = _parse(CLINICAL_COLUMNS[canon], src["constant"])
+            except ValueError as exc:
+                report.add(None, file_label, f"cohort.clinical.columns.{canon}.constant: {exc}", "fix the value")
+            continue
         if isinstance(src, Mapping):
             values_map = src.get("values") or {}
             src = src.get("source")
@@ -164,6 +170,16 @@ def standardise_clinical(raw: pd.DataFrame, c: Mapping[str, Any], report: QCRepo
         report.add(None, file_label, f"unknown time unit {unit!r}", f"use one of {sorted(TIME_UNITS_DAYS)}")
         unit = "days"
     out["os_days"] = pd.to_numeric(out.pop("os_time"), errors="coerce") * TIME_UNITS_DAYS[unit]
+    rule = spec.get("os_event_if_time_known")
+    if rule is not None:
+        if (spec.get("columns") or {}).get("os_event") is not None:
+            report.add(None, file_label, "cohort.clinical.os_event_if_time_known is set and so is columns.os_event",
+                       "keep one: the table's event column, or the rule for a table without one")
+        elif rule not in (0, 1):
+            report.add(None, file_label, f"cohort.clinical.os_event_if_time_known must be 0, 1 or null, not {rule!r}",
+                       "1: every patient with a survival time died; 0: all censored")
+        else:
+            out["os_event"] = np.where(out["os_days"].notna(), float(rule), np.nan)
     for _, r in out.iterrows():
         t, e = r["os_days"], r["os_event"]
         if pd.notna(t) and t < 0:

@@ -233,6 +233,29 @@ def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list
                 files[key] = p
             label = files.pop("label", None)
             cases.append(Case(cid, files, label))
+    elif layout == "labels":  # label maps only, no images (e.g. released expert masks): one file per case
+        if mods or not want_label:
+            report.add(None, None, "layout 'labels' is label maps without images",
+                       "set cohort.modalities: [] and cohort.label.present: true")
+        rx = c.get("case_id_regex") or r"^(.+?)\.nii(?:\.gz)?$"
+        seen: dict[str, Path] = {}
+        found = sorted(p for p in root.glob(c["case_glob"]) if p.is_file() and ".nii" in p.name)
+        if not found:
+            report.add(None, root, f"no label maps match '{c['case_glob']}'", "check cohort.root and cohort.case_glob")
+        for path in found:
+            m = re.match(rx, path.name)
+            if not m:
+                report.add(None, path, f"file name does not match cohort.case_id_regex {rx!r}",
+                           "fix the regex (its first group is the case id) or cohort.case_glob")
+                continue
+            cid = m.group(1)
+            if cid in seen:
+                report.add(cid, path, f"a second label map for this case (first: {seen[cid].name})",
+                           "keep one file per case, or make cohort.case_id_regex tell them apart")
+                continue
+            seen[cid] = path
+            if cid not in exclude:
+                cases.append(Case(cid, {}, path))
     elif layout == "table":
         if mods or want_label:
             report.add(None, None, "layout 'table' has no images or label maps",
@@ -241,11 +264,91 @@ def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list
             report.add(None, None, "layout 'table' needs cohort.features or a clinical table",
                        "add cohort.features: {name: {file: features.csv, id_column: ID}} or cohort.clinical.file")
     else:
-        report.add(None, None, f"unknown layout {layout!r}", "use brats, per_case, manifest or table")
+        report.add(None, None, f"unknown layout {layout!r}", "use brats, per_case, manifest, labels or table")
     return root, cases
 
 
 _FEATURE_KEYS = {"file", "id_column", "drop"}
+
+
+def _read_feature_files(name: str, spec: Mapping[str, Any], root: Path, report: QCReport,
+                        files: list[Path]) -> tuple[pd.DataFrame | None, str]:
+    """The CSV(s) of one ``cohort.features`` table: ``file`` is a path, a glob pattern or a list of them;
+    files with the same columns are stacked (rows of other cases, e.g. one file per grade); otherwise they are
+    joined on the id column (each a family of columns, e.g. one per modality x region).
+    Appends the files read to ``files``; returns (table or None, label for messages)."""
+    patterns = spec["file"] if isinstance(spec["file"], list) else [spec["file"]]
+    id_col = str(spec.get("id_column", "case_id"))
+    found: list[Path] = []
+    for pat in patterns:
+        path = paths.resolve_path(str(pat), base=root)
+        hits = sorted(path.parent.glob(path.name)) if any(ch in str(pat) for ch in "*?[") else [path]
+        if not hits or not hits[0].exists():
+            report.add(None, path, f"feature table '{name}' not found", f"fix cohort.features.{name}.file")
+            return None, ""
+        found.extend(hits)
+    parts: list[pd.DataFrame] = []
+    for path in found:
+        label = report.show(path)
+        try:
+            raw = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            report.add(None, path, f"feature table '{name}' unreadable ({exc})", "save it as a UTF-8 CSV")
+            return None, ""
+        files.append(path)
+        if id_col not in raw.columns:
+            report.add(None, label, f"id column '{id_col}' not found in feature table '{name}'",
+                       f"set cohort.features.{name}.id_column")
+            return None, ""
+        raw[id_col] = raw[id_col].astype(str).str.strip()
+        if len(found) > 1:
+            for cid in raw[id_col][raw[id_col].duplicated()].unique():
+                report.add(cid, label, f"duplicate id in feature table '{name}'", "give each case one row")
+            raw = raw.drop_duplicates(id_col).set_index(id_col)
+        parts.append(raw)
+    if len(parts) == 1:
+        return parts[0], report.show(found[0])
+    label = report.show(found[0].parent) + f" ({len(found)} files)"
+    if all(list(p.columns) == list(parts[0].columns) for p in parts):  # same columns: rows of other cases
+        stacked = pd.concat(parts)
+        for cid in stacked.index[stacked.index.duplicated()].unique():
+            report.add(cid, label, f"case in more than one file of feature table '{name}'", "keep one row per case")
+        return stacked[~stacked.index.duplicated()].rename_axis(id_col).reset_index(), label
+    dup = pd.Index([c for p in parts for c in p.columns])
+    dup = sorted(set(dup[dup.duplicated()]))
+    if dup:
+        report.add(None, report.show(found[0].parent), f"the files of feature table '{name}' share columns "
+                   f"{dup[:5]}{' ...' if len(dup) > 5 else ''}", "give each file its own column names")
+        return None, ""
+    joined = pd.concat(parts, axis=1, join="outer").rename_axis(id_col).reset_index()
+    return joined, label
+
+
+def _join_clinical(raw: pd.DataFrame, spec: Mapping[str, Any], root: Path, report: QCReport,
+                   files: list[Path]) -> pd.DataFrame:
+    """``cohort.clinical.join``: more tables of the same cases (e.g. the acquisition table) left-joined on the
+    id onto the clinical table, so that ``cohort.clinical.columns`` can map their columns too."""
+    for j, extra in enumerate(spec["join"]):
+        if not isinstance(extra, Mapping) or "file" not in extra or set(extra) - {"file", "id_column"}:
+            report.add(None, None, f"cohort.clinical.join[{j}] must be a mapping with keys file, id_column",
+                       "write it as {file: acquisition.csv, id_column: ID}")
+            continue
+        path = paths.resolve_path(str(extra["file"]), base=root)
+        try:
+            other = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except FileNotFoundError:
+            report.add(None, path, "joined clinical table not found", f"fix cohort.clinical.join[{j}].file")
+            continue
+        files.append(path)
+        id_col = str(extra.get("id_column", spec["id_column"]))
+        if id_col not in other.columns:
+            report.add(None, report.show(path), f"id column '{id_col}' not found",
+                       f"set cohort.clinical.join[{j}].id_column")
+            continue
+        other = other.drop_duplicates(id_col).set_index(id_col)
+        other = other[[col for col in other.columns if col not in raw.columns]]
+        raw = raw.join(other, on=spec["id_column"]).fillna("")
+    return raw
 
 
 def load_feature_tables(c: Mapping[str, Any], root: Path, report: QCReport) -> tuple[dict[str, pd.DataFrame], list[Path]]:
@@ -264,22 +367,10 @@ def load_feature_tables(c: Mapping[str, Any], root: Path, report: QCReport) -> t
             report.add(None, None, f"feature table name {name!r} is not allowed",
                        "use letters, digits and _ (not 'clinical' or 'all')")
             continue
-        path = paths.resolve_path(str(spec["file"]), base=root)
-        label = report.show(path)
-        try:
-            raw = pd.read_csv(path)
-        except FileNotFoundError:
-            report.add(None, path, f"feature table '{name}' not found", f"fix cohort.features.{name}.file")
+        raw, label = _read_feature_files(name, spec, root, report, files)
+        if raw is None:
             continue
-        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            report.add(None, path, f"feature table '{name}' unreadable ({exc})", "save it as a UTF-8 CSV")
-            continue
-        files.append(path)
         id_col = str(spec.get("id_column", "case_id"))
-        if id_col not in raw.columns:
-            report.add(None, label, f"id column '{id_col}' not found in feature table '{name}'",
-                       f"set cohort.features.{name}.id_column")
-            continue
         ids = raw[id_col].astype(str).str.strip()
         for cid in ids[ids.duplicated()].unique():
             report.add(cid, label, f"duplicate id in feature table '{name}'", "give each case one row")
@@ -296,6 +387,7 @@ def load_feature_tables(c: Mapping[str, Any], root: Path, report: QCReport) -> t
             continue
         table.index = pd.Index(ids, name="case_id")
         tables[str(name)] = table[~table.index.duplicated()].astype(float)
+        tables[str(name)].attrs["label"] = label
     return tables, files
 
 
@@ -448,8 +540,18 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
             report.add(None, cpath, "clinical table not found", "fix cohort.clinical.file")
         except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             report.add(None, cpath, f"clinical table unreadable ({exc})", "save it as a UTF-8 CSV")
+    if raw is not None and spec.get("join"):
+        raw = _join_clinical(raw, spec, root, report, cohort.feature_files)
     if c["layout"] == "table":
-        if cohort.features:
+        if c.get("cases_from"):  # the cases are one table's rows; the others give their rows for them
+            if c["cases_from"] not in cohort.features:
+                report.add(None, None, f"cohort.cases_from names {c['cases_from']!r}, not a feature table "
+                           f"(tables: {sorted(cohort.features)})", "name one of cohort.features")
+                ids = []
+            else:
+                ids = sorted(cohort.features[c["cases_from"]].index)
+                cohort.features = {n: t.loc[t.index.isin(set(ids))] for n, t in cohort.features.items()}
+        elif cohort.features:
             ids = sorted(set().union(*(t.index for t in cohort.features.values())))
         elif raw is not None and spec["id_column"] in raw.columns:
             # clinical-only cohort (e.g. a registry table): its rows are the cases
@@ -462,12 +564,12 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
         for name, t in cohort.features.items():
             extra = sorted(set(t.index) - have)
             if extra:
-                report.add(None, report.show(cohort.feature_files[list(cohort.features).index(name)]),
+                report.add(None, t.attrs.get("label"),
                            f"feature table '{name}' has {len(extra)} rows without images (e.g. {extra[:3]}); "
                            "they are ignored", "check the ids match the case folders", "warning")
             lacking = sorted(have - set(t.index))
             if lacking:
-                report.add(None, report.show(cohort.feature_files[list(cohort.features).index(name)]),
+                report.add(None, t.attrs.get("label"),
                            f"feature table '{name}' has no row for {len(lacking)} cases (e.g. {lacking[:3]}); "
                            "their features are missing (imputed inside the folds)", "add the rows", "warning")
             cohort.features[name] = t.loc[t.index.isin(have)]
