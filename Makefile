@@ -14,7 +14,7 @@ ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
 PYTEST_ARGS ?=
 
-.PHONY: help venv run-all test test-fast imports lab browser check-browser validate synth bench bench-segment bench-signature freeze clean-venv
+.PHONY: help venv run-all test test-fast imports lab browser check-browser validate synth bench bench-segment bench-signature bench-analysis freeze clean-venv
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
@@ -28,11 +28,13 @@ help:
 	@echo "make bench                               benchmarks, JSON under bench/results/"
 	@echo "make bench-segment                       segmentation s/case, memory, held-out Dice (JSON)"
 	@echo "make bench-signature                     network signature and PyRadiomics s/case (JSON)"
+	@echo "make bench-analysis                      notebooks 03/04 seconds at n x p on UPenn-GBM (JSON; needs ../shared)"
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -r requirements-data.txt
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -92,8 +94,11 @@ bench-segment: $(STAMP)
 bench-signature: $(STAMP)
 	$(PY) -m glioma_nb bench-signature $(ARGS)
 
+bench-analysis: $(STAMP)
+	$(PY) -m glioma_nb bench-analysis $(ARGS)
+
 freeze: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > requirements.txt.new
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -f <(sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/^\1==/p' requirements-data.txt) | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > requirements.txt.new
 	@echo "review requirements.txt.new, then move it over requirements.txt"
 
 clean-venv:

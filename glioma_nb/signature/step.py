@@ -14,6 +14,7 @@ the filtered tables are what 03_classify and 04_stratify read, the unfiltered on
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import pandas as pd
 from glioma_nb import io, paths, plotting, records
 from glioma_nb.results import StepResult
 from glioma_nb.segment import infer
-from glioma_nb.signature import handcrafted, volumetric
+from glioma_nb.signature import handcrafted, location, volumetric
 from glioma_nb.signature.handcrafted import to_sitk
 from glioma_nb.signature.network import SignatureError
 from glioma_nb.signature.stability import StabilityFilter
@@ -87,6 +88,31 @@ class SignatureResult(StepResult):
         return pd.concat(out).rename_axis("family").reset_index() if out else pd.DataFrame()
 
 
+def feature_families(tables: Mapping[str, pd.DataFrame], families: Mapping[str, str],
+                     cohort: str = "") -> dict[str, pd.DataFrame]:
+    """The column families of ``cohort.feature_families`` (``<table>.<family>: <regex>``, e.g.
+    ``captk.flair: "^FLAIR_"``): each the columns of a feature table whose name matches the regex, saved as a
+    table of its own (``features_captk.flair``) that feature sets can name; ``all`` leaves them out."""
+    out = {}
+    for fam, pattern in families.items():
+        source, dot, rest = str(fam).partition(".")
+        if not dot or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", rest):
+            raise ValueError(f"cohort {cohort}: feature family {fam!r} must be named <table>.<family> "
+                             "(letters, digits, _), e.g. captk.flair")
+        if source not in tables:
+            raise ValueError(f"cohort {cohort}: feature family {fam!r} is a family of table {source!r}, which "
+                             f"this run does not have (tables: {sorted(tables)}); fix cohort.feature_families")
+        try:
+            cols = [c for c in tables[source].columns if re.search(str(pattern), str(c))]
+        except re.error as exc:
+            raise ValueError(f"cohort {cohort}: feature family {fam!r}: bad regex {pattern!r} ({exc})") from None
+        if not cols:
+            raise ValueError(f"cohort {cohort}: feature family {fam!r}: no column of {source!r} matches "
+                             f"{pattern!r} (e.g. {list(tables[source].columns[:3])}); fix cohort.feature_families")
+        out[str(fam)] = tables[source][cols]
+    return out
+
+
 def feature_family(column: str) -> str:
     """``WT__enc2__c003__mean`` -> ``enc2``; ``WT__flair__glcm_Contrast`` -> ``glcm``;
     ``WT__t1__log-sigma-2-0-mm-3D_glcm_Idm`` -> ``log-sigma-2-0-mm-3D glcm``; ``WT__shape__X`` -> ``shape``."""
@@ -102,7 +128,7 @@ def feature_family(column: str) -> str:
 
 
 def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: str = "predicted",
-         network: bool = True, radiomics: str | None = None, n_jobs: int = 1,
+         network: bool = True, radiomics: str | None = None, location_features: bool = False, n_jobs: int = 1,
          stability: Mapping[str, Any] | None = None, filter_from: str | None = None, feature_map: bool = True,
          progress: bool = True) -> SignatureResult:
     """Extract, filter and return the feature tables of a notebook step context's cohort."""
@@ -155,6 +181,18 @@ def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: st
                         cohort, settings, intensity_percentiles, n_jobs=n_jobs, progress=progress,
                         masks_from=masks_from, perturbation=pert, seed=int(ctx.config["project"]["seed"]) + i)
                 res.seconds["radiomics perturbations"] = time.perf_counter() - t0
+    if location_features:
+        if res.masks_from is None:   # a cohort of label maps only (no images): its reference masks
+            if cohort.scheme is None:
+                raise SignatureError(f"cohort {cohort.name}: signature.location_features needs tumour masks "
+                                     "(images with 01_segment's masks, or reference label maps)")
+            res.masks_from = handcrafted.MaskSource.reference(cohort)
+        t0 = time.perf_counter()
+        table, errs = location.cohort_features(cohort, res.masks_from, progress=progress)
+        errors.extend({"case_id": c, "source": "location", "error": e} for c, e in errs.items())
+        if not table.empty:
+            res.unfiltered["location"] = table
+        res.seconds["location + shape"] = time.perf_counter() - t0
     for name, table in cohort.features.items():
         if name in res.unfiltered:
             raise ValueError(f"cohort {cohort.name}: cohort.features.{name} clashes with the {name} features "
@@ -183,6 +221,8 @@ def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: st
             res.models[rec.name] = rec
         res.filters[name] = filt
         res.features[name] = filt.transform(res.unfiltered[name])
+    res.features.update(feature_families(res.features, ctx.config["cohort"].get("feature_families") or {},
+                                         cohort.name))
     res.errors = pd.DataFrame(errors, columns=["case_id", "source", "error"])
     return _display(ctx, res, (stability or {}).get("icc_threshold"), feature_map, intensity_percentiles)
 

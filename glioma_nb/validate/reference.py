@@ -19,6 +19,7 @@ VALIDATION_STEPS = ("01_segment", "02_signature", "05_validate")
 #: settings a validation run takes from its reference run (the models only make sense with them)
 LOCKED_KEYS = ("segment.model", "segment.weights", "segment.overlap", "segment.tta",
                "signature.intensity_percentiles", "signature.mask", "signature.network", "signature.radiomics",
+               "signature.location_features",
                "classify.diagnosis_features", "stratify.time_unit_report", "stratify.risk_split",
                "stratify.calibration_years", "stratify.horizons_years", "stratify.adjust_for")
 
