@@ -1,4 +1,5 @@
-"""Benchmarks: the foundation (synthetic generation, cohort QC) and segmentation (``bench-segment``).
+"""Benchmarks: the foundation (synthetic generation, cohort QC), segmentation (``bench-segment``), signatures
+(``bench-signature``) and the analysis of notebooks 03/04 at scale (``bench-analysis``).
 
 Results go to ``bench/results/<name>_<UTC time>.json`` with seconds per case and peak memory; compare
 ratios within one file, never absolute numbers across machines (the CI machine is shared and noisy).
@@ -15,8 +16,12 @@ import numpy as np
 import pandas as pd
 
 from glioma_nb import config, io, paths, provenance, synthetic
+from glioma_nb.classify import cv as ccv
+from glioma_nb.classify import features as cfeat
 from glioma_nb.segment import infer, metrics, models, train
 from glioma_nb.signature import handcrafted, network
+from glioma_nb.stratify import clustering, risk
+from glioma_nb.stratify.survival import survival_frame
 
 
 def _peak_rss_mb() -> float:
@@ -196,3 +201,80 @@ def run_signature_bench(cohorts: Iterable[str] = ("brats18-dev", "tcga-lgg-dev",
             results["benchmarks"].append(res)
             print({k: v for k, v in res.items() if not isinstance(v, (list, dict))}, flush=True)
     return _write_results(results, out_dir, "signature")
+
+
+# ------------------------------------------------------------------------------ analysis (notebooks 03, 04)
+def _wide(X: pd.DataFrame, p: int, seed: int) -> pd.DataFrame:
+    """``p`` columns from ``X``: its first p, or all of them and noisy copies (each real column plus Gaussian
+    noise of half its SD) until there are p. Stands in for a larger feature table; says nothing of accuracy."""
+    if p <= X.shape[1]:
+        return X.iloc[:, :p]
+    rng = np.random.default_rng(seed)
+    extra, k = [], 0
+    while X.shape[1] * (k + 1) < p:
+        noise = rng.normal(size=X.shape) * X.std().to_numpy() * 0.5
+        extra.append((X + noise).add_suffix(f"__copy{k}"))
+        k += 1
+    return pd.concat([X, *extra], axis=1).iloc[:, :p]
+
+
+def run_analysis_bench(cohort_name: str = "upenn-gbm", ns: Iterable[int] = (100, 300, 611),
+                       ps: Iterable[int] = (100, 1000, 5000), table: str = "captk",
+                       out_dir: str = "bench/results") -> Path:
+    """Seconds of the computations of notebooks 03 and 04 on subsamples of a feature-table cohort.
+
+    Per (n cases, p features): 03 = :func:`classify.cv.evaluate` of nodes IDH and MGMT on the sets
+    ``clinical`` and the image table (nested CV, permutation test, bootstrap CIs, refit: the cohort's
+    settings, i.e. the base defaults); 04 = :func:`stratify.risk.evaluate_risk_models` of ``age`` and
+    ``<table>+age`` and the consensus clustering of the table in ``all``. Cases are a random subsample
+    (seed 0); p beyond the table's width adds noisy copies of its columns. The growth exponents come from a
+    least-squares fit of log seconds on log n and log p.
+    """
+    cfg = config.resolve_config(cohort_name)
+    cohort = io.load_cohort(cfg, progress=False)
+    cl, st = cfg["classify"], cfg["stratify"]
+    full = cohort.features[table]
+    results = _new_results()
+    results.update(cohort=cohort_name, table=table, settings={"classify": cl, "stratify": st})
+    rows = []
+    rng = np.random.default_rng(0)
+    for n in ns:
+        ids = sorted(rng.choice(full.index.to_numpy(), size=min(n, len(full)), replace=False))
+        clin = cohort.clinical[cohort.clinical["case_id"].isin(ids)].reset_index(drop=True)
+        for p in ps:
+            X = _wide(full.loc[ids], p, seed=p)
+            sets = {"clinical": cfeat.clinical_features(clin), table: X}
+            t0 = time.perf_counter()
+            grid = ccv.evaluate(sets, clin, nodes=["idh", "mgmt"], baseline="clinical",
+                                classifier=cl["classifier"], selection=cl["selection"], k_features=cl["k_features"],
+                                outer_splits=cl["outer_splits"], inner_splits=cl["inner_splits"],
+                                repeats=cl["repeats"], n_permutations=cl["n_permutations"],
+                                permutation=cl["permutation"], n_bootstrap=cl["n_bootstrap"],
+                                min_class_size=cl["min_class_size"], n_jobs=cl["n_jobs"], progress=False)
+            s03 = time.perf_counter() - t0
+            surv = survival_frame(clin, "days").set_index("case_id")
+            rsets, _ = cfeat.assemble_feature_sets(risk.survival_sources(clin, {table: X}), ["age", f"{table}+age"])
+            t0 = time.perf_counter()
+            res, _, _ = risk.evaluate_risk_models(
+                rsets, surv, l1_ratio=st["l1_ratio"], outer_splits=st["outer_splits"],
+                inner_splits=st["inner_splits"], repeats=st["repeats"], n_bootstrap=st["n_bootstrap"],
+                min_events=st["min_events"], n_jobs=st["n_jobs"])
+            clustering.cluster_subgroups(clin, X, ["all"], k=st["k"], k_max=st["k_max"],
+                                         n_resamples=st["n_resamples"], subsample=st["subsample"],
+                                         variance=st["pca_variance"], method=st["cluster_method"])
+            s04 = time.perf_counter() - t0
+            row = {"n": len(ids), "p": X.shape[1], "seconds_03": round(s03, 2), "seconds_04": round(s04, 2),
+                   "pairs_evaluated_03": int(len(grid.results)), "risk_models_04": len(res),
+                   "perm_method_03": sorted(set(grid.results.get("perm_method", pd.Series(dtype=str)))),
+                   "peak_rss_mb": round(_peak_rss_mb(), 1)}
+            rows.append(row)
+            print(f"n={row['n']} p={row['p']}: 03 {s03:.1f} s, 04 {s04:.1f} s", flush=True)
+    df = pd.DataFrame(rows)
+    fits = {}
+    for col in ("seconds_03", "seconds_04"):
+        A = np.column_stack([np.ones(len(df)), np.log(df["n"]), np.log(df["p"])])
+        coef, *_ = np.linalg.lstsq(A, np.log(df[col].clip(lower=1e-3)), rcond=None)
+        fits[col] = {"exponent_n": round(float(coef[1]), 3), "exponent_p": round(float(coef[2]), 3)}
+    results["benchmarks"] = rows
+    results["growth"] = fits
+    return _write_results(results, out_dir, "analysis")

@@ -142,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     bsig.add_argument("--out", default="bench/results")
     bsig.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda when present")
 
+    ba = sub.add_parser("bench-analysis", help="seconds of notebooks 03/04's computations at n cases x p features (JSON)")
+    ba.add_argument("--cohort", default="upenn-gbm")
+    ba.add_argument("--n", nargs="+", type=int, default=[100, 300, 611])
+    ba.add_argument("--p", nargs="+", type=int, default=[100, 1000, 5000])
+    ba.add_argument("--table", default="captk", help="the cohort's feature table to subsample")
+    ba.add_argument("--out", default="bench/results")
+
     t = sub.add_parser("segment-train", help="train a segmentation model (models/<name>.yaml) on its shared-data split")
     t.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
     t.add_argument("--out", required=True, help="training folder (checkpoint, log, weights); resumed when it exists")
@@ -218,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "bench":
 
             out = bench.run_foundation_bench(args.cohorts, args.out)
+            print(f"benchmark written: {paths.display_path(out)}")
+        elif args.command == "bench-analysis":
+            out = bench.run_analysis_bench(args.cohort, args.n, args.p, args.table, args.out)
             print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "bench-segment":
 
