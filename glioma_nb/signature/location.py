@@ -157,7 +157,10 @@ def shape_features(label: Any, scheme: io.LabelScheme, case_id: str = "") -> dic
         if m.sum() < 2:
             out.update(dict.fromkeys(names, np.nan))
             continue
-        arr = np.ascontiguousarray(np.transpose(m.astype(np.uint8), (2, 1, 0)))  # SimpleITK: z, y, x
+        lo = np.maximum(np.argwhere(m).min(axis=0) - 2, 0)      # the region's box and 2 voxels around it:
+        hi = np.argwhere(m).max(axis=0) + 3                     # the same mesh, a fraction of the volume
+        box = m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        arr = np.ascontiguousarray(np.transpose(np.pad(box, 2).astype(np.uint8), (2, 1, 0)))  # SimpleITK: z, y, x
         mask = sitk.GetImageFromArray(arr)
         mask.SetSpacing(zooms)
         calc = rshape.RadiomicsShape(sitk.Cast(mask, sitk.sitkFloat32), mask, label=1)
@@ -167,17 +170,29 @@ def shape_features(label: Any, scheme: io.LabelScheme, case_id: str = "") -> dic
     return out
 
 
-def cohort_features(cohort: io.Cohort, masks_from: Any, progress: bool = True) -> tuple[pd.DataFrame, dict[str, str]]:
+def _case_features(masks_from: Any, case_id: str) -> tuple[str, dict[str, float] | None, str | None]:
+    try:
+        img, scheme = masks_from.load(case_id)
+        return case_id, {**location_features(img, scheme, case_id), **shape_features(img, scheme, case_id)}, None
+    except (LocationError, ValueError) as exc:
+        return case_id, None, str(exc)
+
+
+def cohort_features(cohort: io.Cohort, masks_from: Any, n_jobs: int = 1,
+                    progress: bool = True) -> tuple[pd.DataFrame, dict[str, str]]:
     """Location and shape features of every case (rows by case id) from ``masks_from`` (a
-    :class:`~glioma_nb.signature.volumetric.MaskSource`), and the error of each case that failed."""
+    :class:`~glioma_nb.signature.volumetric.MaskSource`) in ``n_jobs`` processes, and the error of each
+    case that failed (named, the others kept)."""
+    from joblib import Parallel, delayed
     from tqdm import tqdm
 
     rows, errors = {}, {}
-    for case_id in tqdm(cohort.case_ids, desc="location + shape", disable=not progress):
-        try:
-            img, scheme = masks_from.load(case_id)
-            rows[case_id] = {**location_features(img, scheme, case_id), **shape_features(img, scheme, case_id)}
-        except (LocationError, ValueError) as exc:
-            errors[case_id] = str(exc)
+    ids = cohort.case_ids
+    outs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_case_features)(masks_from, c) for c in ids)
+    for case_id, feats, err in tqdm(outs, total=len(ids), desc="location + shape", disable=not progress):
+        if feats is not None:
+            rows[case_id] = feats
+        else:
+            errors[case_id] = str(err)
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("case_id")
     return table, errors

@@ -188,7 +188,7 @@ def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: st
                                      "(images with 01_segment's masks, or reference label maps)")
             res.masks_from = handcrafted.MaskSource.reference(cohort)
         t0 = time.perf_counter()
-        table, errs = location.cohort_features(cohort, res.masks_from, progress=progress)
+        table, errs = location.cohort_features(cohort, res.masks_from, n_jobs=n_jobs, progress=progress)
         errors.extend({"case_id": c, "source": "location", "error": e} for c, e in errs.items())
         if not table.empty:
             res.unfiltered["location"] = table
@@ -250,7 +250,7 @@ def _display(ctx: Any, res: SignatureResult, icc_threshold: float | None, featur
                       title=f"{main}: WHO grade")
     plotting.plot_pca(features, idh, ax=axes[1], title=f"{main}: IDH")
     res.add_figure("pca", fig)
-    if feature_map and res.masks_from is not None:
+    if feature_map and res.masks_from is not None and "volumetric" in res.features:  # images with masks
         case = feature_map_case(res.features["volumetric"])
         modality = "flair" if "flair" in ctx.cohort.modalities else ctx.cohort.modalities[0]
         img, wt, fmap = texture_map(ctx.cohort, case, res.masks_from, modality, intensity_percentiles)
