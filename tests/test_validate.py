@@ -282,3 +282,21 @@ def test_site_subsets_know_which_patients_the_segmentation_weights_saw():
         seen[name] = models.trained_on(spec, "renamed-" + name, c.case_ids, c.root)  # by data folder, not name
     assert len(seen["tcga-lgg-dev"]) == 46 and seen["tcga-lgg-du"] | seen["tcga-lgg-fg"] <= seen["tcga-lgg-dev"]
     assert (len(seen["tcga-lgg-du"]), len(seen["tcga-lgg-fg"])) == (34, 11)
+
+
+def test_locked_model_on_a_cohort_lacking_a_source_or_a_clinical_covariate():
+    """A training-only table inside a locked set is a note, not an error; an absent clinical covariate is
+    imputed by the model's own training median (said in the notes); an absent image feature stays an error."""
+    X, y = planted_table(80, 4, 1.5, 0)
+    X = X.add_prefix("location:").assign(**{"clinical:age": np.linspace(30, 70, 80), "clinical:kps": 80.0})
+    pipe = cv.fit_final(X, y, inner_splits=3, k=3).best_estimator_
+    rec = records.make("classifier", "idh__location-clinical", pipe, X=X, y=y)
+    assert apply.lacking_sources(rec, {"location": X, "clinical": X}) == []
+    assert apply.lacking_sources(rec, {"location": X}) == ["clinical"]
+    notes: list[str] = []
+    filled = apply.fill_clinical(X.drop(columns=["clinical:kps"]), rec, "idh/location+clinical", notes)
+    np.testing.assert_allclose(rec.predict(filled).to_numpy(), rec.predict(X).to_numpy())  # median of a constant
+    assert notes == ["idh/location+clinical: the validation cohort does not record ['clinical:kps']; "
+                     "imputed with the training median"]
+    with pytest.raises(KeyError, match="missing from the table"):
+        rec.predict(apply.fill_clinical(X.drop(columns=["location:f0"]), rec, "x", []))

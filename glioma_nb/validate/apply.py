@@ -27,6 +27,28 @@ def _auc_ok(y: np.ndarray) -> bool:
     return len(y) >= 2 and 0 < int(np.sum(y)) < len(y)
 
 
+def lacking_sources(rec: Any, sources: Mapping[str, pd.DataFrame]) -> list[str]:
+    """Sources a locked model's features come from (``<source>:<feature>``) that the validation cohort does
+    not have, e.g. a released feature table of the training cohort inside its ``all`` set."""
+    needed = {str(f).split(":", 1)[0] for f in rec.features if ":" in str(f)}
+    return sorted(needed - set(sources))
+
+
+#: sources built from the clinical table: a covariate the validation cohort does not record is imputed
+CLINICAL_SOURCES = ("clinical", "age", "molecular", "resection")
+
+
+def fill_clinical(X: pd.DataFrame, rec: Any, what: str, notes: list[str]) -> pd.DataFrame:
+    """``X`` with the clinical covariates of a locked model that the validation cohort does not record added
+    as missing values, which the model's own imputer fills with the training median (said in ``notes``);
+    image features stay required."""
+    absent = [f for f in rec.features if str(f).split(":", 1)[0] in CLINICAL_SOURCES and f not in X.columns]
+    if absent:
+        notes.append(f"{what}: the validation cohort does not record {absent}; imputed with the training median")
+        X = X.assign(**{f: np.nan for f in absent})
+    return X
+
+
 def apply_classifiers(ref: Reference, sources: Mapping[str, pd.DataFrame], clinical: pd.DataFrame, *,
                       exclude: Iterable[str] = (), n_bootstrap: int = 1000, random_state: int = 0,
                       harmonisation: str = "none") -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
@@ -50,6 +72,12 @@ def apply_classifiers(ref: Reference, sources: Mapping[str, pd.DataFrame], clini
             notes.append(f"{node_name}/{fs}: the validation cohort cannot build this feature set ({'; '.join(set_notes)})")
             continue
         X = sets[fs]
+        lacking = lacking_sources(rec, sources)
+        if lacking:
+            notes.append(f"{node_name}/{fs}: the locked model uses {lacking} features, which the validation "
+                         "cohort does not have")
+            continue
+        X = fill_clinical(X, rec, f"{node_name}/{fs}", notes)
         try:
             prob = rec.predict(X)
         except KeyError as exc:  # the validation features do not match the locked model's columns
@@ -203,8 +231,13 @@ def apply_risk_models(ref: Reference, tables: Mapping[str, pd.DataFrame], clinic
         if fs not in sets:
             notes.append(f"risk model {fs}: the validation cohort cannot build it ({'; '.join(set_notes)})")
             continue
+        lacking = lacking_sources(rec, sources)
+        if lacking:
+            notes.append(f"risk model {fs}: the locked model uses {lacking} features, which the validation "
+                         "cohort does not have")
+            continue
         try:
-            risk = rec.predict(sets[fs])
+            risk = rec.predict(fill_clinical(sets[fs], rec, f"risk model {fs}", notes))
         except KeyError as exc:  # the validation features do not match the locked model's columns
             raise ValidationError(f"locked {rel} of reference run {ref.run_id}: {exc.args[0]}") from None
         # risk groups cut at the training cohort's median risk (locked), not the validation cohort's

@@ -157,6 +157,8 @@ def shift_long(val: Validation) -> pd.DataFrame:
 
 def most_shifted_source(val: Validation) -> str | None:
     """The image table with the largest median |SMD| before harmonisation."""
+    if val.shift_summary.empty:   # no image table to compare (e.g. location features only: atlas space)
+        return None
     s = val.shift_summary[val.shift_summary["harmonisation"] == "none"].dropna(subset=["median_abs_smd"])
     return None if s.empty else str(s.sort_values("median_abs_smd").iloc[-1]["source"])
 
