@@ -99,15 +99,15 @@ def fixed_cv_auc(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None = None,
     return float(roc_auc_score(ya, prob))
 
 
-#: permutation-test statistics: name -> (statistic(X, y, groups, random_state, **cv_kw), what it re-runs)
+#: ``permutation="auto"``: above this many cases x features a nested re-run per permutation is too dear
+AUTO_NESTED_MAX_CELLS = 100_000
+
+#: permutation-test methods: name -> what is recomputed per permutation
 PERMUTATION_METHODS: dict[str, str] = {
     "nested": "the whole nested CV (one repeat) per permutation; tests the reported AUC itself",
     "fixed": "one CV at fixed hyper-parameters per permutation, on the observed labels too; exact, ~4x cheaper",
-    "auto": f"nested when cases x features <= {100_000:,}, else fixed",
+    "auto": f"nested when cases x features <= {AUTO_NESTED_MAX_CELLS:,}, else fixed",
 }
-
-#: ``permutation="auto"``: above this many cases x features a nested re-run per permutation is too dear
-AUTO_NESTED_MAX_CELLS = 100_000
 
 
 def permutation_method(method: str, X: pd.DataFrame) -> str:
@@ -130,7 +130,8 @@ def permutation_test(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None, ob
     and compares with ``observed_auc``; ``method="fixed"`` computes a cheaper statistic, one CV of the
     pipeline at fixed hyper-parameters (:func:`fixed_cv_auc`), on the observed labels and on every
     permutation alike, so the test is still exact (Monte-Carlo p-value under exchangeable labels) at about
-    a tenth of the cost; ``observed_auc`` is then replaced by that statistic's own value.
+    a quarter of the cost; ``observed_auc`` is then replaced by that statistic's own value. ``"auto"``: nested
+    up to :data:`AUTO_NESTED_MAX_CELLS` cases x features, fixed above.
 
     Sequential Monte-Carlo stopping (Besag & Clifford 1991): permutations are taken in a fixed order; once
     ``stop_after`` permuted values reach the observed one (at the k-th permutation), p = stop_after / k and
