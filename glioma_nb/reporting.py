@@ -186,9 +186,11 @@ def chance_statements(results: pd.DataFrame, alpha: float = 0.05) -> list[str]:
         return out
     for r in results.itertuples():
         if pd.notna(r.perm_p) and r.perm_p >= alpha:
+            how = (f"; statistic: one CV at fixed hyper-parameters, AUC {r.perm_statistic:.2f}"
+                   if getattr(r, "perm_method", "nested") == "fixed" else "")
             out.append(f"**{r.node} with {r.feature_set} features is near chance**: AUC {r.auc:.2f} "
                        f"[{r.auc_lo:.2f}-{r.auc_hi:.2f}], permutation P = {r.perm_p:.2f} "
-                       f"({int(r.perm_n)} permutations, mean null AUC {r.perm_null_auc:.2f}).")
+                       f"({int(r.perm_n)} permutations, mean null AUC {r.perm_null_auc:.2f}{how}).")
     return out
 
 
