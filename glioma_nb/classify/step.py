@@ -42,7 +42,7 @@ def step(ctx: Any, *, min_class_size: int = 5, nodes: Sequence[str] = (), featur
     cases, figures, the end-to-end CNS5 diagnosis and the average accuracies (parameters: ``classify`` in
     ``configs/base.yaml``)."""
     seed = int(ctx.config["project"]["seed"])
-    cv.parse_pairs(list(compare), "classify.compare")  # a malformed comparison fails before hours of fitting
+    pairs = cv.parse_pairs(list(compare), "classify.compare")  # a malformed comparison fails before any fitting
     res = ClassifyResult()
     node_table = nodes_mod.node_label_table(ctx.clinical, min_class_size=min_class_size)
     res.tables["classification_nodes"] = node_table
@@ -66,7 +66,6 @@ def step(ctx: Any, *, min_class_size: int = 5, nodes: Sequence[str] = (), featur
                       classification_skipped=grid.skipped,
                       classification_summary=reporting.summary_table(grid.results))
     res.models = {rec.name: rec for rec in grid.models.values()}
-    pairs = cv.parse_pairs(list(compare), "classify.compare")
     if pairs:
         res.tables["classification_comparisons"] = cv.compare_sets(grid.oof, pairs, n_bootstrap=n_bootstrap,
                                                                    random_state=seed)

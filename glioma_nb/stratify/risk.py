@@ -20,6 +20,10 @@ from glioma_nb.stratify.survival import _ibs_grid, _structured, logrank, risk_gr
 
 
 # ---------------------------------------------------------------------------------------- risk models
+#: the risk-model sources built from the clinical table (the others are image feature tables)
+CLINICAL_SOURCES = ("age", "clinical", "molecular", "resection")
+
+
 def survival_sources(clinical: pd.DataFrame, image_sources: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Feature sources for risk models: ``age``; ``clinical`` (age, sex, KPS); ``molecular`` (grade,
     IDH wild-type, 1p/19q, MGMT); ``resection`` (gross total / subtotal vs biopsy, post-operative only);
@@ -38,7 +42,7 @@ def survival_sources(clinical: pd.DataFrame, image_sources: dict[str, pd.DataFra
     resection = pd.DataFrame({"gtr": (res == "GTR").astype(float).where(res.notna()),
                               "str": (res == "STR").astype(float).where(res.notna())}, index=c.index)
     out = {}
-    for name, df in {"age": age, "clinical": clin, "molecular": mol, "resection": resection}.items():
+    for name, df in zip(CLINICAL_SOURCES, (age, clin, mol, resection)):
         df = df.loc[:, df.notna().any() & (df.nunique() > 1)]
         if df.shape[1]:
             out[name] = df

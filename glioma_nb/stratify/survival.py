@@ -204,10 +204,15 @@ def uno_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tau: float) -> 
     return concordance(t, e, risk, np.square(ipcw))
 
 
+def uno_tau(t: np.ndarray, e: np.ndarray) -> float:
+    """The truncation time of Uno's C: the 90th percentile of the event times (the last time if none)."""
+    return float(np.percentile(t[e], 90)) if e.any() else float(np.max(t))
+
+
 def _paired_c(t: np.ndarray, e: np.ndarray, ra: np.ndarray, rb: np.ndarray, n_bootstrap: int,
               random_state: int) -> dict[str, float]:
     """Harrell and Uno C of two risk scores of the same cases, their difference and its paired bootstrap CI."""
-    tau = float(np.percentile(t[e], 90)) if e.any() else float(np.max(t))
+    tau = uno_tau(t, e)
     ha, hb = HarrellResampler(t, e, ra), HarrellResampler(t, e, rb)
 
     def harrell(i: np.ndarray) -> tuple[float, float]:
@@ -259,7 +264,7 @@ def survival_metrics(oof: pd.DataFrame, survival: pd.DataFrame | None = None, *,
     e = oof["event"].to_numpy(dtype=bool)
     risk = oof["risk"].to_numpy(dtype=float)
     y = _structured(t, e)
-    tau = float(np.percentile(t[e], 90)) if e.any() else float(np.max(t))
+    tau = uno_tau(t, e)
 
     harrell = HarrellResampler(t, e, risk)
 

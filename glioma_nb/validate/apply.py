@@ -34,15 +34,12 @@ def lacking_sources(rec: Any, sources: Mapping[str, pd.DataFrame]) -> list[str]:
     return sorted(needed - set(sources))
 
 
-#: sources built from the clinical table: a covariate the validation cohort does not record is imputed
-CLINICAL_SOURCES = ("clinical", "age", "molecular", "resection")
-
-
 def fill_clinical(X: pd.DataFrame, rec: Any, what: str, notes: list[str]) -> pd.DataFrame:
     """``X`` with the clinical covariates of a locked model that the validation cohort does not record added
     as missing values, which the model's own imputer fills with the training median (said in ``notes``);
     image features stay required."""
-    absent = [f for f in rec.features if str(f).split(":", 1)[0] in CLINICAL_SOURCES and f not in X.columns]
+    absent = [f for f in rec.features
+              if str(f).split(":", 1)[0] in risk_models.CLINICAL_SOURCES and f not in X.columns]
     if absent:
         notes.append(f"{what}: the validation cohort does not record {absent}; imputed with the training median")
         X = X.assign(**{f: np.nan for f in absent})
