@@ -1,4 +1,4 @@
-"""Command line: ``glioma-nb run | study | overlap | validate | synth | cohorts | compare | lab | bench`` (also ``python -m glioma_nb``)."""
+"""Command line: ``glioma-nb run | study | overlap | validate | synth | cohorts | compare | lab | bench | models`` (also ``python -m glioma_nb``)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from typing import Sequence
 
 from glioma_nb import STEPS, bench, config, io, paths, runner, runs, synthetic
 from glioma_nb.runs import ValidationError
-from glioma_nb.segment import models, postprocess, postprocess_cv, train
+from glioma_nb.segment import models, postprocess, postprocess_cv, registry, train
 from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.validate import overlap as val_overlap
 
@@ -149,6 +149,23 @@ def _parser() -> argparse.ArgumentParser:
     ba.add_argument("--table", default="captk", help="the cohort's feature table to subsample")
     ba.add_argument("--out", default="bench/results")
 
+    mo = sub.add_parser("models", help="segmentation models: list them, or import an nnU-Net v2 / MONAI bundle / "
+                                       "TorchScript model into the user models folder ($GLIOMA_NB_MODELS)")
+    mo_sub = mo.add_subparsers(dest="models_command", required=True)
+    mo_sub.add_parser("list", help="shipped and registered models")
+    mi = mo_sub.add_parser("import", help="register a model folder (copied, sha256 of every file, card skeleton)")
+    mi.add_argument("path", help="nnU-Net v2 trained-model folder | MONAI bundle folder | TorchScript YAML (or its folder)")
+    mi.add_argument("--name", required=True, help="the name cohorts use: segment.model=<name>")
+    mi.add_argument("--kind", choices=("nnunet-v2", "monai-bundle", "torchscript"), help="default: detected")
+    mi.add_argument("--modalities", help="input channels in order, e.g. t1,t1c,t2,flair (nnU-Net: read from "
+                                         "dataset.json channel_names when recognisable)")
+    mi.add_argument("--labels", help="output mapping: brats2018 | brats2021 | wt | 1=necrosis,2=oedema,3=enhancing | "
+                                     "regions:tc,wt,et (nnU-Net: read from dataset.json label names when recognisable)")
+    mi.add_argument("--layers", help="signature layers, comma-separated module names (default: the architecture's)")
+    mi.add_argument("--folds", help="nnU-Net folds to ensemble, e.g. 0,1,2 (default: every fold_* with a checkpoint)")
+    mi.add_argument("--checkpoint", help="nnU-Net checkpoint file name (default checkpoint_final.pth)")
+    mi.add_argument("--spacing", help="MONAI bundle: the voxel size its preprocessing works at, e.g. 1,1,1 (for notes)")
+
     t = sub.add_parser("segment-train", help="train a segmentation model (models/<name>.yaml) on its shared-data split")
     t.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
     t.add_argument("--out", required=True, help="training folder (checkpoint, log, weights); resumed when it exists")
@@ -237,6 +254,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = bench.run_signature_bench(args.cohorts, args.max_cases, args.filters_cases, args.out, args.devices)
             print(f"benchmark written: {paths.display_path(out)}")
+        elif args.command == "models":
+            if args.models_command == "list":
+                table = registry.list_models()
+                print(table.to_string(index=False))
+                print(f"user models folder: {paths.display_path(registry.models_dir())} (GLIOMA_NB_MODELS)")
+            else:
+                spec = registry.import_model(args.path, args.name, kind=args.kind, modalities=args.modalities,
+                                             labels=args.labels, layers=args.layers, folds=args.folds,
+                                             checkpoint=args.checkpoint, spacing=args.spacing)
+                print(f"registered {args.name}: {paths.display_path(spec)}; fill in {paths.display_path(spec.with_name('card.md'))}"
+                      f"; use it with --set segment.model={args.name}")
         elif args.command == "segment-train":
             segment_train(args.model, args.out, iterations=args.iterations, device=args.device, bf16=args.bf16,
                       ship=args.ship, argv=list(argv) if argv is not None else sys.argv[1:])

@@ -162,5 +162,5 @@ def test_erosion_is_in_plane_for_thick_slices():
     mask = np.zeros((9, 9, 3), bool)
     mask[2:7, 2:7, :] = True                     # 3 thick slices: a 3D erosion would keep only the middle one
     assert network.erode_dilate(mask, "erode").sum() == 9
-    assert network.erode_dilate(mask, "erode", in_plane=True).sum() == 27
-    assert network.erode_dilate(mask, "dilate", in_plane=True)[:, :, 0].sum() == 45
+    assert network.erode_dilate(mask, "erode", in_plane_axes=(0, 1)).sum() == 27
+    assert network.erode_dilate(mask, "dilate", in_plane_axes=(0, 1))[:, :, 0].sum() == 45

@@ -21,129 +21,82 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from glioma_nb import io
+from glioma_nb.segment import kinds, transforms, window
 from glioma_nb.segment import postprocess as post
-from glioma_nb.segment import transforms
 from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.segment.models import ModelSpec
 from glioma_nb.signature import network
-from glioma_nb.signature.network import Tap
 
 # Sanity checks of a predicted whole tumour (flags, not errors: the case is kept and listed).
 SANITY = {"min_wt_ml": 1.0, "max_wt_ml": 400.0, "min_largest_component": 0.8}
 
 
+def as_segmenter(model: Any, net: Any = None) -> kinds.Segmenter:
+    """A :class:`~glioma_nb.segment.kinds.Segmenter`: ``model`` itself, or a glioma-nb spec with its network."""
+    if isinstance(model, kinds.Segmenter):
+        return model
+    if isinstance(model, ModelSpec):
+        return kinds.GliomaNbSegmenter(model, net)
+    raise TypeError(f"not a segmentation model: {type(model).__name__}")
+
+
 def sliding_window(net: Any, image: Any, spec: ModelSpec, overlap: float = 0.5, tta: bool = False,
-                   device: str = "cpu", amp: bool = False, stages: Sequence[str] | None = None) -> Any:
-    """Softmax probabilities (C, X, Y, Z) of a preprocessed image (channels first, no batch).
-
-    With ``stages`` (names of :func:`glioma_nb.signature.network.stage_modules`), returns
-    ``(probabilities, {stage: activation map (C', X', Y', Z')})`` from the same pass: every stage map
-    is stitched at its own resolution by the sliding window."""
-    import torch
-    from monai.inferers import sliding_window_inference
-
-    tap = None
-    if stages is not None:
-
-        tap = Tap(net, stages)
-    x = torch.as_tensor(image).unsqueeze(0).to(device)
-    flips: list[tuple[int, ...]] = [()]
-    if tta:
-        flips += [(2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
-    total, maps = None, None
-    half = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=half, enabled=amp and device == "cuda"):
-            for f in flips:
-                xi = torch.flip(x, f) if f else x
-                out = sliding_window_inference(xi, roi_size=spec.patch, sw_batch_size=2 if device == "cuda" else 1,
-                                               predictor=tap or net, overlap=overlap, mode="gaussian")
-                outs = list(out) if isinstance(out, (tuple, list)) else [out]
-                outs = [torch.flip(o.float(), f) if f else o.float() for o in outs]
-                p = torch.softmax(outs[0], dim=1)
-                total = p if total is None else total + p
-                if tap is not None:
-                    maps = outs[1:] if maps is None else [a + b for a, b in zip(maps, outs[1:])]
-    finally:
-        if tap is not None:
-            tap.close()
-    probs = (total / len(flips))[0].cpu()
-    if tap is None:
-        return probs
-    return probs, {s: (m / len(flips))[0].cpu() for s, m in zip(tap.stages, maps)}
+                   device: str = "cpu", amp: bool = False) -> Any:
+    """Softmax probabilities (C, X, Y, Z) of a preprocessed image of a glioma-nb model (training's validation)."""
+    return window.sliding_window(net, image, spec.patch, overlap=overlap, tta=tta, device=device, amp=amp)
 
 
-def predict_case(net: Any, spec: ModelSpec, data: Mapping[str, Any], overlap: float = 0.5, tta: bool = False,
-                 device: str = "cpu", amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Class map and probabilities of one loaded case (:func:`transforms.load_case`), both on the
-    case's original voxel grid. Returns (classes uint8 (X, Y, Z), probabilities float32 (C, X, Y, Z))."""
-    pre = transforms.preprocess(spec)
-    d = pre({"image": data["image"]})
-    probs = sliding_window(net, d["image"], spec, overlap=overlap, tta=tta, device=device, amp=amp)
-    return _to_original(pre, d, probs, data)
+def predict_case(model: Any, spec_or_none: Any, data: Mapping[str, Any], overlap: float = 0.5, tta: bool = False,
+                 device: str = "cpu", amp: bool = False) -> np.ndarray:
+    """Internal class map (uint8, X, Y, Z) of one loaded case (:func:`transforms.load_case`) on the case's
+    original voxel grid. ``model``: a Segmenter (``spec_or_none`` None), or a network with its ModelSpec."""
+    seg = as_segmenter(spec_or_none, model) if spec_or_none is not None else as_segmenter(model)
+    return seg.run(data, None, overlap=overlap, tta=tta, device=device, amp=amp).classes
 
 
-def _to_original(pre: Any, d: Mapping[str, Any], probs: Any, data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities on the model grid -> (classes, probabilities) on the case's own grid (``Invertd``)."""
-    from monai.data import MetaTensor
-    from monai.transforms import Invertd
-
-    d = {"image": d["image"], "pred": MetaTensor(probs, meta=dict(d["image"].meta))}
-    inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True)(d)
-    p = np.asarray(inv["pred"], dtype=np.float32)
-    if p.shape[1:] != tuple(data["image"].shape[1:]):  # pragma: no cover - Invertd restores the grid
-        raise SegmentationError(f"case {data.get('case_id')}: inverted prediction has shape {p.shape[1:]}, "
-                                f"the image {tuple(data['image'].shape[1:])}")
-    return p.argmax(0).astype(np.uint8), p
-
-
-def predict_with_signature(net: Any, spec: ModelSpec, data: Mapping[str, Any], request: Any,
+def predict_with_signature(model: kinds.Segmenter, data: Mapping[str, Any], request: Any,
                            cohort_scheme: io.LabelScheme | None, overlap: float = 0.5, tta: bool = False,
                            device: str = "cpu", amp: bool = False,
-                           postprocess: str = "none") -> tuple[np.ndarray, pd.DataFrame | None, str]:
-    """:func:`predict_case` plus the network image signature from the same pass
-    (:mod:`glioma_nb.signature.network`), pooled in the predicted mask with the ``postprocess`` rule
-    applied (on the model grid) or in the reference label map. Returns (classes on the original grid,
-    without the rule; signature rows indexed by perturbation or None, the error that prevented the signature or "")."""
-    import torch
-
+                           postprocess: str = "none") -> tuple[np.ndarray, pd.DataFrame | None, str, list[str]]:
+    """One pass of ``model`` with the network image signature (:mod:`glioma_nb.signature.network`) pooled in the
+    predicted mask with the ``postprocess`` rule applied (on the model grid) or in the reference label map.
+    Returns (classes on the original grid, without the rule; signature rows indexed by perturbation or None;
+    the error that prevented the signature or ""; notes)."""
     reference = request.mask == "reference"
-    pre = transforms.preprocess(spec, with_label=reference)
-    d = pre({k: data[k] for k in (("image", "label") if reference else ("image",))})
-    stages = list(network.stage_modules(net))
-    probs, maps = sliding_window(net, d["image"], spec, overlap=overlap, tta=tta, device=device, amp=amp, stages=stages)
-    classes, _ = _to_original(pre, d, probs, data)
-
-    model_classes = (np.asarray(d["label"][0], dtype=np.uint8) if reference
-                     else post.apply(np.asarray(probs.argmax(0), dtype=np.uint8), postprocess))
-    lab, scheme = transforms.classes_to_label(model_classes, spec.classes, cohort_scheme)
+    stages = list(model.stages())
+    p = model.run(data, stages, overlap=overlap, tta=tta, device=device, amp=amp)
+    model_classes = p.reference if reference else post.apply(p.model_classes, postprocess)
+    lab, scheme = transforms.classes_to_label(model_classes, model.classes, cohort_scheme)
     masks = io.region_masks(lab, scheme)
-    voxel_ml = float(np.prod(spec.spacing)) / 1000.0
-    desc = f"{'reference label map' if reference else 'predicted mask'} ({spec.name} grid)"
+    voxel_ml = float(np.prod(p.spacing)) / 1000.0
+    desc = f"{'reference label map' if reference else 'predicted mask'} ({model.name} grid)"
     cid = str(data.get("case_id", ""))
     rows: dict[str, dict[str, float]] = {}
+    kw = dict(overlap=overlap, tta=tta, device=device, amp=amp)
     try:
-        rows["none"] = network.case_row(maps, masks, voxel_ml, cid, desc)
+        rows["none"] = network.case_row(p.maps, masks, voxel_ml, cid, desc)
         for kind in request.perturbations:
             if kind in ("erode", "dilate"):
-                thick = max(spec.spacing) > 1.5 * min(spec.spacing)
-                pmasks = {r: network.erode_dilate(m, kind, in_plane=thick) for r, m in masks.items()}
-                rows[kind] = network.case_row(maps, pmasks, voxel_ml, cid, f"{kind}d {desc}")
+                through = [a for a in range(len(p.spacing)) if a not in p.axial][0]
+                thick = p.spacing[through] > 1.5 * min(p.spacing[a] for a in p.axial)
+                pmasks = {r: network.erode_dilate(m, kind, in_plane_axes=p.axial if thick else None)
+                          for r, m in masks.items()}
+                rows[kind] = network.case_row(p.maps, pmasks, voxel_ml, cid, f"{kind}d {desc}")
                 continue
-            img = np.asarray(d["image"], dtype=np.float32)
+            img = np.asarray(p.image, dtype=np.float32)
             if kind == "noise":
                 img, pmasks = network.add_noise(img, request.seed), masks
             else:
-                img = network.rotate(img, order=1)
-                pmasks = {r: network.rotate(m.astype(np.uint8), order=0).astype(bool) for r, m in masks.items()}
-            _, pmaps = sliding_window(net, torch.from_numpy(np.ascontiguousarray(img)), spec, overlap=overlap,
-                                      tta=tta, device=device, amp=amp, stages=stages)   # as the signature's own pass
+                img = network.rotate(img, order=1, axes=p.axial)
+                pmasks = {r: network.rotate(m.astype(np.uint8), order=0, axes=p.axial).astype(bool)
+                          for r, m in masks.items()}
+            pmaps = model.stage_maps(img, stages, **kw)   # as the signature's own pass
             rows[kind] = network.case_row(pmaps, pmasks, voxel_ml, cid, f"{desc}, {kind}")
     except network.SignatureError as exc:
-        return classes, None, str(exc)
+        return p.classes, None, str(exc), p.notes
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "perturbation"
-    return classes, table, ""
+    return p.classes, table, "", p.notes
 
 
 def sanity_flags(classes: np.ndarray, voxel_ml: float, limits: Mapping[str, float] = SANITY) -> list[str]:
@@ -180,11 +133,14 @@ def mask_path(out_dir: Path, case_id: str) -> Path:
     return Path(out_dir) / f"{case_id}.nii.gz"
 
 
-def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, *,
+def segment_cohort(cohort: io.Cohort, spec: Any, net: Any, out_dir: Path, *,
                    case_ids: Iterable[str] | None = None, overlap: float = 0.5, tta: bool = False,
                    device: str = "cpu", amp: bool = False, progress: bool = True,
                    signature: Any = None, postprocess: str | None = None) -> pd.DataFrame:
     """Segment cases of ``cohort`` into ``out_dir`` (cached per case); one row per case.
+
+    ``spec``: a :class:`~glioma_nb.segment.kinds.Segmenter` of any kind (``net`` None), or a glioma-nb
+    :class:`ModelSpec` with its loaded network ``net``.
 
     Columns: case_id, status (predicted | cached), seconds, predicted region volumes (mL), flags.
     Every case is checked for the model's modalities before any is run. With ``signature`` (a
@@ -195,6 +151,7 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
     :mod:`~glioma_nb.segment.postprocess` rule applied to the mask; a case cached with another rule
     is run again. The sanity flags describe the network's mask before the rule.
     """
+    spec = as_segmenter(spec, net)
     rule = spec.postprocess if postprocess is None else postprocess
     post.parse_rule(rule)
 
@@ -214,7 +171,7 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
         mpath, jpath = mask_path(out_dir, cid), out_dir / f"{cid}.json"
         if mpath.exists() and jpath.exists():
             rec = json.loads(jpath.read_text())
-            same_rule = rec.get("postprocess", "none") == rule
+            same_rule = rec.get("postprocess", "none") == rule and rec.get("model", spec.name) == spec.name
             if same_rule and (signature is None or (rec.get("signature") == signature.key() and
                                                     (signature_path(out_dir, cid).exists() or rec.get("signature_error")))):
                 rows.append({**rec, "postprocess": rule, "status": "cached"})   # records before rules: none
@@ -225,10 +182,11 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
         voxel_ml = float(np.prod(np.linalg.norm(np.asarray(data["image"].affine)[:3, :3], axis=0))) / 1000.0
         extra: dict[str, Any] = {}
         if signature is None:
-            classes, _ = predict_case(net, spec, data, overlap=overlap, tta=tta, device=device, amp=amp)
+            p = spec.run(data, None, overlap=overlap, tta=tta, device=device, amp=amp)
+            classes, notes = p.classes, p.notes
         else:
-            classes, table, err = predict_with_signature(net, spec, data, signature, cohort.scheme, overlap=overlap,
-                                                         tta=tta, device=device, amp=amp, postprocess=rule)
+            classes, table, err, notes = predict_with_signature(spec, data, signature, cohort.scheme, overlap=overlap,
+                                                                tta=tta, device=device, amp=amp, postprocess=rule)
             extra = {"signature": signature.key(), "signature_error": err}
             spath = signature_path(out_dir, cid)
             if table is not None:
@@ -243,8 +201,9 @@ def segment_cohort(cohort: io.Cohort, spec: ModelSpec, net: Any, out_dir: Path, 
         hdr = src.header.copy()
         hdr.set_data_dtype(np.uint8)
         _write_atomic_nifti(nib.Nifti1Image(label, src.affine, hdr), mpath)
-        rec = {"case_id": cid, "model": spec.name, "scheme": scheme.name, "seconds": round(time.perf_counter() - t0, 2),
-               "postprocess": rule, **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(flags), **extra}
+        rec = {"case_id": cid, "model": spec.name, "kind": spec.kind, "scheme": scheme.name,
+               "seconds": round(time.perf_counter() - t0, 2), "postprocess": rule,
+               **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(flags), "notes": "; ".join(notes), **extra}
         tmp = jpath.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rec, indent=1))
         tmp.replace(jpath)

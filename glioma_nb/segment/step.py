@@ -15,7 +15,7 @@ import pandas as pd
 
 from glioma_nb import plotting, records
 from glioma_nb.results import StepResult
-from glioma_nb.segment import infer, metrics, models
+from glioma_nb.segment import infer, kinds, metrics, models, registry
 from glioma_nb.segment import postprocess as post
 from glioma_nb.segment import train as seg_train
 from glioma_nb.segment.errors import SegmentationError
@@ -30,7 +30,7 @@ class SegmentResult(StepResult):
     """Outcome of segmenting a cohort, with the tables and figures notebook 01 shows
     (see :class:`glioma_nb.results.StepResult`)."""
 
-    spec: models.ModelSpec | None = None
+    spec: kinds.Segmenter | None = None            # the model, of any kind
     weights: str = ""                              # "shipped (sha256 ...)" or a path / "trained in this run"
     mask_dir: Path | None = None
     cases: pd.DataFrame = field(default_factory=pd.DataFrame)      # per case: seconds, volumes, flags, status
@@ -65,7 +65,7 @@ class SegmentResult(StepResult):
         sp = self.spec
         n = len(self.cases)
         cached = int((self.cases["status"] == "cached").sum()) if n else 0
-        text = (f"Model **{sp.name}** ({sp.network.get('name', 'unet')}; inputs {', '.join(sp.modalities)}; "
+        text = (f"Model **{sp.name}** ({sp.kind} model, {sp.network_name}; inputs {', '.join(sp.modalities)}; "
                 f"works at {' x '.join(f'{v:g}' for v in sp.spacing)} mm; weights: {self.weights}) segmented "
                 f"**{n} cases**" + (f" ({cached} reused from the run's cache)" if cached else "") +
                 (f", median {self.cases['seconds'].median():.1f} s per case" if n else "") +
@@ -75,11 +75,15 @@ class SegmentResult(StepResult):
                    (", the model's own rule, chosen by cross-validation on its training patients for the shipped "
                     "weights)." if self.postprocess == self.spec.postprocess and self.spec.postprocess_cv else ").")) +
                 " Masks: `masks/<case>.nii.gz` in each image's own voxel grid and affine.")
+        notes = sorted({x for v in self.cases.get("notes", pd.Series(dtype=object)).fillna("") for x in v.split("; ") if x})
+        if notes:
+            text += f" Notes ({len(notes)}): " + "; ".join(notes[:3]) + (" ..." if len(notes) > 3 else "") + "."
         if n and "signature" in self.cases:
             sig = self.cases["signature"].dropna()
             errs = self.cases.get("signature_error", pd.Series(dtype=object)).fillna("")
             if len(sig):
                 req = sig.iloc[0]
+                text += f" Signature layers: {', '.join(sp.stages())}."
                 text += (f" The network image signature (read by 02_signature) was pooled in the same pass, in the "
                          f"{req['mask']} mask" + (f", with the stability perturbations {', '.join(req['perturbations'])}"
                                                  if req["perturbations"] else "") +
@@ -98,7 +102,8 @@ class SegmentResult(StepResult):
         """Headline numbers for ``metrics/01_segment.json``."""
         if self.spec is None:
             return {"segmentation": self.note}
-        out: dict[str, Any] = {"model": self.spec.name, "weights": self.weights, "postprocess": self.postprocess,
+        out: dict[str, Any] = {"model": self.spec.name, "kind": self.spec.kind, "weights": self.weights,
+                               "postprocess": self.postprocess,
                                "n_segmented": len(self.cases),
                                "n_flagged": len(self.flagged)}
         if not self.cases.empty:
@@ -138,19 +143,11 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
     if name is None:
         raise SegmentationError(f"cohort {cohort.name} has modalities {list(cohort.modalities)}; no shipped model "
                                 f"takes a subset of them ({models.available_models()}); set segment.model")
-    spec = models.load_spec(name)
-    missing = [m for m in spec.modalities if m not in cohort.modalities]
-    if missing:
-        raise SegmentationError(f"cohort {cohort.name}: model {spec.name} needs {list(spec.modalities)}, the cohort "
-                                f"declares {list(cohort.modalities)} (no {missing}); choose another segment.model")
-    rule = spec.postprocess if postprocess == "model" else postprocess
-    try:
-        post.parse_rule(rule)
-    except SegmentationError as exc:
-        raise SegmentationError(f"segment.postprocess: {exc}; or model (the model's own rule)") from None
     device = models.resolve_device(ctx.config["project"]["device"])
     train_log, held_out, record = None, [], None
     if train:
+        spec = models.load_spec(name)
+        _check_modalities(cohort, spec)
         if cohort.scheme is None:
             raise SegmentationError(f"cohort {cohort.name} has no label maps: segment.train needs them")
         tr, held_out = seg_train.split_by_patient(cohort, held_out_fraction, seed=int(ctx.config["project"]["seed"]))
@@ -159,30 +156,36 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
                                                  seed=int(ctx.config["project"]["seed"]))
         settings.val_every = max(train_iterations // 4, 10)
         seg_train.train(spec, [seg_train.TrainSource(cohort, tr, held_out)], out, settings, device=device, progress=progress)
-        net = models.load_model(spec, out / "weights.pt", device=device)
+        seg: kinds.Segmenter = kinds.GliomaNbSegmenter(
+            spec, models.load_model(spec, out / "weights.pt", device=device),
+            f"trained in this run ({train_iterations} iterations on {len(tr)} cases)")
         train_log = pd.read_csv(out / "train_log.csv")
-        weights_note = f"trained in this run ({train_iterations} iterations on {len(tr)} cases)"
         record = records.make(
             "segmentation", f"segmentation__{spec.name}", spec, X=pd.DataFrame(index=pd.Index(sorted(tr), name="case_id")),
             features=list(spec.modalities), weights=str((out / "weights.pt").relative_to(ctx.output_dir)),
             weights_sha256=models.sha256(out / "weights.pt"), iterations=train_iterations, trained_on=sorted(tr),
             held_out=sorted(held_out), cohort=cohort.name)
-    elif weights == "shipped":
-        net = models.load_model(spec, None, device=device)
-        weights_note = f"shipped (sha256 {models.sha256(spec.weights_path)[:12]})"
     else:
-        net = models.load_model(spec, weights, device=device)
-        weights_note = f"{weights} (sha256 {models.sha256(Path(weights))[:12]})"
+        seg = registry.load(name, device=device, weights=weights)
+        _check_modalities(cohort, seg)
+    rule = seg.postprocess if postprocess == "model" else postprocess
+    try:
+        post.parse_rule(rule)
+    except SegmentationError as exc:
+        raise SegmentationError(f"segment.postprocess: {exc}; or model (the model's own rule)") from None
     mask_dir = ctx.output_dir / "masks"  # a read-only run (a report reopened) segments into a scratch folder
-    cases = infer.segment_cohort(cohort, spec, net, mask_dir, overlap=overlap, tta=tta, device=device,
-                                 progress=progress, signature=signature_request(ctx.config), postprocess=rule)
-    result = SegmentResult(spec=spec, weights=weights_note, mask_dir=mask_dir, cases=cases, train_log=train_log,
+    request = signature_request(ctx.config)
+    if request is not None:
+        seg.stages()       # an unknown signature layer fails before any case runs
+    cases = infer.segment_cohort(cohort, seg, None, mask_dir, overlap=overlap, tta=tta, device=device,
+                                 progress=progress, signature=request, postprocess=rule)
+    result = SegmentResult(spec=seg, weights=seg.weights_note, mask_dir=mask_dir, cases=cases, train_log=train_log,
                            held_out=held_out, postprocess=rule)
     if train:
         result.trained_on = [c for c in cohort.case_ids if c not in held_out]
         result.models[record.name] = record  # the network's spec, input channels, weights file and its sha256
-    elif weights == "shipped":
-        result.trained_on = sorted(models.trained_on(spec, cohort.name, cohort.case_ids, cohort.root))
+    elif weights == "shipped" and isinstance(seg, kinds.GliomaNbSegmenter):
+        result.trained_on = sorted(models.trained_on(seg.spec, cohort.name, cohort.case_ids, cohort.root))
     if cohort.scheme is not None:
         scores = metrics.cohort_scores(cohort, mask_dir)
         if not scores.empty:
@@ -191,6 +194,13 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
             # honest figures: only cases the weights never saw
             result.summary = metrics.summarise(scores[~scores["trained_on"]])
     return _display(ctx, result, n_overlay_cases)
+
+
+def _check_modalities(cohort: Any, model: Any) -> None:
+    missing = [m for m in model.modalities if m not in cohort.modalities]
+    if missing:
+        raise SegmentationError(f"cohort {cohort.name}: model {model.name} needs {list(model.modalities)}, the cohort "
+                                f"declares {list(cohort.modalities)} (no {missing}); choose another segment.model")
 
 
 def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int) -> SegmentResult:

@@ -55,8 +55,10 @@ def classes_to_label(classes_map: np.ndarray, classes: str, scheme: io.LabelSche
     return lab, out_scheme
 
 
-def load_case(cohort: io.Cohort, case_id: str, spec: ModelSpec, with_label: bool = False) -> dict[str, Any]:
-    """A case as ``{"image": MetaTensor (C, X, Y, Z), ["label": MetaTensor (1, X, Y, Z)], "case_id"}``.
+def load_case(cohort: io.Cohort, case_id: str, spec: Any, with_label: bool = False) -> dict[str, Any]:
+    """A case as ``{"image": MetaTensor (C, X, Y, Z), ["label": MetaTensor (1, X, Y, Z)], "case_id", "files"}``
+    (``files``: the image paths in the model's modality order). ``spec``: anything with the model's
+    ``name``, ``modalities`` and ``classes`` (a :class:`ModelSpec` or a :class:`~glioma_nb.segment.kinds.Segmenter`).
 
     Raises :class:`SegmentationError` naming the case and file when a modality the model needs is
     missing, an image is not 3D, or the modalities do not share one voxel grid.
@@ -88,7 +90,7 @@ def load_case(cohort: io.Cohort, case_id: str, spec: ModelSpec, with_label: bool
     meta = {"original_affine": affine.clone(), "spatial_shape": np.asarray(ref.shape),
             "filename_or_obj": str(case.images[spec.modalities[0]]), "space": "RAS"}
     out: dict[str, Any] = {"image": MetaTensor(torch.from_numpy(np.stack(arrays)), affine=affine, meta=dict(meta)),
-                           "case_id": case_id}
+                           "case_id": case_id, "files": [case.images[m] for m in spec.modalities]}
     if with_label:
         lab_img = cohort.load_label(case_id)
         if lab_img is None or cohort.scheme is None:
@@ -101,18 +103,28 @@ def load_case(cohort: io.Cohort, case_id: str, spec: ModelSpec, with_label: bool
     return out
 
 
-def preprocess(spec: ModelSpec, with_label: bool = False) -> Any:
-    """Orientation, resampling, foreground crop and normalisation (invertible where geometric)."""
+NORMALISATIONS = ("zscore-nonzero", "zscore", "none")
+
+
+def preprocess(spec: Any, with_label: bool = False) -> Any:
+    """Orientation (``spec.orientation``, default RAS), resampling to ``spec.spacing``, foreground crop and
+    normalisation (``spec.normalise``: z-score per channel over non-zero voxels by default), invertible where
+    geometric. ``spec``: a :class:`ModelSpec` or anything with those attributes (a TorchScript model)."""
     from monai.transforms import Compose, CropForegroundd, NormalizeIntensityd, Orientationd, Spacingd
 
     keys = ["image", "label"] if with_label else ["image"]
     modes = ("bilinear", "nearest") if with_label else ("bilinear",)
-    return Compose([
-        Orientationd(keys=keys, axcodes="RAS", labels=None),  # labels from the MetaTensor's space (RAS)
+    norm = getattr(spec, "normalise", "zscore-nonzero")
+    if norm not in NORMALISATIONS:
+        raise SegmentationError(f"model {spec.name}: normalise {norm!r} is not one of {list(NORMALISATIONS)}")
+    steps = [
+        Orientationd(keys=keys, axcodes=getattr(spec, "orientation", "RAS"), labels=None),  # from the MetaTensor's RAS
         Spacingd(keys=keys, pixdim=spec.spacing, mode=modes),
         CropForegroundd(keys=keys, source_key="image", margin=4, allow_smaller=True),
-        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
-    ])
+    ]
+    if norm != "none":
+        steps.append(NormalizeIntensityd(keys="image", nonzero=norm == "zscore-nonzero", channel_wise=True))
+    return Compose(steps)
 
 
 def augment(spec: ModelSpec, samples_per_case: int = 2, pos_fraction: float = 2 / 3) -> Any:

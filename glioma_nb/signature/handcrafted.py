@@ -123,7 +123,7 @@ def case_features(cohort: io.Cohort, case_id: str, settings: Mapping[str, Any],
               for m in cohort.modalities}
     region_masks = io.region_masks(lab, scheme)
     if perturbation in ("erode", "dilate"):
-        region_masks = {r: network.erode_dilate(m, perturbation, in_plane=two_d) for r, m in region_masks.items()}
+        region_masks = {r: network.erode_dilate(m, perturbation, in_plane_axes=(0, 1) if two_d else None) for r, m in region_masks.items()}
     elif perturbation == "noise":
         rng = np.random.default_rng(seed)     # one stream across the modalities
         arrays = {m: network.add_noise(a, rng, sd=0.05) for m, a in arrays.items()}

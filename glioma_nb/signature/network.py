@@ -168,20 +168,26 @@ def case_row(stage_maps: Mapping[str, Any], masks: Mapping[str, np.ndarray], vox
     return row
 
 
-def erode_dilate(mask: np.ndarray, kind: str, in_plane: bool = False) -> np.ndarray:
-    """The mask eroded or dilated by one voxel (6-connected; 4-connected in the plane of voxel axes 0
-    and 1 with ``in_plane``, for thick slices where one voxel along axis 2 is a whole slice)."""
+def erode_dilate(mask: np.ndarray, kind: str, in_plane_axes: tuple[int, int] | None = None) -> np.ndarray:
+    """The mask eroded or dilated by one voxel (6-connected; 4-connected in the plane of voxel axes
+    ``in_plane_axes``, for thick slices where one voxel across that plane is a whole slice)."""
     struct = ndimage.generate_binary_structure(3, 1)
-    if in_plane:
-        struct[:, :, 0] = struct[:, :, 2] = False
+    if in_plane_axes is not None:
+        through = next(a for a in range(3) if a not in in_plane_axes)
+        idx = [slice(None)] * 3
+        for end in (0, 2):
+            idx[through] = end
+            struct[tuple(idx)] = False
     fn = ndimage.binary_erosion if kind == "erode" else ndimage.binary_dilation
     return fn(np.asarray(mask, dtype=bool), structure=struct)
 
 
-def rotate(arr: np.ndarray, order: int) -> np.ndarray:
-    """Rotation by :data:`ROTATE_DEG` in the plane of voxel axes 0 and 1 of (C, X, Y, Z) or (X, Y, Z)."""
-    axes = (1, 2) if arr.ndim == 4 else (0, 1)
-    return ndimage.rotate(arr, ROTATE_DEG, axes=axes, reshape=False, order=order, mode="constant", cval=0)
+def rotate(arr: np.ndarray, order: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Rotation by :data:`ROTATE_DEG` in the plane of spatial axes ``axes`` (the axial plane of the model
+    grid) of (C, X, Y, Z) or (X, Y, Z)."""
+    shift = 1 if arr.ndim == 4 else 0
+    return ndimage.rotate(arr, ROTATE_DEG, axes=(axes[0] + shift, axes[1] + shift), reshape=False, order=order,
+                          mode="constant", cval=0)
 
 
 def add_noise(image: np.ndarray, seed: int | np.random.Generator, sd: float = NOISE_SD) -> np.ndarray:

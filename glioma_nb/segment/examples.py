@@ -1,0 +1,258 @@
+"""Small example models of every external kind, made with each library's own classes.
+
+They exist to try ``glioma-nb models import`` end to end, and for the faithfulness tests (glioma-nb
+against each library's own inference on the same files). ``glioma-nb models example KIND OUT`` writes one.
+
+- :func:`nnunet_model`: a raw nnU-Net dataset written from a cohort's cases, fingerprinted and planned
+  by nnunetv2 itself (``extract_fingerprints`` and ``plan_experiments``, in a subprocess with its own
+  ``nnUNet_raw``/``nnUNet_preprocessed``), its ``3d_fullres`` PlainConvUNet made smaller (stages,
+  features, patch), built by ``nnUNetTrainer.build_network_architecture`` and saved as
+  ``fold_<k>/checkpoint_final.pth`` in the trainer's own checkpoint format. With ``iterations``, each
+  fold's network is fitted briefly (Adam, Dice + cross-entropy) on the cohort's cases preprocessed by
+  nnU-Net's own preprocessor; otherwise its weights are the seeded initialisation.
+- :func:`bundle_model`: a MONAI bundle (``configs/inference.json``, ``configs/metadata.json``,
+  ``models/model.pt``) whose inference config loads, orients, resamples and normalises the images,
+  runs a small MONAI UNet by sliding window and inverts the prediction.
+- :func:`torchscript_model`: a scripted module returning ``(logits, enc1, bottleneck)`` with its YAML.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+import yaml
+
+from glioma_nb.segment.errors import SegmentationError
+
+CHANNEL_NAMES = {"t1": "T1", "t1c": "T1ce", "t2": "T2", "flair": "FLAIR"}
+DATASET_LABELS = {"brats": {"background": 0, "necrosis": 1, "edema": 2, "enhancing": 3},
+                  "wt": {"background": 0, "tumor": 1}}
+
+_PLAN = """
+import sys
+from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
+extract_fingerprints([int(sys.argv[1])], num_processes=1, check_dataset_integrity=True, clean=True, verbose=False)
+plan_experiments([int(sys.argv[1])])
+"""
+
+
+def _label_values(label: np.ndarray, classes: str, scheme_name: str) -> np.ndarray:
+    lab = np.asarray(label)
+    out = np.zeros(lab.shape, np.uint8)
+    if classes == "wt":
+        out[lab > 0] = 1
+        return out
+    out[lab == 1], out[lab == 2] = 1, 2
+    out[lab == (4 if scheme_name == "brats2018" else 3)] = 3
+    return out
+
+
+def nnunet_model(out: Path, cases: Sequence[Mapping[str, Any]], modalities: Sequence[str], classes: str = "brats",
+                 scheme: str = "brats2021", folds: Sequence[int] = (0,), features: Sequence[int] = (8, 16, 32),
+                 patch: Sequence[int] | None = None, iterations: int = 0, seed: int = 0,
+                 dataset_id: int = 990) -> Path:
+    """A trained-model folder ``out`` (see the module docstring). ``cases``: dicts with ``images``
+    (modality -> NIfTI path) and ``label`` (a label map in ``scheme``)."""
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise SegmentationError(f"{out} exists and is not empty; give a new folder")
+    name = f"Dataset{dataset_id:03d}_GliomaNbExample"
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw" / name
+        (raw / "imagesTr").mkdir(parents=True)
+        (raw / "labelsTr").mkdir()
+        for i, c in enumerate(cases):
+            for k, m in enumerate(modalities):
+                img = nib.load(c["images"][m])
+                nib.save(nib.Nifti1Image(np.asarray(img.dataobj, np.float32), img.affine),
+                         raw / "imagesTr" / f"case_{i:03d}_{k:04d}.nii.gz")
+            lab = nib.load(c["label"])
+            nib.save(nib.Nifti1Image(_label_values(np.asanyarray(lab.dataobj), classes, scheme), lab.affine),
+                     raw / "labelsTr" / f"case_{i:03d}.nii.gz")
+        ds = {"channel_names": {str(k): CHANNEL_NAMES[m] for k, m in enumerate(modalities)},
+              "labels": DATASET_LABELS[classes], "numTraining": len(cases), "file_ending": ".nii.gz"}
+        (raw / "dataset.json").write_text(json.dumps(ds, indent=1))
+        env = {**os.environ, "nnUNet_raw": str(Path(tmp) / "raw"), "nnUNet_preprocessed": str(Path(tmp) / "pre"),
+               "nnUNet_results": str(Path(tmp) / "results"), "nnUNet_n_proc_DA": "1"}
+        done = subprocess.run([sys.executable, "-c", _PLAN, str(dataset_id)], env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SegmentationError(f"nnU-Net planning failed:\n{done.stderr[-3000:]}")
+        plans = json.loads((Path(tmp) / "pre" / name / "nnUNetPlans.json").read_text())
+    cfg = plans["configurations"]["3d_fullres"]
+    plans["configurations"] = {"3d_fullres": cfg}
+    arch = cfg["architecture"]["arch_kwargs"]
+    n = len(features)
+    arch["n_stages"] = n
+    arch["features_per_stage"] = list(features)
+    arch["kernel_sizes"] = arch["kernel_sizes"][:n]
+    arch["strides"] = arch["strides"][:n]
+    arch["n_conv_per_stage"] = [1] * n
+    arch["n_conv_per_stage_decoder"] = [1] * (n - 1)
+    div = np.prod(np.asarray(arch["strides"]), axis=0)
+    p = np.asarray(patch if patch is not None else cfg["patch_size"])
+    cfg["patch_size"] = [int(max(d, (v // d) * d)) for v, d in zip(p, div)]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plans.json").write_text(json.dumps(plans, indent=1))
+    (out / "dataset.json").write_text(json.dumps(ds, indent=1))
+    (out / "dataset_fingerprint.json").write_text(json.dumps({"note": "not needed for inference"}))
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_fullres")
+    n_out = pm.get_label_manager(ds).num_segmentation_heads
+    for f in folds:
+        torch.manual_seed(seed + int(f))
+        net = nnUNetTrainer.build_network_architecture(pm, cm, len(modalities), n_out, enable_deep_supervision=False)
+        if iterations:
+            _fit(net, pm, cm, ds, cases, modalities, classes, scheme, iterations, seed + int(f))
+        ckpt = {"network_weights": net.state_dict(), "init_args": {"plans": plans, "configuration": "3d_fullres",
+                                                                   "fold": int(f), "dataset_json": ds, "device": "cpu"},
+                "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 0}
+        (out / f"fold_{f}").mkdir()
+        torch.save(ckpt, out / f"fold_{f}" / "checkpoint_final.pth")
+    return out
+
+
+def _fit(net: Any, pm: Any, cm: Any, ds: Mapping[str, Any], cases: Sequence[Mapping[str, Any]],
+         modalities: Sequence[str], classes: str, scheme: str, iterations: int, seed: int) -> None:
+    """A few Adam steps of Dice + cross-entropy on random patches of nnU-Net-preprocessed cases."""
+    import torch
+    import torch.nn.functional as F
+    from monai.losses import DiceCELoss
+
+    pre = cm.preprocessor_class(verbose=False)
+    data = []
+    for c in cases:
+        img = np.stack([np.asarray(nib.load(c["images"][m]).dataobj, np.float32) for m in modalities]).transpose(0, 3, 2, 1)
+        lab = _label_values(np.asanyarray(nib.load(c["label"]).dataobj), classes, scheme)[None].transpose(0, 3, 2, 1)
+        zooms = nib.load(c["images"][modalities[0]]).header.get_zooms()[:3]
+        d, s, _ = pre.run_case_npy(img, lab.astype(np.float32), {"spacing": [float(z) for z in zooms[::-1]]},
+                                   pm, cm, ds)
+        data.append((torch.from_numpy(d), torch.from_numpy(np.clip(s, 0, None).astype(np.int64))))
+    rng = np.random.default_rng(seed)
+    patch = [int(p) for p in cm.patch_size]
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    net.train()
+    for _ in range(iterations):
+        x, y = data[int(rng.integers(len(data)))]
+        pad = [max(0, p - s) for p, s in zip(patch, x.shape[1:])]
+        if any(pad):
+            spec = [v for q in reversed(pad) for v in (q // 2, q - q // 2)]
+            x, y = F.pad(x, spec), F.pad(y, spec)
+        fg = np.argwhere(y[0].numpy() > 0)
+        centre = fg[rng.integers(len(fg))] if len(fg) and rng.random() < 0.67 else [rng.integers(s) for s in x.shape[1:]]
+        start = [int(min(max(0, c - p // 2), s - p)) for c, p, s in zip(centre, patch, x.shape[1:])]
+        sl = tuple(slice(a, a + p) for a, p in zip(start, patch))
+        xb, yb = x[(slice(None), *sl)][None], y[(slice(None), *sl)][None]
+        opt.zero_grad()
+        loss = loss_fn(net(xb), yb)
+        loss.backward()
+        opt.step()
+    net.eval()
+
+
+BUNDLE_CONFIG = {
+    "imports": ["$import torch"],
+    "bundle_root": ".",
+    "device": "$torch.device('cpu')",
+    "network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": "@n_channels", "out_channels": "@n_classes",
+                    "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
+    "network": "$@network_def.to(@device)",
+    "preprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+        {"_target_": "Spacingd", "keys": "image", "pixdim": "@spacing", "mode": "bilinear"},
+        {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True},
+        {"_target_": "EnsureTyped", "keys": "image"}]},
+    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": "@patch", "sw_batch_size": 1, "overlap": 0.5,
+                "mode": "gaussian"},
+    "postprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+         "nearest_interp": False, "to_tensor": True},
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+         "resample": False, "separate_folder": False, "output_dtype": "$np.uint8"}]},
+    "output_dir": "$@bundle_root + '/eval'",
+    "dataset_dir": "$@bundle_root + '/data'",
+    "datalist": [],
+    "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+    "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
+    "handlers": [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
+                  "load_dict": {"model": "@network"}, "map_location": "@device"}],
+    "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
+                  "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
+                  "val_handlers": "@handlers", "amp": False},
+    "initialize": [],
+    "run": ["$@evaluator.run()"],
+    "finalize": [],
+}
+
+
+def bundle_model(out: Path, n_channels: int, n_classes: int, spacing: Sequence[float] = (2.0, 2.0, 2.0),
+                 patch: Sequence[int] = (32, 32, 32), seed: int = 0) -> Path:
+    """A MONAI bundle folder (see the module docstring); weights are a seeded initialisation."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    out = Path(out)
+    (out / "configs").mkdir(parents=True)
+    (out / "models").mkdir()
+    cfg = {**BUNDLE_CONFIG, "n_channels": n_channels, "n_classes": n_classes, "spacing": list(spacing),
+           "patch": list(patch), "imports": ["$import torch", "$import numpy as np"]}
+    (out / "configs" / "inference.json").write_text(json.dumps(cfg, indent=1))
+    (out / "configs" / "metadata.json").write_text(json.dumps({
+        "version": "0.1.0", "monai_version": "1.6.1", "pytorch_version": torch.__version__.split("+")[0],
+        "name": "glioma-nb example bundle", "task": "glioma segmentation (example, untrained)",
+        "network_data_format": {"inputs": {"image": {"type": "image", "num_channels": n_channels}},
+                                "outputs": {"pred": {"type": "image", "num_channels": n_classes}}}}, indent=1))
+    parser = ConfigParser()
+    parser.read_config(str(out / "configs" / "inference.json"))
+    torch.manual_seed(seed)
+    net = parser.get_parsed_content("network_def")
+    torch.save(net.state_dict(), out / "models" / "model.pt")
+    return out
+
+
+def torchscript_model(out: Path, modalities: Sequence[str], n_classes: int, spacing: Sequence[float] = (2.0, 2.0, 2.0),
+                      patch: Sequence[int] = (32, 32, 32), seed: int = 0) -> Path:
+    """A scripted MONAI UNet returning (logits, enc1, bottleneck), with its YAML (see the module docstring)."""
+    import warnings
+
+    import torch
+    from monai.networks.nets import UNet
+
+    class WithFeatures(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            down = self.net.model[0]
+            enc1 = down(x)
+            bottleneck = self.net.model[1].submodule[1].submodule(self.net.model[1].submodule[0](enc1))
+            return self.net(x), enc1, bottleneck
+
+    out = Path(out)
+    out.mkdir(parents=True)
+    torch.manual_seed(seed)
+    net = WithFeatures(UNet(3, len(modalities), n_classes, (8, 16, 32), (2, 2), num_res_units=1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(net).save(str(out / "model.ts"))
+    spec = {"module": "model.ts", "modalities": list(modalities), "spacing": list(spacing), "patch": list(patch),
+            "orientation": "RAS", "normalise": "zscore-nonzero", "activation": "softmax",
+            "outputs": {"labels": "brats2021" if n_classes == 4 else "wt"}, "feature_outputs": ["enc1", "bottleneck"]}
+    (out / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out
