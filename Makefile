@@ -26,7 +26,8 @@ help:
 	@echo "make check-browser                       JupyterLab + headless Chromium tests, screenshots under reports/browser/"
 	@echo "make validate COHORT=name                check a cohort's files and clinical table"
 	@echo "make bench                               benchmarks, JSON under bench/results/"
-	@echo "make bench-segment                       segmentation s/case, memory, held-out Dice (JSON)"
+	@echo "make bench-segment                       segmentation s/case, memory, held-out Dice (JSON); any model:"
+	@echo "                                           ARGS=\"--models brats-4mod <registered name> ...\""
 	@echo "make bench-signature                     network signature and PyRadiomics s/case (JSON)"
 	@echo "make bench-analysis                      notebooks 03/04 seconds at n x p on UPenn-GBM (JSON; needs ../shared)"
 

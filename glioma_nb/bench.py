@@ -18,7 +18,7 @@ import pandas as pd
 from glioma_nb import config, io, paths, provenance, synthetic
 from glioma_nb.classify import cv as ccv
 from glioma_nb.classify import features as cfeat
-from glioma_nb.segment import infer, metrics, models, train
+from glioma_nb.segment import infer, kinds, metrics, models, registry, train
 from glioma_nb.signature import handcrafted, network
 from glioma_nb.stratify import clustering, risk
 from glioma_nb.stratify.survival import survival_frame
@@ -69,33 +69,44 @@ def run_foundation_bench(cohorts: Iterable[str], out_dir: str = "bench/results")
     return _write_results(results, out_dir, "foundation")
 
 
-def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, object]:
-    """Inference time, memory and Dice of one shipped model on its held-out shared cases (own process)."""
+def _segment_model_bench(model: str, device: str, max_cases: int, cohort_name: str = "brats18-dev") -> dict[str, object]:
+    """Inference time, memory and Dice of one model (own process): a shipped model on its held-out shared cases;
+    a registered model (nnU-Net, MONAI bundle, TorchScript) on the first ``max_cases`` of ``cohort_name``, the
+    network signature pooled in the same pass (as notebook 01 runs it)."""
     import torch
 
-    spec = models.load_spec(model)
-    sources = [s for s in train.sources_from_spec(spec) if s.held_out]
-    net = models.load_model(spec, device=device)
+    seg = registry.load(model, device=device)
+    if isinstance(seg, kinds.GliomaNbSegmenter):
+        sources = [(s.cohort, s.held_out[:max_cases]) for s in train.sources_from_spec(seg.spec) if s.held_out]
+        request = None
+    else:
+        cfg = config.resolve_config(cohort_name)
+        synthetic.ensure_cohort_data(cfg, progress=False)
+        cohort = io.load_cohort(cfg, progress=False)
+        sources = [(cohort, cohort.case_ids[:max_cases])]
+        request = network.Request()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rows, per_case = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for src in sources:
-            ids = src.held_out[:max_cases]
-            mask_dir = Path(tmp) / src.cohort.name
+        for cohort, ids in sources:
+            mask_dir = Path(tmp) / cohort.name
             # one pass per case: load, preprocess, sliding window, inversion to the original grid, the model's
-            # post-processing rule, mask written
-            table = infer.segment_cohort(src.cohort, spec, net, mask_dir, case_ids=ids, device=device, progress=False)
-            rows += [{"cohort": src.cohort.name, "case_id": r.case_id, "seconds_total": r.seconds}
+            # post-processing rule, mask written (registered models: with the network signature of the same pass)
+            table = infer.segment_cohort(cohort, seg, None, mask_dir, case_ids=ids, device=device, progress=False,
+                                         signature=request)
+            rows += [{"cohort": cohort.name, "case_id": r.case_id, "seconds_total": r.seconds}
                      for r in table.itertuples()]
-            per_case.append(metrics.cohort_scores(src.cohort, mask_dir, ids).assign(cohort=src.cohort.name))
-
-    scores = pd.concat(per_case, ignore_index=True)
+            if cohort.scheme is not None:
+                per_case.append(metrics.cohort_scores(cohort, mask_dir, ids).assign(cohort=cohort.name))
+    spec = seg
+    scores = pd.concat(per_case, ignore_index=True) if per_case else pd.DataFrame(columns=["cohort"])
     dice = {}
     for cohort, part in scores.groupby("cohort"):
         dice[cohort] = metrics.summarise(part).round(4).to_dict(orient="records")
     secs = [r["seconds_total"] for r in rows]
-    out: dict[str, object] = {"name": f"segment_{model}_{device}", "model": model, "device": device,
+    out: dict[str, object] = {"name": f"segment_{model}_{device}", "model": model, "kind": spec.kind, "device": device,
+                              "network": spec.network_name, "with_network_signature": request is not None,
                               "postprocess": spec.postprocess, "cases": len(rows),
                               "seconds_per_case_median": round(float(np.median(secs)), 3),
                               "seconds_per_case_max": round(float(np.max(secs)), 3),
@@ -108,10 +119,11 @@ def _segment_model_bench(model: str, device: str, max_cases: int) -> dict[str, o
 
 
 def run_segment_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), max_cases: int = 20,
-                      out_dir: str = "bench/results") -> Path:
-    """``make bench-segment``: per shipped model, inference seconds per case (load, preprocess, sliding
-    window, inversion to the original grid) and peak memory on CPU and on GPU when present, plus Dice on
-    the held-out shared cases. Each model/device runs in its own process so peak memory is its own."""
+                      out_dir: str = "bench/results", cohort: str = "brats18-dev") -> Path:
+    """``make bench-segment``: per model (shipped or registered, any kind), inference seconds per case (load,
+    preprocess, sliding window, inversion to the original grid) and peak memory on CPU and on GPU when present,
+    plus Dice (shipped models: their held-out shared cases; registered models: ``cohort``'s first cases, which
+    are scored but may be cases the model was trained on). Each model/device runs in its own process."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -122,7 +134,7 @@ def run_segment_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), max_c
     for model in models_:
         for device in devices:
             with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-                res = pool.submit(_segment_model_bench, model, device, max_cases).result()
+                res = pool.submit(_segment_model_bench, model, device, max_cases, cohort).result()
             results["benchmarks"].append(res)
             print(f"{res['name']}: {res['seconds_per_case_median']} s/case (median of {res['cases']}), "
                   f"peak RSS {res['peak_rss_mb']} MB", flush=True)

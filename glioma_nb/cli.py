@@ -10,7 +10,7 @@ from typing import Sequence
 
 from glioma_nb import STEPS, bench, config, io, paths, runner, runs, synthetic
 from glioma_nb.runs import ValidationError
-from glioma_nb.segment import models, postprocess, postprocess_cv, registry, train
+from glioma_nb.segment import examples, models, postprocess, postprocess_cv, registry, train
 from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.validate import overlap as val_overlap
 
@@ -131,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cohorts", nargs="+", default=["synthetic", "brats18-dev", "tcga-lgg-dev"])
     b.add_argument("--out", default="bench/results", help="folder for the JSON result")
     bs = sub.add_parser("bench-segment", help="segmentation inference s/case, peak memory, held-out Dice (JSON)")
-    bs.add_argument("--models", nargs="+", default=["brats-4mod", "flair-wt"])
+    bs.add_argument("--models", nargs="+", default=["brats-4mod", "flair-wt"],
+                    help="shipped or registered models (glioma-nb models list)")
+    bs.add_argument("--cohort", default="brats18-dev", help="the cohort a registered model is timed and scored on")
     bs.add_argument("--max-cases", type=int, default=20, help="held-out cases per cohort and model")
     bs.add_argument("--out", default="bench/results")
 
@@ -165,6 +167,17 @@ def _parser() -> argparse.ArgumentParser:
     mi.add_argument("--folds", help="nnU-Net folds to ensemble, e.g. 0,1,2 (default: every fold_* with a checkpoint)")
     mi.add_argument("--checkpoint", help="nnU-Net checkpoint file name (default checkpoint_final.pth)")
     mi.add_argument("--spacing", help="MONAI bundle: the voxel size its preprocessing works at, e.g. 1,1,1 (for notes)")
+    mi.add_argument("--trained-on", help="COHORT:case1,case2,... the cases the weights saw (their Dice is then shown "
+                                         "grey, not summarised); default: the folder's trained_on.json if any")
+    mx = mo_sub.add_parser("example", help="write a small example model of a kind, made with the library's own "
+                                           "classes (to try import; nnU-Net: fitted briefly on a cohort's cases)")
+    mx.add_argument("kind", choices=("nnunet-v2", "monai-bundle", "torchscript"))
+    mx.add_argument("out", help="new folder")
+    mx.add_argument("--cohort", default="synthetic", help="nnU-Net: the cohort whose cases it is planned and fitted on")
+    mx.add_argument("--cases", type=int, default=8, help="nnU-Net: fit on the first N cases (the rest are held out)")
+    mx.add_argument("--iterations", type=int, default=300, help="nnU-Net: Adam steps per fold (0: untrained)")
+    mx.add_argument("--spacing", default="2,2,2", help="nnU-Net: the voxel size it works at (mm)")
+    mx.add_argument("--patch", default="64,64,64", help="nnU-Net: the patch size (voxels)")
 
     t = sub.add_parser("segment-train", help="train a segmentation model (models/<name>.yaml) on its shared-data split")
     t.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
@@ -248,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "bench-segment":
 
-            out = bench.run_segment_bench(args.models, args.max_cases, args.out)
+            out = bench.run_segment_bench(args.models, args.max_cases, args.out, cohort=args.cohort)
             print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "bench-signature":
 
@@ -259,10 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 table = registry.list_models()
                 print(table.to_string(index=False))
                 print(f"user models folder: {paths.display_path(registry.models_dir())} (GLIOMA_NB_MODELS)")
+            elif args.models_command == "example":
+                folder = examples.make(args.kind, Path(args.out), cohort=args.cohort, n_cases=args.cases,
+                                       iterations=args.iterations, spacing=args.spacing, patch=args.patch)
+                print(f"wrote {paths.display_path(folder)}; register it with: glioma-nb models import {args.out} "
+                      f"--name <name>")
             else:
                 spec = registry.import_model(args.path, args.name, kind=args.kind, modalities=args.modalities,
                                              labels=args.labels, layers=args.layers, folds=args.folds,
-                                             checkpoint=args.checkpoint, spacing=args.spacing)
+                                             checkpoint=args.checkpoint, spacing=args.spacing,
+                                             trained_on=args.trained_on)
                 print(f"registered {args.name}: {paths.display_path(spec)}; fill in {paths.display_path(spec.with_name('card.md'))}"
                       f"; use it with --set segment.model={args.name}")
         elif args.command == "segment-train":

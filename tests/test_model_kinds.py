@@ -59,7 +59,7 @@ def brats_cohort(root: Path, n: int = 3, shape=(40, 44, 36), zooms=(2.0, 2.0, 2.
 def made(tmp_path_factory):
     """One cohort, and one registered model of every external kind (made with the libraries' own classes)."""
     root = tmp_path_factory.mktemp("kinds")
-    cohort = brats_cohort(root / "cohort")
+    cohort = brats_cohort(root / "cohort", n=2)
     cases = [{"images": c.images, "label": c.label} for c in cohort.cases]
     src = root / "src"
     examples.nnunet_model(src / "nnunet", cases, MODS, classes="brats", scheme="brats2018", folds=(0, 1),
@@ -126,6 +126,10 @@ def test_bundle_folder_segments_exactly_as_its_own_inference_config(made, tmp_pa
 
 
 def test_torchscript_module_segments_as_the_module_does(made, tmp_path):
+    from monai.data import MetaTensor
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import Invertd
+
     seg, out = _ours(made, "tiny-ts", tmp_path)
     assert seg.kind == "torchscript" and list(seg.stages()) == ["enc1", "bottleneck"]
     with warnings.catch_warnings():
@@ -135,13 +139,188 @@ def test_torchscript_module_segments_as_the_module_does(made, tmp_path):
         data = transforms.load_case(made["cohort"], case.case_id, seg)
         pre = transforms.preprocess(seg.pre_spec)
         d = pre({"image": data["image"]})
-        from monai.inferers import sliding_window_inference
         with torch.inference_mode():
             logits = sliding_window_inference(d["image"][None], (32, 32, 32), 1, lambda x: module(x)[0], overlap=0.5,
                                               mode="gaussian")
-        from monai.transforms import Invertd
-        from monai.data import MetaTensor
         inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False)(
             {"image": d["image"], "pred": MetaTensor(torch.softmax(logits[0], 0), meta=dict(d["image"].meta))})
         theirs = np.asarray(inv["pred"]).argmax(0)
         assert np.array_equal(_internal(out / f"{case.case_id}.nii.gz"), theirs.astype(np.uint8))
+
+
+def _plant_conv(state, weight_key, identity_from=0):
+    """Plant a first convolution: channel 0 passes input channel ``identity_from`` through (centre tap 1), channel k
+    > 0 is the constant k (zero weights, bias k). Returns the number of channels."""
+    w = state[weight_key]
+    w.zero_()
+    c = [s // 2 for s in w.shape[2:]]
+    w[0, identity_from, c[0], c[1], c[2]] = 1.0
+    bias = state[weight_key.replace("weight", "bias")]
+    bias.copy_(torch.arange(len(bias), dtype=bias.dtype))
+    return int(w.shape[0])
+
+
+def _check_planted(seg, out, cohort, stage, identity=True):
+    """Constant channels pool to their planted value with SD 0; with ``identity`` (a stride-1 layer), the identity
+    channel pools to the mean of the preprocessed image inside the reference mask on the model grid (the stitching
+    of overlapping, mirrored patches is exact for a full-resolution map)."""
+    main, long = infer.load_signature(out, cohort.case_ids)
+    n = int(sum(c.startswith(f"WT__{stage}__") and c.endswith("__mean") for c in main.columns))
+    assert n >= 2
+    for k in range(1, n):
+        assert np.allclose(main[f"WT__{stage}__c{k:03d}__mean"], k, atol=1e-5)
+        assert np.allclose(main[f"ET__{stage}__c{k:03d}__sd"], 0, atol=1e-5)
+    for cid in cohort.case_ids if identity else ():
+        data = transforms.load_case(cohort, cid, seg, with_label=True)
+        p = seg.run(data, None)
+        wt = p.reference > 0
+        expected = float(p.image[0][wt].mean())
+        assert main.loc[cid, f"WT__{stage}__c000__mean"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    return main, long
+
+
+def test_nnunet_signature_planted_activation_columns_and_determinism(made, tmp_path):
+    src = tmp_path / "planted"
+    shutil.copytree(made["src"] / "nnunet", src)
+    shutil.rmtree(src / "fold_1")
+    ck = torch.load(src / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    layer = "encoder.stages.0.0.convs.0.conv"
+    _plant_conv(ck["network_weights"], f"{layer}.weight")
+    torch.save(ck, src / "fold_0" / "checkpoint_final.pth")
+    models = tmp_path / "models"
+    registry.import_model(src, "planted", layers=f"{layer},encoder.stages.2", dest=models)
+    seg = registry.load("planted", root=models)
+    assert seg.stages() == {"encoder-stages-0-0-convs-0-conv": layer, "encoder-stages-2": "encoder.stages.2"}
+    req = network.Request(mask="reference", perturbations=("erode", "noise"))
+    for out in (tmp_path / "a", tmp_path / "b"):
+        infer.segment_cohort(made["cohort"], seg, None, out, progress=False, signature=req, postprocess="none")
+    main, long = _check_planted(seg, tmp_path / "a", made["cohort"], "encoder-stages-0-0-convs-0-conv")
+    again, _ = infer.load_signature(tmp_path / "b", made["cohort"].case_ids)
+    pd.testing.assert_frame_equal(main, again)             # deterministic, bit for bit
+    assert list(main.columns) == network.columns(["WT", "TC", "ET"], {"encoder-stages-0-0-convs-0-conv": 8,
+                                                                      "encoder-stages-2": 32})
+    assert set(long.index.get_level_values("perturbation")) == {"none", "erode", "noise"}
+    # the default layers of nnU-Net's PlainConvUNet: encoder stages (deepest = bottleneck), decoder stages
+    assert registry.load("tiny-nnunet", root=made["models"]).default_stages() == {
+        "enc1": "encoder.stages.0", "enc2": "encoder.stages.1", "bottleneck": "encoder.stages.2",
+        "dec2": "decoder.stages.0", "dec1": "decoder.stages.1"}
+
+
+def test_bundle_and_torchscript_signatures_pool_the_planted_activation(made, tmp_path):
+    # MONAI bundle: plant the UNet's first convolution
+    src = tmp_path / "bundle"
+    shutil.copytree(made["src"] / "bundle", src)
+    state = torch.load(src / "models" / "model.pt", weights_only=True)
+    key = next(k for k in state if k.endswith("weight") and state[k].ndim == 5)
+    _plant_conv(state, key)
+    torch.save(state, src / "models" / "model.pt")
+    registry.import_model(src, "planted-bundle", modalities="t1,t1c,t2,flair", labels="brats2021",
+                          layers=key[: -len(".weight")], dest=tmp_path / "models")
+    seg = registry.load("planted-bundle", root=tmp_path / "models")
+    req = network.Request(mask="reference")
+    infer.segment_cohort(made["cohort"], seg, None, tmp_path / "mb", progress=False, signature=req, postprocess="none")
+    _check_planted(seg, tmp_path / "mb", made["cohort"], kinds.stage_name(key[: -len(".weight")]), identity=False)
+    assert list(registry.load("tiny-bundle", root=made["models"]).default_stages()) == ["enc1", "enc2", "bottleneck",
+                                                                                        "dec2"]
+
+    # TorchScript: a module whose feature output is the planted map
+    class Planted(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = torch.cat([torch.ones_like(x[:, :1]), x[:, 3:4]], dim=1)
+            k = torch.arange(3, dtype=x.dtype).view(1, 3, 1, 1, 1)
+            feat = torch.cat([x[:, :1], torch.ones_like(x[:, :2])], dim=1) * (k > 0) * k + x[:, :1] * (k == 0)
+            return logits, feat
+
+    ts = tmp_path / "ts"
+    ts.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(Planted()).save(str(ts / "m.ts"))
+    (ts / "m.yaml").write_text(yaml.safe_dump({"module": "m.ts", "modalities": list(MODS), "spacing": [2, 2, 2],
+                                               "patch": [32, 32, 32], "outputs": {"labels": "wt"},
+                                               "feature_outputs": ["planted"]}))
+    registry.import_model(ts, "planted-ts", dest=tmp_path / "models")
+    seg = registry.load("planted-ts", root=tmp_path / "models")
+    assert seg.classes == "wt"
+    infer.segment_cohort(made["cohort"], seg, None, tmp_path / "mt", progress=False, signature=req, postprocess="none")
+    main, _ = infer.load_signature(tmp_path / "mt", made["cohort"].case_ids)
+    assert list(main.columns) == network.columns(["WT"], {"planted": 3})
+    for k in (1, 2):
+        assert np.allclose(main[f"WT__planted__c{k:03d}__mean"], k, atol=1e-5)
+
+
+def test_bad_models_are_clear_errors(made, tmp_path):
+    src, models = made["src"], tmp_path / "models"
+    # a missing checkpoint
+    nn = tmp_path / "nn"
+    shutil.copytree(src / "nnunet", nn)
+    (nn / "fold_1" / "checkpoint_final.pth").unlink()
+    with pytest.raises(SegmentationError, match=r"checkpoint .*fold_1.*checkpoint_final.pth not found"):
+        registry.import_model(nn, "x", folds="0,1", dest=models)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(src / "bundle", bundle)
+    (bundle / "models" / "model.pt").unlink()
+    with pytest.raises(SegmentationError, match=r"checkpoint .*models/model.pt not found"):
+        registry.import_model(bundle, "x", modalities="t1,t1c,t2,flair", labels="brats2021", dest=models)
+    assert not models.exists() or not any(models.iterdir())          # nothing half-registered
+    # the wrong channel count for the model
+    with pytest.raises(SegmentationError, match=r"dataset.json has 4 channel\(s\).*declares 2 modalities"):
+        registry.import_model(src / "nnunet", "x", modalities="t1,flair", dest=models)
+    with pytest.raises(SegmentationError, match=r"network takes 4 input channel\(s\).*declares 1 modalities"):
+        registry.import_model(src / "bundle", "x", modalities="flair", labels="brats2021", dest=models)
+    # an unknown layer lists the candidates
+    with pytest.raises(SegmentationError, match=r"unknown signature layer\(s\) \['encoder.nope'\].*encoder.stages.0"):
+        registry.import_model(src / "nnunet", "x", layers="encoder.nope", dest=models)
+    # no label mapping
+    odd = tmp_path / "odd"
+    shutil.copytree(src / "nnunet", odd)
+    ds = json.loads((odd / "dataset.json").read_text())
+    ds["labels"] = {"background": 0, "class_a": 1, "class_b": 2, "class_c": 3}
+    (odd / "dataset.json").write_text(json.dumps(ds))
+    with pytest.raises(SegmentationError, match=r"no label mapping for \['class_a'.*--labels"):
+        registry.import_model(odd, "x", dest=models)
+    registry.import_model(odd, "odd", labels="1=necrosis,2=edema,3=enhancing", dest=models)   # given: fine
+    # a registered file that changed is refused; a name is never overwritten
+    ck = models / "odd" / "files" / "fold_0" / "checkpoint_final.pth"
+    ck.write_bytes(ck.read_bytes() + b"0")
+    with pytest.raises(SegmentationError, match=r"checkpoint_final.pth has changed since it was imported"):
+        registry.load("odd", root=models)
+    with pytest.raises(SegmentationError, match="already registered"):
+        registry.import_model(odd, "odd", labels="brats2021", dest=models)
+    # a cohort without a modality the model needs
+    flair_only = io.Cohort("f", made["cohort"].root, made["cohort"].cases, made["cohort"].clinical, ("flair",),
+                           made["cohort"].scheme)
+    with pytest.raises(SegmentationError, match=r"model tiny-ts needs"):
+        seg = registry.load("tiny-ts", root=made["models"])
+        for c in flair_only.cases:
+            c = io.Case(c.case_id, {"flair": c.images["flair"]}, c.label)
+            transforms.load_case(io.Cohort("f", flair_only.root, [c], flair_only.clinical, ("flair",), None),
+                                 c.case_id, seg)
+
+
+def test_a_model_at_another_voxel_size_resamples_with_a_note(made, tmp_path):
+    cohort = brats_cohort(tmp_path / "c1mm", n=1, shape=(48, 48, 40), zooms=(1.5, 1.5, 1.5))
+    seg = registry.load("tiny-ts", root=made["models"])                     # works at 2 mm
+    table = infer.segment_cohort(cohort, seg, None, tmp_path / "m", progress=False)
+    assert "resampled by the model's preprocessing" in table.loc[0, "notes"]
+    assert nib.load(tmp_path / "m" / "case0.nii.gz").shape == (48, 48, 40)     # back on the case's own grid
+
+
+def test_models_cli_import_and_list(made, tmp_path, monkeypatch, capsys):
+    from glioma_nb import cli
+
+    monkeypatch.setenv("GLIOMA_NB_MODELS", str(tmp_path / "user-models"))
+    assert cli.main(["models", "import", str(made["src"] / "ts"), "--name", "my-ts"]) == 0
+    assert cli.main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "my-ts" in out and "torchscript" in out and "brats-4mod" in out
+    card = (tmp_path / "user-models" / "my-ts" / "card.md").read_text()
+    assert "Training data" in card and "model.ts" in card
+    assert cli.main(["models", "import", str(made["src"] / "ts"), "--name", "my-ts"]) == 2   # never overwritten
+    # the cases a registered model saw are known, so notebook 01 does not score them as unseen
+    assert cli.main(["models", "import", str(made["src"] / "ts"), "--name", "seen", "--trained-on", "toy4:case0"]) == 0
+    seg = registry.load("seen")
+    assert registry.trained_on(seg, "toy4", ["case0", "case1"]) == ["case0"]
+    assert registry.trained_on(seg, "other", ["case0"]) == []
+    with pytest.raises(SegmentationError, match="registered torchscript model whose weights are its imported files"):
+        registry.load("seen", weights="elsewhere.pt")

@@ -4,7 +4,7 @@ They exist to try ``glioma-nb models import`` end to end, and for the faithfulne
 against each library's own inference on the same files). ``glioma-nb models example KIND OUT`` writes one.
 
 - :func:`nnunet_model`: a raw nnU-Net dataset written from a cohort's cases, fingerprinted and planned
-  by nnunetv2 itself (``extract_fingerprints`` and ``plan_experiments``, in a subprocess with its own
+  by nnunetv2 itself (``DatasetFingerprintExtractor`` and ``ExperimentPlanner``, in a subprocess with its own
   ``nnUNet_raw``/``nnUNet_preprocessed``), its ``3d_fullres`` PlainConvUNet made smaller (stages,
   features, patch), built by ``nnUNetTrainer.build_network_architecture`` and saved as
   ``fold_<k>/checkpoint_final.pth`` in the trainer's own checkpoint format. With ``iterations``, each
@@ -29,17 +29,24 @@ import nibabel as nib
 import numpy as np
 import yaml
 
+from glioma_nb import config, io, synthetic
 from glioma_nb.segment.errors import SegmentationError
 
 CHANNEL_NAMES = {"t1": "T1", "t1c": "T1ce", "t2": "T2", "flair": "FLAIR"}
 DATASET_LABELS = {"brats": {"background": 0, "necrosis": 1, "edema": 2, "enhancing": 3},
                   "wt": {"background": 0, "tumor": 1}}
 
+# nnU-Net's own fingerprint and planner, in a process with its own nnUNet_raw (paths are read at import). The
+# intensity statistics sample 1e5 foreground voxels, not nnU-Net's 1e8 (they only matter for CT normalisation).
 _PLAN = """
 import sys
-from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
-extract_fingerprints([int(sys.argv[1])], num_processes=1, check_dataset_integrity=True, clean=True, verbose=False)
-plan_experiments([int(sys.argv[1])])
+from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+if __name__ == "__main__":
+    fpe = DatasetFingerprintExtractor(int(sys.argv[1]), num_processes=1, verbose=False)
+    fpe.num_foreground_voxels_for_intensitystats = 1e5
+    fpe.run(overwrite_existing=True)
+    ExperimentPlanner(int(sys.argv[1])).plan_experiment()
 """
 
 
@@ -57,7 +64,7 @@ def _label_values(label: np.ndarray, classes: str, scheme_name: str) -> np.ndarr
 def nnunet_model(out: Path, cases: Sequence[Mapping[str, Any]], modalities: Sequence[str], classes: str = "brats",
                  scheme: str = "brats2021", folds: Sequence[int] = (0,), features: Sequence[int] = (8, 16, 32),
                  patch: Sequence[int] | None = None, iterations: int = 0, seed: int = 0,
-                 dataset_id: int = 990) -> Path:
+                 dataset_id: int = 990, spacing: Sequence[float] | None = None) -> Path:
     """A trained-model folder ``out`` (see the module docstring). ``cases``: dicts with ``images``
     (modality -> NIfTI path) and ``label`` (a label map in ``scheme``)."""
     import torch
@@ -85,12 +92,16 @@ def nnunet_model(out: Path, cases: Sequence[Mapping[str, Any]], modalities: Sequ
         (raw / "dataset.json").write_text(json.dumps(ds, indent=1))
         env = {**os.environ, "nnUNet_raw": str(Path(tmp) / "raw"), "nnUNet_preprocessed": str(Path(tmp) / "pre"),
                "nnUNet_results": str(Path(tmp) / "results"), "nnUNet_n_proc_DA": "1"}
-        done = subprocess.run([sys.executable, "-c", _PLAN, str(dataset_id)], env=env, capture_output=True, text=True)
+        script = Path(tmp) / "plan.py"
+        script.write_text(_PLAN)
+        done = subprocess.run([sys.executable, str(script), str(dataset_id)], env=env, capture_output=True, text=True)
         if done.returncode:
             raise SegmentationError(f"nnU-Net planning failed:\n{done.stderr[-3000:]}")
         plans = json.loads((Path(tmp) / "pre" / name / "nnUNetPlans.json").read_text())
     cfg = plans["configurations"]["3d_fullres"]
     plans["configurations"] = {"3d_fullres": cfg}
+    if spacing is not None:     # the voxel size it works at, in nnU-Net's transposed axis order
+        cfg["spacing"] = [float(spacing[::-1][i]) for i in plans["transpose_forward"]]
     arch = cfg["architecture"]["arch_kwargs"]
     n = len(features)
     arch["n_stages"] = n
@@ -119,6 +130,32 @@ def nnunet_model(out: Path, cases: Sequence[Mapping[str, Any]], modalities: Sequ
                 "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 0}
         (out / f"fold_{f}").mkdir()
         torch.save(ckpt, out / f"fold_{f}" / "checkpoint_final.pth")
+    return out
+
+
+def make(kind: str, out: Path, cohort: str = "synthetic", n_cases: int = 8, iterations: int = 300,
+         spacing: str = "2,2,2", patch: str = "64,64,64") -> Path:
+    """``glioma-nb models example``: one example model of ``kind`` in the new folder ``out``. nnU-Net: planned on
+    and fitted to the first ``n_cases`` labelled cases of ``cohort`` (named in ``out/trained_on.json``, which
+    ``models import`` reads so those cases are not scored as unseen)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise SegmentationError(f"{out} exists and is not empty; give a new folder")
+    if kind == "monai-bundle":
+        return bundle_model(out, 4, 4)
+    if kind == "torchscript":
+        return torchscript_model(out, ("t1", "t1c", "t2", "flair"), 4)
+    cfg = config.resolve_config(cohort)
+    synthetic.ensure_cohort_data(cfg, progress=False)
+    ch = io.load_cohort(cfg, progress=False)
+    if ch.scheme is None or not set(CHANNEL_NAMES) <= set(ch.modalities):
+        raise SegmentationError(f"cohort {cohort}: the nnU-Net example needs T1, T1c, T2, FLAIR and label maps")
+    used = [c for c in ch.cases if c.label is not None][:n_cases]
+    classes = "brats" if ch.scheme.name in ("brats2018", "brats2021") else "wt"
+    nnunet_model(out, [{"images": c.images, "label": c.label} for c in used], tuple(CHANNEL_NAMES), classes=classes,
+                 scheme=ch.scheme.name, folds=(0,), features=(16, 32, 64, 128), iterations=iterations,
+                 spacing=[float(v) for v in spacing.split(",")], patch=[int(v) for v in patch.split(",")])
+    (out / "trained_on.json").write_text(json.dumps({"cohort": cohort, "cases": [c.case_id for c in used]}, indent=1))
     return out
 
 

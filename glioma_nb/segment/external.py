@@ -25,11 +25,12 @@ def _spacing_of(data: Mapping[str, Any]) -> np.ndarray:
 
 
 def spacing_note(name: str, model_spacing: Sequence[float], image_spacing: Sequence[float], case_id: str) -> list[str]:
-    """A note when the case's voxel size differs from the model's (the model's preprocessing resamples)."""
+    """A note when the case's voxel size differs from the model's (the model's preprocessing resamples); the
+    case is named by the record it goes into (``masks/<case>.json``), so notes of many cases can be counted."""
     m, i = np.sort(np.asarray(model_spacing, float)), np.sort(np.asarray(image_spacing, float))
     if len(m) == len(i) and np.allclose(m, i, rtol=0.05):
         return []
-    return [f"case {case_id}: voxel size {' x '.join(f'{v:.2g}' for v in image_spacing)} mm differs from model "
+    return [f"voxel size {' x '.join(f'{v:.2g}' for v in image_spacing)} mm differs from model "
             f"{name}'s {' x '.join(f'{v:.2g}' for v in model_spacing)} mm; resampled by the model's preprocessing"]
 
 

@@ -32,7 +32,6 @@ sigmoids, in any order).
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -192,6 +191,7 @@ class Segmenter:
         self.layers = layers
         self.path: Path | None = None
         self.weights_note = ""
+        self.trained_on: dict[str, Any] | None = None   # registered models: {cohort, cases} the weights saw
         self.network_name = ""
         self.patch: tuple[int, ...] = ()
 

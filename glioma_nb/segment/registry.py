@@ -88,7 +88,7 @@ def _split(text: Any) -> list[str] | None:
 
 def import_model(path: str | Path, name: str, kind: str | None = None, modalities: Any = None, labels: Any = None,
                  layers: Any = None, folds: Any = None, checkpoint: str | None = None, spacing: Any = None,
-                 dest: Path | None = None) -> Path:
+                 trained_on: str | None = None, dest: Path | None = None) -> Path:
     """Register a model (see the module docstring); returns ``<models>/<name>/model.yaml``. An existing name is
     an error (a registered model is never overwritten). The model is loaded once, so a bad folder fails here."""
     src = Path(path).expanduser().resolve()
@@ -144,6 +144,11 @@ def import_model(path: str | Path, name: str, kind: str | None = None, modalitie
         raise SegmentationError(f"modalities {mods}: {bad} not one of {list(MODALITY_ALIASES)}")
     entry["modalities"] = mods
     entry["layers"] = _split(layers) or "default"
+    if trained_on:
+        cohort, _, cases = str(trained_on).partition(":")
+        entry["trained_on"] = {"cohort": cohort, "cases": _split(cases) or []}
+    elif (src / "trained_on.json").exists():
+        entry["trained_on"] = json.loads((src / "trained_on.json").read_text())
     tmp = root / f".{name}.importing"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -241,6 +246,7 @@ def _build(entry: dict[str, Any], folder: Path, device: str) -> kinds.Segmenter:
     else:
         raise SegmentationError(f"{folder / SPEC}: kind {kind!r} is not one of {list(KINDS[1:])}")
     seg.path = folder / SPEC
+    seg.trained_on = entry.get("trained_on")
     seg.weights_note = f"imported {kind} model `{entry['name']}` ({len(entry.get('files', {}))} files, sha256 checked)"
     return seg
 
@@ -258,10 +264,26 @@ def load(name: str, device: str = "cpu", weights: str = "shipped", root: Path | 
             note = f"{weights} (sha256 {models.sha256(Path(weights))[:12]})"
         return kinds.GliomaNbSegmenter(spec, net, note)
     entry, folder = read_entry(name, root)
+    if weights != "shipped":
+        raise SegmentationError(f"segment.weights is {weights!r}, but {name} is a registered {entry['kind']} model whose "
+                                "weights are its imported files; import the other weights under a new name instead")
     verify(entry, folder)
     seg = _build(entry, folder, device)
     seg.check_channels()
     return seg
+
+
+def trained_on(seg: kinds.Segmenter, cohort_name: str, case_ids: list[str], root: Path | None = None) -> list[str]:
+    """The cases of a cohort a model's weights saw: a shipped model's spec, or a registered model's ``trained_on``
+    (a cohort reading the same data folder counts as the same cohort)."""
+    if isinstance(seg, kinds.GliomaNbSegmenter):
+        return sorted(models.trained_on(seg.spec, cohort_name, case_ids, root))
+    t = seg.trained_on or {}
+    if not t:
+        return []
+    fake = models.ModelSpec(name=seg.name, network={}, modalities=seg.modalities, classes=seg.classes,
+                            spacing=(1.0, 1.0, 1.0), patch=(1, 1, 1), train={"sources": [t]})
+    return sorted(models.trained_on(fake, cohort_name, case_ids, root))
 
 
 def available(modalities: Sequence[str] | None = None, root: Path | None = None) -> list[str]:

@@ -75,9 +75,10 @@ class SegmentResult(StepResult):
                    (", the model's own rule, chosen by cross-validation on its training patients for the shipped "
                     "weights)." if self.postprocess == self.spec.postprocess and self.spec.postprocess_cv else ").")) +
                 " Masks: `masks/<case>.nii.gz` in each image's own voxel grid and affine.")
-        notes = sorted({x for v in self.cases.get("notes", pd.Series(dtype=object)).fillna("") for x in v.split("; ") if x})
-        if notes:
-            text += f" Notes ({len(notes)}): " + "; ".join(notes[:3]) + (" ..." if len(notes) > 3 else "") + "."
+        notes = pd.Series([x for v in self.cases.get("notes", pd.Series(dtype=object)).fillna("")
+                           for x in str(v).split("; ") if x], dtype=object).value_counts()
+        if len(notes):
+            text += " Notes: " + "; ".join(f"{n} ({k} of {len(self.cases)} cases)" for n, k in notes.items()) + "."
         if n and "signature" in self.cases:
             sig = self.cases["signature"].dropna()
             errs = self.cases.get("signature_error", pd.Series(dtype=object)).fillna("")
@@ -184,8 +185,8 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
     if train:
         result.trained_on = [c for c in cohort.case_ids if c not in held_out]
         result.models[record.name] = record  # the network's spec, input channels, weights file and its sha256
-    elif weights == "shipped" and isinstance(seg, kinds.GliomaNbSegmenter):
-        result.trained_on = sorted(models.trained_on(seg.spec, cohort.name, cohort.case_ids, cohort.root))
+    elif weights == "shipped":
+        result.trained_on = registry.trained_on(seg, cohort.name, cohort.case_ids, cohort.root)
     if cohort.scheme is not None:
         scores = metrics.cohort_scores(cohort, mask_dir)
         if not scores.empty:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from glioma_nb import paths, runs
 from glioma_nb.runs import Reference, ValidationError
-from glioma_nb.segment import models as seg_models
+from glioma_nb.segment import registry as seg_registry
 
 #: steps of a validation run: nothing is refitted, so 03_classify and 04_stratify do not run
 VALIDATION_STEPS = ("01_segment", "02_signature", "05_validate")
@@ -72,11 +72,11 @@ def check_compatible(cfg: Mapping[str, Any], ref: Reference) -> None:
     have = list(cfg["cohort"]["modalities"])
     who = f"validation cohort {cfg['cohort']['name']}"
     if name not in (None, "none", "auto", ""):
-        spec = seg_models.load_spec(name)
-        lacking = [m for m in spec.modalities if m not in have]
+        spec = seg_registry.describe(name)        # a shipped or a registered model
+        lacking = [m for m in spec["modalities"] if m not in have]
         if lacking:
             raise ValidationError(
-                f"{who} lacks {', '.join(lacking)}, which the reference run's segmentation model {spec.name} needs "
-                f"(it reads {', '.join(spec.modalities)}; the cohort has {', '.join(have) or 'no images'}). "
+                f"{who} lacks {', '.join(lacking)}, which the reference run's segmentation model {name} needs "
+                f"(it reads {', '.join(spec['modalities'])}; the cohort has {', '.join(have) or 'no images'}). "
                 f"Validate against a reference run whose model this cohort can feed (e.g. a training run with "
                 f"--set segment.model=flair-wt), or add the missing modalities to the cohort")
