@@ -13,7 +13,7 @@ import torch
 from conftest import requires_shared
 
 from glioma_nb import io
-from glioma_nb.segment import SegmentationError, infer, metrics, models, train, transforms
+from glioma_nb.segment import SegmentationError, infer, kinds, metrics, models, train, transforms
 from glioma_nb.segment.step import SegmentResult
 
 TINY = dict(name="unet", channels=[4, 8, 16], strides=[2, 2], num_res_units=1)
@@ -415,8 +415,9 @@ def test_notebook_text_names_the_rule_and_where_it_came_from():
     cases = pd.DataFrame({"case_id": ["a"], "status": ["predicted"], "seconds": [1.0], "flags": [""]})
     spec = _spec(postprocess="largest", postprocess_cv={"folds": 2})
 
-    def result(spec, rule):
-        return SegmentResult(spec=spec, weights="shipped", mask_dir=Path("m"), cases=cases, postprocess=rule)
+    def result(spec, rule):   # the result holds the model (a Segmenter of any kind); here a glioma-nb spec without weights
+        return SegmentResult(spec=kinds.GliomaNbSegmenter(spec, None), weights="shipped", mask_dir=Path("m"), cases=cases,
+                             postprocess=rule)
 
     text = result(spec, "largest").describe()
     assert "Post-processing: **largest** (only the largest connected component" in text

@@ -11,6 +11,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 
 from glioma_nb.segment import window
@@ -389,6 +390,11 @@ class BundleSegmenter(Segmenter):
         from monai.transforms import Invertd, ResampleToMatch
 
         files = [str(f) for f in data["files"]]
+        header = nib.load(files[0]).affine
+        if not np.allclose(header, np.asarray(data["image"].affine), atol=1e-3):
+            raise SegmentationError(f"case {data.get('case_id')}: the cohort's geometry override changes the voxel size or "
+                                    f"orientation of {Path(files[0]).name}, but a MONAI bundle reads the files itself; "
+                                    "write the corrected geometry into the NIfTI headers, or use another model kind")
         d0 = self.pre({self.image_key: files if len(files) > 1 else files[0]})
         img = d0[self.image_key]
         all_stages = self.stages() if stages else {}

@@ -203,7 +203,7 @@ def segment_cohort(cohort: io.Cohort, spec: Any, net: Any, out_dir: Path, *,
         _write_atomic_nifti(nib.Nifti1Image(label, src.affine, hdr), mpath)
         rec = {"case_id": cid, "model": spec.name, "kind": spec.kind, "scheme": scheme.name,
                "seconds": round(time.perf_counter() - t0, 2), "postprocess": rule,
-               **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(flags), "notes": "; ".join(notes), **extra}
+               **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(flags), "notes": " | ".join(notes), **extra}
         tmp = jpath.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rec, indent=1))
         tmp.replace(jpath)

@@ -76,7 +76,7 @@ class SegmentResult(StepResult):
                     "weights)." if self.postprocess == self.spec.postprocess and self.spec.postprocess_cv else ").")) +
                 " Masks: `masks/<case>.nii.gz` in each image's own voxel grid and affine.")
         notes = pd.Series([x for v in self.cases.get("notes", pd.Series(dtype=object)).fillna("")
-                           for x in str(v).split("; ") if x], dtype=object).value_counts()
+                           for x in str(v).split(" | ") if x], dtype=object).value_counts()
         if len(notes):
             text += " Notes: " + "; ".join(f"{n} ({k} of {len(self.cases)} cases)" for n, k in notes.items()) + "."
         if n and "signature" in self.cases:
