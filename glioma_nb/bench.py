@@ -71,8 +71,8 @@ def run_foundation_bench(cohorts: Iterable[str], out_dir: str = "bench/results")
 
 def _segment_model_bench(model: str, device: str, max_cases: int, cohort_name: str = "brats18-dev") -> dict[str, object]:
     """Inference time, memory and Dice of one model (own process): a shipped model on its held-out shared cases;
-    a registered model (nnU-Net, MONAI bundle, TorchScript) on the first ``max_cases`` of ``cohort_name``, the
-    network signature pooled in the same pass (as notebook 01 runs it)."""
+    a registered model (nnU-Net, MONAI bundle, TorchScript) on the first ``max_cases`` of ``cohort_name`` its
+    ``trained_on`` does not list, the network signature pooled in the same pass (as notebook 01 runs it)."""
     import torch
 
     seg = registry.load(model, device=device)
@@ -83,7 +83,8 @@ def _segment_model_bench(model: str, device: str, max_cases: int, cohort_name: s
         cfg = config.resolve_config(cohort_name)
         synthetic.ensure_cohort_data(cfg, progress=False)
         cohort = io.load_cohort(cfg, progress=False)
-        sources = [(cohort, cohort.case_ids[:max_cases])]
+        seen = set(registry.trained_on(seg, cohort.name, cohort.case_ids, cohort.root))
+        sources = [(cohort, [c for c in cohort.case_ids if c not in seen][:max_cases])]   # cases it never saw
         request = network.Request()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -122,8 +123,8 @@ def run_segment_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), max_c
                       out_dir: str = "bench/results", cohort: str = "brats18-dev") -> Path:
     """``make bench-segment``: per model (shipped or registered, any kind), inference seconds per case (load,
     preprocess, sliding window, inversion to the original grid) and peak memory on CPU and on GPU when present,
-    plus Dice (shipped models: their held-out shared cases; registered models: ``cohort``'s first cases, which
-    are scored but may be cases the model was trained on). Each model/device runs in its own process."""
+    plus Dice (shipped models: their held-out shared cases; registered models: the first cases of ``cohort`` that
+    their ``trained_on`` does not list). Each model/device runs in its own process."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
