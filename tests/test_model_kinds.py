@@ -65,11 +65,14 @@ def made(tmp_path_factory):
     examples.nnunet_model(src / "nnunet", cases, MODS, classes="brats", scheme="brats2018", folds=(0, 1),
                           features=(8, 16, 32), patch=(32, 32, 32), iterations=0)
     examples.bundle_model(src / "bundle", 4, 4)
+    examples.bundle_model(src / "bundle-regions", 4, 3, regions=True)      # brats_mri_segmentation's layout
     examples.torchscript_model(src / "ts", MODS, 4)
     models = root / "models"
     registry.import_model(src / "nnunet", "tiny-nnunet", dest=models)
     registry.import_model(src / "bundle", "tiny-bundle", modalities="t1,t1c,t2,flair", labels="brats2021",
                           spacing="2,2,2", dest=models)
+    registry.import_model(src / "bundle-regions", "tiny-bundle-regions", modalities="t1,t1c,t2,flair",
+                          labels="regions:tc,wt,et", dest=models)
     registry.import_model(src / "ts", "tiny-ts", dest=models)
     return {"cohort": cohort, "src": src, "models": models, "root": root}
 
@@ -106,12 +109,16 @@ def test_nnunet_folder_segments_exactly_as_nnunet_predictor(made, tmp_path):
     assert n_fg > 0     # not trivially equal: the untrained network still calls some voxels tumour
 
 
-def test_bundle_folder_segments_exactly_as_its_own_inference_config(made, tmp_path):
+@pytest.mark.parametrize("name", ["tiny-bundle", "tiny-bundle-regions"])
+def test_bundle_folder_segments_exactly_as_its_own_inference_config(made, tmp_path, name):
+    """A softmax UNet bundle, and a SegResNet bundle with sigmoid TC/WT/ET channels (the model zoo's
+    brats_mri_segmentation layout), against `monai.bundle`'s own workflow on the same files."""
     from monai.bundle import ConfigWorkflow
 
-    seg, out = _ours(made, "tiny-bundle", tmp_path)
-    assert seg.kind == "monai-bundle" and seg.network_name == "UNet"
-    folder = made["models"] / "tiny-bundle" / "files"
+    seg, out = _ours(made, name, tmp_path)
+    assert seg.kind == "monai-bundle"
+    assert seg.network_name == ("UNet" if name == "tiny-bundle" else "SegResNet")
+    folder = made["models"] / name / "files"
     for case in made["cohort"].cases:   # the bundle's own inference config, as `monai.bundle run` runs it
         theirs_dir = tmp_path / "bundle_eval" / case.case_id
         wf = ConfigWorkflow(config_file=str(folder / "configs" / "inference.json"), workflow_type="infer",
@@ -120,9 +127,14 @@ def test_bundle_folder_segments_exactly_as_its_own_inference_config(made, tmp_pa
         wf.initialize()
         wf.run()
         wf.finalize()
-        theirs = np.squeeze(np.asanyarray(nib.load(theirs_dir / "t1_seg.nii.gz").dataobj))
+        theirs = np.asanyarray(nib.load(theirs_dir / "t1_seg.nii.gz").dataobj)
+        if name == "tiny-bundle":
+            theirs = np.squeeze(theirs).astype(np.uint8)
+        else:   # three region channels, saved channel-last
+            theirs = kinds.Outputs(regions=("tc", "wt", "et")).from_regions(np.moveaxis(np.squeeze(theirs), -1, 0))
         ours = _internal(out / f"{case.case_id}.nii.gz")
-        assert np.array_equal(ours, theirs.astype(np.uint8))
+        assert np.array_equal(ours, theirs)
+        assert name == "tiny-bundle" or ours.any()
 
 
 def test_torchscript_module_segments_as_the_module_does(made, tmp_path):
@@ -219,7 +231,10 @@ def test_bundle_and_torchscript_signatures_pool_the_planted_activation(made, tmp
     seg = registry.load("planted-bundle", root=tmp_path / "models")
     req = network.Request(mask="reference")
     infer.segment_cohort(made["cohort"], seg, None, tmp_path / "mb", progress=False, signature=req, postprocess="none")
-    _check_planted(seg, tmp_path / "mb", made["cohort"], kinds.stage_name(key[: -len(".weight")]), identity=False)
+    main, _ = _check_planted(seg, tmp_path / "mb", made["cohort"], kinds.stage_name(key[: -len(".weight")]),
+                             identity=False)
+    infer.segment_cohort(made["cohort"], seg, None, tmp_path / "mb2", progress=False, signature=req, postprocess="none")
+    pd.testing.assert_frame_equal(main, infer.load_signature(tmp_path / "mb2", made["cohort"].case_ids)[0])
     assert list(registry.load("tiny-bundle", root=made["models"]).default_stages()) == ["enc1", "enc2", "bottleneck",
                                                                                         "dec2"]
 
@@ -245,8 +260,27 @@ def test_bundle_and_torchscript_signatures_pool_the_planted_activation(made, tmp
     infer.segment_cohort(made["cohort"], seg, None, tmp_path / "mt", progress=False, signature=req, postprocess="none")
     main, _ = infer.load_signature(tmp_path / "mt", made["cohort"].case_ids)
     assert list(main.columns) == network.columns(["WT"], {"planted": 3})
+    infer.segment_cohort(made["cohort"], seg, None, tmp_path / "mt2", progress=False, signature=req, postprocess="none")
+    pd.testing.assert_frame_equal(main, infer.load_signature(tmp_path / "mt2", made["cohort"].case_ids)[0])
     for k in (1, 2):
         assert np.allclose(main[f"WT__planted__c{k:03d}__mean"], k, atol=1e-5)
+
+
+def test_default_layers_of_nnunet_plain_and_residual_encoder_unets():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+    from glioma_nb.segment import external
+
+    kw = dict(conv_bias=True, norm_op=torch.nn.InstanceNorm3d)
+    plain = PlainConvUNet(4, 3, (8, 16, 32), torch.nn.Conv3d, 3, (1, 2, 2), (1, 1, 1), 4, (1, 1), **kw)
+    resenc = ResidualEncoderUNet(4, 3, (8, 16, 32), torch.nn.Conv3d, 3, (1, 2, 2), (1, 1, 1), 4, (1, 1), **kw)
+    for net in (plain, resenc):
+        stages = external.nnunet_stages(net)
+        assert stages == {"enc1": "encoder.stages.0", "enc2": "encoder.stages.1", "bottleneck": "encoder.stages.2",
+                          "dec2": "decoder.stages.0", "dec1": "decoder.stages.1"}
+        assert set(stages.values()) <= set(dict(net.named_modules()))
+    with pytest.raises(SegmentationError, match="no default signature layers for Linear"):
+        external.nnunet_stages(torch.nn.Linear(2, 2), "odd")
 
 
 def test_bad_models_are_clear_errors(made, tmp_path):

@@ -238,8 +238,10 @@ BUNDLE_CONFIG = {
 
 
 def bundle_model(out: Path, n_channels: int, n_classes: int, spacing: Sequence[float] = (2.0, 2.0, 2.0),
-                 patch: Sequence[int] = (32, 32, 32), seed: int = 0) -> Path:
-    """A MONAI bundle folder (see the module docstring); weights are a seeded initialisation."""
+                 patch: Sequence[int] = (32, 32, 32), seed: int = 0, regions: bool = False) -> Path:
+    """A MONAI bundle folder (see the module docstring); weights are a seeded initialisation. ``regions``: the
+    layout of the model zoo's brats_mri_segmentation instead (SegResNet, ``n_classes`` sigmoid region channels,
+    thresholded at 0.5 after ``Invertd``)."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -248,6 +250,13 @@ def bundle_model(out: Path, n_channels: int, n_classes: int, spacing: Sequence[f
     (out / "models").mkdir()
     cfg = {**BUNDLE_CONFIG, "n_channels": n_channels, "n_classes": n_classes, "spacing": list(spacing),
            "patch": list(patch), "imports": ["$import torch", "$import numpy as np"]}
+    if regions:
+        cfg["network_def"] = {"_target_": "SegResNet", "blocks_down": [1, 2, 2], "blocks_up": [1, 1], "init_filters": 8,
+                              "in_channels": "@n_channels", "out_channels": "@n_classes", "dropout_prob": 0.0}
+        post = [dict(t) for t in BUNDLE_CONFIG["postprocessing"]["transforms"]]
+        post[0] = {"_target_": "Activationsd", "keys": "pred", "sigmoid": True}
+        post[2] = {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5}
+        cfg["postprocessing"] = {"_target_": "Compose", "transforms": post}
     (out / "configs" / "inference.json").write_text(json.dumps(cfg, indent=1))
     (out / "configs" / "metadata.json").write_text(json.dumps({
         "version": "0.1.0", "monai_version": "1.6.1", "pytorch_version": torch.__version__.split("+")[0],

@@ -147,6 +147,21 @@ def _predictor_class() -> Any:
     return TappedPredictor
 
 
+def nnunet_stages(net: Any, name: str = "") -> dict[str, str]:
+    """The default signature layers of nnU-Net's PlainConvUNet / ResidualEncoderUNet: every encoder stage (the
+    deepest is the bottleneck) and every decoder stage (``dec1`` at full resolution)."""
+    enc = getattr(getattr(net, "encoder", None), "stages", None)
+    dec = getattr(getattr(net, "decoder", None), "stages", None)
+    if enc is None or dec is None:
+        raise SegmentationError(f"model {name}: no default signature layers for {type(net).__name__}; "
+                                "list them with --layers (module names of the network)")
+    n = len(enc)
+    out = {f"enc{i + 1}": f"encoder.stages.{i}" for i in range(n - 1)}
+    out["bottleneck"] = f"encoder.stages.{n - 1}"
+    out.update({f"dec{len(dec) - j}": f"decoder.stages.{j}" for j in range(len(dec))})
+    return out
+
+
 class NnUNetSegmenter(Segmenter):
     """A trained nnU-Net v2 model folder run by nnunetv2's own predictor (see the module docstring of kinds)."""
 
@@ -195,19 +210,7 @@ class NnUNetSegmenter(Segmenter):
         return len(self.modalities)
 
     def default_stages(self) -> dict[str, str]:
-        """nnU-Net's PlainConvUNet / ResidualEncoderUNet: every encoder stage (the deepest is the
-        bottleneck) and every decoder stage (``dec1`` at full resolution)."""
-        net = self.predictor.network
-        enc = getattr(getattr(net, "encoder", None), "stages", None)
-        dec = getattr(getattr(net, "decoder", None), "stages", None)
-        if enc is None or dec is None:
-            raise SegmentationError(f"model {self.name}: no default signature layers for {type(net).__name__}; "
-                                    "list them in the model's layers (glioma-nb models list shows the spec file)")
-        n = len(enc)
-        out = {f"enc{i + 1}": f"encoder.stages.{i}" for i in range(n - 1)}
-        out["bottleneck"] = f"encoder.stages.{n - 1}"
-        out.update({f"dec{len(dec) - j}": f"decoder.stages.{j}" for j in range(len(dec))})
-        return out
+        return nnunet_stages(self.predictor.network, self.name)
 
     def _axes(self) -> tuple[tuple[int, int], list[int]]:
         """The axial plane on the model grid: nnU-Net's arrays are (z, y, x) of the image, transposed by
