@@ -118,7 +118,8 @@ def import_model(path: str | Path, name: str, kind: str | None = None, modalitie
                                         "modalities; give --modalities in channel order (e.g. t1,t1c,t2,flair)")
             mods = guessed
         entry["outputs"] = external.nnunet_outputs(ds, labels).to_dict()
-        entry["nnunet"] = {"folds": _split(folds), "checkpoint": checkpoint or "checkpoint_final.pth"}
+        entry["nnunet"] = {"folds": _split(folds), "checkpoint": checkpoint or "checkpoint_final.pth",
+                           "mirroring": True, "tile_step_size": 0.5}   # nnUNetPredictor's defaults
     elif kind == "monai-bundle":
         if mods is None or labels is None:
             raise SegmentationError(f"{src}: a MONAI bundle needs --modalities (its input channels in order) and "
@@ -234,7 +235,8 @@ def _build(entry: dict[str, Any], folder: Path, device: str) -> kinds.Segmenter:
         nn = entry.get("nnunet") or {}
         seg: kinds.Segmenter = external.NnUNetSegmenter(entry["name"], files, entry["modalities"], outputs,
                                                         folds=nn.get("folds"), checkpoint=nn.get("checkpoint",
-                                                        "checkpoint_final.pth"), **common)
+                                                        "checkpoint_final.pth"), mirroring=nn.get("mirroring", True),
+                                                        tile_step_size=nn.get("tile_step_size", 0.5), **common)
     elif kind == "monai-bundle":
         b = entry.get("bundle") or {}
         seg = external.BundleSegmenter(entry["name"], files, entry["modalities"], outputs, config=b.get("config"),
