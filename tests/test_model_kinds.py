@@ -358,3 +358,33 @@ def test_models_cli_import_and_list(made, tmp_path, monkeypatch, capsys):
     assert registry.trained_on(seg, "other", ["case0"]) == []
     with pytest.raises(SegmentationError, match="registered torchscript model whose weights are its imported files"):
         registry.load("seen", weights="elsewhere.pt")
+
+
+def test_locked_validation_refuses_a_registered_model_whose_files_changed(made, tmp_path, monkeypatch):
+    from glioma_nb.runs import ValidationError
+    from glioma_nb.validate import reference
+
+    root = tmp_path / "user-models"
+    monkeypatch.setenv("GLIOMA_NB_MODELS", str(root))
+    registry.import_model(made["src"] / "ts", "locked-ts")
+    seg = registry.load("locked-ts")
+
+    class Ref:   # a reference run whose 01_segment used the model as registered now
+        run_id = "ref-run"
+
+        def __init__(self, fp):
+            self.fp = fp
+
+        def metrics(self, step):
+            return {"model": "locked-ts", "model_fingerprint": self.fp}
+
+    cfg = {"segment": {"model": "locked-ts"}, "cohort": {"name": "v", "modalities": list(MODS)}}
+    reference.check_compatible(cfg, Ref(seg.fingerprint))                     # the same files: fine
+    shutil.rmtree(root / "locked-ts")
+    (made["src"] / "ts2").mkdir()
+    shutil.copy(made["src"] / "ts" / "model.yaml", made["src"] / "ts2" / "model.yaml")
+    examples.torchscript_model(tmp_path / "other", MODS, 4, seed=1)
+    shutil.copy(tmp_path / "other" / "model.ts", made["src"] / "ts2" / "model.ts")
+    registry.import_model(made["src"] / "ts2", "locked-ts")                   # deleted and re-imported: other weights
+    with pytest.raises(ValidationError, match="holds other files than when the reference run ref-run used it"):
+        reference.check_compatible(cfg, Ref(seg.fingerprint))

@@ -192,6 +192,7 @@ class Segmenter:
         self.path: Path | None = None
         self.weights_note = ""
         self.trained_on: dict[str, Any] | None = None   # registered models: {cohort, cases} the weights saw
+        self.fingerprint = ""                             # registered models: sha256 over their files' hashes
         self.network_name = ""
         self.patch: tuple[int, ...] = ()
 

@@ -22,6 +22,7 @@ A TorchScript YAML (``PATH`` itself, or the one YAML in the folder ``PATH``)::
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import shutil
@@ -195,6 +196,11 @@ Imported from `{entry['imported_from']}` on {entry['imported']} with `glioma-nb 
 """
 
 
+def fingerprint(entry: dict[str, Any]) -> str:
+    """One sha256 over a registered model's files and their hashes (what a locked validation compares)."""
+    return hashlib.sha256(json.dumps(entry.get("files", {}), sort_keys=True).encode()).hexdigest()
+
+
 def is_registered(name: str, root: Path | None = None) -> bool:
     return bool(name) and (Path(root or models_dir()) / str(name) / SPEC).exists()
 
@@ -249,6 +255,7 @@ def _build(entry: dict[str, Any], folder: Path, device: str) -> kinds.Segmenter:
         raise SegmentationError(f"{folder / SPEC}: kind {kind!r} is not one of {list(KINDS[1:])}")
     seg.path = folder / SPEC
     seg.trained_on = entry.get("trained_on")
+    seg.fingerprint = fingerprint(entry)
     seg.weights_note = f"imported {kind} model `{entry['name']}` ({len(entry.get('files', {}))} files, sha256 checked)"
     return seg
 

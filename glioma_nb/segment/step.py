@@ -107,6 +107,8 @@ class SegmentResult(StepResult):
                                "postprocess": self.postprocess,
                                "n_segmented": len(self.cases),
                                "n_flagged": len(self.flagged)}
+        if self.spec.fingerprint:
+            out["model_fingerprint"] = self.spec.fingerprint   # a locked validation checks the files are the same
         if not self.cases.empty:
             out["seconds_per_case"] = round(float(self.cases["seconds"].median()), 2)
             if "signature_error" in self.cases:

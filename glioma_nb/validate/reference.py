@@ -72,6 +72,14 @@ def check_compatible(cfg: Mapping[str, Any], ref: Reference) -> None:
     have = list(cfg["cohort"]["modalities"])
     who = f"validation cohort {cfg['cohort']['name']}"
     if name not in (None, "none", "auto", ""):
+        used = ref.metrics("01_segment").get("model_fingerprint")
+        if used and seg_registry.is_registered(name):
+            entry, folder = seg_registry.read_entry(name)
+            if seg_registry.fingerprint(entry) != used:
+                raise ValidationError(
+                    f"the registered model {name} ({paths.display_path(folder)}) holds other files than when the reference "
+                    f"run {ref.run_id} used it; register the files the reference used (under a new name, and rerun the "
+                    "training cohort with it) or rerun the training cohort with the model as it is now")
         spec = seg_registry.describe(name)        # a shipped or a registered model
         lacking = [m for m in spec["modalities"] if m not in have]
         if lacking:
