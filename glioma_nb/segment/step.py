@@ -149,6 +149,9 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
     device = models.resolve_device(ctx.config["project"]["device"])
     train_log, held_out, record = None, [], None
     if train:
+        if registry.is_registered(name):
+            raise SegmentationError(f"segment.train trains glioma-nb model specs (brats-4mod, flair-wt, a spec YAML); {name} "
+                                    "is a registered model: train it with its own tools and import the result")
         spec = models.load_spec(name)
         _check_modalities(cohort, spec)
         if cohort.scheme is None:
