@@ -64,11 +64,14 @@ def made(tmp_path_factory):
     src = root / "src"
     examples.nnunet_model(src / "nnunet", cases, MODS, classes="brats", scheme="brats2018", folds=(0, 1),
                           features=(8, 16, 32), patch=(32, 32, 32), iterations=0)
+    examples.nnunet_model(src / "nnunet-regions", cases, MODS, classes="brats", scheme="brats2018", folds=(0,),
+                          features=(8, 16, 32), patch=(32, 32, 32), regions=True, dataset_id=991)
     examples.bundle_model(src / "bundle", 4, 4)
     examples.bundle_model(src / "bundle-regions", 4, 3, regions=True)      # brats_mri_segmentation's layout
     examples.torchscript_model(src / "ts", MODS, 4)
     models = root / "models"
     registry.import_model(src / "nnunet", "tiny-nnunet", dest=models)
+    registry.import_model(src / "nnunet-regions", "tiny-nnunet-regions", dest=models)
     registry.import_model(src / "bundle", "tiny-bundle", modalities="t1,t1c,t2,flair", labels="brats2021",
                           spacing="2,2,2", dest=models)
     registry.import_model(src / "bundle-regions", "tiny-bundle-regions", modalities="t1,t1c,t2,flair",
@@ -89,22 +92,28 @@ def _internal(path):
     return transforms.label_to_classes(lab, io.LABEL_SCHEMES["brats2018"], "brats")
 
 
-def test_nnunet_folder_segments_exactly_as_nnunet_predictor(made, tmp_path):
+@pytest.mark.parametrize("name,folder,folds", [("tiny-nnunet", "nnunet", (0, 1)),
+                                               ("tiny-nnunet-regions", "nnunet-regions", (0,))])
+def test_nnunet_folder_segments_exactly_as_nnunet_predictor(made, tmp_path, name, folder, folds):
+    """Label-based (2 folds) and region-based (BraTS 2021 style sigmoid heads) nnU-Net folders."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    seg, out = _ours(made, "tiny-nnunet", tmp_path)
-    assert seg.kind == "nnunet-v2" and seg.folds == ["0", "1"] and seg.network_name == "PlainConvUNet"
+    seg, out = _ours(made, name, tmp_path)
+    assert seg.kind == "nnunet-v2" and seg.folds == [str(f) for f in folds] and seg.network_name == "PlainConvUNet"
     pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=False,
                            device=torch.device("cpu"), verbose=False, allow_tqdm=False)
-    pred.initialize_from_trained_model_folder(str(made["src"] / "nnunet"), (0, 1), "checkpoint_final.pth")
+    pred.initialize_from_trained_model_folder(str(made["src"] / folder), folds, "checkpoint_final.pth")
     n_fg = 0
     for case in made["cohort"].cases:
         files = [str(case.images[m]) for m in MODS]
         img, props = SimpleITKIO().read_images(files)
         theirs = pred.predict_single_npy_array(img, props, None, None, False)   # (z, y, x), dataset label values
         ours = _internal(out / f"{case.case_id}.nii.gz")                         # (x, y, z), internal classes
-        assert np.array_equal(ours, theirs.transpose(2, 1, 0).astype(np.uint8))   # 1/2/3 = necrosis/edema/enhancing
+        # dataset values -> internal: label-based 1/2/3 = necrosis/edema/enhancing; region-based 1 = WT only
+        # (oedema), 2 = TC only (necrosis), 3 = ET
+        lut = np.array([0, 1, 2, 3] if folder == "nnunet" else [0, 2, 1, 3], dtype=np.uint8)
+        assert np.array_equal(ours, lut[theirs.transpose(2, 1, 0)])
         n_fg += int((ours > 0).sum())
     assert n_fg > 0     # not trivially equal: the untrained network still calls some voxels tumour
 
@@ -388,3 +397,23 @@ def test_locked_validation_refuses_a_registered_model_whose_files_changed(made, 
     registry.import_model(made["src"] / "ts2", "locked-ts")                   # deleted and re-imported: other weights
     with pytest.raises(ValidationError, match="holds other files than when the reference run ref-run used it"):
         reference.check_compatible(cfg, Ref(seg.fingerprint))
+
+
+def test_nnunet_label_mappings_from_dataset_json():
+    from glioma_nb.segment import external
+
+    # BraTS 2021 as nnU-Net's Dataset137 converts it: 1 edema, 2 non-enhancing tumour, 3 enhancing
+    plain = {"labels": {"background": 0, "edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3}}
+    assert external.nnunet_outputs(plain).labels == {0: "background", 1: "oedema", 2: "necrosis", 3: "enhancing"}
+    # the region-based variant: value i is written where region i is the innermost
+    regions = {"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3},
+               "regions_class_order": [1, 2, 3]}
+    out = external.nnunet_outputs(regions)
+    assert out.labels == {0: "background", 1: "oedema", 2: "necrosis", 3: "enhancing"} and out.classes == "brats"
+    exported = np.array([0, 1, 2, 3])
+    assert list(out.from_labels(exported)) == [0, 2, 1, 3]          # internal: 1 necrosis, 2 oedema, 3 enhancing
+    assert external.nnunet_outputs({"labels": {"background": 0, "tumor": 1}}).classes == "wt"
+    with pytest.raises(SegmentationError, match="no label mapping"):
+        external.nnunet_outputs({"labels": {"background": 0, "liver": 1}})
+    assert external.nnunet_outputs({"labels": {"background": 0, "liver": 1}}, "wt").labels == {0: "background",
+                                                                                              1: "tumour"}

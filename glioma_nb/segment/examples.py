@@ -64,9 +64,11 @@ def _label_values(label: np.ndarray, classes: str, scheme_name: str) -> np.ndarr
 def nnunet_model(out: Path, cases: Sequence[Mapping[str, Any]], modalities: Sequence[str], classes: str = "brats",
                  scheme: str = "brats2021", folds: Sequence[int] = (0,), features: Sequence[int] = (8, 16, 32),
                  patch: Sequence[int] | None = None, iterations: int = 0, seed: int = 0,
-                 dataset_id: int = 990, spacing: Sequence[float] | None = None) -> Path:
+                 dataset_id: int = 990, spacing: Sequence[float] | None = None, regions: bool = False) -> Path:
     """A trained-model folder ``out`` (see the module docstring). ``cases``: dicts with ``images``
-    (modality -> NIfTI path) and ``label`` (a label map in ``scheme``)."""
+    (modality -> NIfTI path) and ``label`` (a label map in ``scheme``). ``regions``: a region-based model as
+    nnU-Net's BraTS 2021 dataset (labels 1 oedema, 2 necrosis, 3 enhancing; sigmoid heads for whole tumour
+    [1, 2, 3], tumour core [2, 3] and enhancing 3, ``regions_class_order`` [1, 2, 3]); untrained only."""
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -74,6 +76,8 @@ def nnunet_model(out: Path, cases: Sequence[Mapping[str, Any]], modalities: Sequ
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise SegmentationError(f"{out} exists and is not empty; give a new folder")
+    if regions and (iterations or classes != "brats"):
+        raise SegmentationError("a region-based example is BraTS subregions and untrained (iterations 0)")
     name = f"Dataset{dataset_id:03d}_GliomaNbExample"
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw" / name
@@ -113,6 +117,9 @@ def nnunet_model(out: Path, cases: Sequence[Mapping[str, Any]], modalities: Sequ
     div = np.prod(np.asarray(arch["strides"]), axis=0)
     p = np.asarray(patch if patch is not None else cfg["patch_size"])
     cfg["patch_size"] = [int(max(d, (v // d) * d)) for v, d in zip(p, div)]
+    if regions:
+        ds = {**ds, "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3},
+              "regions_class_order": [1, 2, 3]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "plans.json").write_text(json.dumps(plans, indent=1))
     (out / "dataset.json").write_text(json.dumps(ds, indent=1))

@@ -38,31 +38,38 @@ def spacing_note(name: str, model_spacing: Sequence[float], image_spacing: Seque
 # ------------------------------------------------------------------------------------------------ nnU-Net v2
 
 
+_REGION_PART = {"tumour": "oedema", "necrosis": "necrosis", "enhancing": "enhancing"}   # nested BraTS regions
+_REGION_NAMES = {"tumor core": "necrosis", "tumour core": "necrosis", "tc": "necrosis", "core": "necrosis"}
+
+
 def nnunet_outputs(dataset_json: Mapping[str, Any], given: Any = None) -> Outputs:
     """The label mapping of an nnU-Net dataset: ``given`` (a preset, ``1=necrosis,...``), or read from the
-    names of ``dataset.json``'s labels. Region-based datasets (labels as lists, ``regions_class_order``)
-    export label values in that order; a value is named by its own label's name."""
+    names of ``dataset.json``'s labels. A region-based dataset (labels as lists, ``regions_class_order``)
+    exports, for its i-th region, the value ``regions_class_order[i]`` where that region is the innermost
+    one; with BraTS's nested regions (whole tumour > tumour core > enhancing) those values are oedema,
+    necrosis / non-enhancing core and enhancing."""
     if given:
         return Outputs.parse(given)
     labels = dict(dataset_json.get("labels") or {})
-    out, unknown = {}, []
-    for name, value in labels.items():
-        if isinstance(value, (list, tuple)):
-            continue   # a region (e.g. whole tumor = [1, 2, 3]): the exported values are named by the other entries
-        meaning = meaning_of(name)
-        if meaning is None:
-            unknown.append(name)
-        else:
-            out[int(value)] = meaning
-    regions = [n for n, v in labels.items() if isinstance(v, (list, tuple))]
-    if regions and "regions_class_order" in dataset_json:
-        # BraTS-style region training: the exported values are regions_class_order; name them from the regions
-        names = {tuple(sorted(v)) if isinstance(v, (list, tuple)) else (v,): n for n, v in labels.items()}
-        for value in dataset_json["regions_class_order"]:
-            if int(value) not in out:
-                nested = [names[k] for k in names if int(value) in k and len(k) == 1]
-                if nested and meaning_of(nested[0]):
-                    out[int(value)] = meaning_of(nested[0])
+    out: dict[int, str] = {}
+    unknown = []
+    regions = [(n, v) for n, v in labels.items() if n.lower() != "background"]
+    if "regions_class_order" in dataset_json:
+        for (name, _), value in zip(regions, dataset_json["regions_class_order"]):
+            key = str(name).strip().lower().replace("_", " ")
+            meaning = _REGION_NAMES.get(key) or _REGION_PART.get(meaning_of(name) or "")
+            if meaning is None:
+                unknown.append(name)
+            else:
+                out[int(value)] = meaning
+        out[0] = "background"
+    else:
+        for name, value in labels.items():
+            meaning = meaning_of(name)
+            if meaning is None:
+                unknown.append(name)
+            else:
+                out[int(value)] = meaning
     if unknown or not [v for v in out.values() if v != "background"]:
         raise SegmentationError(f"dataset.json labels {labels}: no label mapping for {unknown or 'any tumour class'}; "
                                 "give one when importing (--labels brats2021, brats2018, wt or "

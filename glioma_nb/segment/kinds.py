@@ -55,7 +55,9 @@ REGIONS = ("wt", "tc", "et")
 _ALIASES = {
     "background": ("background", "bg", "healthy", "normal"),
     "necrosis": ("necrosis", "necrotic", "ncr", "net", "ncr/net", "non-enhancing", "nonenhancing", "non enhancing",
-                 "necrotic core", "non-enhancing tumor core", "non-enhancing tumour core", "netc", "core"),
+                 "necrotic core", "non-enhancing tumor core", "non-enhancing tumour core", "netc", "core",
+                 "non-enhancing tumor", "non-enhancing tumour", "nonenhancing tumor", "necrotic tumor core",
+                 "necrotic and non-enhancing tumor core", "necrotic tumour core"),
     "oedema": ("oedema", "edema", "ed", "peritumoral edema", "peritumoral oedema", "snfh", "flair"),
     "enhancing": ("enhancing", "enhancing tumor", "enhancing tumour", "et", "enhancement", "gd-enhancing tumor"),
     "tumour": ("tumour", "tumor", "whole tumor", "whole tumour", "wt", "lesion", "foreground"),
