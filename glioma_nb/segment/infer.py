@@ -1,11 +1,14 @@
-"""Inference: sliding window with Gaussian blending, masks in the original image space, per-case cache.
+"""Inference of any model kind: masks in the original image space, the network signature, per-case cache.
 
-:func:`predict_case` runs one case: preprocess -> sliding-window softmax (optionally averaged over
-mirrored copies: test-time augmentation) -> ``Invertd`` back to the original voxel grid -> argmax.
-:func:`segment_cohort` runs a cohort into ``<out_dir>/<case>.nii.gz`` (written with the image's own
-affine and header, labels in the cohort's scheme) plus ``<case>.json`` (seconds, volumes, sanity
-flags) and, when asked, ``<case>.signature.parquet`` (the network image signature from the same pass). A case whose two files exist is not run again, so an interrupted cohort resumes; files are
-written to a temporary name and renamed, so nothing half-written is left.
+A model is a :class:`~glioma_nb.segment.kinds.Segmenter` (a shipped glioma-nb spec, an nnU-Net v2 folder, a
+MONAI bundle, a TorchScript module): its ``run`` preprocesses a case, runs the network (its own sliding
+window, mirroring, fold ensemble) and returns the class map on the case's own voxel grid, with the tapped
+layers on the model grid. :func:`predict_case` runs one case. :func:`segment_cohort` runs a cohort into
+``<out_dir>/<case>.nii.gz`` (written with the image's own affine and header, labels in the cohort's scheme)
+plus ``<case>.json`` (model, kind, seconds, volumes, sanity flags, notes) and, when asked,
+``<case>.signature.parquet`` (the network image signature from the same pass). A case whose two files
+exist is not run again, so an interrupted cohort resumes; files are written to a temporary name and
+renamed, so nothing half-written is left.
 """
 from __future__ import annotations
 

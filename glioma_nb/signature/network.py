@@ -4,7 +4,9 @@ Forward hooks on the U-Net's encoder stages (``enc1`` .. ``encN``), its bottlene
 stages (``decN`` .. ``dec2``; the last decoder stage is the class logits and is left out) record every
 stage's output during the segmentation pass itself: the sliding window stitches each stage map at its
 own resolution (MONAI ``sliding_window_inference`` with several outputs), so the IS costs no second
-network run (:func:`glioma_nb.segment.infer.segment_cohort` with a :class:`Request`).
+network run (:func:`glioma_nb.segment.infer.segment_cohort` with a :class:`Request`). Other model kinds
+(nnU-Net, MONAI bundles, TorchScript; :mod:`glioma_nb.segment.kinds`) tap their own layers the same way
+and hand the maps to the same pooling.
 
 Each stage map is pooled inside every region of the model's classes (WT/TC/ET for a BraTS model, WT
 for a whole-tumour model). The region mask lives on the model's grid (resampled, cropped; the
@@ -90,32 +92,6 @@ def stage_modules(net: Any) -> dict[str, Any]:
         return out
     raise SignatureError(f"no image-signature stages are defined for {type(net).__name__}; "
                          "use a MONAI UNet or SegResNet")
-
-
-class Tap:
-    """Calls ``net`` and returns ``(logits, *stage maps)`` (for the sliding window); hooks removed on close."""
-
-    def __init__(self, net: Any, stages: Sequence[str] | None = None) -> None:
-        mods = stage_modules(net)
-        self.stages = list(stages) if stages is not None else list(mods)
-        self.net, self._acts, self._handles = net, {}, []
-        for name in self.stages:
-            self._handles.append(mods[name].register_forward_hook(self._hook(name)))
-
-    def _hook(self, name: str) -> Any:
-        def fn(_module: Any, _inputs: Any, output: Any) -> None:
-            self._acts[name] = output
-        return fn
-
-    def __call__(self, x: Any) -> tuple[Any, ...]:
-        self._acts = {}
-        logits = self.net(x)
-        return (logits, *(self._acts[s] for s in self.stages))
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
 
 
 def pool(act: Any, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
