@@ -305,9 +305,10 @@ def available(modalities: Sequence[str] | None = None, root: Path | None = None)
 
 def describe(name: str, root: Path | None = None) -> dict[str, Any]:
     """What ``glioma-nb models list`` shows of one model (no network is loaded)."""
-    if name in models.available_models():
+    if name in models.available_models() or str(name).endswith((".yaml", ".yml")):
         s = models.load_spec(name)
-        return {"name": name, "kind": "glioma-nb", "where": "shipped", "modalities": list(s.modalities),
+        return {"name": s.name, "kind": "glioma-nb", "where": "shipped" if s.path and s.path.parent == models.MODELS_DIR
+                else paths.display_path(s.path or name), "modalities": list(s.modalities),
                 "classes": s.classes, "spacing": list(s.spacing), "files": 1}
     entry, folder = read_entry(name, root)
     outputs = kinds.Outputs.parse(entry.get("outputs"))
