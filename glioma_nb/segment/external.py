@@ -124,6 +124,8 @@ def _predictor_class() -> Any:
             """Place one patch's layer maps on each layer's grid (nearest stage voxel of the patch's start)."""
             import torch
 
+            if self._tap_i == len(self._tap_slicers):   # nnU-Net redid the window (a GPU out of memory: on CPU)
+                self._tap_i, self._tap_sum, self._tap_n = 0, {}, {}
             sl = self._tap_slicers[self._tap_i]
             self._tap_i += 1
             starts = [s.start for s in sl[1:]]
