@@ -100,15 +100,14 @@ def _segment_model_bench(model: str, device: str, max_cases: int, cohort_name: s
                      for r in table.itertuples()]
             if cohort.scheme is not None:
                 per_case.append(metrics.cohort_scores(cohort, mask_dir, ids).assign(cohort=cohort.name))
-    spec = seg
     scores = pd.concat(per_case, ignore_index=True) if per_case else pd.DataFrame(columns=["cohort"])
     dice = {}
     for cohort, part in scores.groupby("cohort"):
         dice[cohort] = metrics.summarise(part).round(4).to_dict(orient="records")
     secs = [r["seconds_total"] for r in rows]
-    out: dict[str, object] = {"name": f"segment_{model}_{device}", "model": model, "kind": spec.kind, "device": device,
-                              "network": spec.network_name, "with_network_signature": request is not None,
-                              "postprocess": spec.postprocess, "cases": len(rows),
+    out: dict[str, object] = {"name": f"segment_{model}_{device}", "model": model, "kind": seg.kind, "device": device,
+                              "network": seg.network_name, "with_network_signature": request is not None,
+                              "postprocess": seg.postprocess, "cases": len(rows),
                               "seconds_per_case_median": round(float(np.median(secs)), 3),
                               "seconds_per_case_max": round(float(np.max(secs)), 3),
                               "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_peak_rss_mb(), 1),

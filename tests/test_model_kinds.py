@@ -13,17 +13,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_segment import _sphere
 
 from glioma_nb import io
 from glioma_nb.segment import SegmentationError, examples, infer, kinds, registry, transforms
 from glioma_nb.signature import network
 
 MODS = ("t1", "t1c", "t2", "flair")
-
-
-def _ball(shape, centre, radius, zooms):
-    grid = np.meshgrid(*[(np.arange(n) - c) * z for n, c, z in zip(shape, centre, zooms)], indexing="ij")
-    return np.sqrt(sum(g ** 2 for g in grid)) <= radius
 
 
 def brats_cohort(root: Path, n: int = 3, shape=(40, 44, 36), zooms=(2.0, 2.0, 2.0), seed: int = 0) -> io.Cohort:
@@ -37,9 +33,9 @@ def brats_cohort(root: Path, n: int = 3, shape=(40, 44, 36), zooms=(2.0, 2.0, 2.
         cid = f"case{i}"
         d = root / cid
         d.mkdir(parents=True)
-        brain = _ball(shape, [s / 2 for s in shape], 34, zooms)
+        brain = _sphere(shape, [s / 2 for s in shape], 34, zooms)
         c = [s / 2 + rng.uniform(-2, 2) for s in shape]
-        ed, et, nec = (_ball(shape, c, r, zooms) & brain for r in (16 + 2 * i, 10 + i, 5))
+        ed, et, nec = (_sphere(shape, c, r, zooms) & brain for r in (16 + 2 * i, 10 + i, 5))
         lab = np.where(nec, 1, np.where(et, 4, np.where(ed, 2, 0))).astype(np.uint8)
         base = {"t1": (100, -30, -40, -20), "t1c": (100, -20, 120, -10), "t2": (80, 90, 60, 100),
                 "flair": (90, 120, 70, 60)}

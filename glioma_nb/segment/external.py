@@ -16,8 +16,7 @@ import numpy as np
 
 from glioma_nb.segment import window
 from glioma_nb.segment.errors import SegmentationError
-from glioma_nb.segment.kinds import Outputs, Pass, Segmenter, WindowSegmenter, meaning_of
-from glioma_nb.signature import network as sig_network
+from glioma_nb.segment.kinds import Outputs, Pass, Segmenter, WindowSegmenter, meaning_of, monai_stages
 
 
 def _spacing_of(data: Mapping[str, Any]) -> np.ndarray:
@@ -25,7 +24,7 @@ def _spacing_of(data: Mapping[str, Any]) -> np.ndarray:
     return np.linalg.norm(np.asarray(data["image"].affine)[:3, :3], axis=0)
 
 
-def spacing_note(name: str, model_spacing: Sequence[float], image_spacing: Sequence[float], case_id: str) -> list[str]:
+def spacing_note(name: str, model_spacing: Sequence[float], image_spacing: Sequence[float]) -> list[str]:
     """A note when the case's voxel size differs from the model's (the model's preprocessing resamples); the
     case is named by the record it goes into (``masks/<case>.json``), so notes of many cases can be counted."""
     m, i = np.sort(np.asarray(model_spacing, float)), np.sort(np.asarray(image_spacing, float))
@@ -276,8 +275,7 @@ class NnUNetSegmenter(Segmenter):
         pre = pred.configuration_manager.preprocessor_class(verbose=False)
         pdata, pseg, props = pre.run_case_npy(image, ref, props, pred.plans_manager, pred.configuration_manager,
                                               pred.dataset_json)
-        all_stages = self.stages() if stages else {}
-        logits, maps = self._logits(torch.from_numpy(pdata), {s: all_stages[s] for s in stages} if stages else None)
+        logits, maps = self._logits(torch.from_numpy(pdata), self.taps(stages))
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, pred.plans_manager, pred.configuration_manager, pred.label_manager, props)
         classes = self.outputs.from_labels(np.asarray(seg).transpose(2, 1, 0))
@@ -286,15 +284,13 @@ class NnUNetSegmenter(Segmenter):
         return Pass(classes=classes, model_classes=self._model_classes(logits), maps=maps, image=pdata,
                     spacing=tuple(float(s) for s in pred.configuration_manager.spacing), axial=axial,
                     reference=reference,
-                    notes=spacing_note(self.name, self.spacing, spacing, str(data.get("case_id", ""))))
+                    notes=spacing_note(self.name, self.spacing, spacing))
 
     def stage_maps(self, image: np.ndarray, stages: Sequence[str], *, overlap: float = 0.5, tta: bool = False,
                    device: str = "cpu", amp: bool = False) -> dict[str, Any]:
         import torch
 
-        all_stages = self.stages()
-        _, maps = self._logits(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                               {s: all_stages[s] for s in stages})
+        _, maps = self._logits(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.taps(stages))
         return maps
 
 
@@ -360,12 +356,7 @@ class BundleSegmenter(Segmenter):
         return self.net
 
     def default_stages(self) -> dict[str, str]:
-        names = {id(m): n for n, m in self.net.named_modules()}
-        try:
-            return {s: names[id(m)] for s, m in sig_network.stage_modules(self.net).items()}
-        except sig_network.SignatureError:
-            raise SegmentationError(f"model {self.name}: no default signature layers for {type(self.net).__name__} "
-                                    "(MONAI UNet and SegResNet have them); list them in the model's layers") from None
+        return monai_stages(self.net, self.name)
 
     def _infer(self, image: Any, stages: Mapping[str, str] | None) -> tuple[Any, dict[str, Any]]:
         import torch
@@ -409,8 +400,7 @@ class BundleSegmenter(Segmenter):
                                     "write the corrected geometry into the NIfTI headers, or use another model kind")
         d0 = self.pre({self.image_key: files if len(files) > 1 else files[0]})
         img = d0[self.image_key]
-        all_stages = self.stages() if stages else {}
-        logits, maps = self._infer(img, {s: all_stages[s] for s in stages} if stages else None)
+        logits, maps = self._infer(img, self.taps(stages))
         meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
         pred = MetaTensor(logits, affine=getattr(img, "affine", None), meta=meta)
         model_classes = self._postprocess({**d0, "pred": pred.clone()}, invert=False)
@@ -430,13 +420,12 @@ class BundleSegmenter(Segmenter):
         model_spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0))
         return Pass(classes=full, model_classes=model_classes, maps=maps, image=np.asarray(img, dtype=np.float32),
                     spacing=model_spacing, axial=(0, 1), reference=reference,
-                    notes=spacing_note(self.name, model_spacing, _spacing_of(data), str(data.get("case_id", "")))
+                    notes=spacing_note(self.name, model_spacing, _spacing_of(data))
                     if self.spacing != (1.0, 1.0, 1.0) else [])
 
     def stage_maps(self, image: np.ndarray, stages: Sequence[str], *, overlap: float = 0.5, tta: bool = False,
                    device: str = "cpu", amp: bool = False) -> dict[str, Any]:
-        all_stages = self.stages()
-        return self._infer(np.ascontiguousarray(image), {s: all_stages[s] for s in stages})[1]
+        return self._infer(np.ascontiguousarray(image), self.taps(stages))[1]
 
 
 # ------------------------------------------------------------------------------------------------ TorchScript
@@ -494,7 +483,7 @@ class TorchScriptSegmenter(WindowSegmenter):
 
     def run(self, data: Mapping[str, Any], stages: Sequence[str] | None = None, **kw: Any) -> Pass:
         out = super().run(data, stages, **kw)
-        out.notes = spacing_note(self.name, self.spacing, _spacing_of(data), str(data.get("case_id", "")))
+        out.notes = spacing_note(self.name, self.spacing, _spacing_of(data))
         return out
 
 

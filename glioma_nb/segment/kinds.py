@@ -198,12 +198,6 @@ class Segmenter:
         self.network_name = ""
         self.patch: tuple[int, ...] = ()
 
-    # what load_case and the records need of a spec
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "modalities": list(self.modalities), "classes": self.classes,
-                "spacing": list(self.spacing), "layers": self.layers if isinstance(self.layers, str) else list(self.layers),
-                "network": self.network_name}
-
     def modules(self) -> dict[str, Any]:
         """Every tappable layer by name (``named_modules`` of the network)."""
         return dict(self.network().named_modules())
@@ -229,6 +223,13 @@ class Segmenter:
                                     f"{self._spec_file()}; the network's modules are: {cands}"
                                     + (" ..." if len(mods) > 61 else ""))
         return {stage_name(n): n for n in names}
+
+    def taps(self, stages: Sequence[str] | None) -> dict[str, str] | None:
+        """The module names of the signature stages ``stages`` (None: no tap)."""
+        if not stages:
+            return None
+        known = self.stages()
+        return {s: known[s] for s in stages}
 
     def _spec_file(self) -> str:
         return str(self.path) if self.path else self.name
@@ -269,6 +270,17 @@ def first_conv_channels(net: Any) -> int | None:
     return None
 
 
+def monai_stages(net: Any, name: str = "") -> dict[str, str]:
+    """The default signature layers of a MONAI UNet / SegResNet (:func:`glioma_nb.signature.network.stage_modules`)
+    as stage name -> module name."""
+    names = {id(m): n for n, m in net.named_modules()}
+    try:
+        return {s: names[id(m)] for s, m in sig_network.stage_modules(net).items()}
+    except sig_network.SignatureError:
+        raise SegmentationError(f"model {name}: no default signature layers for {type(net).__name__} "
+                                "(MONAI UNet and SegResNet have them); list them in the model's layers") from None
+
+
 def probs_to_classes(probs: Any, activation: str, outputs: Outputs) -> np.ndarray:
     """Internal classes of per-channel probabilities: region channels above 0.5 (sigmoid), else the
     argmax index read as a label value."""
@@ -306,11 +318,8 @@ class WindowSegmenter(Segmenter):
         pre = transforms.preprocess(self.pre_spec, with_label=reference)
         d = pre({k: data[k] for k in (("image", "label") if reference else ("image",))})
         kw = dict(overlap=overlap, tta=tta, device=device, amp=amp)
-        if stages is None:
-            probs, maps = self._window(d["image"], None, **kw), {}
-        else:
-            all_stages = self.stages()
-            probs, maps = self._window(d["image"], {s: all_stages[s] for s in stages}, **kw)
+        taps = self.taps(stages)
+        probs, maps = (self._window(d["image"], taps, **kw) if taps else (self._window(d["image"], None, **kw), {}))
         orig = window.to_original(pre, d, probs, data)
         return Pass(classes=probs_to_classes(orig, self.activation, self.outputs),
                     model_classes=probs_to_classes(probs, self.activation, self.outputs), maps=maps,
@@ -321,8 +330,7 @@ class WindowSegmenter(Segmenter):
                    device: str = "cpu", amp: bool = False) -> dict[str, Any]:
         import torch
 
-        all_stages = self.stages()
-        _, maps = self._window(torch.from_numpy(np.ascontiguousarray(image)), {s: all_stages[s] for s in stages},
+        _, maps = self._window(torch.from_numpy(np.ascontiguousarray(image)), self.taps(stages),
                                overlap=overlap, tta=tta, device=device, amp=amp)
         return maps
 
@@ -342,5 +350,4 @@ class GliomaNbSegmenter(WindowSegmenter):
         self.network_name = str(spec.network.get("name", "unet"))
 
     def default_stages(self) -> dict[str, str]:
-        names = {id(m): n for n, m in self.net.named_modules()}
-        return {s: names[id(m)] for s, m in sig_network.stage_modules(self.net).items()}
+        return monai_stages(self.net, self.name)
