@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from glioma_nb import STEPS, bench, config, io, paths, runner, runs, synthetic
+from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import ValidationError
 from glioma_nb.segment import examples, models, postprocess, postprocess_cv, registry, train
 from glioma_nb.segment.errors import SegmentationError
@@ -130,6 +131,14 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks of the foundation (synthetic generation, cohort QC) as JSON")
     b.add_argument("--cohorts", nargs="+", default=["synthetic", "brats18-dev", "tcga-lgg-dev"])
     b.add_argument("--out", default="bench/results", help="folder for the JSON result")
+    bp = sub.add_parser("bench-preprocess", help="raw scans to BraTS space: s/case by step, and the comparison with "
+                                                 "BrainLes's output of the same scans (JSON)")
+    bp.add_argument("--cohort", default="tcga-lgg-native", help="a raw cohort (cohort.source: raw)")
+    bp.add_argument("--variants", nargs="+", default=["default", "n4", "affine"],
+                    choices=["default", "n4", "affine", "template_mask"])
+    bp.add_argument("--model", default="brats-4mod", help="the network run on ours and on the reference's output")
+    bp.add_argument("--no-dicom", action="store_true", help="skip the DICOM round trip of the same scans")
+    bp.add_argument("--out", default="bench/results")
     bs = sub.add_parser("bench-segment", help="segmentation inference s/case, peak memory, held-out Dice (JSON)")
     bs.add_argument("--models", nargs="+", default=["brats-4mod", "flair-wt"],
                     help="shipped or registered models (glioma-nb models list)")
@@ -232,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "validate":
             cfg = config.resolve_config(args.cohort, args.overrides)
             synthetic.ensure_cohort_data(cfg)
+            if cfg["cohort"]["source"] == "raw":   # the raw scans (the BraTS-space cohort is 00_preprocess's output)
+                raw, report = pre_pipeline.check_raw(cfg)
+                print(report.format())
+                print(report.case_table.to_string(index=False))
+                print(f"raw cohort {raw.name}: {len(raw.cases)} case(s) ready for 00_preprocess")
+                return 0 if report.ok else 1
             cohort, report = io.check_cohort(cfg)
             print(report.format())
             print(repr(cohort))
@@ -258,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "bench-analysis":
             out = bench.run_analysis_bench(args.cohort, args.n, args.p, args.table, args.out)
+            print(f"benchmark written: {paths.display_path(out)}")
+        elif args.command == "bench-preprocess":
+            out = bench.run_preprocess_bench(args.cohort, args.out, args.variants, args.model, not args.no_dicom)
             print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "bench-segment":
 

@@ -28,6 +28,7 @@ from nbconvert import HTMLExporter
 
 from glioma_nb import STEPS, io, paths, provenance, runs, step_section, synthetic
 from glioma_nb import config as config_mod
+from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import RunError, find_run, load_manifest, read_feature_tables, scrub_text
 from glioma_nb.validate import overlap as val_overlap
 from glioma_nb.validate import reference as val_reference
@@ -39,13 +40,26 @@ RUN_SUBDIRS = ("qc", "figures", "tables", "models", "logs", "metrics", "attempts
 CACHE_SUBDIRS = ("masks/", "models/segment__", "cache/")
 
 
-def cohort_inputs(cfg: Mapping[str, Any], cohort: io.Cohort) -> list[Path]:
+def cohort_inputs(cfg: Mapping[str, Any], cohort: io.Cohort | pre_pipeline.RawCohort) -> list[Path]:
     """Every file a run reads: images, labels, clinical table."""
     files = cohort.input_files()
     clin = cfg["cohort"]["clinical"].get("file")
     if clin:
-        files.append(paths.resolve_path(clin, base=cohort.root))
+        files.append(paths.resolve_path(clin, base=io.source_root(cfg)))
     return files
+
+
+def _check_inputs(cfg: Mapping[str, Any], steps: Sequence[str], progress: bool
+                  ) -> tuple[io.Cohort | pre_pipeline.RawCohort, io.QCReport]:
+    """Check what a run reads: the raw scans of a run that preprocesses them (the BraTS-space cohort is
+    00_preprocess's output), else the cohort's files. Raises :class:`CohortError` listing every problem."""
+    if cfg["cohort"]["source"] == "raw" and "00_preprocess" in steps:
+        cohort_obj, report = pre_pipeline.check_raw(cfg)
+    else:
+        cohort_obj, report = io.check_cohort(cfg, progress=progress)
+    if not report.ok:
+        raise io.CohortError(report)
+    return cohort_obj, report
 
 
 def _new_run_dir(base: Path, run_id: str) -> tuple[Path, str]:
@@ -85,14 +99,21 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
             raise config_mod.ConfigError(
                 f"a validation run applies the models locked in {ref.run_id}; {refit} would refit them on the "
                 f"validation cohort: run the steps {list(val_reference.VALIDATION_STEPS)} (the default)")
-    steps = list(steps) if steps else list(cfg["run"]["steps"])
+    raw = cfg["cohort"]["source"] == "raw"
+    if steps:
+        steps = list(steps)
+    else:
+        steps = list(cfg["run"]["steps"])
+        if raw and "00_preprocess" not in steps:
+            steps.insert(0, "00_preprocess")   # a raw cohort is preprocessed before anything reads it
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise config_mod.ConfigError(f"unknown steps {unknown}; known: {list(STEPS)}")
+    if "00_preprocess" in steps and not raw:
+        raise config_mod.ConfigError("00_preprocess needs a raw cohort (cohort.source: raw, cohort.raw); "
+                                     f"{cfg['cohort']['name']} has source {cfg['cohort']['source']!r}")
     synthetic.ensure_cohort_data(cfg, progress=progress)
-    cohort_obj, report = io.check_cohort(cfg, progress=progress)
-    if not report.ok:
-        raise io.CohortError(report)
+    cohort_obj, report = _check_inputs(cfg, steps, progress)
     overlap = _overlap(ref, cohort_obj, progress) if ref is not None else None
     git = provenance.git_info()
     run_dir, run_id = _new_run_dir(paths.reports_dir(cfg["run"]["reports_dir"]) / cfg["cohort"]["name"],
@@ -109,7 +130,7 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
             "git": git, "params_file": "params.yaml", "params_sha256": config_mod.config_hash(cfg),
             "inputs": provenance.hash_inputs(cohort_inputs(cfg, cohort_obj)),
             "cohort_summary": {"n_cases": len(cohort_obj.cases), "modalities": list(cohort_obj.modalities),
-                               "label_scheme": cohort_obj.scheme.name if cohort_obj.scheme else None,
+                               "label_scheme": getattr(cohort_obj, "scheme", None) and cohort_obj.scheme.name,
                                "qc_warnings": len(report.warnings)},
             "environment": provenance.environment(),
             "steps": [{"name": s, "status": "pending"} for s in steps],
@@ -281,9 +302,7 @@ def resume(run_dir: Path, progress: bool = True) -> Path:
     if manifest["status"] == "completed":
         raise RunError(f"run {manifest['run_id']} is already completed; start a new run instead")
     cfg = config_mod.load_yaml(run_dir / "params.yaml")
-    cohort_obj, report = io.check_cohort(cfg, progress=progress)
-    if not report.ok:
-        raise io.CohortError(report)
+    cohort_obj, report = _check_inputs(cfg, [e["name"] for e in manifest["steps"]], progress)
     now = provenance.hash_inputs(cohort_inputs(cfg, cohort_obj))
     if now != manifest["inputs"]:
         changed = sorted(k for k in set(now) | set(manifest["inputs"]) if now.get(k) != manifest["inputs"].get(k))
@@ -341,7 +360,7 @@ class StepContext:
     step: str
     run_dir: Path
     config: dict[str, Any]
-    cohort: io.Cohort
+    cohort: io.Cohort   # 00_preprocess: the raw cohort (glioma_nb.preprocess.pipeline.RawCohort)
     case_table: pd.DataFrame
     problems: pd.DataFrame
     params: dict[str, Any]
@@ -504,7 +523,10 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
             print(f"{paths.display_path(rd)}: step {step} is {status or 'not in this run'}, so this run is read-only "
                   "here: cells read its tables, and what they save goes to a scratch folder, never into it", flush=True)
     cfg = config_mod.load_yaml(rd / "params.yaml")
-    cohort_obj, report = io.check_cohort(cfg, progress=False, images=False)
+    if step == "00_preprocess":   # the raw cohort; every later step reads the BraTS-space one it writes
+        cohort_obj, report = pre_pipeline.check_raw(cfg)
+    else:
+        cohort_obj, report = io.check_cohort(cfg, progress=False, images=False)
     if not report.ok:
         raise io.CohortError(report)
     case_table = runs.read_table(rd, "case_table", "qc")

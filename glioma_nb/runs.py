@@ -70,7 +70,7 @@ def find_run(run: str, cohort: str | None = None, reports: Path | None = None) -
 
 
 #: what an interactive step reads from its upstream run: the steps that must be completed there
-UPSTREAM_NEEDS = {"01_segment": (), "02_signature": ("01_segment",), "03_classify": ("02_signature",),
+UPSTREAM_NEEDS = {"00_preprocess": (), "01_segment": (), "02_signature": ("01_segment",), "03_classify": ("02_signature",),
                   "04_stratify": ("02_signature",), "05_validate": ("02_signature",)}
 
 

@@ -19,7 +19,9 @@ def test_run_all_steps_end_to_end(synthetic_training_run, synthetic_small, tmp_p
     y, run_dir = synthetic_training_run
     fast = FAST_RUN
     assert run_dir.parent == paths.reports_dir() / "synsmall"
-    for step in STEPS:
+    ran = [s for s in STEPS if s != "00_preprocess"]   # 00 runs for raw cohorts only (tests/test_preprocess.py)
+    assert not (run_dir / "00_preprocess.ipynb").exists()
+    for step in ran:
         assert (run_dir / f"{step}.ipynb").exists() and (run_dir / f"{step}.html").exists(), step
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["status"] == "completed" and m["run_id"] == run_dir.name
@@ -42,7 +44,7 @@ def test_run_all_steps_end_to_end(synthetic_training_run, synthetic_small, tmp_p
     assert m["params_sha256"] == config.config_hash(frozen)
     assert (run_dir / "tables" / "features_volumetric.csv").exists() and (run_dir / "figures").iterdir()
     # each notebook shows what its one step call produced (names of tables and figures), not a dump of them
-    for step in STEPS:
+    for step in ran:
         nb = nbformat.read(run_dir / f"{step}.ipynb", as_version=4)
         cell = next(c for c in nb.cells if c.cell_type == "code" and ".step(ctx, **ctx.params)" in c.source)
         shown = cell.outputs[-1]["data"]["text/plain"]
@@ -83,7 +85,7 @@ def test_a_step_reads_its_parameters_from_the_frozen_config(synthetic_training_r
     """Parameters are written once: what the step ran with is its config section, as frozen in the run."""
     _, run_dir = synthetic_training_run
     frozen = config.load_yaml(run_dir / "params.yaml")
-    for step in STEPS:
+    for step in STEPS[1:]:   # 00_preprocess: raw cohorts only
         recorded = json.loads((run_dir / "metrics" / f"{step}.json").read_text())["params"]
         assert recorded == json.loads(json.dumps(frozen[step_section(step)])), step
     assert frozen["classify"]["repeats"] == 1  # the run's override (FAST_RUN), not the base default

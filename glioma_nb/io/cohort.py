@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from glioma_nb import paths
+from glioma_nb.config import config_hash
 from glioma_nb.io.clinical import standardise_clinical
 from glioma_nb.io.geometry import (
     HEAD_AXIAL_AREA_MM2,
@@ -137,11 +138,32 @@ def synthetic_root(cfg: Mapping[str, Any]) -> Path:
     return paths.data_dir() / "synthetic" / f"n{s['n_cases']}_seed{s['seed']}_{s['resolution_mm']}mm"
 
 
+def preprocessed_root(cfg: Mapping[str, Any]) -> Path:
+    """Where 00_preprocess writes a raw cohort in BraTS layout: ``<data>/preprocessed/<cohort>/<settings hash>``
+    (the hash of cohort.raw, the modalities and the preprocess section, so other settings never overwrite it)."""
+    c = cfg["cohort"]
+    key = {"raw": c["raw"], "modalities": list(c["modalities"]),
+           "preprocess": {k: v for k, v in cfg["preprocess"].items() if k != "n_qc_cases"}}
+    return paths.data_dir() / "preprocessed" / c["name"] / config_hash(key)[:12]
+
+
+def source_root(cfg: Mapping[str, Any]) -> Path:
+    """The folder the cohort's own files are under (clinical and feature tables are relative to it): the
+    cohort folder, or the raw data folder of a raw cohort."""
+    c = cfg["cohort"]
+    if c.get("source") == "raw" and c.get("root") is not None:
+        return paths.resolve_path(c["root"])
+    return cohort_root(cfg)
+
+
 def cohort_root(cfg: Mapping[str, Any]) -> Path:
-    """The cohort folder: ``cohort.root`` resolved, or the default folder of a generated cohort."""
+    """The cohort folder: ``cohort.root`` resolved, the default folder of a generated cohort, or the BraTS-layout
+    folder 00_preprocess writes a raw cohort into."""
     c = cfg["cohort"]
     if c.get("root") is None and c.get("source") == "synthetic":
         return synthetic_root(cfg)
+    if c.get("source") == "raw":
+        return preprocessed_root(cfg)
     if c.get("root") is None:
         raise CohortError(QCReport(c["name"], [Problem(None, None, "cohort.root is not set",
                                                        f"set root: in configs/cohorts/{c['name']}.yaml")]))
@@ -164,8 +186,12 @@ def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list
         report.add(None, None, f"unknown modalities {unknown}", f"use a subset of {list(MODALITIES)}")
         mods = [m for m in mods if m in MODALITIES]
     if not root.is_dir():
-        report.add(None, root, "cohort root folder does not exist",
-                   f"check cohort.root in configs/cohorts/{c['name']}.yaml (or set GLIOMA_NB_SHARED)")
+        if c.get("source") == "raw":
+            report.add(None, root, "this raw cohort has not been preprocessed with these settings",
+                       "run its 00_preprocess step first (glioma-nb run runs it before 01)")
+        else:
+            report.add(None, root, "cohort root folder does not exist",
+                       f"check cohort.root in configs/cohorts/{c['name']}.yaml (or set GLIOMA_NB_SHARED)")
         return root, []
     layout = c["layout"]
     want_label = bool(c["label"]["present"])
@@ -528,11 +554,12 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
         except ValueError as exc:
             report.add(None, None, f"cohort.geometry: {exc}", "fix cohort.geometry")
             cohort.spacing = cohort.orientation = None
-    cohort.features, cohort.feature_files = load_feature_tables(c, root, report)
+    croot = source_root(cfg)
+    cohort.features, cohort.feature_files = load_feature_tables(c, croot, report)
     spec = c["clinical"]
     raw, cpath, label = None, None, None
     if spec.get("file"):
-        cpath = paths.resolve_path(spec["file"], base=root)
+        cpath = paths.resolve_path(spec["file"], base=croot)
         label = report.show(cpath)
         try:
             raw = pd.read_csv(cpath, dtype=str, keep_default_na=False)
@@ -541,7 +568,7 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
         except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             report.add(None, cpath, f"clinical table unreadable ({exc})", "save it as a UTF-8 CSV")
     if raw is not None and spec.get("join"):
-        raw = _join_clinical(raw, spec, root, report, cohort.feature_files)
+        raw = _join_clinical(raw, spec, croot, report, cohort.feature_files)
     if c["layout"] == "table":
         if c.get("cases_from"):  # the cases are one table's rows; the others give their rows for them
             if c["cases_from"] not in cohort.features:
