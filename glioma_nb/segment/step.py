@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from glioma_nb import plotting, records
+from glioma_nb.preprocess import pipeline as pre_pipeline
+from glioma_nb.preprocess import qc as pre_qc
 from glioma_nb.results import StepResult
 from glioma_nb.segment import infer, kinds, metrics, models, registry
 from glioma_nb.segment import postprocess as post
@@ -209,6 +212,38 @@ def _check_modalities(cohort: Any, model: Any) -> None:
                                 f"declares {list(cohort.modalities)} (no {missing}); choose another segment.model")
 
 
+def _native_space(ctx: Any, result: SegmentResult, shown: list[str]) -> None:
+    """A raw cohort (preprocessed by 00): every predicted mask mapped back onto the reference scan's native grid
+    (``masks/<case>_native.nii.gz``, the scanner's own geometry), its volumes there, and a figure of the first
+    shown case in native and BraTS space."""
+    import nibabel as nib
+
+    names = {1: "NCR", 2: "ED", 4: "ET"}
+    rows = []
+    for cid in ctx.cohort.case_ids:
+        case_dir = ctx.cohort.root / cid
+        pred = nib.load(result.mask_dir / f"{cid}.nii.gz")
+        native = pre_pipeline.to_native(pred, case_dir)
+        nib.save(native, ctx.path("masks", f"{cid}_native.nii.gz"))
+        nat, brats = np.asarray(native.dataobj), np.asarray(pred.dataobj)
+        vox_nat = float(np.prod(native.header.get_zooms()[:3])) / 1000
+        vox_brats = float(np.prod(pred.header.get_zooms()[:3])) / 1000
+        row = {"case_id": cid, "native_grid": "x".join(map(str, nat.shape)),
+               "native_voxel_mm": "x".join(f"{z:.2f}" for z in native.header.get_zooms()[:3]),
+               "WT_ml_native": round(float((nat > 0).sum()) * vox_nat, 2),
+               "WT_ml_brats": round(float((brats > 0).sum()) * vox_brats, 2)}
+        row.update({f"{n}_ml_native": round(float((nat == v).sum()) * vox_nat, 2) for v, n in names.items()})
+        rows.append(row)
+    result.tables["segmentation_native"] = pd.DataFrame(rows)
+    cid = (shown or ctx.cohort.case_ids)[0]
+    ref = pre_pipeline.read_record(ctx.cohort.root / cid)["reference"]
+    brats_img = ctx.cohort.load_image(cid, ref)
+    result.add_figure("native_space", pre_qc.native_figure(
+        pre_pipeline.native_image(ctx.cohort.root / cid, ref), nib.load(ctx.output_dir / "masks" / f"{cid}_native.nii.gz"),
+        np.asarray(brats_img.dataobj, dtype=np.float32), np.asarray(nib.load(result.mask_dir / f"{cid}.nii.gz").dataobj),
+        cid))
+
+
 def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int) -> SegmentResult:
     """The tables, figures and metrics of notebook 01 around a segmentation: cohort QC, reference overlays and
     volumes, the training curve, predicted overlays, per-case table, Dice/HD95."""
@@ -229,6 +264,8 @@ def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int) -> SegmentRe
     if result.spec is not None:
         result.add_figure("predicted_overlays", plotting.plot_overlays(cohort, shown, mask_dir=result.mask_dir))
         result.tables["segmentation_cases"] = result.cases.drop(columns=["signature"], errors="ignore")
+    if result.spec is not None and ctx.config["cohort"]["source"] == "raw":
+        _native_space(ctx, result, shown)
     if not result.scores.empty:
         result.tables.update(segmentation_scores=result.scores, segmentation_summary=result.summary)
         result.add_figure("scores", plotting.plot_segmentation_scores(result.scores))

@@ -88,6 +88,9 @@ class SignatureResult(StepResult):
         return pd.concat(out).rename_axis("family").reset_index() if out else pd.DataFrame()
 
 
+MIN_FILTER_CASES = 3   # StabilityFilter.fit refuses fewer (ICC and correlations need cases)
+
+
 def feature_families(tables: Mapping[str, pd.DataFrame], families: Mapping[str, str],
                      cohort: str = "") -> dict[str, pd.DataFrame]:
     """The column families of ``cohort.feature_families`` (``<table>.<family>: <regex>``, e.g.
@@ -213,6 +216,11 @@ def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: st
                                      f"the run folder whose 02_signature fitted the {name} filter")
             filt = records.load(src).payload
             res.filter_origin = str(paths.display_path(src.parent.parent))
+        elif len(res.unfiltered[name]) < MIN_FILTER_CASES:
+            res.notes.append(f"{name}: the stability filter is not fitted on {len(res.unfiltered[name])} case(s) (it "
+                             f"needs {MIN_FILTER_CASES}); the features are kept unfiltered. Apply a larger cohort's "
+                             "filter with signature.filter_from: <its run folder>")
+            continue
         else:
             reps = res.replicates.get(name) or None
             filt = StabilityFilter(**stab).fit(res.unfiltered[name], replicates=reps)
@@ -239,17 +247,20 @@ def _display(ctx: Any, res: SignatureResult, icc_threshold: float | None, featur
     main = res.main_source = next((s for s in ("signature", "radiomics", "volumetric") if s in res.features),
                                   next(iter(res.features)))
     features = res.features[main]
-    grid = plotting.plot_feature_heatmap(features)
-    grid.figure.suptitle(f"{main} features after filtering: {features.shape[0]} cases x {features.shape[1]} features",
-                         y=1.02)
-    res.add_figure("feature_heatmap", grid.figure)
-    labels = ctx.clinical.set_index("case_id").reindex(features.index)
-    idh = labels["idh_mutant"].map({1: "IDH-mutant", 0: "IDH-wildtype"}).rename("IDH")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    plotting.plot_pca(features, labels["who_grade"].astype("string").rename("WHO grade"), ax=axes[0],
-                      title=f"{main}: WHO grade")
-    plotting.plot_pca(features, idh, ax=axes[1], title=f"{main}: IDH")
-    res.add_figure("pca", fig)
+    if features.shape[0] >= MIN_FILTER_CASES:   # a heatmap / PCA of one or two cases shows nothing
+        grid = plotting.plot_feature_heatmap(features)
+        grid.figure.suptitle(f"{main} features after filtering: {features.shape[0]} cases x {features.shape[1]} features",
+                             y=1.02)
+        res.add_figure("feature_heatmap", grid.figure)
+        labels = ctx.clinical.set_index("case_id").reindex(features.index)
+        idh = labels["idh_mutant"].map({1: "IDH-mutant", 0: "IDH-wildtype"}).rename("IDH")
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        plotting.plot_pca(features, labels["who_grade"].astype("string").rename("WHO grade"), ax=axes[0],
+                          title=f"{main}: WHO grade")
+        plotting.plot_pca(features, idh, ax=axes[1], title=f"{main}: IDH")
+        res.add_figure("pca", fig)
+    else:
+        res.notes.append(f"{features.shape[0]} case(s): no feature heatmap or PCA (they need {MIN_FILTER_CASES})")
     if feature_map and res.masks_from is not None and "volumetric" in res.features:  # images with masks
         case = feature_map_case(res.features["volumetric"])
         modality = "flair" if "flair" in ctx.cohort.modalities else ctx.cohort.modalities[0]
