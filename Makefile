@@ -14,7 +14,7 @@ ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
 PYTEST_ARGS ?=
 
-.PHONY: help venv run-all test test-fast imports lab browser check-browser validate synth bench bench-segment bench-signature bench-analysis freeze clean-venv
+.PHONY: help venv run-all test test-fast imports lab browser check-browser validate synth bench bench-preprocess bench-segment bench-signature bench-analysis freeze clean-venv
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
@@ -26,6 +26,7 @@ help:
 	@echo "make check-browser                       JupyterLab + headless Chromium tests, screenshots under reports/browser/"
 	@echo "make validate COHORT=name                check a cohort's files and clinical table"
 	@echo "make bench                               benchmarks, JSON under bench/results/"
+	@echo "make bench-preprocess                    raw scans -> BraTS space: s/case by step, vs BrainLes (JSON; needs ../shared)"
 	@echo "make bench-segment                       segmentation s/case, memory, held-out Dice (JSON); any model:"
 	@echo "                                           ARGS=\"--models brats-4mod <registered name> ...\""
 	@echo "make bench-signature                     network signature and PyRadiomics s/case (JSON)"
@@ -89,6 +90,9 @@ bench: $(STAMP)
 	$(PY) -m glioma_nb bench $(ARGS)
 
 # segmentation: inference s/case and peak memory (CPU; GPU when present), Dice on held-out shared cases
+bench-preprocess: $(STAMP)
+	$(PY) -m glioma_nb bench-preprocess $(ARGS)
+
 bench-segment: $(STAMP)
 	$(PY) -m glioma_nb bench-segment $(ARGS)
 

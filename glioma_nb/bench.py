@@ -1,5 +1,6 @@
-"""Benchmarks: the foundation (synthetic generation, cohort QC), segmentation (``bench-segment``), signatures
-(``bench-signature``) and the analysis of notebooks 03/04 at scale (``bench-analysis``).
+"""Benchmarks: the foundation (synthetic generation, cohort QC), preprocessing of raw scans against BrainLes
+(``bench-preprocess``), segmentation (``bench-segment``), signatures (``bench-signature``) and the analysis of
+notebooks 03/04 at scale (``bench-analysis``).
 
 Results go to ``bench/results/<name>_<UTC time>.json`` with seconds per case and peak memory; compare
 ratios within one file, never absolute numbers across machines (the CI machine is shared and noisy).
@@ -18,6 +19,9 @@ import pandas as pd
 from glioma_nb import config, io, paths, provenance, synthetic
 from glioma_nb.classify import cv as ccv
 from glioma_nb.classify import features as cfeat
+from glioma_nb.preprocess import dicom as pre_dicom
+from glioma_nb.preprocess import pipeline as pre_pipeline
+from glioma_nb.preprocess import register as pre_register
 from glioma_nb.segment import infer, kinds, metrics, models, registry, train
 from glioma_nb.signature import handcrafted, network
 from glioma_nb.stratify import clustering, risk
@@ -290,3 +294,130 @@ def run_analysis_bench(cohort_name: str = "upenn-gbm", ns: Iterable[int] = (100,
     results["benchmarks"] = rows
     results["growth"] = fits
     return _write_results(results, out_dir, "analysis")
+
+
+# ------------------------------------------------------------------------------------------- preprocessing
+REFERENCE_FILES = {"t1": "t1", "t1c": "t1c", "t2": "t2", "flair": "fla"}   # BrainLes's names in preprocessed_sri24/
+
+
+def compare_to_reference(case_dir: Path, reference_dir: Path) -> dict[str, object]:
+    """A preprocessed case against the reference tool's output of the same raw scans: brain-mask Dice, and the
+    normalised cross-correlation of each modality inside their brain mask and inside both masks."""
+    import nibabel as nib
+
+    cid = case_dir.name
+    ours_mask = np.asarray(nib.load(case_dir / f"{cid}_brainmask.nii.gz").dataobj) > 0
+    ref_mask = np.asarray(nib.load(reference_dir / "brainmask.nii.gz").dataobj) > 0
+    both = ours_mask & ref_mask
+    out: dict[str, object] = {"brain_mask_dice": round(float(2 * both.sum() / (ours_mask.sum() + ref_mask.sum())), 4),
+                              "brain_ml_ours": round(float(ours_mask.sum()) / 1000, 1),
+                              "brain_ml_reference": round(float(ref_mask.sum()) / 1000, 1)}
+    names = io.DEFAULT_FILES["brats"]
+    for m, f in REFERENCE_FILES.items():
+        a = np.asarray(nib.load(case_dir / f"{cid}_{names[m]}.nii.gz").dataobj, dtype=np.float32)
+        b = np.asarray(nib.load(reference_dir / f"{f}.nii.gz").dataobj, dtype=np.float32)
+        out[f"ncc_{m}_in_reference_mask"] = round(pre_register.correlation(a, b, ref_mask), 4)
+        out[f"ncc_{m}_in_both_masks"] = round(pre_register.correlation(a, b, both), 4)
+    return out
+
+
+def _brats_cohort(root: Path, name: str) -> io.Cohort:
+    cfg = config.resolve_config("synthetic", [f"cohort.root={root}", "cohort.source=files", "cohort.layout=brats",
+                                              "cohort.label.present=false", f"cohort.name={name}",
+                                              "cohort.clinical.file=null"])
+    return io.load_cohort(cfg, progress=False)
+
+
+def run_preprocess_bench(cohort: str = "tcga-lgg-native", out_dir: str = "bench/results",
+                         variants: Iterable[str] = ("default", "n4", "affine"), model: str = "brats-4mod",
+                         with_dicom: bool = True) -> Path:
+    """``make bench-preprocess``: each case of a raw cohort preprocessed from scratch (seconds per step, peak
+    memory) under the default settings and variants; where the reference tool's output of the same scans sits
+    beside them (``<case>/preprocessed_sri24``, BrainLes), brain-mask Dice, per-modality NCC, and ``model``'s
+    masks on ours vs on theirs (Dice per region). ``with_dicom``: the same scans written as DICOM series and
+    read back through the DICOM path (conversion seconds, voxel agreement with the NIfTI path)."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    cfg = config.resolve_config(cohort)
+    raw, report = pre_pipeline.check_raw(cfg)
+    if not report.ok:
+        raise io.CohortError(report)
+    results = _new_results()
+    results["cohort"] = cohort
+    tweaks = {"default": {}, "n4": {"n4": True}, "affine": {"atlas_transform": "affine"},
+              "template_mask": {"skull_strip": "template"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_p = Path(tmp)
+        for variant in variants:
+            vcfg = config.with_overrides(cfg, [f"preprocess.{k}={v}" for k, v in tweaks[variant].items()])
+            settings = pre_pipeline.settings_of(vcfg)
+            for case in raw.cases:
+                t0 = time.perf_counter()
+                rec = pre_pipeline.preprocess_case(case, tmp_p / variant, settings, int(cfg["project"]["seed"]))
+                row: dict[str, object] = {"name": f"preprocess_{variant}", "case_id": case.case_id,
+                                          "settings": tweaks[variant], "seconds": round(time.perf_counter() - t0, 2),
+                                          "seconds_by_step": rec["seconds"], "status": rec["status"],
+                                          "flags": rec["flags"], "similarity": rec["similarity"],
+                                          "peak_rss_mb": round(_peak_rss_mb(), 1)}
+                ref_dir = case.folder / "preprocessed_sri24"
+                if ref_dir.is_dir():
+                    row["against_brainles"] = compare_to_reference(tmp_p / variant / case.case_id, ref_dir)
+                results["benchmarks"].append(row)
+        # the network on ours vs on theirs (default settings)
+        seg = registry.load(model)
+        mine, theirs = tmp_p / "seg_ours", tmp_p / "seg_theirs"
+        names = io.DEFAULT_FILES["brats"]
+        for case in raw.cases:
+            ref_dir = case.folder / "preprocessed_sri24"
+            if not ref_dir.is_dir():
+                continue
+            (mine / case.case_id).mkdir(parents=True)
+            (theirs / case.case_id).mkdir(parents=True)
+            for m, f in REFERENCE_FILES.items():
+                (mine / case.case_id / f"{case.case_id}_{names[m]}.nii.gz").symlink_to(
+                    tmp_p / "default" / case.case_id / f"{case.case_id}_{names[m]}.nii.gz")
+                # BrainLes's FLAIR here has a constant background (0.022 after its 0-1 scaling) where the others
+                # have 0: every file is set to 0 outside its brain mask, as a BraTS file is
+                img = nib.load(ref_dir / f"{f}.nii.gz")
+                brain = np.asarray(nib.load(ref_dir / "brainmask.nii.gz").dataobj) > 0
+                nib.save(nib.Nifti1Image((img.get_fdata(dtype=np.float32) * brain).astype(np.float32), img.affine),
+                         theirs / case.case_id / f"{case.case_id}_{names[m]}.nii.gz")
+        if any(mine.glob("*")):
+            masks = {}
+            for label, root in (("ours", mine), ("brainles", theirs)):
+                c = _brats_cohort(root, f"{cohort}-{label}")
+                infer.segment_cohort(c, seg, None, tmp_p / f"masks_{label}", progress=False)
+                masks[label] = c
+            for cid in masks["ours"].case_ids:
+                a = np.asarray(nib.load(tmp_p / "masks_ours" / f"{cid}.nii.gz").dataobj)
+                b = np.asarray(nib.load(tmp_p / "masks_brainles" / f"{cid}.nii.gz").dataobj)
+                sc = metrics.case_scores(a, b, io.mask_scheme(tmp_p / "masks_ours", cid, a),
+                                         io.mask_scheme(tmp_p / "masks_brainles", cid, b), (1, 1, 1))
+                results["benchmarks"].append({"name": f"segment_{model}_ours_vs_brainles", "case_id": cid,
+                                              **{k: round(float(v), 4) for k, v in sc.items()}})
+        if with_dicom:
+            for case in raw.cases:
+                dcm = tmp_p / "dicom" / case.case_id
+                for n, m in enumerate(raw.modalities, start=2):
+                    pre_dicom.write_series(sitk.ReadImage(str(case.files[m])), dcm / m, f"AX {m.upper()}", n,
+                                           patient_id=case.case_id)
+                dcfg = config.with_overrides(cfg, [f"cohort.root={tmp_p / 'dicom'}", "cohort.raw.format=dicom",
+                                                   "cohort.raw.series={t1: '^AX T1$', t1c: '^AX T1C$', "
+                                                   "t2: '^AX T2$', flair: '^AX FLAIR$'}"])
+                t0 = time.perf_counter()
+                draw, dreport = pre_pipeline.check_raw(dcfg)
+                t_find = time.perf_counter() - t0
+                if not dreport.ok:
+                    raise io.CohortError(dreport)
+                t0 = time.perf_counter()
+                rec = pre_pipeline.preprocess_case(draw.cases[0], tmp_p / "from_dicom", pre_pipeline.settings_of(dcfg),
+                                                   int(cfg["project"]["seed"]))
+                dt = time.perf_counter() - t0
+                a = np.asarray(nib.load(tmp_p / "from_dicom" / case.case_id / f"{case.case_id}_brainmask.nii.gz").dataobj)
+                b = np.asarray(nib.load(tmp_p / "default" / case.case_id / f"{case.case_id}_brainmask.nii.gz").dataobj)
+                results["benchmarks"].append({
+                    "name": "preprocess_from_dicom", "case_id": case.case_id, "seconds_find_and_check_series": round(t_find, 2),
+                    "seconds": round(dt, 2), "seconds_by_step": rec["seconds"],
+                    "brain_mask_dice_vs_nifti_path": round(float(2 * ((a > 0) & (b > 0)).sum() / ((a > 0).sum() + (b > 0).sum())), 4)})
+    return _write_results(results, out_dir, "preprocess")
