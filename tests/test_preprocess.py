@@ -3,6 +3,7 @@ masks back to native space, caching, flagged registrations, and the real check a
 from __future__ import annotations
 
 import json
+import locale
 import shutil
 from pathlib import Path
 
@@ -96,12 +97,14 @@ def simulated(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------ DICOM
 def test_dicom_round_trip_keeps_geometry_and_intensities(tmp_path):
+    encoding = locale.getpreferredencoding(False)
     img = _native_grid(spacing=(0.9, 0.9, 5.0), size=(40, 36, 12), tilt=0.2)
     rng = np.random.default_rng(1)
     arr = rng.integers(0, 3000, size=(12, 36, 40)).astype(np.int16)
     vol = sitk.GetImageFromArray(arr)
     vol.CopyInformation(img)
     dicom.write_series(vol, tmp_path / "s", "AX T1 POST GD", 7)
+    assert locale.getpreferredencoding(False) == encoding   # GDCM's writer sets the C locale; it is put back
     (series,) = dicom.find_series(tmp_path)
     assert series.problems == [] and series.number == "7" and len(series.files) == 12
     back = dicom.read_series(series)

@@ -174,11 +174,22 @@ def write_series(img: Any, folder: Path, description: str, series_number: int, p
     ``positions`` overrides the slice positions along the normal (mm from the origin), to write a series with
     non-uniform spacing. Intensities are written as 16-bit integers.
     """
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)   # GDCM's writer sets the C locale: text I/O would turn ASCII
+    try:
+        return _write_series(img, Path(folder), description, series_number, patient_id, study_uid, image_type,
+                             positions)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_series(img: Any, folder: Path, description: str, series_number: int, patient_id: str, study_uid: str,
+                  image_type: str, positions: list[float] | None) -> list[Path]:
     import time
 
     import SimpleITK as sitk
 
-    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     img = sitk.Cast(sitk.RescaleIntensity(img, 0, 4095) if img.GetPixelID() not in (sitk.sitkInt16, sitk.sitkUInt16)
                     else img, sitk.sitkInt16)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -77,16 +78,16 @@ def step(ctx: Any, reference: str = "t1c", n_qc_cases: int = 4, progress: bool =
                          for r in res.records])
     res.tables["preprocess_similarity"] = sim
     res.tables["preprocess_seconds"] = secs
-    shown = [res.out_root / r["case_id"] for r in res.records[:n_qc_cases]]
+    first = sorted(res.records, key=lambda r: r["status"] != "flagged")   # flagged cases are shown first
+    shown = [res.out_root / r["case_id"] for r in first[:n_qc_cases]]
     if shown:
         res.add_figure("qc", pqc.case_figure(shown, list(ctx.cohort.modalities)))
+    computed = [r["seconds_total"] for r in res.records if not r["cached"]]   # cached cases took no time here
     res.metrics = {
         "n_cases": len(ctx.cohort.cases), "n_ok": int(sum(r["status"] == "ok" for r in res.records)),
         "n_flagged": int(sum(r["status"] == "flagged" for r in res.records)), "n_failed": len(res.failed),
         "n_cached": int(sum(bool(r["cached"]) for r in res.records)),
-        "seconds_per_case_computed": round(float(secs.loc[~pd.Series([r["cached"] for r in res.records], dtype=bool)
-                                                          .values, "total"].mean()), 2)
-        if len(secs) and not all(r["cached"] for r in res.records) else None,
+        "seconds_per_case_computed": round(float(np.mean(computed)), 2) if computed else None,
         "preprocessed_root": paths.display_path(res.out_root), "reference": reference,
     }
     if not sim.empty:
