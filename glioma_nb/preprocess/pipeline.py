@@ -29,7 +29,7 @@ from glioma_nb.preprocess import dicom
 from glioma_nb.preprocess import register as reg
 
 RECORD = "preprocess.json"
-VERSION = 1   # bump when the outputs of the same settings change
+VERSION = 2   # bump when the outputs of the same settings change (2: fixed registration sampling seed)
 
 
 @dataclass
