@@ -84,6 +84,7 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
     nothing is written into the upstream run. Nothing is written when the configuration or the cohort is
     invalid (:class:`ConfigError`, :class:`CohortError` list every problem).
     """
+    explicit = bool(steps)   # steps named by the caller are run as named (no 00_preprocess added)
     if upstream is not None:
         cfg = config_mod.with_overrides(config_mod.load_yaml(upstream / "params.yaml"), overrides)
     else:
@@ -100,12 +101,14 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
                 f"a validation run applies the models locked in {ref.run_id}; {refit} would refit them on the "
                 f"validation cohort: run the steps {list(val_reference.VALIDATION_STEPS)} (the default)")
     raw = cfg["cohort"]["source"] == "raw"
-    if steps:
-        steps = list(steps)
-    else:
-        steps = list(cfg["run"]["steps"])
-        if raw and "00_preprocess" not in steps:
-            steps.insert(0, "00_preprocess")   # a raw cohort is preprocessed before anything reads it
+    steps = list(steps) if steps else list(cfg["run"]["steps"])
+    if raw and ref is None and not explicit and "00_preprocess" not in steps:
+        steps.insert(0, "00_preprocess")   # a raw cohort is preprocessed before anything reads it
+    if raw and ref is not None and "00_preprocess" in steps:   # the overlap guard reads the BraTS-space cohort
+        raise config_mod.ConfigError(
+            f"a validation run of the raw cohort {cfg['cohort']['name']} reads its preprocessed scans: preprocess "
+            f"them first (glioma-nb run --cohort {cfg['cohort']['name']} --steps 00_preprocess --set "
+            "validate.reference_run=''), then start the validation run")
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise config_mod.ConfigError(f"unknown steps {unknown}; known: {list(STEPS)}")

@@ -188,7 +188,8 @@ def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list
     if not root.is_dir():
         if c.get("source") == "raw":
             report.add(None, root, "this raw cohort has not been preprocessed with these settings",
-                       "run its 00_preprocess step first (glioma-nb run runs it before 01)")
+                       "run its 00_preprocess step first (glioma-nb run runs it before 01; for a validation run: "
+                       f"glioma-nb run --cohort {c['name']} --steps 00_preprocess --set validate.reference_run='')")
         else:
             report.add(None, root, "cohort root folder does not exist",
                        f"check cohort.root in configs/cohorts/{c['name']}.yaml (or set GLIOMA_NB_SHARED)")
