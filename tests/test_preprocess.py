@@ -278,6 +278,31 @@ def test_a_raw_cohort_run_preprocesses_first_and_later_steps_read_brats_space(tm
     assert cohort.case_ids == ["P01"] and cohort.load_image("P01", "t1c").shape == reg.BRATS_SHAPE
 
 
+def test_a_raw_cohort_validates_a_trained_run_once_preprocessed(synthetic_training_run, tmp_path):
+    """A raw cohort as a validation cohort: refused (with the command) until preprocessed in a run of its own;
+    then the validation run reads the BraTS-space scans; a validation run that would preprocess is refused."""
+    _, train_run = synthetic_training_run
+    simulated_native_case(tmp_path / "raw" / "P01")
+    y = tmp_path / "rawval.yaml"
+    y.write_text(yaml.safe_dump({
+        "cohort": {"source": "raw", "root": str(tmp_path / "raw"), "label": {"present": False},
+                   "raw": {"format": "nifti", "files": {m: f"{m}.nii.gz" for m in ("t1", "t1c", "t2", "flair")}}},
+        "validate": {"reference_run": str(train_run)}}))
+    with pytest.raises(io.CohortError, match="--steps 00_preprocess --set validate.reference_run=''"):
+        runner.create_run(str(y), progress=False)
+    with pytest.raises(config.ConfigError, match="reads its preprocessed scans"):
+        runner.create_run(str(y), steps=["00_preprocess", "01_segment"], progress=False)
+    pre = runner.create_run(str(y), ["validate.reference_run=''"], steps=["00_preprocess"], progress=False)
+    cfg = config.load_yaml(pre / "params.yaml")
+    cohort, _ = pipeline.check_raw(cfg)
+    pipeline.preprocess_case(cohort.cases[0], io.preprocessed_root(cfg), pipeline.settings_of(cfg))
+    val = runner.create_run(str(y), progress=False)   # now it finds the preprocessed scans
+    manifest = json.loads((val / "manifest.json").read_text())
+    assert manifest["reference"]["run_id"] == train_run.name
+    assert "00_preprocess" not in [s["name"] for s in manifest["steps"]]
+    assert io.cohort_root(config.load_yaml(val / "params.yaml")) == io.preprocessed_root(cfg)
+
+
 def test_00_preprocess_refuses_a_cohort_that_is_not_raw(tiny_cohort):
     with pytest.raises(config.ConfigError, match="00_preprocess needs a raw cohort"):
         runner.create_run(str(tiny_cohort), steps=["00_preprocess"], progress=False)
