@@ -66,6 +66,9 @@ def replicate_array(original: pd.DataFrame, replicates: Mapping[str, pd.DataFram
     return np.stack(mats)
 
 
+MIN_CASES = 3   # the filter's ICC and correlations need at least this many cases
+
+
 class StabilityFilter(TransformerMixin, BaseEstimator):
     """Keep features that are present, variable, stable under perturbation and not redundant."""
 
@@ -79,8 +82,8 @@ class StabilityFilter(TransformerMixin, BaseEstimator):
     def fit(self, X: pd.DataFrame, y: object = None,
             replicates: Mapping[str, pd.DataFrame] | None = None) -> "StabilityFilter":
         X = pd.DataFrame(X).astype(np.float64)
-        if X.shape[0] < 3:
-            raise ValueError(f"the stability filter needs at least 3 cases to fit, got {X.shape[0]}")
+        if X.shape[0] < MIN_CASES:
+            raise ValueError(f"the stability filter needs at least {MIN_CASES} cases to fit, got {X.shape[0]}")
         report = pd.DataFrame(index=pd.Index(X.columns, name="feature"))
         report["missing_fraction"] = X.isna().mean()
         mode = X.apply(lambda c: c.round(12).value_counts(normalize=True, dropna=True).max() if c.notna().any()

@@ -30,7 +30,7 @@ from glioma_nb.segment import infer
 from glioma_nb.signature import handcrafted, location, volumetric
 from glioma_nb.signature.handcrafted import to_sitk
 from glioma_nb.signature.network import SignatureError
-from glioma_nb.signature.stability import StabilityFilter
+from glioma_nb.signature.stability import MIN_CASES, StabilityFilter
 from glioma_nb.signature.volumetric import robust_normalise
 
 FILTERED_SOURCES = ("signature", "radiomics")
@@ -86,9 +86,6 @@ class SignatureResult(StepResult):
                                      "kept": kept.value_counts()}).reindex(order).fillna(0)
                        .astype({"unfiltered": int, "kept": int}))
         return pd.concat(out).rename_axis("family").reset_index() if out else pd.DataFrame()
-
-
-MIN_FILTER_CASES = 3   # StabilityFilter.fit refuses fewer (ICC and correlations need cases)
 
 
 def feature_families(tables: Mapping[str, pd.DataFrame], families: Mapping[str, str],
@@ -216,9 +213,9 @@ def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: st
                                      f"the run folder whose 02_signature fitted the {name} filter")
             filt = records.load(src).payload
             res.filter_origin = str(paths.display_path(src.parent.parent))
-        elif len(res.unfiltered[name]) < MIN_FILTER_CASES:
+        elif len(res.unfiltered[name]) < MIN_CASES:
             res.notes.append(f"{name}: the stability filter is not fitted on {len(res.unfiltered[name])} case(s) (it "
-                             f"needs {MIN_FILTER_CASES}); the features are kept unfiltered. Apply a larger cohort's "
+                             f"needs {MIN_CASES}); the features are kept unfiltered. Apply a larger cohort's "
                              "filter with signature.filter_from: <its run folder>")
             continue
         else:
@@ -247,7 +244,7 @@ def _display(ctx: Any, res: SignatureResult, icc_threshold: float | None, featur
     main = res.main_source = next((s for s in ("signature", "radiomics", "volumetric") if s in res.features),
                                   next(iter(res.features)))
     features = res.features[main]
-    if features.shape[0] >= MIN_FILTER_CASES:   # a heatmap / PCA of one or two cases shows nothing
+    if features.shape[0] >= MIN_CASES:   # a heatmap / PCA of one or two cases shows nothing
         grid = plotting.plot_feature_heatmap(features)
         grid.figure.suptitle(f"{main} features after filtering: {features.shape[0]} cases x {features.shape[1]} features",
                              y=1.02)
@@ -260,7 +257,7 @@ def _display(ctx: Any, res: SignatureResult, icc_threshold: float | None, featur
         plotting.plot_pca(features, idh, ax=axes[1], title=f"{main}: IDH")
         res.add_figure("pca", fig)
     else:
-        res.notes.append(f"{features.shape[0]} case(s): no feature heatmap or PCA (they need {MIN_FILTER_CASES})")
+        res.notes.append(f"{features.shape[0]} case(s): no feature heatmap or PCA (they need {MIN_CASES})")
     if feature_map and res.masks_from is not None and "volumetric" in res.features:  # images with masks
         case = feature_map_case(res.features["volumetric"])
         modality = "flair" if "flair" in ctx.cohort.modalities else ctx.cohort.modalities[0]
