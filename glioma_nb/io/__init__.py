@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from glioma_nb.io.clinical import CLINICAL_COLUMNS, TIME_UNITS_DAYS, molecular_subtype, standardise_clinical
 from glioma_nb.io.cohort import (Case, Cohort, check_cohort, cohort_root, discover_cases, load_cohort,
-                                 load_feature_tables, preprocessed_root, source_root, synthetic_root)
+                                 load_feature_tables, preprocess_settings, preprocessed_root, source_root,
+                                 synthetic_root)
 from glioma_nb.io.geometry import (HEAD_AXIAL_AREA_MM2, HEAD_HEIGHT_MM, HEAD_SPACING, estimate_head_spacing,
                                    head_mask, orientation_affine, override_geometry)
 from glioma_nb.io.labels import DEFAULT_FILES, LABEL_SCHEMES, MODALITIES, LabelScheme, mask_scheme, region_masks
@@ -21,7 +22,7 @@ from glioma_nb.io.qc import CohortError, Problem, QCReport
 
 __all__ = ["CLINICAL_COLUMNS", "TIME_UNITS_DAYS", "molecular_subtype", "standardise_clinical", "Case", "Cohort",
            "check_cohort", "cohort_root", "discover_cases", "load_cohort", "load_feature_tables", "synthetic_root",
-           "preprocessed_root", "source_root",
+           "preprocess_settings", "preprocessed_root", "source_root",
            "HEAD_AXIAL_AREA_MM2", "HEAD_HEIGHT_MM", "HEAD_SPACING", "estimate_head_spacing", "head_mask",
            "orientation_affine", "override_geometry", "DEFAULT_FILES", "LABEL_SCHEMES", "MODALITIES", "LabelScheme",
            "mask_scheme", "region_masks", "CohortError", "Problem", "QCReport"]

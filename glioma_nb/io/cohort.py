@@ -138,13 +138,18 @@ def synthetic_root(cfg: Mapping[str, Any]) -> Path:
     return paths.data_dir() / "synthetic" / f"n{s['n_cases']}_seed{s['seed']}_{s['resolution_mm']}mm"
 
 
+def preprocess_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What decides a raw cohort's preprocessed files: cohort.raw, the modalities and the preprocess section
+    (less its display-only n_qc_cases)."""
+    c = cfg["cohort"]
+    return {"raw": c["raw"], "modalities": list(c["modalities"]),
+            "preprocess": {k: v for k, v in cfg["preprocess"].items() if k != "n_qc_cases"}}
+
+
 def preprocessed_root(cfg: Mapping[str, Any]) -> Path:
     """Where 00_preprocess writes a raw cohort in BraTS layout: ``<data>/preprocessed/<cohort>/<settings hash>``
-    (the hash of cohort.raw, the modalities and the preprocess section, so other settings never overwrite it)."""
-    c = cfg["cohort"]
-    key = {"raw": c["raw"], "modalities": list(c["modalities"]),
-           "preprocess": {k: v for k, v in cfg["preprocess"].items() if k != "n_qc_cases"}}
-    return paths.data_dir() / "preprocessed" / c["name"] / config_hash(key)[:12]
+    (the hash of :func:`preprocess_settings`, so other settings never overwrite it)."""
+    return paths.data_dir() / "preprocessed" / cfg["cohort"]["name"] / config_hash(preprocess_settings(cfg))[:12]
 
 
 def source_root(cfg: Mapping[str, Any]) -> Path:

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from glioma_nb import paths, provenance
+from glioma_nb.io.cohort import preprocess_settings
 from glioma_nb.io.labels import DEFAULT_FILES, MODALITIES
 from glioma_nb.io.qc import QCReport
 from glioma_nb.preprocess import dicom
@@ -164,10 +165,8 @@ def check_raw(cfg: Mapping[str, Any]) -> tuple[RawCohort, QCReport]:
 
 
 def settings_of(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """What decides a preprocessed case's content (keys of ``preprocess`` that change the output)."""
-    p = dict(cfg["preprocess"])
-    p.pop("n_qc_cases", None)
-    return {"version": VERSION, "preprocess": p, "modalities": list(cfg["cohort"]["modalities"])}
+    """What decides a preprocessed case's content: the settings its folder is named by, and this code's VERSION."""
+    return {"version": VERSION, **preprocess_settings(cfg)}
 
 
 def _sha(files: list[Path]) -> str:
@@ -306,16 +305,16 @@ def _isotropic(img: Any, spacing: float) -> Any:
                          img.GetDirection(), 0.0, sitk.sitkFloat32)
 
 
-def _transforms(case_dir: Path, modality: str) -> tuple[Any, Any]:
-    """(forward, inverse): BraTS points -> native points of ``modality``, and back."""
+def _to_native_transform(case_dir: Path, rec: Mapping[str, Any], modality: str) -> Any:
+    """Native points of ``modality`` -> BraTS points (case record ``rec``): the inverse of the resampling's
+    composite (co-registration after atlas), undone in the opposite order."""
     import SimpleITK as sitk
 
-    rec = read_record(case_dir)
     atlas = sitk.ReadTransform(str(case_dir / "transforms" / "atlas.tfm"))
     if modality == rec["reference"]:
-        return atlas, atlas.GetInverse()
+        return atlas.GetInverse()
     co = sitk.ReadTransform(str(case_dir / "transforms" / f"coregister_{modality}.tfm"))
-    return reg.composite(co, atlas), reg.composite(atlas.GetInverse(), co.GetInverse())
+    return reg.composite(atlas.GetInverse(), co.GetInverse())
 
 
 def to_native(image: Any, case_dir: Path, modality: str | None = None, label: bool = True) -> Any:
@@ -334,7 +333,7 @@ def to_native(image: Any, case_dir: Path, modality: str | None = None, label: bo
         raise reg.PreprocessError(f"{case_dir.name}: image grid {arr.shape} (affine {image.affine.round(2).tolist()}) "
                                   f"is not the BraTS grid this case was preprocessed to")
     src = reg.brats_image(arr.astype(np.uint8 if label else np.float32))
-    _, inverse = _transforms(case_dir, modality)
+    inverse = _to_native_transform(case_dir, rec, modality)
     grid = reg.Grid(**{k: tuple(v) for k, v in rec["grids"][modality].items()})
     out = sitk.Resample(src, grid.image(src.GetPixelID()), inverse,
                         sitk.sitkNearestNeighbor if label else sitk.sitkLinear, 0)
