@@ -26,7 +26,7 @@ import pandas as pd
 import papermill as pm
 from nbconvert import HTMLExporter
 
-from glioma_nb import STEPS, io, paths, provenance, runs, step_section, synthetic
+from glioma_nb import STEPS, compute, io, paths, provenance, runs, step_section, synthetic
 from glioma_nb import config as config_mod
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import RunError, find_run, load_manifest, read_feature_tables, scrub_text
@@ -89,6 +89,7 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
         cfg = config_mod.with_overrides(config_mod.load_yaml(upstream / "params.yaml"), overrides)
     else:
         cfg = config_mod.resolve_config(cohort, overrides)
+    compute.parse(cfg["compute"]["executor"])   # a bad executor fails here, before anything is written
     ref, locked = None, None
     if cfg["validate"]["reference_run"]:
         ref = runs.load_reference(cfg["validate"]["reference_run"], paths.reports_dir(cfg["run"]["reports_dir"]))
@@ -247,7 +248,9 @@ def execute(run_dir: Path, progress: bool = True) -> Path:
         try:
             pm.execute_notebook(str(template), str(out_nb), parameters=_step_params(cfg, run_dir, step),
                                 kernel_name=cfg["run"]["kernel"], cwd=str(paths.project_root()),
-                                progress_bar=False, execution_timeout=cfg["run"]["cell_timeout_s"])
+                                progress_bar=False, execution_timeout=cfg["run"]["cell_timeout_s"],
+                                # the notebook's stderr (its per-case progress bars, warnings) goes on to the terminal
+                                stderr_file=sys.stderr if progress else None)
         except KeyboardInterrupt:
             error = "interrupted by the user"
         except Exception as exc:  # papermill wraps the notebook's exception
@@ -270,6 +273,9 @@ def execute(run_dir: Path, progress: bool = True) -> Path:
         models = [f for f in entry["outputs"] if f.startswith("models/") and not f.endswith(".part")]
         if models and error is None:  # a later validation run checks the locked models against these
             manifest.setdefault("models_sha256", {}).update({f: provenance.sha256_file(run_dir / f) for f in models})
+        if progress:
+            print(f"[{manifest['cohort']}/{manifest['run_id']}] {step} {'completed' if error is None else 'FAILED'} in "
+                  f"{entry['seconds']:.0f} s", flush=True)
         if error is None:
             entry["status"] = "completed"
             provenance.write_json_atomic(run_dir / "manifest.json", manifest)
@@ -373,6 +379,15 @@ class StepContext:
     not_available: list[dict[str, str]] = field(default_factory=list)
     _t0: float = field(default_factory=time.perf_counter)
     _scratch: Path | None = None
+    _executor: compute.Executor | None = None
+
+    @property
+    def executor(self) -> compute.Executor:
+        """Where this step's per-case work runs (``compute.executor``; a Dask cluster is started on first use and
+        closed by :meth:`finish`)."""
+        if self._executor is None:
+            self._executor = compute.Executor.from_config(self.config)
+        return self._executor
 
     @property
     def clinical(self) -> pd.DataFrame:
@@ -438,6 +453,8 @@ class StepContext:
         return f"Not yet available: {what} ({where}). No numbers are shown for it."
 
     def finish(self) -> dict[str, Any]:
+        if self._executor is not None:
+            self._executor.close()
         out = {"step": self.step, "seconds_in_notebook": round(time.perf_counter() - self._t0, 2),
                "params": self.params, **self.metrics}
         if self.not_available:

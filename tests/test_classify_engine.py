@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from conftest import planted_table
 
+from glioma_nb import compute
 from glioma_nb.classify import cv, pipelines
 
 
@@ -136,3 +137,7 @@ def test_grid_in_parallel_equals_serial_and_resumes_from_its_cache(tmp_path):
     assert again.notes == ["6 of 6 node x feature set evaluations reused from the step's cache"]
     changed = cv.evaluate(sets, clin, n_jobs=1, cache_dir=tmp_path, **{**kw, "n_bootstrap": 60})
     assert not changed.notes  # other settings: nothing reused
+    with compute.Executor("local:2") as ex, ex.joblib():   # compute.executor local:2: the grid on Dask workers
+        on_dask = cv.evaluate(sets, clin, n_jobs=-1, **kw)
+    pd.testing.assert_frame_equal(serial.results, on_dask.results)
+    pd.testing.assert_frame_equal(serial.oof, on_dask.oof)

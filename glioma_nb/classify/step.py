@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from glioma_nb import plotting, reporting
+from glioma_nb import compute, plotting, reporting
 from glioma_nb.classify import cns5, cv, features
 from glioma_nb.classify import nodes as nodes_mod
 from glioma_nb.results import StepResult
@@ -56,12 +56,13 @@ def step(ctx: Any, *, min_class_size: int = 5, nodes: Sequence[str] = (), featur
     res.sets, set_notes = features.assemble_feature_sets(sources, list(feature_sets), set_aliases)
     res.text["feature_sets"] = "\n".join(f"- {n}" for n in set_notes)
 
-    grid = res.grid = cv.evaluate(
-        res.sets, ctx.clinical, nodes=list(nodes), baseline=baseline, classifier=classifier, selection=selection,
-        k_features=k_features, outer_splits=outer_splits, inner_splits=inner_splits, repeats=repeats,
-        n_permutations=n_permutations, permutation=permutation, n_bootstrap=n_bootstrap,
-        min_class_size=min_class_size, n_jobs=n_jobs, random_state=seed, refit=True, progress=progress,
-        cache_dir=ctx.output_dir / "cache" / "03_classify")
+    with getattr(ctx, "executor", compute.SERIAL).joblib():   # compute.executor: the grid on its Dask workers
+        grid = res.grid = cv.evaluate(
+            res.sets, ctx.clinical, nodes=list(nodes), baseline=baseline, classifier=classifier, selection=selection,
+            k_features=k_features, outer_splits=outer_splits, inner_splits=inner_splits, repeats=repeats,
+            n_permutations=n_permutations, permutation=permutation, n_bootstrap=n_bootstrap,
+            min_class_size=min_class_size, n_jobs=n_jobs, random_state=seed, refit=True, progress=progress,
+            cache_dir=ctx.output_dir / "cache" / "03_classify")
     res.tables.update(classification_results=grid.results, oof_predictions=grid.oof,
                       classification_skipped=grid.skipped,
                       classification_summary=reporting.summary_table(grid.results))

@@ -9,17 +9,13 @@ fails at its end, so that 01 never starts on a cohort with a missing case.
 """
 from __future__ import annotations
 
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
-from glioma_nb import io, paths
+from glioma_nb import compute, io, paths
 from glioma_nb.preprocess import pipeline
 from glioma_nb.preprocess import qc as pqc
 from glioma_nb.preprocess.register import PreprocessError
@@ -45,6 +41,11 @@ class PreprocessResult(StepResult):
                                   "cases are not redone")
 
 
+def _one_case(case_id: str, *, cases: dict[str, Any], out_root: Path, settings: Any, seed: int) -> dict[str, Any]:
+    """Preprocess one case (a map item of :func:`step`, here or on a worker)."""
+    return pipeline.preprocess_case(cases[case_id], out_root, settings, seed)
+
+
 def step(ctx: Any, reference: str = "t1c", n_qc_cases: int = 4, progress: bool = True,
          **_: Any) -> PreprocessResult:
     """Preprocess every case of the raw cohort ``ctx.cohort`` (a :class:`pipeline.RawCohort`)."""
@@ -55,23 +56,21 @@ def step(ctx: Any, reference: str = "t1c", n_qc_cases: int = 4, progress: bool =
     settings = pipeline.settings_of(cfg)
     seed = int(cfg["project"]["seed"])
     rows = []
-    bar = tqdm(ctx.cohort.cases, desc="preprocess", disable=not progress)
-    for case in bar:
-        bar.set_postfix_str(case.case_id)
-        t0 = time.perf_counter()
-        try:
-            rec = pipeline.preprocess_case(case, res.out_root, settings, seed)
-        except Exception as exc:   # one case's failure must not lose the others
-            msg = f"{type(exc).__name__}: {exc}"
-            res.failed[case.case_id] = msg
-            rows.append({"case_id": case.case_id, "status": "failed", "cached": False,
-                         "seconds": round(time.perf_counter() - t0, 2), "flags": msg.splitlines()[0][:300]})
-            print(f"case {case.case_id} failed: {msg}\n{traceback.format_exc(limit=3)}", flush=True)
+    cases = {case.case_id: case for case in ctx.cohort.cases}
+    done = getattr(ctx, "executor", compute.SERIAL).map(
+        _one_case, list(cases), desc="preprocess", progress=progress, cases=cases, out_root=res.out_root,
+        settings=settings, seed=seed)
+    for cid in cases:
+        if cid in done.errors:   # one case's failure must not lose the others
+            res.failed[cid] = done.errors[cid]
+            rows.append({"case_id": cid, "status": "failed", "cached": False, "seconds": None,
+                         "flags": done.errors[cid][:300]})
             continue
+        rec = done.values[cid]
         res.records.append(rec)
-        rows.append({"case_id": case.case_id, "status": rec["status"], "cached": rec["cached"],
+        rows.append({"case_id": cid, "status": rec["status"], "cached": rec["cached"],
                      "seconds": rec["seconds_total"], "flags": "; ".join(rec["flags"]),
-                     "folder": paths.display_path(res.out_root / case.case_id)})
+                     "folder": paths.display_path(res.out_root / cid)})
     res.tables["preprocess_cases"] = pd.DataFrame(rows)
     sim = pd.DataFrame([{"case_id": r["case_id"], **r["similarity"]} for r in res.records])
     secs = pd.DataFrame([{"case_id": r["case_id"], **r["seconds"], "total": r["seconds_total"]}

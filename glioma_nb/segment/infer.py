@@ -21,9 +21,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from tqdm import tqdm
-
-from glioma_nb import io
+from glioma_nb import compute, io
 from glioma_nb.segment import kinds, transforms, window
 from glioma_nb.segment import postprocess as post
 from glioma_nb.segment.errors import SegmentationError
@@ -139,7 +137,8 @@ def mask_path(out_dir: Path, case_id: str) -> Path:
 def segment_cohort(cohort: io.Cohort, spec: Any, net: Any, out_dir: Path, *,
                    case_ids: Iterable[str] | None = None, overlap: float = 0.5, tta: bool = False,
                    device: str = "cpu", amp: bool = False, progress: bool = True,
-                   signature: Any = None, postprocess: str | None = None) -> pd.DataFrame:
+                   signature: Any = None, postprocess: str | None = None,
+                   executor: compute.Executor = compute.SERIAL) -> pd.DataFrame:
     """Segment cases of ``cohort`` into ``out_dir`` (cached per case); one row per case.
 
     ``spec``: a :class:`~glioma_nb.segment.kinds.Segmenter` of any kind (``net`` None), or a glioma-nb
@@ -153,6 +152,11 @@ def segment_cohort(cohort: io.Cohort, spec: Any, net: Any, out_dir: Path, *,
     tumour) keeps its mask and gets ``signature_error``. ``postprocess`` (default: the spec's) is the
     :mod:`~glioma_nb.segment.postprocess` rule applied to the mask; a case cached with another rule
     is run again. The sanity flags describe the network's mask before the rule.
+
+    The cases that are not cached run on ``executor`` (:mod:`glioma_nb.compute`; the model is sent to each
+    worker once). A case that fails (or whose worker dies) does not stop the others: they are written, and a
+    :class:`SegmentationError` naming the failed cases is raised at the end; running again (``--resume``)
+    redoes only those.
     """
     spec = as_segmenter(spec, net)
     rule = spec.postprocess if postprocess is None else postprocess
@@ -169,49 +173,68 @@ def segment_cohort(cohort: io.Cohort, spec: Any, net: Any, out_dir: Path, *,
     if signature is not None and signature.mask == "reference" and cohort.scheme is None:
         raise SegmentationError(f"cohort {cohort.name} has no label maps; signature.mask: reference needs them "
                                 "(use signature.mask: predicted)")
-    rows = []
-    for cid in tqdm(ids, desc=f"segment ({spec.name})", disable=not progress):
+    rows: dict[str, dict[str, Any]] = {}
+    for cid in ids:
         mpath, jpath = mask_path(out_dir, cid), out_dir / f"{cid}.json"
         if mpath.exists() and jpath.exists():
             rec = json.loads(jpath.read_text())
             same_rule = rec.get("postprocess", "none") == rule and rec.get("model", spec.name) == spec.name
             if same_rule and (signature is None or (rec.get("signature") == signature.key() and
                                                     (signature_path(out_dir, cid).exists() or rec.get("signature_error")))):
-                rows.append({**rec, "postprocess": rule, "status": "cached"})   # records before rules: none
-                continue
-        t0 = time.perf_counter()
-        data = transforms.load_case(cohort, cid, spec, with_label=signature is not None and signature.mask == "reference")
-        # voxel size with the geometry override, from the loaded image's affine
-        voxel_ml = float(np.prod(np.linalg.norm(np.asarray(data["image"].affine)[:3, :3], axis=0))) / 1000.0
-        extra: dict[str, Any] = {}
-        if signature is None:
-            p = spec.run(data, None, overlap=overlap, tta=tta, device=device, amp=amp)
-            classes, notes = p.classes, p.notes
-        else:
-            classes, table, err, notes = predict_with_signature(spec, data, signature, cohort.scheme, overlap=overlap,
-                                                                tta=tta, device=device, amp=amp, postprocess=rule)
-            extra = {"signature": signature.key(), "signature_error": err}
-            spath = signature_path(out_dir, cid)
-            if table is not None:
-                tmp = spath.with_name(spath.name + ".tmp")
-                table.to_parquet(tmp)
-                tmp.replace(spath)
-            elif spath.exists():
-                spath.unlink()
-        flags = sanity_flags(classes, voxel_ml)
-        label, scheme = transforms.classes_to_label(post.apply(classes, rule), spec.classes, cohort.scheme)
-        src = nib.load(cohort.case(cid).images[spec.modalities[0]])   # the file's own affine and header
-        hdr = src.header.copy()
-        hdr.set_data_dtype(np.uint8)
-        _write_atomic_nifti(nib.Nifti1Image(label, src.affine, hdr), mpath)
-        rec = {"case_id": cid, "model": spec.name, "kind": spec.kind, "scheme": scheme.name,
-               "seconds": round(time.perf_counter() - t0, 2), "postprocess": rule,
-               **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(flags), "notes": " | ".join(notes), **extra}
-        tmp = jpath.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rec, indent=1))
-        tmp.replace(jpath)
-        rows.append({**rec, "status": "predicted"})
-    return pd.DataFrame(rows)
+                rows[cid] = {**rec, "postprocess": rule, "status": "cached"}   # records before rules: none
+    todo = [c for c in ids if c not in rows]
+    done = executor.map(segment_case, todo, desc=f"segment ({spec.name})", progress=progress, gpu=device != "cpu",
+                        cohort=cohort, spec=spec, out_dir=out_dir,
+                        overlap=overlap, tta=tta, device=device, amp=amp, signature=signature, rule=rule)
+    rows.update(done.values)
+    if done.errors:
+        try:
+            done.raise_errors(f"cohort {cohort.name}, model {spec.name}",
+                              fix="the finished masks are kept: resume the run (glioma-nb run --resume <run id>) to "
+                                  "redo only these cases once the cause is fixed")
+        except RuntimeError as exc:
+            raise SegmentationError(str(exc)) from None
+    return pd.DataFrame([rows[c] for c in ids])
+
+
+def segment_case(cid: str, *, cohort: io.Cohort, spec: kinds.Segmenter, out_dir: Path, overlap: float, tta: bool,
+                 device: str, amp: bool, signature: Any, rule: str) -> dict[str, Any]:
+    """Segment one case into ``out_dir`` (mask, record, signature; each written whole) and return its record
+    (what :func:`segment_cohort` maps over the cases, in this process or on a worker)."""
+    out_dir = Path(out_dir)
+    mpath, jpath = mask_path(out_dir, cid), out_dir / f"{cid}.json"
+    t0 = time.perf_counter()
+    data = transforms.load_case(cohort, cid, spec, with_label=signature is not None and signature.mask == "reference")
+    # voxel size with the geometry override, from the loaded image's affine
+    voxel_ml = float(np.prod(np.linalg.norm(np.asarray(data["image"].affine)[:3, :3], axis=0))) / 1000.0
+    extra: dict[str, Any] = {}
+    if signature is None:
+        p = spec.run(data, None, overlap=overlap, tta=tta, device=device, amp=amp)
+        classes, notes = p.classes, p.notes
+    else:
+        classes, table, err, notes = predict_with_signature(spec, data, signature, cohort.scheme, overlap=overlap,
+                                                            tta=tta, device=device, amp=amp, postprocess=rule)
+        extra = {"signature": signature.key(), "signature_error": err}
+        spath = signature_path(out_dir, cid)
+        if table is not None:
+            tmp = spath.with_name(spath.name + ".tmp")
+            table.to_parquet(tmp)
+            tmp.replace(spath)
+        elif spath.exists():
+            spath.unlink()
+    flags = sanity_flags(classes, voxel_ml)
+    label, scheme = transforms.classes_to_label(post.apply(classes, rule), spec.classes, cohort.scheme)
+    src = nib.load(cohort.case(cid).images[spec.modalities[0]])   # the file's own affine and header
+    hdr = src.header.copy()
+    hdr.set_data_dtype(np.uint8)
+    _write_atomic_nifti(nib.Nifti1Image(label, src.affine, hdr), mpath)
+    rec = {"case_id": cid, "model": spec.name, "kind": spec.kind, "scheme": scheme.name,
+           "seconds": round(time.perf_counter() - t0, 2), "postprocess": rule,
+           **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(flags), "notes": " | ".join(notes), **extra}
+    tmp = jpath.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rec, indent=1))
+    tmp.replace(jpath)
+    return {**rec, "status": "predicted"}
 
 
 def signature_path(out_dir: Path, case_id: str) -> Path:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from glioma_nb import plotting, records
+from glioma_nb import compute, plotting, records
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.preprocess import qc as pre_qc
 from glioma_nb.results import StepResult
@@ -187,7 +187,8 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
     if request is not None:
         seg.stages()       # an unknown signature layer fails before any case runs
     cases = infer.segment_cohort(cohort, seg, None, mask_dir, overlap=overlap, tta=tta, device=device,
-                                 progress=progress, signature=request, postprocess=rule)
+                                 progress=progress, signature=request, postprocess=rule,
+                                 executor=getattr(ctx, "executor", compute.SERIAL))
     result = SegmentResult(spec=seg, weights=seg.weights_note, mask_dir=mask_dir, cases=cases, train_log=train_log,
                            held_out=held_out, postprocess=rule)
     if train:

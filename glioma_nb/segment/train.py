@@ -15,13 +15,16 @@ otherwise, with bfloat16 autocast as an opt-in (``bf16=True``). A loss that stay
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -126,6 +129,62 @@ def _val_dice(net: Any, spec: ModelSpec, cases: list[dict[str, Any]], device: st
 MAX_NONFINITE = 20  # consecutive non-finite losses before training stops
 
 
+def world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process: (0, 1, 0) unless it runs under torchrun with an initialised
+    process group (:func:`ddp_session`)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+@contextlib.contextmanager
+def ddp_session(device: str) -> Iterator[None]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): the process group of this run (NCCL on CUDA, gloo on CPU) for the
+    block; otherwise nothing."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield
+        return
+    cuda = models.resolve_device(device) == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def dice_ce_loss(logits: Any, target: Any, smooth: float = 1e-5) -> Any:
+    """MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True, batch=True)`` (the training loss; equal to it, see the
+    tests) written out so that, under DDP, the soft Dice's batch sums (intersection, reference and predicted
+    volume per class) are summed over every process with a differentiable all-reduce: the loss, and after DDP's
+    gradient averaging the gradient, are those of the global batch on one process. Cross-entropy is a mean over
+    equal-sized patches, which DDP's averaging keeps exact."""
+    import torch
+    import torch.nn.functional as F
+
+    classes = target[:, 0].long()
+    ce = F.cross_entropy(logits, classes)
+    prob = torch.softmax(logits, 1)
+    onehot = F.one_hot(classes, logits.shape[1]).movedim(-1, 1).to(prob.dtype)
+    dims = [0, *range(2, logits.ndim)]
+    sums = torch.stack([(prob * onehot).sum(dims), onehot.sum(dims), prob.sum(dims)])
+    if world()[1] > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        with warnings.catch_warnings():   # deprecated for a private module's; still the differentiable one
+            warnings.simplefilter("ignore", FutureWarning)
+            sums = all_reduce(sums)
+    inter, ref, pred = sums
+    dice = 1.0 - (2.0 * inter + smooth) / (ref + pred + smooth)
+    return dice.mean() + ce
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     import torch
 
@@ -144,10 +203,17 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
     checkpoint, as an interruption would (the next call resumes); the summary then has ``stopped_at``.
     """
     import torch
-    from monai.losses import DiceCELoss
 
     s = settings or TrainSettings.from_spec(spec)
     device = models.resolve_device(device)
+    rank, n_proc, local = world()
+    per_step = s.batch_cases * s.samples_per_case
+    if n_proc > 1 and per_step % n_proc:
+        raise SegmentationError(f"model {spec.name}: the global batch of {per_step} patches (batch_cases "
+                                f"{s.batch_cases} x samples_per_case {s.samples_per_case}) does not split over {n_proc} "
+                                "processes; use a --nproc that divides it, or raise batch_cases")
+    lead = rank == 0
+    progress = progress and lead
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
@@ -155,18 +221,26 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
     val_cases = _prepare(sources, spec, "held_out", progress)
     if not train_cases:
         raise SegmentationError(f"model {spec.name}: no training cases")
-    net = spec.build().to(device)
+    if device == "cuda" and n_proc > 1:
+        device_obj: Any = torch.device("cuda", local)
+    else:
+        device_obj = torch.device(device)
+    net = spec.build().to(device_obj)
+    model = net
+    if n_proc > 1:   # one process per GPU (or CPU share); rank 0 writes
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[local] if device == "cuda" else None)
     opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / s.iterations) ** 0.9)
     cuda_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and not cuda_bf16)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     aug = transforms.augment(spec, s.samples_per_case)
     log: list[dict[str, Any]] = []
     start, elapsed = 0, 0.0
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = torch.load(ckpt, map_location=device_obj, weights_only=False)
         if state.get("spec") != spec.to_dict() or state.get("settings") != s.__dict__:
             raise SegmentationError(f"{ckpt} was written for another model spec or other training settings "
                                     f"({state.get('settings')}); resume with the same ones or use a new output folder")
@@ -192,15 +266,20 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
         for ci in rng.integers(0, len(train_cases), size=s.batch_cases):
             c = train_cases[ci]
             batch.extend(aug({"image": c["image"], "label": c["label"]}))
-        x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).to(device)
-        y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).to(device)
+        batch = batch[rank::n_proc]    # every process draws the global batch (same seeds) and takes its share
+        x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).to(device_obj)
+        y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).to(device_obj)
         with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=use_autocast):
-            loss = loss_fn(net(x).float(), y)
+            loss = dice_ce_loss(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
         sched.step()
+        if n_proc > 1:                 # the global batch's loss: the mean of the processes' (Dice is already global)
+            loss = loss.detach().clone()
+            torch.distributed.all_reduce(loss)
+            loss = loss / n_proc
         loss_value = loss.item()       # one device sync per iteration
         nonfinite = 0 if np.isfinite(loss_value) else nonfinite + 1
         if nonfinite >= MAX_NONFINITE:
@@ -213,27 +292,39 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
             entry: dict[str, Any] = {"iteration": done, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
                                      "seconds": round(time.perf_counter() - t0, 1), "val_dice_wt": float("nan")}
             running = []
-            if val_cases and (done % s.val_every == 0 or done == s.iterations):
-                entry["val_dice_wt"] = _val_dice(net, spec, val_cases, device, s.overlap)
+            if lead and val_cases and (done % s.val_every == 0 or done == s.iterations):
+                entry["val_dice_wt"] = _val_dice(net, spec, val_cases, str(device_obj), s.overlap)
             log.append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.3f}", val=f"{entry['val_dice_wt']:.3f}")
         stopping = stop_at is not None and stop_at <= done < s.iterations
-        if done % s.checkpoint_every == 0 or done == s.iterations or stopping:
+        if lead and (done % s.checkpoint_every == 0 or done == s.iterations or stopping):
             _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "scaler": scaler.state_dict(), "iteration": done, "log": log,
                           "seconds": time.perf_counter() - t0, "spec": spec.to_dict(),
                           "settings": dict(s.__dict__)}, ckpt)
             _write_log(log, out_dir / "train_log.csv")
         if stopping:
+            _barrier()
             return {"model": spec.name, "stopped_at": done}
-    sha = models.save_weights(net, out_dir / "weights.pt")
     summary = {"model": spec.name, "iterations": s.iterations, "settings": s.__dict__, "device": device,
+               "processes": n_proc, "global_batch_patches": per_step,
                "bf16": bf16 or cuda_bf16, "seconds": round(time.perf_counter() - t0, 1),
                "n_parameters": int(sum(p.numel() for p in net.parameters())),
                "train_cases": [c["case_id"] for c in train_cases], "held_out_cases": [c["case_id"] for c in val_cases],
-               "final_loss": log[-1]["loss"] if log else None, "weights_sha256": sha}
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+               "final_loss": log[-1]["loss"] if log else None}
+    if lead:
+        summary["weights_sha256"] = models.save_weights(net, out_dir / "weights.pt")
+        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    _barrier()
     return summary
+
+
+def _barrier() -> None:
+    """Every process waits for rank 0's files (a no-op in one process)."""
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _write_log(log: list[dict[str, Any]], path: Path) -> None:

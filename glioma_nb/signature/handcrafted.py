@@ -20,7 +20,7 @@ import yaml
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from glioma_nb import io, paths
+from glioma_nb import compute, io, paths
 from glioma_nb.signature import network
 from glioma_nb.signature.volumetric import MaskSource, robust_normalise  # noqa: F401 (MaskSource re-exported)
 
@@ -156,14 +156,45 @@ def case_features(cohort: io.Cohort, case_id: str, settings: Mapping[str, Any],
 
 def cohort_features(cohort: io.Cohort, settings: Mapping[str, Any], percentiles: Sequence[float] = (1, 99),
                     n_jobs: int = 1, progress: bool = True, masks_from: MaskSource | None = None,
-                    perturbation: str | None = None, seed: int = 0, case_ids: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per case (index ``case_id``) of :func:`case_features`, cases in parallel with joblib."""
+                    perturbation: str | None = None, seed: int = 0, case_ids: Sequence[str] | None = None,
+                    executor: compute.Executor = compute.SERIAL) -> pd.DataFrame:
+    """One row per case (index ``case_id``) of :func:`case_features`."""
+    return cohort_feature_sets(cohort, settings, [perturbation], percentiles, n_jobs=n_jobs, progress=progress,
+                               masks_from=masks_from, seeds=[seed], case_ids=case_ids, executor=executor)[perturbation]
+
+
+def _case_task(task: tuple[str | None, int, str], *, cohort: io.Cohort, settings: Mapping[str, Any],
+               percentiles: Sequence[float], masks_from: MaskSource | None) -> dict[str, float]:
+    perturbation, seed, case_id = task
+    return case_features(cohort, case_id, settings, percentiles, masks_from=masks_from, perturbation=perturbation,
+                         seed=seed)
+
+
+def cohort_feature_sets(cohort: io.Cohort, settings: Mapping[str, Any], perturbations: Sequence[str | None],
+                        percentiles: Sequence[float] = (1, 99), n_jobs: int = 1, progress: bool = True,
+                        masks_from: MaskSource | None = None, seeds: Sequence[int] | None = None,
+                        case_ids: Sequence[str] | None = None, executor: compute.Executor = compute.SERIAL
+                        ) -> dict[str | None, pd.DataFrame]:
+    """:func:`case_features` of every case under each of ``perturbations`` (None: the features themselves), with
+    ``seeds`` (one per perturbation; the noise of a case depends on its seed only, not on where it runs): one
+    table per perturbation, rows by case. The (perturbation, case) tasks run on ``executor`` when it is
+    distributed (a case that fails is named, the others finish first), else in ``n_jobs`` joblib processes."""
     ids = list(case_ids) if case_ids is not None else cohort.case_ids
-    rows = Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(case_features)(cohort, cid, settings, percentiles, masks_from=masks_from, perturbation=perturbation, seed=seed)
-        for cid in ids)
-    desc = "PyRadiomics" + (f" ({perturbation})" if perturbation else "")
-    data = dict(zip(ids, tqdm(rows, total=len(ids), desc=desc, disable=not progress)))
-    df = pd.DataFrame.from_dict(data, orient="index")
-    df.index.name = "case_id"
-    return df
+    seeds = list(seeds) if seeds is not None else [0] * len(perturbations)
+    tasks = [(p, int(s), cid) for p, s in zip(perturbations, seeds) for cid in ids]
+    names = [p for p in perturbations if p]
+    desc = "PyRadiomics" + (f" (+ {', '.join(names)})" if names else "")
+    shared = dict(cohort=cohort, settings=settings, percentiles=percentiles, masks_from=masks_from)
+    if executor.distributed:
+        done = executor.map(_case_task, tasks, desc=desc, progress=progress, **shared)
+        done.raise_errors(f"cohort {cohort.name}: PyRadiomics")
+        values = done.values
+    else:
+        rows = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_case_task)(t, **shared) for t in tasks)
+        values = dict(zip(tasks, tqdm(rows, total=len(tasks), desc=desc, disable=not progress)))
+    out = {}
+    for p, s in zip(perturbations, seeds):
+        df = pd.DataFrame.from_dict({cid: values[(p, int(s), cid)] for cid in ids}, orient="index")
+        df.index.name = "case_id"
+        out[p] = df
+    return out

@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from scipy import ndimage
+from tqdm import tqdm
 
-from glioma_nb import io
+from glioma_nb import compute, io
 
 #: atlas region (file name without .nii.gz) -> feature name
 ATLAS_REGIONS: dict[str, str] = {
@@ -170,7 +172,7 @@ def shape_features(label: Any, scheme: io.LabelScheme, case_id: str = "") -> dic
     return out
 
 
-def _case_features(masks_from: Any, case_id: str) -> tuple[str, dict[str, float] | None, str | None]:
+def _case_features(case_id: str, *, masks_from: Any) -> tuple[str, dict[str, float] | None, str | None]:
     try:
         img, scheme = masks_from.load(case_id)
         return case_id, {**location_features(img, scheme, case_id), **shape_features(img, scheme, case_id)}, None
@@ -178,18 +180,22 @@ def _case_features(masks_from: Any, case_id: str) -> tuple[str, dict[str, float]
         return case_id, None, str(exc)
 
 
-def cohort_features(cohort: io.Cohort, masks_from: Any, n_jobs: int = 1,
-                    progress: bool = True) -> tuple[pd.DataFrame, dict[str, str]]:
+def cohort_features(cohort: io.Cohort, masks_from: Any, n_jobs: int = 1, progress: bool = True,
+                    executor: compute.Executor = compute.SERIAL, case_ids: Any = None
+                    ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Location and shape features of every case (rows by case id) from ``masks_from`` (a
-    :class:`~glioma_nb.signature.volumetric.MaskSource`) in ``n_jobs`` processes, and the error of each
-    case that failed (named, the others kept)."""
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
-
+    :class:`~glioma_nb.signature.volumetric.MaskSource`) on ``executor`` when it is distributed, else in
+    ``n_jobs`` joblib processes, and the error of each case that failed (named, the others kept)."""
     rows, errors = {}, {}
-    ids = cohort.case_ids
-    outs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_case_features)(masks_from, c) for c in ids)
-    for case_id, feats, err in tqdm(outs, total=len(ids), desc="location + shape", disable=not progress):
+    ids = list(case_ids) if case_ids is not None else cohort.case_ids
+    if executor.distributed:
+        done = executor.map(_case_features, ids, desc="location + shape", progress=progress, masks_from=masks_from)
+        outs = [done.values[c] if c in done.values else (c, None, done.errors[c]) for c in ids]
+    else:
+        outs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_case_features)(c, masks_from=masks_from)
+                                                               for c in ids)
+        outs = tqdm(outs, total=len(ids), desc="location + shape", disable=not progress)
+    for case_id, feats, err in outs:
         if feats is not None:
             rows[case_id] = feats
         else:

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from glioma_nb import io, paths, plotting, records
+from glioma_nb import compute, io, paths, plotting, records
 from glioma_nb.results import StepResult
 from glioma_nb.segment import infer
 from glioma_nb.signature import handcrafted, location, volumetric
@@ -138,6 +138,7 @@ def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: st
     if mask not in ("predicted", "reference"):
         raise ValueError(f"signature.mask must be predicted or reference, not {mask!r}")
     res = SignatureResult(mask=mask)
+    executor = getattr(ctx, "executor", compute.SERIAL)   # where the per-case extractions run (compute.executor)
     errors: list[dict[str, str]] = []
     has_images = bool(cohort.modalities) and any(c.images for c in cohort.cases)
     mask_dir = ctx.inputs / "masks"  # 01_segment's masks: this run's, or its upstream's
@@ -169,18 +170,16 @@ def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: st
             settings = handcrafted.load_settings(radiomics)
             ctx.path("logs", "radiomics_settings.yaml").write_text(handcrafted.settings_path(radiomics).read_text())
             t0 = time.perf_counter()
-            res.unfiltered["radiomics"] = handcrafted.cohort_features(cohort, settings, intensity_percentiles,
-                                                                      n_jobs=n_jobs, progress=progress,
-                                                                      masks_from=masks_from)
-            res.seconds["radiomics"] = time.perf_counter() - t0
+            perts = [] if filter_from else perturbations   # a filter taken from another run needs no re-extraction
+            seed = int(ctx.config["project"]["seed"])
+            sets = handcrafted.cohort_feature_sets(cohort, settings, [None, *perts], intensity_percentiles,
+                                                   n_jobs=n_jobs, progress=progress, masks_from=masks_from,
+                                                   seeds=[seed, *(seed + i for i in range(len(perts)))],
+                                                   executor=executor)
+            res.unfiltered["radiomics"] = sets[None]
             if not filter_from:
-                res.replicates["radiomics"] = {}
-                t0 = time.perf_counter()
-                for i, pert in enumerate(perturbations):
-                    res.replicates["radiomics"][pert] = handcrafted.cohort_features(
-                        cohort, settings, intensity_percentiles, n_jobs=n_jobs, progress=progress,
-                        masks_from=masks_from, perturbation=pert, seed=int(ctx.config["project"]["seed"]) + i)
-                res.seconds["radiomics perturbations"] = time.perf_counter() - t0
+                res.replicates["radiomics"] = {p: sets[p] for p in perts}
+            res.seconds["radiomics" + (" + perturbations" if perts else "")] = time.perf_counter() - t0
     if location_features:
         if res.masks_from is None:   # a cohort of label maps only (no images): its reference masks
             if cohort.scheme is None:
@@ -188,7 +187,8 @@ def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: st
                                      "(images with 01_segment's masks, or reference label maps)")
             res.masks_from = handcrafted.MaskSource.reference(cohort)
         t0 = time.perf_counter()
-        table, errs = location.cohort_features(cohort, res.masks_from, n_jobs=n_jobs, progress=progress)
+        table, errs = location.cohort_features(cohort, res.masks_from, n_jobs=n_jobs, progress=progress,
+                                               executor=executor)
         errors.extend({"case_id": c, "source": "location", "error": e} for c, e in errs.items())
         if not table.empty:
             res.unfiltered["location"] = table

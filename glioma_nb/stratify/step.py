@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from glioma_nb import plotting, records, reporting
+from glioma_nb import compute, plotting, records, reporting
 from glioma_nb.classify import cv, features
 from glioma_nb.io import TIME_UNITS_DAYS
 from glioma_nb.results import StepResult
@@ -104,10 +104,11 @@ def step(ctx: Any, *, time_unit_report: str = "months", km_groups: Sequence[str]
     surv_by_case = surv.set_index("case_id")
     risk_sources = risk.survival_sources(ctx.clinical, image_sources)
     risk_feature_sets, risk_notes = features.assemble_feature_sets(risk_sources, list(risk_sets))
-    risk_results, risk_metrics, fit_notes = risk.evaluate_risk_models(
-        risk_feature_sets, surv_by_case, l1_ratio=l1_ratio, outer_splits=outer_splits, inner_splits=inner_splits,
-        repeats=repeats, random_state=seed, n_bootstrap=n_bootstrap, min_events=min_events,
-        horizons=[h * years for h in horizons_years], n_jobs=n_jobs)
+    with getattr(ctx, "executor", compute.SERIAL).joblib():   # compute.executor: the folds on its Dask workers
+        risk_results, risk_metrics, fit_notes = risk.evaluate_risk_models(
+            risk_feature_sets, surv_by_case, l1_ratio=l1_ratio, outer_splits=outer_splits, inner_splits=inner_splits,
+            repeats=repeats, random_state=seed, n_bootstrap=n_bootstrap, min_events=min_events,
+            horizons=[h * years for h in horizons_years], n_jobs=n_jobs)
     res.risk_results = risk_results
     notes += risk_notes + fit_notes
     res.text["risk_notes"] = "\n".join(f"- {n}" for n in risk_notes + fit_notes)
