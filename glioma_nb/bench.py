@@ -1,6 +1,6 @@
 """Benchmarks: the foundation (synthetic generation, cohort QC), preprocessing of raw scans against BrainLes
 (``bench-preprocess``), segmentation (``bench-segment``), signatures (``bench-signature``) and the analysis of
-notebooks 03/04 at scale (``bench-analysis``).
+notebooks 03/04 at scale (``bench-analysis``) and the per-case work of 01/02 on 1 and N Dask workers (``bench-scale``).
 
 Results go to ``bench/results/<name>_<UTC time>.json`` with seconds per case and peak memory; compare
 ratios within one file, never absolute numbers across machines (the CI machine is shared and noisy).
@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from glioma_nb import config, io, paths, provenance, synthetic
+from glioma_nb import compute, config, io, paths, provenance, synthetic
 from glioma_nb.classify import cv as ccv
 from glioma_nb.classify import features as cfeat
 from glioma_nb.preprocess import dicom as pre_dicom
@@ -421,3 +421,69 @@ def run_preprocess_bench(cohort: str = "tcga-lgg-native", out_dir: str = "bench/
                     "seconds": round(dt, 2), "seconds_by_step": rec["seconds"],
                     "brain_mask_dice_vs_nifti_path": round(float(2 * ((a > 0) & (b > 0)).sum() / ((a > 0).sum() + (b > 0).sum())), 4)})
     return _write_results(results, out_dir, "preprocess")
+
+
+def run_scale_bench(cohort_name: str = "synthetic", n_cases: int = 8, workers: Iterable[int] = (1, 2),
+                    radiomics: str = "mri-3d", out_dir: str = "bench/results") -> Path:
+    """Cases per hour of the per-case work of 01 (segmentation + network signature with the stability
+    perturbations) and of 02 (PyRadiomics + its perturbed re-extractions) on ``compute.executor`` serial and
+    ``local:N`` for each N in ``workers`` (``scale_<time>.json``): the ratio of N workers to 1 is the scaling
+    on this machine. The start-up (cluster, and one case more that makes the workers import their libraries
+    and receive the model) is timed apart from the ``n_cases`` timed; every executor's masks and PyRadiomics
+    tables are checked against serial's."""
+    import nibabel as nib
+
+    cfg = config.resolve_config(cohort_name)
+    synthetic.ensure_cohort_data(cfg, progress=False)
+    cohort, _ = io.check_cohort(cfg, progress=False, images=False)
+    if len(cohort.case_ids) < n_cases + 1:
+        raise ValueError(f"cohort {cohort_name} has {len(cohort.case_ids)} cases; bench-scale needs n_cases + 1 "
+                         "(one warms each executor up)")
+    ids, warm = cohort.case_ids[:n_cases], cohort.case_ids[n_cases:n_cases + 1]
+    device = models.resolve_device(cfg["project"]["device"])
+    seg = registry.load(models.choose_model(cohort.modalities, cfg["segment"]["model"]), device=device)
+    perts = tuple(cfg["signature"]["stability"]["perturbations"])
+    req = network.Request(mask="predicted", perturbations=perts, seed=int(cfg["project"]["seed"]))
+    settings = handcrafted.load_settings(radiomics)
+    results = _new_results()
+    results.update(cohort=cohort_name, n_cases=len(ids), model=seg.name, device=device, perturbations=list(perts),
+                   radiomics=radiomics, cpu_count=compute.cpu_count(), gpus=compute.n_gpus())
+    reference: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in ["serial", *(f"local:{n}" for n in workers)]:
+            mask_dir = Path(tmp) / spec.replace(":", "")
+            with compute.Executor(spec) as ex:
+                # start-up: the cluster, and one case on it (workers import torch and PyRadiomics, get the model)
+                t0 = time.perf_counter()
+                infer.segment_cohort(cohort, seg, None, Path(tmp) / f"warm_{spec.replace(':', '')}", case_ids=warm,
+                                     device=device, progress=False, signature=req, executor=ex)
+                start = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                infer.segment_cohort(cohort, seg, None, mask_dir, case_ids=ids, device=device, progress=False,
+                                     signature=req, executor=ex)
+                t_seg = time.perf_counter() - t0
+                masks = handcrafted.MaskSource.predicted(cohort, mask_dir)
+                t0 = time.perf_counter()
+                sets = handcrafted.cohort_feature_sets(cohort, settings, [None, *perts], masks_from=masks,
+                                                       seeds=list(range(len(perts) + 1)), case_ids=ids, executor=ex,
+                                                       progress=False)
+                t_rad = time.perf_counter() - t0
+            arrays = {c: np.asarray(nib.load(mask_dir / f"{c}.nii.gz").dataobj) for c in ids}
+            if spec == "serial":
+                reference = {"masks": arrays, "sets": sets}
+            same_masks = all(np.array_equal(arrays[c], reference["masks"][c]) for c in ids)
+            same_rad = all(sets[p].equals(reference["sets"][p]) for p in sets)
+            results["benchmarks"].append({
+                "executor": spec, "workers": 1 if spec == "serial" else int(spec.split(":")[1]),
+                "start_and_first_case_s": round(start, 2),
+                "01_seconds": round(t_seg, 2), "01_cases_per_hour": round(3600 * len(ids) / t_seg, 1),
+                "02_seconds": round(t_rad, 2), "02_cases_per_hour": round(3600 * len(ids) / t_rad, 1),
+                "masks_equal_serial": same_masks, "radiomics_equal_serial": same_rad,
+                "peak_rss_mb_client": round(_peak_rss_mb(), 1)})
+    rows = {b["executor"]: b for b in results["benchmarks"]}
+    one = rows.get("local:1")
+    if one:
+        results["speedup_vs_1_worker"] = {
+            k: {"01": round(b["01_cases_per_hour"] / one["01_cases_per_hour"], 2),
+                "02": round(b["02_cases_per_hour"] / one["02_cases_per_hour"], 2)} for k, b in rows.items()}
+    return _write_results(results, out_dir, "scale")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -16,14 +17,42 @@ from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.validate import overlap as val_overlap
 
 
+def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
+    """``glioma-nb segment-train ... --nproc N`` as the torchrun command that runs it in N processes (one machine;
+    ``--nproc`` removed from the arguments each process gets)."""
+    rest, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "glioma_nb", *rest]
+
+
 def segment_train(model: str, out: str, iterations: int | None = None, device: str = "auto", bf16: bool = False,
-              ship: bool = False, argv: list[str] | None = None) -> dict:
-    """``glioma-nb segment-train``: train a model spec on its shared-data split; optionally ship it."""
+                  ship: bool = False, argv: list[str] | None = None, nproc: int = 1) -> dict | int:
+    """``glioma-nb segment-train``: train a model spec on its shared-data split; optionally ship it. ``nproc`` > 1
+    runs the same command under torchrun in that many processes (DDP; see :func:`train.train`)."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        cmd = torchrun_command(nproc, argv or [])
+        print("running: " + " ".join(cmd[1:]), flush=True)
+        return subprocess.run(cmd, check=False).returncode
     spec = models.load_spec(model)
     sources = train.sources_from_spec(spec, progress=True)
     settings = train.TrainSettings.from_spec(spec, iterations=iterations)
-    summary = train.train(spec, sources, Path(out), settings, device=device, bf16=bf16)
-    print(f"trained {spec.name}: final loss {summary['final_loss']:.4f} in {summary['seconds'] / 60:.1f} min")
+    with train.ddp_session(device):
+        summary = train.train(spec, sources, Path(out), settings, device=device, bf16=bf16)
+        lead = train.world()[0] == 0
+    if not lead:
+        return summary
+    print(f"trained {spec.name}: final loss {summary['final_loss']:.4f} in {summary['seconds'] / 60:.1f} min"
+          + (f" on {summary['processes']} processes" if summary["processes"] > 1 else ""))
     if ship:
         dev = models.resolve_device(device)
         net = models.load_model(spec, Path(out) / "weights.pt", device=dev)
@@ -153,6 +182,14 @@ def _parser() -> argparse.ArgumentParser:
     bsig.add_argument("--out", default="bench/results")
     bsig.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda when present")
 
+    bsc = sub.add_parser("bench-scale", help="cases/hour of 01 and 02's per-case work serially and on 1..N Dask "
+                                             "workers (JSON)")
+    bsc.add_argument("--cohort", default="synthetic")
+    bsc.add_argument("--n-cases", type=int, default=8)
+    bsc.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="local:N executors to time (and serial)")
+    bsc.add_argument("--radiomics", default="mri-3d", help="PyRadiomics settings of the 02 part")
+    bsc.add_argument("--out", default="bench/results")
+
     ba = sub.add_parser("bench-analysis", help="seconds of notebooks 03/04's computations at n cases x p features (JSON)")
     ba.add_argument("--cohort", default="upenn-gbm")
     ba.add_argument("--n", nargs="+", type=int, default=[100, 300, 611])
@@ -194,6 +231,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--iterations", type=int, help="override train.iterations of the spec")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (opt-in)")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="train in N processes with torchrun DDP (one per GPU with --device cuda, gloo on CPU); the "
+                        "global batch (batch_cases x samples_per_case patches) and the learning rate stay those of one "
+                        "process, split over the N")
     t.add_argument("--ship", action="store_true",
                    help="after training: score the held-out cases, copy the weights into the package, write the model card")
 
@@ -285,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = bench.run_signature_bench(args.cohorts, args.max_cases, args.filters_cases, args.out, args.devices)
             print(f"benchmark written: {paths.display_path(out)}")
+        elif args.command == "bench-scale":
+            out = bench.run_scale_bench(args.cohort, args.n_cases, args.workers, args.radiomics, args.out)
+            print(f"benchmark written: {paths.display_path(out)}")
         elif args.command == "models":
             if args.models_command == "list":
                 table = registry.list_models()
@@ -303,8 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"registered {args.name}: {paths.display_path(spec)}; fill in {paths.display_path(spec.with_name('card.md'))}"
                       f"; use it with --set segment.model={args.name}")
         elif args.command == "segment-train":
-            segment_train(args.model, args.out, iterations=args.iterations, device=args.device, bf16=args.bf16,
-                      ship=args.ship, argv=list(argv) if argv is not None else sys.argv[1:])
+            code = segment_train(args.model, args.out, iterations=args.iterations, device=args.device, bf16=args.bf16,
+                                 ship=args.ship, argv=list(argv) if argv is not None else sys.argv[1:], nproc=args.nproc)
+            if isinstance(code, int) and code:
+                return code
         elif args.command == "segment-postprocess-cv":
             segment_postprocess_cv(args.model, args.out, folds=args.folds, cohort=args.cohort, iterations=args.iterations,
                                device=args.device, argv=list(argv) if argv is not None else sys.argv[1:])
