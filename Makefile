@@ -14,7 +14,7 @@ ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
 PYTEST_ARGS ?=
 
-.PHONY: help venv run-all test test-fast imports lab browser check-browser validate synth bench bench-preprocess bench-segment bench-signature bench-analysis freeze clean-venv
+.PHONY: help venv run-all test test-fast imports lab browser check-browser validate synth bench bench-preprocess bench-segment bench-signature bench-scale bench-analysis freeze clean-venv
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench-segment                       segmentation s/case, memory, held-out Dice (JSON); any model:"
 	@echo "                                           ARGS=\"--models brats-4mod <registered name> ...\""
 	@echo "make bench-signature                     network signature and PyRadiomics s/case (JSON)"
+	@echo "make bench-scale                         cases/hour of 01 and 02's per-case work on 1 and 2 Dask workers (JSON)"
 	@echo "make bench-analysis                      notebooks 03/04 seconds at n x p on UPenn-GBM (JSON; needs ../shared)"
 
 $(STAMP): requirements.txt requirements-data.txt pyproject.toml
@@ -57,15 +58,21 @@ synth: $(STAMP)
 	$(PY) -m glioma_nb synth $(ARGS)
 
 # pytest exits 5 when it collects nothing; make treats that as a failure, as it must.
+# TEST_WORKERS pytest-xdist processes (the session's training run is made once and copied to the others:
+# tests/conftest.py), each with one BLAS/OpenMP thread (two workers of two threads each on two cores spin
+# against each other); TEST_WORKERS=0 runs them in this process with the default threads.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
+XDIST_ENV = $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
 test: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m pytest $(PYTEST_ARGS)
+	MPLBACKEND=Agg $(XDIST_ENV) $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # the layer contracts alone (tests/test_architecture.py runs them inside make test as well)
 imports: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 
 test-fast: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	MPLBACKEND=Agg $(XDIST_ENV) $(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # JupyterLab on notebooks/ as root (containers) or not; prints the URL with its token. LAB_ARGS="--ip 0.0.0.0 --port 8890"
 LAB_ARGS ?=
@@ -98,6 +105,9 @@ bench-segment: $(STAMP)
 
 bench-signature: $(STAMP)
 	$(PY) -m glioma_nb bench-signature $(ARGS)
+
+bench-scale: $(STAMP)
+	$(PY) -m glioma_nb bench-scale $(ARGS)
 
 bench-analysis: $(STAMP)
 	$(PY) -m glioma_nb bench-analysis $(ARGS)

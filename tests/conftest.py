@@ -1,6 +1,9 @@
 """Shared fixtures: tiny seeded NIfTI cohorts with a non-identity affine, isolated report/data folders."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 from glioma_nb import paths  # noqa: E402
 
@@ -120,22 +124,40 @@ def planted_table(n: int = 80, p: int = 20, signal: float = 1.5, seed: int = 0) 
 
 
 FAST_RUN = ["segment.n_overlay_cases=2", "classify.n_permutations=5", "classify.repeats=1", "classify.n_bootstrap=100",
+            "classify.permutation=fixed", "signature.stability.perturbations=[erode, dilate]",
             "stratify.n_resamples=20", "stratify.repeats=1", "stratify.n_bootstrap=50"]
 
 
 @pytest.fixture(scope="session")
 def synthetic_training_run(synthetic_small, tmp_path_factory):
     """A complete run (all five steps, fast settings) of the 12-case synthetic cohort, made once per
-    session: the end-to-end runner test checks it, the validation tests lock its models."""
+    session: the end-to-end runner test checks it, the validation tests lock its models. Under pytest-xdist
+    (``make test`` runs 2 workers) the first worker that needs it makes it, under a file lock, and every other
+    worker gets a copy of the finished run folder in its own reports folder (same run id)."""
     from glioma_nb import runner
 
-    base = tmp_path_factory.mktemp("trainrun")
-    y = synthetic_yaml(synthetic_small, base / "synsmall.yaml")
-    mp = pytest.MonkeyPatch()  # the session-wide reports folder (the autouse fixture is per test)
-    mp.setenv("GLIOMA_NB_REPORTS", str(tmp_path_factory.getbasetemp() / "reports"))
-    mp.setenv("GLIOMA_NB_DATA", str(tmp_path_factory.getbasetemp() / "data"))
-    try:
-        run_dir = runner.run(str(y), FAST_RUN, progress=False)
-    finally:
-        mp.undo()
-    return y, run_dir
+    def make() -> tuple[Path, Path]:
+        base = tmp_path_factory.mktemp("trainrun")
+        y = synthetic_yaml(synthetic_small, base / "synsmall.yaml")
+        mp = pytest.MonkeyPatch()  # the session-wide reports folder (the autouse fixture is per test)
+        mp.setenv("GLIOMA_NB_REPORTS", str(tmp_path_factory.getbasetemp() / "reports"))
+        mp.setenv("GLIOMA_NB_DATA", str(tmp_path_factory.getbasetemp() / "data"))
+        try:
+            return y, runner.run(str(y), FAST_RUN, progress=False)
+        finally:
+            mp.undo()
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make()
+    shared = tmp_path_factory.getbasetemp().parent        # the session's folder, above every worker's
+    record = shared / "synthetic_training_run.json"
+    with FileLock(str(shared / "synthetic_training_run.lock")):
+        if not record.exists():
+            y, run_dir = make()
+            record.write_text(json.dumps({"yaml": str(y), "run_dir": str(run_dir)}))
+    made = json.loads(record.read_text())
+    src = Path(made["run_dir"])
+    own = tmp_path_factory.getbasetemp() / "reports" / src.parent.name / src.name
+    if not own.exists():
+        shutil.copytree(src, own)
+    return Path(made["yaml"]), own

@@ -206,6 +206,9 @@ def test_nnunet_signature_planted_activation_columns_and_determinism(made, tmp_p
     torch.save(ck, src / "fold_0" / "checkpoint_final.pth")
     models = tmp_path / "models"
     registry.import_model(src, "planted", layers=f"{layer},encoder.stages.2", dest=models)
+    spec = yaml.safe_load((models / "planted" / registry.SPEC).read_text())
+    spec["nnunet"]["mirroring"] = False      # the pooled layers, not nnU-Net's mirroring (8 passes), are tested here
+    (models / "planted" / registry.SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
     seg = registry.load("planted", root=models)
     assert seg.stages() == {"encoder-stages-0-0-convs-0-conv": layer, "encoder-stages-2": "encoder.stages.2"}
     req = network.Request(mask="reference", perturbations=("erode", "noise"))

@@ -220,7 +220,7 @@ def test_study_validates_a_locked_training_run_and_its_summary_is_the_notebooks(
     train_hashes = runs.model_hashes(train_dir)
     # an independent cohort from another site: other phantoms, BraTS-2021 labels (ET = 3), no IDH column,
     # an extra clinical column
-    root = synthetic.generate_cohort(tmp_path / "other", synthetic.SyntheticSpec(n_cases=10, seed=21), progress=False)
+    root = synthetic.generate_cohort(tmp_path / "other", synthetic.SyntheticSpec(n_cases=8, seed=21), progress=False)
     clin = pd.read_csv(root / "clinical.csv")
     for case in clin["case_id"]:  # other patients: phantoms of every seed are named SYN_000... (the guard would say so)
         (root / case).rename(root / f"OTH{case}")
@@ -278,7 +278,8 @@ def test_site_subsets_know_which_patients_the_segmentation_weights_saw():
     spec = models.load_spec("flair-wt")
     seen = {}
     for name in ("tcga-lgg-dev", "tcga-lgg-du", "tcga-lgg-fg"):
-        c = io.load_cohort(config.resolve_config(name), progress=False)
+        c, report = io.check_cohort(config.resolve_config(name), progress=False, images=False)  # test_io reads them
+        assert report.ok
         seen[name] = models.trained_on(spec, "renamed-" + name, c.case_ids, c.root)  # by data folder, not name
     assert len(seen["tcga-lgg-dev"]) == 46 and seen["tcga-lgg-du"] | seen["tcga-lgg-fg"] <= seen["tcga-lgg-dev"]
     assert (len(seen["tcga-lgg-du"]), len(seen["tcga-lgg-fg"])) == (34, 11)
