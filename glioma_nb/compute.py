@@ -171,6 +171,7 @@ class Executor:
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
                 self._clusters.append(cluster)
                 client = Client(cluster)
+                client.wait_for_workers(n)     # every worker up before the shared objects are broadcast
             elif self.kind == "dask":
                 client = Client(self.arg)
             else:
@@ -227,14 +228,19 @@ class Executor:
         from distributed import as_completed
 
         client = self.client(gpu=gpu)
-        # shared objects go to every worker once, under keys of this map alone (hash=False: a later map's equal
-        # object must not share a key that this one is releasing)
-        sent = {k: client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
         prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", desc or getattr(fn, "__name__", "map")).strip("-")
         run = uuid.uuid4().hex[:8]
         pending = list(enumerate(items))
-        futures: dict[Any, Any] = {}
+        futures: dict[Any, tuple[int, Any]] = {}
         queue = as_completed()
+        sent: dict[str, Any] = {}
+        resent: set[int] = set()
+
+        def share() -> None:
+            # shared objects go to every worker once, under keys of this map alone (hash=False: a later map's
+            # equal object must not share a key that this one is releasing)
+            sent.clear()
+            sent.update({k: client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()})
 
         def top_up() -> None:
             # one case per worker thread in flight: a worker holds only the case it runs (a dead worker loses
@@ -242,18 +248,26 @@ class Executor:
             slots = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
             while pending and sum(not f.done() for f in futures) < slots:
                 i, item = pending.pop(0)
-                fut = client.submit(_on_worker, fn, item, gpu, sent, self.threads_per_worker,
-                                    key=f"{prefix}-{run}-{i}", pure=False)
-                futures[fut] = item
+                fut = client.submit(_on_worker, fn, item, gpu, dict(sent), self.threads_per_worker,
+                                    key=f"{prefix}-{run}-{i}-{len(resent)}", pure=False)
+                futures[fut] = (i, item)
                 queue.add(fut)
 
         try:
+            share()
             top_up()
             for fut in queue:
-                item = futures[fut]
+                i, item = futures[fut]
                 try:
                     done[item] = fut.result()
                 except Exception as exc:  # the case's own error, or KilledWorker when its worker died
+                    if "lost dependencies" in str(exc) and i not in resent:
+                        # a worker that died held the only copy of a shared object: send them again, redo the case
+                        resent.add(i)
+                        share()
+                        pending.insert(0, (i, item))
+                        top_up()
+                        continue
                     why = _describe(exc)
                     if type(exc).__name__ == "KilledWorker":
                         why = "its worker process died while running it (out of memory, or killed)"

@@ -80,16 +80,20 @@ def test_a_dead_worker_loses_only_its_item():
     assert "worker process died" in res.errors["b"]
 
 
+def _executing(dask_worker):
+    return [str(ts.key) for ts in dask_worker.state.executing]
+
+
 def _kill_when_running(client, index: int, done: threading.Event, killed: list) -> None:
-    """SIGKILL the worker process that is running map item ``index`` (task key ``<desc>-<run>-<index>``)."""
+    """SIGKILL the worker process that is executing map item ``index`` (task key ``<desc>-<run>-<index>-0``)."""
     pids = client.run(os.getpid)
     while not done.is_set():
-        for addr, keys in client.processing().items():
-            if any(str(k).endswith(f"-{index}") for k in keys):
+        for addr, keys in client.run(_executing).items():
+            if any(k.endswith(f"-{index}-0") for k in keys):
                 os.kill(pids[addr], signal.SIGKILL)
                 killed.append(addr)
                 return
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def test_a_2_worker_local_cluster_gives_the_serial_tables_and_a_killed_case_is_redone(tmp_path):
