@@ -61,7 +61,7 @@ def n_gpus() -> int:
 @dataclass
 class MapResult:
     """What a map gives back: ``values`` (item -> value, in the items' order) of the items that finished,
-    ``errors`` (item -> one-line reason) of those that did not."""
+    ``errors`` (item -> ``Type: message``, the whole message) of those that did not."""
 
     values: dict[Any, Any] = field(default_factory=dict)
     errors: dict[Any, str] = field(default_factory=dict)
