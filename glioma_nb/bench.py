@@ -453,6 +453,7 @@ def run_scale_bench(cohort_name: str = "synthetic", n_cases: int = 8, workers: I
         for spec in ["serial", *(f"local:{n}" for n in workers)]:
             mask_dir = Path(tmp) / spec.replace(":", "")
             with compute.Executor(spec) as ex:
+                n_workers = ex.n_workers
                 # start-up: the cluster, and one case on it (workers import torch and PyRadiomics, get the model)
                 t0 = time.perf_counter()
                 infer.segment_cohort(cohort, seg, None, Path(tmp) / f"warm_{spec.replace(':', '')}", case_ids=warm,
@@ -474,7 +475,7 @@ def run_scale_bench(cohort_name: str = "synthetic", n_cases: int = 8, workers: I
             same_masks = all(np.array_equal(arrays[c], reference["masks"][c]) for c in ids)
             same_rad = all(sets[p].equals(reference["sets"][p]) for p in sets)
             results["benchmarks"].append({
-                "executor": spec, "workers": 1 if spec == "serial" else int(spec.split(":")[1]),
+                "executor": spec, "workers": n_workers,
                 "start_and_first_case_s": round(start, 2),
                 "01_seconds": round(t_seg, 2), "01_cases_per_hour": round(3600 * len(ids) / t_seg, 1),
                 "02_seconds": round(t_rad, 2), "02_cases_per_hour": round(3600 * len(ids) / t_rad, 1),

@@ -20,17 +20,10 @@ from glioma_nb.validate import overlap as val_overlap
 def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
     """``glioma-nb segment-train ... --nproc N`` as the torchrun command that runs it in N processes (one machine;
     ``--nproc`` removed from the arguments each process gets)."""
-    rest, skip = [], False
-    for i, a in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        rest.append(a)
+    rest = [a for a in argv if not a.startswith("--nproc=")]
+    if "--nproc" in rest:
+        at = rest.index("--nproc")
+        del rest[at:at + 2]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "glioma_nb", *rest]
 

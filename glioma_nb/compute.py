@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from glioma_nb.config import ConfigError
@@ -66,12 +67,12 @@ class MapResult:
     values: dict[Any, Any] = field(default_factory=dict)
     errors: dict[Any, str] = field(default_factory=dict)
 
-    def raise_errors(self, what: str, fix: str = "") -> None:
-        """Raise a RuntimeError naming every failed item with its error (``what`` says of what; ``fix``, how to
+    def raise_errors(self, what: str, fix: str = "", error: type[Exception] = RuntimeError) -> None:
+        """Raise ``error`` naming every failed item with its error (``what`` says of what; ``fix``, how to
         redo them)."""
         if self.errors:
             lines = "\n".join(f"  {k}: " + v.replace("\n", "\n    ") for k, v in self.errors.items())
-            raise RuntimeError(f"{what}: {len(self.errors)} of {len(self.errors) + len(self.values)} case(s) failed "
+            raise error(f"{what}: {len(self.errors)} of {len(self.errors) + len(self.values)} case(s) failed "
                                f"({', '.join(map(str, self.errors))}); the others finished"
                                f":\n{lines}" + (f"\n{fix}" if fix else ""))
 
@@ -80,6 +81,15 @@ def _describe(exc: BaseException) -> str:
     """``Type: message`` (the whole message: a case's error says what to fix, sometimes over several lines)."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _guarded(fn: Callable[..., Any], item: Any, shared: Mapping[str, Any]) -> tuple[bool, Any]:
+    """(True, value) of ``fn(item, **shared)``, or (False, its error): a serial map's item, here or in a joblib
+    process, whose failure must not stop the others."""
+    try:
+        return True, fn(item, **shared)
+    except Exception as exc:
+        return False, _describe(exc)
 
 
 def cpu_count() -> int:
@@ -195,10 +205,11 @@ class Executor:
         return cluster
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], *, desc: str = "", progress: bool = True,
-            gpu: bool = False, **shared: Any) -> MapResult:
-        """``fn(item, **shared)`` for every item: serially here, or one Dask task per item (``shared`` objects
-        are sent to every worker once). An item that raises, or whose worker dies, is recorded in
-        ``errors`` and the others go on."""
+            gpu: bool = False, n_jobs: int = 1, **shared: Any) -> MapResult:
+        """``fn(item, **shared)`` for every item: serially here (in ``n_jobs`` joblib processes when that is more
+        than 1: a step's own ``n_jobs`` setting), or one Dask task per item (``shared`` objects are sent to every
+        worker once; ``n_jobs`` is then the cluster's business). An item that raises, or whose worker dies, is
+        recorded in ``errors`` and the others go on."""
         items = list(items)
         out = MapResult()
         done: dict[Any, Any] = {}
@@ -206,14 +217,14 @@ class Executor:
                    file=sys.stderr, mininterval=1.0, dynamic_ncols=False)
         try:
             if self.kind == "serial":
-                for item in items:
-                    try:
-                        done[item] = fn(item, **shared)
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except Exception as exc:
-                        out.errors[item] = _describe(exc)
-                        bar.write(f"{desc}: {item} failed: {out.errors[item].splitlines()[0]}", file=sys.stderr)
+                runs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_guarded)(fn, item, shared)
+                                                                      for item in items)
+                for item, (ok, value) in zip(items, runs):
+                    if ok:
+                        done[item] = value
+                    else:
+                        out.errors[item] = value
+                        bar.write(f"{desc}: {item} failed: {value.splitlines()[0]}", file=sys.stderr)
                     bar.update()
             else:
                 self._map_dask(fn, items, gpu, shared, done, out.errors, bar, desc)

@@ -187,13 +187,9 @@ def segment_cohort(cohort: io.Cohort, spec: Any, net: Any, out_dir: Path, *,
                         cohort=cohort, spec=spec, out_dir=out_dir,
                         overlap=overlap, tta=tta, device=device, amp=amp, signature=signature, rule=rule)
     rows.update(done.values)
-    if done.errors:
-        try:
-            done.raise_errors(f"cohort {cohort.name}, model {spec.name}",
-                              fix="the finished masks are kept: resume the run (glioma-nb run --resume <run id>) to "
-                                  "redo only these cases once the cause is fixed")
-        except RuntimeError as exc:
-            raise SegmentationError(str(exc)) from None
+    done.raise_errors(f"cohort {cohort.name}, model {spec.name}", error=SegmentationError,
+                      fix="the finished masks are kept: resume the run (glioma-nb run --resume <run id>) to redo "
+                          "only these cases once the cause is fixed")
     return pd.DataFrame([rows[c] for c in ids])
 
 

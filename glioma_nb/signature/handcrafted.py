@@ -17,8 +17,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import yaml
-from joblib import Parallel, delayed
-from tqdm import tqdm
 
 from glioma_nb import compute, io, paths
 from glioma_nb.signature import network
@@ -177,21 +175,17 @@ def cohort_feature_sets(cohort: io.Cohort, settings: Mapping[str, Any], perturba
                         ) -> dict[str | None, pd.DataFrame]:
     """:func:`case_features` of every case under each of ``perturbations`` (None: the features themselves), with
     ``seeds`` (one per perturbation; the noise of a case depends on its seed only, not on where it runs): one
-    table per perturbation, rows by case. The (perturbation, case) tasks run on ``executor`` when it is
-    distributed (a case that fails is named, the others finish first), else in ``n_jobs`` joblib processes."""
+    table per perturbation, rows by case. The (perturbation, case) tasks run on ``executor`` (serially in
+    ``n_jobs`` joblib processes); a case that fails is named, after the others have finished."""
     ids = list(case_ids) if case_ids is not None else cohort.case_ids
     seeds = list(seeds) if seeds is not None else [0] * len(perturbations)
     tasks = [(p, int(s), cid) for p, s in zip(perturbations, seeds) for cid in ids]
     names = [p for p in perturbations if p]
     desc = "PyRadiomics" + (f" (+ {', '.join(names)})" if names else "")
     shared = dict(cohort=cohort, settings=settings, percentiles=percentiles, masks_from=masks_from)
-    if executor.distributed:
-        done = executor.map(_case_task, tasks, desc=desc, progress=progress, **shared)
-        done.raise_errors(f"cohort {cohort.name}: PyRadiomics")
-        values = done.values
-    else:
-        rows = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_case_task)(t, **shared) for t in tasks)
-        values = dict(zip(tasks, tqdm(rows, total=len(tasks), desc=desc, disable=not progress)))
+    done = executor.map(_case_task, tasks, desc=desc, progress=progress, n_jobs=n_jobs, **shared)
+    done.raise_errors(f"cohort {cohort.name}: PyRadiomics")
+    values = done.values
     out = {}
     for p, s in zip(perturbations, seeds):
         df = pd.DataFrame.from_dict({cid: values[(p, int(s), cid)] for cid in ids}, orient="index")

@@ -23,9 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 from scipy import ndimage
-from tqdm import tqdm
 
 from glioma_nb import compute, io
 
@@ -184,18 +182,13 @@ def cohort_features(cohort: io.Cohort, masks_from: Any, n_jobs: int = 1, progres
                     executor: compute.Executor = compute.SERIAL, case_ids: Any = None
                     ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Location and shape features of every case (rows by case id) from ``masks_from`` (a
-    :class:`~glioma_nb.signature.volumetric.MaskSource`) on ``executor`` when it is distributed, else in
-    ``n_jobs`` joblib processes, and the error of each case that failed (named, the others kept)."""
+    :class:`~glioma_nb.signature.volumetric.MaskSource`) on ``executor`` (serially in ``n_jobs`` joblib
+    processes), and the error of each case that failed (named, the others kept)."""
     rows, errors = {}, {}
     ids = list(case_ids) if case_ids is not None else cohort.case_ids
-    if executor.distributed:
-        done = executor.map(_case_features, ids, desc="location + shape", progress=progress, masks_from=masks_from)
-        outs = [done.values[c] if c in done.values else (c, None, done.errors[c]) for c in ids]
-    else:
-        outs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_case_features)(c, masks_from=masks_from)
-                                                               for c in ids)
-        outs = tqdm(outs, total=len(ids), desc="location + shape", disable=not progress)
-    for case_id, feats, err in outs:
+    done = executor.map(_case_features, ids, desc="location + shape", progress=progress, n_jobs=n_jobs,
+                        masks_from=masks_from)
+    for case_id, feats, err in (done.values.get(c, (c, None, done.errors.get(c))) for c in ids):
         if feats is not None:
             rows[case_id] = feats
         else:
