@@ -7,6 +7,8 @@ ratios within one file, never absolute numbers across machines (the CI machine i
 """
 from __future__ import annotations
 
+import dataclasses
+
 import resource
 import tempfile
 import time
@@ -74,14 +76,28 @@ def run_foundation_bench(cohorts: Iterable[str], out_dir: str = "bench/results")
 
 
 def _segment_model_bench(model: str, device: str, max_cases: int, cohort_name: str = "brats18-dev") -> dict[str, object]:
-    """Inference time, memory and Dice of one model (own process): a shipped model on its held-out shared cases;
-    a registered model (nnU-Net, MONAI bundle, TorchScript) on the first ``max_cases`` of ``cohort_name`` its
-    ``trained_on`` does not list, the network signature pooled in the same pass (as notebook 01 runs it)."""
+    """Inference time, memory and Dice of one model (own process): a shipped model on its held-out shared cases, or
+    (a cross-validated ensemble, which saw every case) on the first ``max_cases`` of its last source for time, with
+    its out-of-fold Dice from ``<model>.oof.csv``, and the cost of the ensemble with and without mirroring and of one
+    fold model; a registered model (nnU-Net, MONAI bundle, TorchScript) on the first ``max_cases`` of ``cohort_name``
+    its ``trained_on`` does not list, the network signature pooled in the same pass (as notebook 01 runs it)."""
     import torch
 
     seg = registry.load(model, device=device)
+    variants: dict[str, kinds.Segmenter] = {}
+    oof = None
     if isinstance(seg, kinds.GliomaNbSegmenter):
-        sources = [(s.cohort, s.held_out[:max_cases]) for s in train.sources_from_spec(seg.spec) if s.held_out]
+        srcs = train.sources_from_spec(seg.spec)
+        sources = [(s.cohort, s.held_out[:max_cases]) for s in srcs if s.held_out]
+        if not sources:       # a cross-validated ensemble: every case was trained on by some fold
+            sources = [(srcs[-1].cohort, srcs[-1].train[:max_cases])]
+            oof_path = seg.spec.folder / f"{seg.spec.name}.oof.csv"
+            oof = pd.read_csv(oof_path) if oof_path.exists() else None
+            if models.is_ensemble(seg.net):
+                flip = dataclasses.replace(seg.spec, tta=not seg.spec.tta)
+                variants = {("ensemble_without_mirroring" if seg.spec.tta else "ensemble_with_mirroring"):
+                            kinds.GliomaNbSegmenter(flip, seg.net),
+                            "one_fold_model": kinds.GliomaNbSegmenter(seg.spec, seg.net.members[0])}
         request = None
     else:
         cfg = config.resolve_config(cohort_name)
@@ -93,6 +109,7 @@ def _segment_model_bench(model: str, device: str, max_cases: int, cohort_name: s
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rows, per_case = [], []
+    extra: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for cohort, ids in sources:
             mask_dir = Path(tmp) / cohort.name
@@ -102,8 +119,12 @@ def _segment_model_bench(model: str, device: str, max_cases: int, cohort_name: s
                                          signature=request)
             rows += [{"cohort": cohort.name, "case_id": r.case_id, "seconds_total": r.seconds}
                      for r in table.itertuples()]
-            if cohort.scheme is not None:
+            if cohort.scheme is not None and oof is None:
                 per_case.append(metrics.cohort_scores(cohort, mask_dir, ids).assign(cohort=cohort.name))
+            for name, other in variants.items():
+                t = infer.segment_cohort(cohort, other, None, Path(tmp) / name / cohort.name, case_ids=ids,
+                                         device=device, progress=False)
+                extra[f"{name}_seconds_per_case_median"] = round(float(t["seconds"].median()), 3)
     scores = pd.concat(per_case, ignore_index=True) if per_case else pd.DataFrame(columns=["cohort"])
     dice = {}
     for cohort, part in scores.groupby("cohort"):
@@ -116,6 +137,12 @@ def _segment_model_bench(model: str, device: str, max_cases: int, cohort_name: s
                               "seconds_per_case_max": round(float(np.max(secs)), 3),
                               "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_peak_rss_mb(), 1),
                               "per_case": rows, "held_out_scores": dice}
+    if isinstance(seg, kinds.GliomaNbSegmenter):
+        out.update({"ensemble": seg.spec.ensemble, "mirroring": seg.spec.tta, **extra})
+    if oof is not None:
+        out["out_of_fold_scores"] = {co: metrics.summarise(g.drop(columns=["cohort", "case_id", "fold", "variant", "rule"],
+                                                                  errors="ignore")).round(4).to_dict(orient="records")
+                                     for co, g in oof.groupby("cohort")}
     if device == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["gpu"] = torch.cuda.get_device_name(0)

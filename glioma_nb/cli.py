@@ -12,7 +12,7 @@ from typing import Sequence
 from glioma_nb import STEPS, bench, config, io, paths, runner, runs, synthetic
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import ValidationError
-from glioma_nb.segment import examples, models, postprocess, postprocess_cv, registry, train
+from glioma_nb.segment import cv, examples, models, postprocess, postprocess_cv, registry, train
 from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.validate import overlap as val_overlap
 
@@ -29,16 +29,20 @@ def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
 
 
 def segment_train(model: str, out: str, iterations: int | None = None, device: str = "auto", bf16: bool = False,
-                  ship: bool = False, argv: list[str] | None = None, nproc: int = 1) -> dict | int:
+                  ship: bool = False, argv: list[str] | None = None, nproc: int = 1, folds: int | None = None,
+                  fold: list[int] | None = None) -> dict | int:
     """``glioma-nb segment-train``: train a model spec on its shared-data split; optionally ship it. ``nproc`` > 1
-    runs the same command under torchrun in that many processes (DDP; see :func:`train.train`)."""
+    runs the same command under torchrun in that many processes (DDP; see :func:`train.train`). ``folds``: k-fold
+    cross-validation over all the spec's cases (:func:`cv.cross_validate`; ``fold``: train only these folds)."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         cmd = torchrun_command(nproc, argv or [])
         print("running: " + " ".join(cmd[1:]), flush=True)
         return subprocess.run(cmd, check=False).returncode
     spec = models.load_spec(model)
-    sources = train.sources_from_spec(spec, progress=True)
     settings = train.TrainSettings.from_spec(spec, iterations=iterations)
+    if folds:
+        return _segment_train_cv(spec, Path(out), folds, settings, device, bf16, ship, fold, argv)
+    sources = train.sources_from_spec(spec, progress=True)
     with train.ddp_session(device):
         summary = train.train(spec, sources, Path(out), settings, device=device, bf16=bf16)
         lead = train.world()[0] == 0
@@ -55,6 +59,30 @@ def segment_train(model: str, out: str, iterations: int | None = None, device: s
         card = train.ship(spec, Path(out), per_case, command)
         print(f"shipped {spec.weights_path.name} with model card {card.name}")
     return summary
+
+
+def _segment_train_cv(spec: models.ModelSpec, out: Path, folds: int, settings: train.TrainSettings, device: str,
+                      bf16: bool, ship: bool, only: list[int] | None, argv: list[str] | None) -> dict:
+    if only is not None:
+        bad = [f for f in only if not 0 <= f < folds]
+        if bad:
+            raise SegmentationError(f"--fold {bad}: folds are 0..{folds - 1}")
+        if ship:
+            raise SegmentationError("--ship needs every fold; leave out --fold")
+    with train.ddp_session(device):
+        if train.world()[1] > 1:      # torchrun: every process trains; rank 0 alone predicts and scores
+            cv.train_folds(spec, out, folds, settings, device=models.resolve_device(device), bf16=bf16, only=only)
+            if train.world()[0] != 0:
+                return {"model": spec.name}
+    res = cv.cross_validate(spec, out, folds, settings, device=device, bf16=bf16, only=only)
+    summary = cv.read_table(out, "oof_summary")
+    print(f"{spec.name}: {folds}-fold cross-validation, {res['n_cases']} cases out of fold"
+          + (f" (folds {only} only)" if only is not None else "") + f"; chosen {res['variant']}, post-processing {res['rule']}")
+    print(summary.round(3).to_string(index=False))
+    if ship:
+        card = cv.ship(spec, out, "python -m glioma_nb " + " ".join(argv or []))
+        print(f"shipped {folds} fold models of {spec.name} with model card {card.name}")
+    return res
 
 
 def segment_postprocess_cv(model: str, out: str, folds: int = 2, cohort: str | None = None, iterations: int | None = None,
@@ -228,8 +256,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="train in N processes with torchrun DDP (one per GPU with --device cuda, gloo on CPU); the "
                         "global batch (batch_cases x samples_per_case patches) and the learning rate stay those of one "
                         "process, split over the N")
+    t.add_argument("--folds", type=int,
+                   help="k-fold cross-validation over every case of the spec's sources (folds by patient): one model per "
+                        "fold in <out>/fold<i> (finished folds are skipped), out-of-fold masks and scores, the "
+                        "post-processing rule chosen on them")
+    t.add_argument("--fold", type=int, nargs="+",
+                   help="with --folds: only these folds (trained, predicted and scored: a partial cross-validation, e.g. "
+                        "on another machine or for an ablation; run without it to finish and --ship)")
     t.add_argument("--ship", action="store_true",
-                   help="after training: score the held-out cases, copy the weights into the package, write the model card")
+                   help="after training: score the held-out cases (with --folds: the out-of-fold figures), copy the "
+                        "weights into the package (with --folds: every fold model, shipped as an ensemble), write the "
+                        "model card")
 
     pc = sub.add_parser("segment-postprocess-cv",
                         help="choose a model's post-processing by k-fold CV on its training patients (held-out untouched)")
@@ -341,7 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"; use it with --set segment.model={args.name}")
         elif args.command == "segment-train":
             code = segment_train(args.model, args.out, iterations=args.iterations, device=args.device, bf16=args.bf16,
-                                 ship=args.ship, argv=list(argv) if argv is not None else sys.argv[1:], nproc=args.nproc)
+                                 ship=args.ship, argv=list(argv) if argv is not None else sys.argv[1:], nproc=args.nproc,
+                                 folds=args.folds, fold=args.fold)
             if isinstance(code, int) and code:
                 return code
         elif args.command == "segment-postprocess-cv":

@@ -66,10 +66,10 @@ def predict_with_signature(model: kinds.Segmenter, data: Mapping[str, Any], requ
     reference = request.mask == "reference"
     stages = list(model.stages())
     p = model.run(data, stages, overlap=overlap, tta=tta, device=device, amp=amp)
-    model_classes = p.reference if reference else post.apply(p.model_classes, postprocess)
+    voxel_ml = float(np.prod(p.spacing)) / 1000.0
+    model_classes = p.reference if reference else post.apply(p.model_classes, postprocess, voxel_ml)
     lab, scheme = transforms.classes_to_label(model_classes, model.classes, cohort_scheme)
     masks = io.region_masks(lab, scheme)
-    voxel_ml = float(np.prod(p.spacing)) / 1000.0
     desc = f"{'reference label map' if reference else 'predicted mask'} ({model.name} grid)"
     cid = str(data.get("case_id", ""))
     rows: dict[str, dict[str, float]] = {}
@@ -219,7 +219,7 @@ def segment_case(cid: str, *, cohort: io.Cohort, spec: kinds.Segmenter, out_dir:
         elif spath.exists():
             spath.unlink()
     flags = sanity_flags(classes, voxel_ml)
-    label, scheme = transforms.classes_to_label(post.apply(classes, rule), spec.classes, cohort.scheme)
+    label, scheme = transforms.classes_to_label(post.apply(classes, rule, voxel_ml), spec.classes, cohort.scheme)
     src = nib.load(cohort.case(cid).images[spec.modalities[0]])   # the file's own affine and header
     hdr = src.header.copy()
     hdr.set_data_dtype(np.uint8)

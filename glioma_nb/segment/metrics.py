@@ -17,8 +17,8 @@ from glioma_nb import io, stats
 from glioma_nb.segment import postprocess as post
 
 
-def region_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
-    """Dice and HD95 (mm) of two boolean masks of one region."""
+def region_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], hd95: bool = True) -> tuple[float, float]:
+    """Dice and HD95 (mm) of two boolean masks of one region (``hd95=False``: Dice alone, HD95 NaN)."""
     import torch
     from monai.metrics import compute_dice, compute_hausdorff_distance
 
@@ -27,6 +27,8 @@ def region_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
         return 1.0, 0.0
     if not p.any() or not r.any():
         return 0.0, float("nan")
+    if not hd95:
+        return float(2.0 * np.logical_and(p, r).sum() / (p.sum() + r.sum())), float("nan")
     pt = torch.from_numpy(p[None, None].astype(np.float32))
     rt = torch.from_numpy(r[None, None].astype(np.float32))
     dice = float(compute_dice(pt, rt, include_background=True)[0, 0])
@@ -38,15 +40,16 @@ def region_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
 
 
 def case_scores(pred: np.ndarray, ref: np.ndarray, pred_scheme: io.LabelScheme, ref_scheme: io.LabelScheme,
-                spacing: Sequence[float]) -> dict[str, float]:
+                spacing: Sequence[float], hd95: bool = True) -> dict[str, float]:
     """Dice and HD95 of every region the two schemes share (WT always; TC/ET for BraTS schemes)."""
     pm, rm = io.region_masks(pred, pred_scheme), io.region_masks(ref, ref_scheme)
     out: dict[str, float] = {}
     voxel_ml = float(np.prod(spacing)) / 1000.0
     for region in [r for r in ("WT", "TC", "ET") if r in pm and r in rm]:
-        d, h = region_scores(pm[region], rm[region], spacing)
+        d, h = region_scores(pm[region], rm[region], spacing, hd95)
         out[f"dice_{region}"] = d
-        out[f"hd95_{region}"] = h
+        if hd95:
+            out[f"hd95_{region}"] = h
         out[f"ref_{region}_ml"] = float(rm[region].sum()) * voxel_ml
         out[f"pred_{region}_ml"] = float(pm[region].sum()) * voxel_ml
     return out
@@ -79,6 +82,13 @@ def cohort_scores(cohort: io.Cohort, mask_dir: "Path | str", case_ids: Iterable[
                   postprocess: str = "none") -> pd.DataFrame:
     """Dice/HD95 of the predicted masks in ``mask_dir`` against the cohort's label maps, per case
     (with a :mod:`~glioma_nb.segment.postprocess` rule applied to the masks first)."""
+    return rule_scores(cohort, mask_dir, case_ids, {postprocess: True}).drop(columns="rule")
+
+
+def rule_scores(cohort: io.Cohort, mask_dir: "Path | str", case_ids: Iterable[str] | None,
+                rules: Mapping[str, bool]) -> pd.DataFrame:
+    """One row per case and post-processing rule (``rules``: rule -> with HD95, which is slow; Dice is always
+    computed), each mask and label map read once."""
     import nibabel as nib
 
     if cohort.scheme is None:
@@ -89,9 +99,12 @@ def cohort_scores(cohort: io.Cohort, mask_dir: "Path | str", case_ids: Iterable[
         pred_path = Path(mask_dir) / f"{cid}.nii.gz"
         if ref_img is None or not pred_path.exists():
             continue
-        pred = post.apply(np.asanyarray(nib.load(pred_path).dataobj), postprocess)
-        pred_scheme = io.mask_scheme(Path(mask_dir), cid, pred)
+        raw = np.asanyarray(nib.load(pred_path).dataobj)
+        ref = np.asanyarray(ref_img.dataobj)
+        pred_scheme = io.mask_scheme(Path(mask_dir), cid, raw)
         spacing = ref_img.header.get_zooms()[:3]
-        rows.append({"case_id": cid, **case_scores(pred, np.asanyarray(ref_img.dataobj), pred_scheme, cohort.scheme,
-                                                    spacing)})
+        et = 4 if pred_scheme.name == "brats2018" else 3
+        for rule, hd in rules.items():
+            pred = post.apply(raw, rule, float(np.prod(spacing)) / 1000.0, et=et)
+            rows.append({"case_id": cid, "rule": rule, **case_scores(pred, ref, pred_scheme, cohort.scheme, spacing, hd)})
     return pd.DataFrame(rows)

@@ -29,6 +29,10 @@ CLASS_SETS: dict[str, tuple[str, ...]] = {
     "brats": ("background", "necrosis / non-enhancing core", "oedema", "enhancing tumour"),
     "wt": ("background", "whole tumour"),
 }
+# Region outputs (``outputs: regions``): overlapping sigmoid channels, as nnU-Net's BraTS entries train them
+# (Isensee et al. 2021, "nnU-Net for brain tumor segmentation"): the evaluated regions themselves.
+REGION_SETS: dict[str, tuple[str, ...]] = {"brats": ("wt", "tc", "et"), "wt": ("wt",)}
+OUTPUTS = ("labels", "regions")
 
 
 def _unet(in_channels: int, out_channels: int, **kw: Any) -> Any:
@@ -67,22 +71,49 @@ class ModelSpec:
     path: Path | None = None
     postprocess: str = "none"         # a glioma_nb.segment.postprocess rule, applied at inference
     postprocess_cv: dict[str, Any] = field(default_factory=dict)   # how the rule was chosen (for the card)
+    outputs: str = "labels"           # labels (softmax over CLASS_SETS) | regions (sigmoid REGION_SETS channels)
+    ensemble: int = 0                 # shipped as this many fold models <name>.fold<i>.pt (0: one <name>.pt)
+    tta: bool = False                 # always mirror at inference (8 flips; chosen out of fold), whatever segment.tta
 
     def __post_init__(self) -> None:
 
         postprocess.parse_rule(self.postprocess)
+        if self.outputs not in OUTPUTS:
+            raise SegmentationError(f"model {self.name}: outputs must be one of {list(OUTPUTS)}, not {self.outputs!r}")
 
     @property
     def n_classes(self) -> int:
         return len(CLASS_SETS[self.classes])
 
     @property
+    def regions(self) -> tuple[str, ...] | None:
+        """The region channels (``outputs: regions``), else None."""
+        return REGION_SETS[self.classes] if self.outputs == "regions" else None
+
+    @property
+    def n_outputs(self) -> int:
+        """Output channels of the network."""
+        return len(self.regions) if self.regions else self.n_classes
+
+    @property
+    def folder(self) -> Path:
+        """Where the spec's weights and card live: beside its YAML (the package's models/ for shipped specs)."""
+        return self.path.parent if self.path is not None else MODELS_DIR
+
+    @property
     def weights_path(self) -> Path:
-        return MODELS_DIR / f"{self.name}.pt"
+        return self.folder / f"{self.name}.pt"
+
+    @property
+    def weights_paths(self) -> list[Path]:
+        """The shipped weight files: ``<name>.pt``, or one ``<name>.fold<i>.pt`` per fold of an ensemble."""
+        if self.ensemble:
+            return [self.folder / f"{self.name}.fold{i}.pt" for i in range(self.ensemble)]
+        return [self.weights_path]
 
     @property
     def card_path(self) -> Path:
-        return MODELS_DIR / f"{self.name}.md"
+        return self.folder / f"{self.name}.md"
 
     def build(self) -> Any:
         """A freshly initialised network of this spec."""
@@ -90,12 +121,15 @@ class ModelSpec:
         name = kw.pop("name", "unet")
         if name not in NETWORKS:
             raise SegmentationError(f"model {self.name}: unknown network {name!r}; known: {sorted(NETWORKS)}")
-        return NETWORKS[name](len(self.modalities), self.n_classes, **kw)
+        return NETWORKS[name](len(self.modalities), self.n_outputs, **kw)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "network": self.network,
-                "modalities": list(self.modalities), "classes": self.classes, "spacing": list(self.spacing),
-                "patch": list(self.patch), "train": self.train}
+        out = {"name": self.name, "description": self.description, "network": self.network,
+               "modalities": list(self.modalities), "classes": self.classes, "spacing": list(self.spacing),
+               "patch": list(self.patch), "train": self.train}
+        if self.outputs != "labels":   # keeps the dict (and the checkpoints that record it) of label models as it was
+            out["outputs"] = self.outputs
+        return out
 
 
 def available_models() -> list[str]:
@@ -120,7 +154,8 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
                          classes=raw["classes"], spacing=tuple(float(s) for s in raw["spacing"]),
                          patch=tuple(int(s) for s in raw["patch"]), train=dict(raw.get("train") or {}),
                          description=raw.get("description", ""), path=p, postprocess=str(raw.get("postprocess", "none")),
-                         postprocess_cv=dict(raw.get("postprocess_cv") or {}))
+                         postprocess_cv=dict(raw.get("postprocess_cv") or {}), outputs=str(raw.get("outputs", "labels")),
+                         ensemble=int(raw.get("ensemble", 0) or 0), tta=bool(raw.get("tta", False)))
     except SegmentationError as exc:
         raise SegmentationError(f"{p}: {exc}") from None
 
@@ -140,11 +175,18 @@ def choose_model(modalities: tuple[str, ...] | list[str], requested: str = "auto
 
 
 def card_sha256(card: Path) -> str | None:
-    """The weights sha256 recorded in a model card (the line ``sha256: <hex>``)."""
+    """The weights sha256 recorded in a model card (the first line ``sha256: <hex>``)."""
     if not card.exists():
         return None
     m = re.search(r"sha256[^0-9a-f]*([0-9a-f]{64})", card.read_text())
     return m.group(1) if m else None
+
+
+def card_hashes(card: Path) -> dict[str, str]:
+    """Weight file name -> sha256 of the lines ``- `<file>.pt`: ... sha256 <hex>`` of a model card."""
+    if not card.exists():
+        return {}
+    return dict(re.findall(r"`([\w.-]+\.pt)`[^\n]*?sha256[^0-9a-f\n]*([0-9a-f]{64})", card.read_text()))
 
 
 def save_weights(model: Any, path: Path) -> str:
@@ -159,31 +201,111 @@ def save_weights(model: Any, path: Path) -> str:
     return sha256(path)
 
 
-def load_model(spec: ModelSpec, weights: str | Path | None = None, device: str = "cpu") -> Any:
-    """The network of ``spec`` with weights loaded, in eval mode on ``device``.
+_ENSEMBLE: list[type] = []
 
-    ``weights=None`` loads the shipped weights and checks their sha256 against the model card;
-    a path loads a checkpoint (a state dict, or a training checkpoint with a ``model`` entry).
-    """
+
+def _ensemble_class() -> type:
+    """:class:`Ensemble`, defined on first use (torch is imported lazily in this package)."""
+    if _ENSEMBLE:
+        return _ENSEMBLE[0]
     import torch
 
-    path = Path(weights) if weights else spec.weights_path
-    if not path.exists():
-        raise SegmentationError(f"model {spec.name}: weights {path} not found; train them with "
-                                f"`python -m glioma_nb segment-train --model {spec.name}` or set segment.weights")
-    if weights is None:
-        expected = card_sha256(spec.card_path)
-        actual = sha256(path)
-        if expected != actual:
-            raise SegmentationError(f"model {spec.name}: {path.name} has sha256 {actual[:12]}..., the model card "
-                                    f"{spec.card_path.name} says {str(expected)[:12]}...; the weights are not "
-                                    "the ones the card describes (reinstall the package or retrain)")
+    class Ensemble(torch.nn.Module):
+        """Fold models averaged as nnU-Net averages them: the mean of the members' probabilities (``activation``:
+        softmax or sigmoid), returned as logits whose activation is exactly that mean (log for softmax, logit for
+        sigmoid), so the sliding window, mirroring and thresholds treat it as one network. Signature layers are
+        the first member's (``members.0.*``): the members' channels do not correspond, so their activations
+        cannot be averaged."""
+
+        def __init__(self, members: list[Any], activation: str) -> None:
+            super().__init__()
+            self.members = torch.nn.ModuleList(members)
+            self.activation = activation
+
+        def forward(self, x: Any) -> Any:
+            probs = None
+            for m in self.members:
+                out = m(x).float()
+                p = torch.softmax(out, 1) if self.activation == "softmax" else torch.sigmoid(out)
+                probs = p if probs is None else probs + p
+            mean = (probs / len(self.members)).clamp(1e-7, 1 - 1e-7)
+            return torch.log(mean) if self.activation == "softmax" else torch.logit(mean)
+
+    Ensemble.__module__, Ensemble.__qualname__ = __name__, "Ensemble"   # pickled by reference (Dask workers)
+    _ENSEMBLE.append(Ensemble)
+    return Ensemble
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Ensemble":
+        return _ensemble_class()
+    raise AttributeError(name)
+
+
+def is_ensemble(net: Any) -> bool:
+    return bool(_ENSEMBLE) and isinstance(net, _ENSEMBLE[0])
+
+
+def _load_state(spec: ModelSpec, path: Path) -> Any:
+    import torch
+
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     net = spec.build()
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return net
+
+
+def fold_weights(folder: Path) -> list[Path]:
+    """The fold models of a cross-validation folder (``fold<i>/weights.pt``), in fold order."""
+    found = sorted(Path(folder).glob("fold*/weights.pt"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
+    return found
+
+
+def load_model(spec: ModelSpec, weights: str | Path | None = None, device: str = "cpu") -> Any:
+    """The network of ``spec`` with weights loaded, in eval mode on ``device``.
+
+    ``weights=None`` loads the shipped weights (one file, or every fold of an ``ensemble`` spec as an
+    :class:`Ensemble`) and checks each file's sha256 against the model card; a file path loads a checkpoint (a
+    state dict, or a training checkpoint with a ``model`` entry); a cross-validation folder
+    (``segment-train --folds``) loads its fold models as an ensemble.
+    """
+    if weights is None:
+        paths = spec.weights_paths
+        hashes = card_hashes(spec.card_path)
+        for path in paths:
+            if not path.exists():
+                raise SegmentationError(f"model {spec.name}: weights {path} not found; train them with "
+                                        f"`python -m glioma_nb segment-train --model {spec.name} --ship` or set "
+                                        "segment.weights")
+            expected = hashes.get(path.name) or (card_sha256(spec.card_path) if len(paths) == 1 else None)
+            actual = sha256(path)
+            if expected != actual:
+                raise SegmentationError(f"model {spec.name}: {path.name} has sha256 {actual[:12]}..., the model card "
+                                        f"{spec.card_path.name} says {str(expected)[:12]}...; the weights are not "
+                                        "the ones the card describes (reinstall the package or retrain)")
+    else:
+        p = Path(weights)
+        paths = fold_weights(p) if p.is_dir() else [p]
+        if not paths or not paths[0].exists():
+            raise SegmentationError(f"model {spec.name}: weights {p} not found (a weights file, or a cross-validation "
+                                    "folder with fold*/weights.pt); train them with "
+                                    f"`python -m glioma_nb segment-train --model {spec.name}` or set segment.weights")
+    nets = [_load_state(spec, path) for path in paths]
+    net = nets[0] if len(nets) == 1 else _ensemble_class()(nets, "sigmoid" if spec.regions else "softmax")
     return net.to(device).eval()
+
+
+def weights_note(spec: ModelSpec, weights: str | Path | None = None) -> str:
+    """``shipped (sha256 ...)`` of the weights ``load_model`` reads (an ensemble: its folds' hashes)."""
+    if weights is None:
+        paths = spec.weights_paths
+    else:
+        paths = fold_weights(Path(weights)) if Path(weights).is_dir() else [Path(weights)]
+    hashes = ", ".join(sha256(p)[:12] for p in paths)
+    what = "shipped" if weights is None else str(weights)
+    return f"{what} ({len(paths)}-fold ensemble, sha256 {hashes})" if len(paths) > 1 else f"{what} (sha256 {hashes})"
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -204,6 +326,11 @@ def _cohort_data_root(cohort_name: str) -> Path | None:
         return None
 
 
+def same_data(cohort_name: str, root: Path | None) -> bool:
+    """Whether the cohort configuration ``cohort_name`` reads the data folder ``root``."""
+    return root is not None and _cohort_data_root(cohort_name) == Path(root).resolve()
+
+
 def trained_on(spec: ModelSpec, cohort_name: str, case_ids: list[str], root: Path | None = None) -> set[str]:
     """Which of ``case_ids`` (of cohort ``cohort_name``, data in ``root``) the shipped weights of
     ``spec`` were trained on. A cohort is the training cohort when it has its name or reads the same
@@ -216,5 +343,5 @@ def trained_on(spec: ModelSpec, cohort_name: str, case_ids: list[str], root: Pat
             continue
         cases = src.get("cases", [])
         held = set(src.get("held_out", []))
-        out |= {c for c in case_ids if c not in held} if cases == "all-others" else set(cases) & set(case_ids)
+        out |= {c for c in case_ids if c not in held} if cases in ("all", "all-others") else set(cases) & set(case_ids)
     return out

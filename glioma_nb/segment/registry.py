@@ -267,10 +267,10 @@ def load(name: str, device: str = "cpu", weights: str = "shipped", root: Path | 
         spec = models.load_spec(name)
         if weights == "shipped":
             net = models.load_model(spec, None, device=device)
-            note = f"shipped (sha256 {models.sha256(spec.weights_path)[:12]})"
+            note = models.weights_note(spec)
         else:
             net = models.load_model(spec, weights, device=device)
-            note = f"{weights} (sha256 {models.sha256(Path(weights))[:12]})"
+            note = models.weights_note(spec, weights)
         return kinds.GliomaNbSegmenter(spec, net, note)
     entry, folder = read_entry(name, root)
     if weights != "shipped":

@@ -25,7 +25,13 @@ from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.signature.network import Request
 
 _RULE_WORDS = {"largest": "only the largest connected component of the tumour is kept",
-               "min_fraction": "components smaller than that fraction of the largest are removed"}
+               "min_fraction": "components smaller than that fraction of the largest are removed",
+               "et_min": "an enhancing tumour smaller than that many mL becomes necrosis / non-enhancing core"}
+
+
+def rule_words(rule: str) -> str:
+    """A post-processing rule in words (each ``+`` part)."""
+    return "; then ".join(w for w in (_RULE_WORDS.get(p.split(":")[0], "") for p in rule.split("+")) if w)
 
 
 @dataclass(repr=False)  # StepResult.__repr__: what the result holds, not every table
@@ -44,6 +50,7 @@ class SegmentResult(StepResult):
     trained_on: list[str] = field(default_factory=list)            # cases the weights were trained on
     note: str = ""
     postprocess: str = "none"                                      # the rule applied to every mask
+    out_of_fold: pd.DataFrame = field(default_factory=pd.DataFrame)  # shipped CV models: this cohort's OOF scores
 
     @property
     def flagged(self) -> pd.DataFrame:
@@ -74,9 +81,11 @@ class SegmentResult(StepResult):
                 (f", median {self.cases['seconds'].median():.1f} s per case" if n else "") +
                 f"; {len(self.flagged)} flagged by the sanity checks (of the network's mask). Post-processing: "
                 + ("none." if self.postprocess == "none" else
-                   f"**{self.postprocess}** ({_RULE_WORDS.get(self.postprocess.split(':')[0], '')}" +
+                   f"**{self.postprocess}** ({rule_words(self.postprocess)}" +
                    (", the model's own rule, chosen by cross-validation on its training patients for the shipped "
-                    "weights)." if self.postprocess == self.spec.postprocess and self.spec.postprocess_cv else ").")) +
+                    "weights)." if self.postprocess == self.spec.postprocess and (
+                        self.spec.postprocess_cv or getattr(getattr(self.spec, "spec", None), "ensemble", 0))
+                    else ").")) +
                 " Masks: `masks/<case>.nii.gz` in each image's own voxel grid and affine.")
         notes = pd.Series([x for v in self.cases.get("notes", pd.Series(dtype=object)).fillna("")
                            for x in str(v).split(" | ") if x], dtype=object).value_counts()
@@ -99,7 +108,12 @@ class SegmentResult(StepResult):
                      + (f"; {k} of this cohort's cases were in the training set and are shown grey, not summarised."
                         if k else "."))
             if m == 0:
-                text += " Every labelled case was used in training: there is no honest score for this cohort."
+                text += " Every labelled case was used in training: the ensemble has no honest score on this cohort."
+        if not self.out_of_fold.empty:
+            oof = self.out_of_fold
+            parts = ", ".join(f"{c.removeprefix('dice_')} {oof[c].mean():.3f}" for c in oof.columns if c.startswith("dice_"))
+            text += (f" Its **out-of-fold** Dice on {len(oof)} of these cases, each segmented by the fold model that "
+                     f"never saw it (the model card's cross-validation, `{self.spec.name}.oof.csv`): {parts} (mean).")
         return text
 
     def record(self) -> dict[str, Any]:
@@ -120,6 +134,10 @@ class SegmentResult(StepResult):
             out.update(metrics.summary_record(self.summary))
             out["scored_cases"] = ("cases not used in training" if self.held_out or self.trained_on else "all cases")
             out["n_trained_on"] = len(self.trained_on)
+        if not self.out_of_fold.empty:
+            out["out_of_fold"] = {"n": len(self.out_of_fold), **{c: round(float(self.out_of_fold[c].mean()), 4)
+                                                                  for c in self.out_of_fold.columns
+                                                                  if c.startswith(("dice_", "hd95_"))}}
         return out
 
 
@@ -196,6 +214,7 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
         result.models[record.name] = record  # the network's spec, input channels, weights file and its sha256
     elif weights == "shipped":
         result.trained_on = registry.trained_on(seg, cohort.name, cohort.case_ids, cohort.root)
+        result.out_of_fold = out_of_fold_scores(seg, cohort)
     if cohort.scheme is not None:
         scores = metrics.cohort_scores(cohort, mask_dir)
         if not scores.empty:
@@ -204,6 +223,20 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
             # honest figures: only cases the weights never saw
             result.summary = metrics.summarise(scores[~scores["trained_on"]])
     return _display(ctx, result, n_overlay_cases)
+
+
+def out_of_fold_scores(seg: kinds.Segmenter, cohort: Any) -> pd.DataFrame:
+    """The shipped cross-validated model's out-of-fold scores (``<model>.oof.csv``) of this cohort's cases (a
+    cohort reading the model's training data counts as it), or an empty table."""
+    if not isinstance(seg, kinds.GliomaNbSegmenter) or not seg.spec.ensemble:
+        return pd.DataFrame()
+    path = seg.spec.folder / f"{seg.spec.name}.oof.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    oof = pd.read_csv(path)
+    mine = [co for co in oof["cohort"].unique() if co == cohort.name or models.same_data(co, cohort.root)]
+    part = oof[oof["cohort"].isin(mine) & oof["case_id"].isin(cohort.case_ids)]
+    return part.drop(columns=[c for c in ("variant", "rule") if c in part]).reset_index(drop=True)
 
 
 def _check_modalities(cohort: Any, model: Any) -> None:

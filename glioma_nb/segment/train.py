@@ -19,6 +19,7 @@ import contextlib
 import csv
 import json
 import os
+import platform
 import shutil
 import time
 import warnings
@@ -32,7 +33,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from tqdm import tqdm
 
 from glioma_nb import config, io, provenance, synthetic
-from glioma_nb.segment import infer, metrics, models, transforms
+from glioma_nb.segment import infer, metrics, models, transforms, window
 from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.segment.models import ModelSpec
 
@@ -57,6 +58,10 @@ class TrainSettings:
     val_every: int = 250
     checkpoint_every: int = 100
     overlap: float = 0.25
+    crop: str = "posneg"          # posneg | classes (transforms.augment)
+    augmentation: str = "basic"   # basic | nnunet (transforms.augment)
+    deep_supervision: int = 0     # auxiliary outputs at the N decoder levels below full resolution (DeepSupervision)
+    bf16: bool = False            # bfloat16 autocast on CPU (CUDA uses it where the GPU has it, whatever this says)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, **overrides: Any) -> "TrainSettings":
@@ -77,7 +82,7 @@ def sources_from_spec(spec: ModelSpec, progress: bool = False) -> list[TrainSour
             raise io.CohortError(report)
         held = list(src.get("held_out", []))
         cases = src.get("cases", [])
-        if cases == "all-others":
+        if cases in ("all", "all-others"):
             cases = [c for c in cohort.case_ids if c not in held]
         missing = [c for c in [*cases, *held] if c not in cohort.case_ids]
         if missing:
@@ -103,15 +108,20 @@ def split_by_patient(cohort: io.Cohort, held_out_fraction: float = 0.25, seed: i
     return sorted(ids[tr].tolist()), sorted(ids[te].tolist())
 
 
-def _prepare(sources: Sequence[TrainSource], spec: ModelSpec, which: str, progress: bool) -> list[dict[str, Any]]:
+def _prepare(sources: Sequence[TrainSource], spec: ModelSpec, which: str, progress: bool,
+             crop: str = "posneg") -> list[dict[str, Any]]:
 
     pre = transforms.preprocess(spec, with_label=True)
+    ready = transforms.crop_ready(spec) if crop == "classes" and which == "train" else None
     items = [(s.cohort, c) for s in sources for c in getattr(s, which)]
     out = []
     for cohort, cid in tqdm(items, desc=f"preprocess {which} cases", disable=not progress):
         d = pre(transforms.load_case(cohort, cid, spec, with_label=True))
-        out.append({"image": d["image"].as_tensor(), "label": d["label"].as_tensor(),
-                    "case_id": f"{cohort.name}/{cid}"})
+        d = {"image": d["image"].as_tensor(), "label": d["label"].as_tensor()}
+        if ready is not None:
+            d = dict(ready(d))
+            d = {k: (v.as_tensor() if hasattr(v, "as_tensor") else v) for k, v in d.items()}
+        out.append({**d, "case_id": f"{cohort.name}/{cid}"})
     return out
 
 
@@ -120,7 +130,9 @@ def _val_dice(net: Any, spec: ModelSpec, cases: list[dict[str, Any]], device: st
     scores = []
     net.eval()
     for c in cases:
-        p = infer.sliding_window(net, c["image"], spec, overlap=overlap, device=device).argmax(0).numpy()
+        probs = window.sliding_window(net, c["image"], spec.patch, overlap=overlap, device=device,
+                                      activation="sigmoid" if spec.regions else "softmax")
+        p = (probs[0] > 0.5 if spec.regions else probs.argmax(0)).numpy()
         scores.append(metrics.region_scores(p > 0, c["label"][0].numpy() > 0, spec.spacing)[0])
     net.train()
     return float(np.mean(scores)) if scores else float("nan")
@@ -172,8 +184,15 @@ def dice_ce_loss(logits: Any, target: Any, smooth: float = 1e-5) -> Any:
     ce = F.cross_entropy(logits, classes)
     prob = torch.softmax(logits, 1)
     onehot = F.one_hot(classes, logits.shape[1]).movedim(-1, 1).to(prob.dtype)
-    dims = [0, *range(2, logits.ndim)]
-    sums = torch.stack([(prob * onehot).sum(dims), onehot.sum(dims), prob.sum(dims)])
+    return _batch_dice_loss(prob, onehot, smooth).mean() + ce
+
+
+def _batch_dice_loss(prob: Any, target: Any, smooth: float) -> Any:
+    """1 - soft Dice per channel over the whole (global, under DDP) batch."""
+    import torch
+
+    dims = [0, *range(2, prob.ndim)]
+    sums = torch.stack([(prob * target).sum(dims), target.sum(dims), prob.sum(dims)])
     if world()[1] > 1:
         from torch.distributed.nn.functional import all_reduce
 
@@ -181,8 +200,102 @@ def dice_ce_loss(logits: Any, target: Any, smooth: float = 1e-5) -> Any:
             warnings.simplefilter("ignore", FutureWarning)
             sums = all_reduce(sums)
     inter, ref, pred = sums
-    dice = 1.0 - (2.0 * inter + smooth) / (ref + pred + smooth)
-    return dice.mean() + ce
+    return 1.0 - (2.0 * inter + smooth) / (ref + pred + smooth)
+
+
+def region_targets(classes: Any, regions: Sequence[str]) -> Any:
+    """Overlapping region masks (B, R, ...) of an internal class map (B, ...): wt every tumour class, tc necrosis /
+    core and enhancing (1, 3), et enhancing (3); a whole-tumour model's map is 0/1."""
+    import torch
+
+    c = classes.long()
+    masks = {"wt": c > 0, "tc": (c == 1) | (c == 3), "et": c == 3}
+    return torch.stack([masks[r] for r in regions], 1).float()
+
+
+def dice_bce_loss(logits: Any, target: Any, regions: Sequence[str], smooth: float = 1e-5) -> Any:
+    """Region training (nnU-Net's BraTS entries, Isensee et al. 2021): sigmoid channels of the overlapping regions
+    (``regions``, e.g. wt/tc/et) with batch soft Dice + binary cross-entropy; ``target``: the class map (B, 1, ...).
+    The Dice sums are all-reduced under DDP as in :func:`dice_ce_loss`."""
+    import torch
+    import torch.nn.functional as F
+
+    y = region_targets(target[:, 0], regions).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, y)
+    return _batch_dice_loss(torch.sigmoid(logits), y, smooth).mean() + bce
+
+
+def deep_supervision_weights(n_aux: int) -> list[float]:
+    """nnU-Net's loss weights of the full-resolution output and ``n_aux`` lower ones: 1, 1/2, 1/4, ... normalised."""
+    w = [0.5 ** i for i in range(n_aux + 1)]
+    return [x / sum(w) for x in w]
+
+
+def supervised_loss(outputs: Any, target: Any, spec: ModelSpec) -> Any:
+    """The loss of the network's output, or of its deep-supervision outputs (a list: full resolution first; the
+    target is down-sampled by nearest neighbour to each, as nnU-Net does)."""
+    import torch.nn.functional as F
+
+    outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    weights = deep_supervision_weights(len(outs) - 1)
+    total = 0.0
+    for w, out in zip(weights, outs):
+        t = target if out.shape[2:] == target.shape[2:] else F.interpolate(target, size=out.shape[2:], mode="nearest")
+        out = out.float()
+        total = total + w * (dice_bce_loss(out, t, spec.regions) if spec.regions else dice_ce_loss(out, t))
+    return total
+
+
+def decoder_levels(net: Any, n: int) -> list[str]:
+    """The module names of a MONAI UNet's decoder outputs at the ``n`` resolutions below full (half, quarter, ...)."""
+    names = ["model" + ".1.submodule" * k + ".2" for k in range(1, n + 1)]
+    mods = dict(net.named_modules())
+    missing = [m for m in names if m not in mods]
+    if missing:
+        raise SegmentationError(f"deep supervision of {n} levels needs a MONAI UNet with more than {n} down-samplings "
+                                f"(no module {missing[0]}); lower train.deep_supervision or set it to 0")
+    return names
+
+
+def deep_supervised(net: Any, spec: ModelSpec, n_aux: int) -> Any:
+    """``net`` with ``n_aux`` auxiliary 1x1x1 convolution heads on its decoder outputs below full resolution (nnU-Net's
+    deep supervision), for training only: the module returns [full, half, quarter, ...] logits; the shipped weights
+    are ``net``'s alone (the heads are dropped, inference is unchanged)."""
+    import torch
+
+    names = decoder_levels(net, n_aux)
+
+    class DeepSupervision(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.acts: dict[str, Any] = {}
+            mods = dict(net.named_modules())
+            self.handles = [mods[m].register_forward_hook(self._keep(m)) for m in names]
+            with torch.no_grad():
+                net(torch.zeros(1, len(spec.modalities), *spec.patch, device=next(net.parameters()).device))
+            self.heads = torch.nn.ModuleList(torch.nn.Conv3d(self.acts[m].shape[1], spec.n_outputs, 1) for m in names)
+
+        def _keep(self, name: str) -> Any:
+            def fn(_m: Any, _i: Any, out: Any) -> None:
+                self.acts[name] = out
+            return fn
+
+        def forward(self, x: Any) -> list[Any]:
+            out = self.net(x)
+            return [out, *(h(self.acts[m]) for h, m in zip(self.heads, names))]
+
+    return DeepSupervision()
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast is slower than float32."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:   # pragma: no cover - older torch
+        return False
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -217,7 +330,7 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
-    train_cases = _prepare(sources, spec, "train", progress)
+    train_cases = _prepare(sources, spec, "train", progress, crop=s.crop)
     val_cases = _prepare(sources, spec, "held_out", progress)
     if not train_cases:
         raise SegmentationError(f"model {spec.name}: no training cases")
@@ -226,16 +339,22 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
     else:
         device_obj = torch.device(device)
     net = spec.build().to(device_obj)
-    model = net
+    model = deep_supervised(net, spec, s.deep_supervision).to(device_obj) if s.deep_supervision else net
+    trained = model                    # what the optimiser steps: the network and any deep-supervision heads
     if n_proc > 1:   # one process per GPU (or CPU share); rank 0 writes
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(net, device_ids=[local] if device == "cuda" else None)
-    opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        model = DistributedDataParallel(trained, device_ids=[local] if device == "cuda" else None)
+    opt = torch.optim.AdamW(trained.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / s.iterations) ** 0.9)
     cuda_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and not cuda_bf16)
-    aug = transforms.augment(spec, s.samples_per_case)
+    aug = transforms.augment(spec, s.samples_per_case, crop=s.crop, augmentation=s.augmentation)
+    bf16 = bf16 or s.bf16
+    if bf16 and device == "cpu" and not cpu_bf16_supported():
+        warnings.warn(f"model {spec.name}: this CPU has no bfloat16 instructions (AVX512-BF16 / AMX); training in "
+                      "float32 instead (train.bf16 is a speed setting, not a recipe one)", stacklevel=2)
+        bf16 = False
     log: list[dict[str, Any]] = []
     start, elapsed = 0, 0.0
     ckpt = out_dir / "checkpoint.pt"
@@ -245,6 +364,8 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
             raise SegmentationError(f"{ckpt} was written for another model spec or other training settings "
                                     f"({state.get('settings')}); resume with the same ones or use a new output folder")
         net.load_state_dict(state["model"])
+        if trained is not net:
+            trained.heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -265,12 +386,12 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
         batch = []
         for ci in rng.integers(0, len(train_cases), size=s.batch_cases):
             c = train_cases[ci]
-            batch.extend(aug({"image": c["image"], "label": c["label"]}))
+            batch.extend(aug({k: v for k, v in c.items() if k != "case_id"}))
         batch = batch[rank::n_proc]    # every process draws the global batch (same seeds) and takes its share
         x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).to(device_obj)
         y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).to(device_obj)
         with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=use_autocast):
-            loss = dice_ce_loss(model(x).float(), y)
+            loss = supervised_loss(model(x), y, spec)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -298,7 +419,8 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
             bar.set_postfix(loss=f"{entry['loss']:.3f}", val=f"{entry['val_dice_wt']:.3f}")
         stopping = stop_at is not None and stop_at <= done < s.iterations
         if lead and (done % s.checkpoint_every == 0 or done == s.iterations or stopping):
-            _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            _save_atomic({"model": net.state_dict(), **({"heads": trained.heads.state_dict()} if trained is not net else {}),
+                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "scaler": scaler.state_dict(), "iteration": done, "log": log,
                           "seconds": time.perf_counter() - t0, "spec": spec.to_dict(),
                           "settings": dict(s.__dict__)}, ckpt)
@@ -307,7 +429,8 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
             _barrier()
             return {"model": spec.name, "stopped_at": done}
     summary = {"model": spec.name, "iterations": s.iterations, "settings": s.__dict__, "device": device,
-               "processes": n_proc, "global_batch_patches": per_step,
+               "processes": n_proc, "global_batch_patches": per_step, "host": platform.node(),
+               "device_name": torch.cuda.get_device_name(device_obj) if device == "cuda" else platform.processor() or "cpu",
                "bf16": bf16 or cuda_bf16, "seconds": round(time.perf_counter() - t0, 1),
                "n_parameters": int(sum(p.numel() for p in net.parameters())),
                "train_cases": [c["case_id"] for c in train_cases], "held_out_cases": [c["case_id"] for c in val_cases],

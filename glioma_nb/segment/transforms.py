@@ -127,8 +127,36 @@ def preprocess(spec: Any, with_label: bool = False) -> Any:
     return Compose(steps)
 
 
-def augment(spec: ModelSpec, samples_per_case: int = 2, pos_fraction: float = 2 / 3) -> Any:
-    """Training patches and augmentation, applied to a preprocessed case."""
+AUGMENTATIONS = ("basic", "nnunet")
+CROPS = ("posneg", "classes")
+
+
+def crop_ready(spec: ModelSpec) -> Any:
+    """What the ``classes`` crop needs once per preprocessed training case: padding to the patch and each class's
+    voxel indices (``label_cls_indices``; background restricted to non-zero image voxels), so patches are drawn
+    without scanning the volume every iteration."""
+    from monai.transforms import ClassesToIndicesd, Compose, SpatialPadd
+
+    return Compose([SpatialPadd(keys=["image", "label"], spatial_size=spec.patch),
+                    ClassesToIndicesd(keys="label", num_classes=spec.n_classes, image_key="image", image_threshold=0)])
+
+
+def augment(spec: ModelSpec, samples_per_case: int = 2, pos_fraction: float = 2 / 3, crop: str = "posneg",
+            augmentation: str = "basic") -> Any:
+    """Training patches and augmentation, applied to a preprocessed case.
+
+    ``crop``: ``posneg`` (``pos_fraction`` of the patches centred on tumour) or ``classes`` (each class present in
+    the case, background included, equally likely as the patch centre: enhancing tumour and the core are
+    oversampled; needs :func:`crop_ready` first). ``augmentation``: ``basic`` (the v1 recipe) or ``nnunet``, the
+    transforms and probabilities of nnU-Net's default training (Isensee et al. 2021, Nat Methods, supplement): rotation
+    (+-30 degrees; in-plane for thick slices) and scaling (0.7-1.4) each p 0.2, Gaussian noise p 0.1, Gaussian blur
+    (sigma 0.5-1) p 0.2, brightness x(0.75-1.25) p 0.15, contrast x(0.75-1.25) about the mean p 0.15, simulated low
+    resolution (zoom 0.5-1) p 0.25, gamma 0.7-1.5 p 0.3, mirroring on each axis p 0.5 (MONAI transforms)."""
+    if crop not in CROPS or augmentation not in AUGMENTATIONS:
+        raise SegmentationError(f"model {spec.name}: train.crop must be one of {list(CROPS)} and train.augmentation "
+                                f"one of {list(AUGMENTATIONS)} (got {crop!r}, {augmentation!r})")
+    if augmentation == "nnunet" or crop == "classes":
+        return _augment_v2(spec, samples_per_case, pos_fraction, crop, augmentation)
     from monai.transforms import (
         Compose,
         RandAffined,
@@ -155,4 +183,58 @@ def augment(spec: ModelSpec, samples_per_case: int = 2, pos_fraction: float = 2 
         RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
         RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
         RandGaussianNoised(keys="image", prob=0.15, std=0.05),
+    ])
+
+
+def _augment_v2(spec: ModelSpec, samples_per_case: int, pos_fraction: float, crop: str, augmentation: str) -> Any:
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrastd,
+        RandAffined,
+        RandCropByLabelClassesd,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+        RandScaleIntensityd,
+        RandScaleIntensityFixedMeand,
+        RandShiftIntensityd,
+        RandSimulateLowResolutiond,
+        SpatialPadd,
+    )
+
+    keys = ["image", "label"]
+    if crop == "classes":
+        steps: list[Any] = [RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=spec.patch,
+                                                    num_classes=spec.n_classes, num_samples=samples_per_case,
+                                                    indices_key="label_cls_indices", warn=False)]
+    else:
+        steps = [SpatialPadd(keys=keys, spatial_size=spec.patch),
+                 RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=spec.patch, pos=pos_fraction,
+                                        neg=1 - pos_fraction, num_samples=samples_per_case, image_key="image",
+                                        image_threshold=0)]
+    anisotropic = max(spec.spacing) > 1.5 * min(spec.spacing)
+    flips = [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)]
+    if augmentation == "basic":
+        rotate = (0.0, 0.0, 0.26) if anisotropic else (0.26, 0.26, 0.26)
+        return Compose([*steps, RandAffined(keys=keys, prob=0.3, rotate_range=rotate, scale_range=(0.1, 0.1, 0.1),
+                                            mode=("bilinear", "nearest"), padding_mode="zeros"), *flips,
+                        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+                        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+                        RandGaussianNoised(keys="image", prob=0.15, std=0.05)])
+    rotate = (0.0, 0.0, 0.52) if anisotropic else (0.52, 0.52, 0.52)   # 30 degrees
+    sigma = (0.5, 1.0)
+    return Compose([
+        *steps,
+        # rotation and scaling, each p 0.2 as in nnU-Net (both at once p 0.04)
+        RandAffined(keys=keys, prob=0.2, rotate_range=rotate, mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandAffined(keys=keys, prob=0.2, scale_range=(0.3, 0.3, 0.3), mode=("bilinear", "nearest"),
+                    padding_mode="zeros"),
+        RandGaussianNoised(keys="image", prob=0.1, std=0.1),
+        RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma),
+        RandScaleIntensityd(keys="image", factors=0.25, prob=0.15),
+        RandScaleIntensityFixedMeand(keys="image", factors=0.25, preserve_range=True, prob=0.15),
+        RandSimulateLowResolutiond(keys="image", prob=0.25, zoom_range=(0.5, 1.0)),
+        RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+        *flips,
     ])
