@@ -237,11 +237,10 @@ def test_network_registry_builds_both_networks():
         _spec(network={"name": "vnet2000"}).build()
 
 
-@pytest.mark.parametrize("name", ["brats-4mod", "flair-wt"])
-def test_shipped_weights_match_their_model_card(name, tmp_path):
-    """Every fold model of the shipped ensemble is under 20 MB with the sha256 its card records; a tampered copy is
-    refused."""
-    spec = models.load_spec(name)
+def test_shipped_ensemble_matches_its_model_card(tmp_path):
+    """Every fold model of the shipped brats-4mod ensemble is under 20 MB with the sha256 its card records; a
+    tampered copy is refused."""
+    spec = models.load_spec("brats-4mod")
     assert spec.ensemble >= 2 and len(spec.weights_paths) == spec.ensemble
     hashes = models.card_hashes(spec.card_path)
     for p in spec.weights_paths:
@@ -252,13 +251,31 @@ def test_shipped_weights_match_their_model_card(name, tmp_path):
     assert net(x).shape == (1, spec.n_outputs, *spec.patch)
     pkg = tmp_path / "pkg"
     pkg.mkdir()
-    for f in spec.folder.glob(f"{name}.*"):
+    for f in spec.folder.glob("brats-4mod.*"):
         shutil.copy(f, pkg / f.name)
-    raw = bytearray((pkg / f"{name}.fold1.pt").read_bytes())
+    raw = bytearray((pkg / "brats-4mod.fold1.pt").read_bytes())
     raw[-100] ^= 0xFF
-    (pkg / f"{name}.fold1.pt").write_bytes(bytes(raw))
-    with pytest.raises(SegmentationError, match=f"{name}.fold1.pt has sha256"):
-        models.load_model(models.load_spec(pkg / f"{name}.yaml"))
+    (pkg / "brats-4mod.fold1.pt").write_bytes(bytes(raw))
+    with pytest.raises(SegmentationError, match="brats-4mod.fold1.pt has sha256"):
+        models.load_model(models.load_spec(pkg / "brats-4mod.yaml"))
+
+
+def test_shipped_single_model_matches_its_model_card(tmp_path, monkeypatch):
+    """flair-wt ships one network (v1: the cross-validated v2 scored lower, see configs/models/flair-wt-v2.yaml)."""
+    spec = models.load_spec("flair-wt")
+    assert spec.ensemble == 0 and spec.weights_path.stat().st_size < 20e6
+    assert models.card_sha256(spec.card_path) == models.sha256(spec.weights_path)
+    net = models.load_model(spec)
+    x = torch.zeros(1, len(spec.modalities), *spec.patch)
+    assert net(x).shape == (1, spec.n_classes, *spec.patch)
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    for f in ("flair-wt.yaml", "flair-wt.md"):
+        shutil.copy(spec.path.parent / f, tmp_path / f)
+    raw = bytearray(spec.weights_path.read_bytes())
+    raw[-100] ^= 0xFF
+    (tmp_path / "flair-wt.pt").write_bytes(bytes(raw))
+    with pytest.raises(SegmentationError, match="sha256"):
+        models.load_model(models.load_spec("flair-wt"))
 
 
 def test_choose_model_by_modalities():
@@ -269,25 +286,37 @@ def test_choose_model_by_modalities():
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("cohort_name,model", [
-    pytest.param("brats18-dev", "brats-4mod", marks=requires_shared("brats18")),
-    pytest.param("tcga-lgg-dev", "flair-wt", marks=requires_shared("tcga-lgg")),
-])
-def test_a_shipped_fold_model_reproduces_its_out_of_fold_scores(tmp_path, cohort_name, model):
+@requires_shared("brats18")
+def test_a_shipped_fold_model_reproduces_its_out_of_fold_scores(tmp_path):
     """The out-of-fold figures of the card come from the shipped fold models: the fold model that never saw a real
-    case segments it (with the spec's mirroring and rule) to the Dice recorded in ``<model>.oof.csv``."""
+    case segments it (with the spec's mirroring and rule) to the Dice recorded in ``brats-4mod.oof.csv``."""
     from glioma_nb import config
 
-    cohort, report = io.check_cohort(config.resolve_config(cohort_name), progress=False, images=False)
-    spec = models.load_spec(model)
-    oof = pd.read_csv(spec.folder / f"{model}.oof.csv")
-    row = oof[oof["cohort"] == cohort_name].sort_values("dice_WT").iloc[len(oof[oof["cohort"] == cohort_name]) // 2]
+    cohort, report = io.check_cohort(config.resolve_config("brats18-dev"), progress=False, images=False)
+    spec = models.load_spec("brats-4mod")
+    oof = pd.read_csv(spec.folder / "brats-4mod.oof.csv")
+    row = oof.sort_values("dice_WT").iloc[len(oof) // 2]
     member = models.load_model(spec).members[int(row["fold"])]
     table = infer.segment_cohort(cohort, spec, member, tmp_path, case_ids=[row["case_id"]], progress=False)
     assert table.loc[0, "status"] == "predicted" and table.loc[0, "postprocess"] == spec.postprocess
     scores = metrics.cohort_scores(cohort, tmp_path, [row["case_id"]]).iloc[0]
     for col in [c for c in oof.columns if c.startswith("dice_")]:
         assert scores[col] == pytest.approx(row[col], abs=0.02), col
+
+
+@pytest.mark.shared_data
+@requires_shared("tcga-lgg")
+def test_shipped_flair_model_segments_a_held_out_real_case(tmp_path):
+    """A tcga-lgg patient held out of flair-wt's training is segmented in its own space with a plausible Dice."""
+    from glioma_nb import config
+
+    cohort, report = io.check_cohort(config.resolve_config("tcga-lgg-dev"), progress=False, images=False)
+    spec = models.load_spec("flair-wt")
+    case_id = "TCGA_DU_5851_19950428"
+    assert case_id not in models.trained_on(spec, "tcga-lgg-dev", cohort.case_ids)
+    table = infer.segment_cohort(cohort, spec, models.load_model(spec), tmp_path, case_ids=[case_id], progress=False)
+    assert table.loc[0, "status"] == "predicted"
+    assert metrics.cohort_scores(cohort, tmp_path, [case_id]).loc[0, "dice_WT"] > 0.5
 
 
 # --- post-processing: rules, CV choice, inference --------------------------------------------------
@@ -327,7 +356,7 @@ def test_an_unknown_postprocess_rule_is_refused_with_the_accepted_forms(rule):
 
 
 def test_a_spec_file_with_a_bad_rule_is_named(tmp_path):
-    text = re.sub(r"(?m)^postprocess: .*$", "postprocess: biggest", models.MODELS_DIR.joinpath("flair-wt.yaml").read_text())
+    text = re.sub(r"(?m)^postprocess: .*$", "postprocess: biggest", models.MODELS_DIR.joinpath("brats-4mod.yaml").read_text())
     assert "biggest" in text
     (tmp_path / "m.yaml").write_text(text)
     with pytest.raises(SegmentationError, match=r"m\.yaml: post-processing rule 'biggest'"):

@@ -214,3 +214,17 @@ def test_the_cli_runs_a_partial_cross_validation_that_cannot_be_shipped(cv_setup
         cv.ship(spec, out, "cmd")
     assert cli.main([*base, "--fold", "2"]) != 0
     assert cli.main([*base, "--fold", "1", "--ship"]) != 0
+
+
+@pytest.mark.parametrize("name", ["brats-4mod"])
+def test_the_v1_specs_keep_the_v1_recipe_and_ship_beside_themselves(name):
+    """The v1 cards' commands retrain v1: their specs resolve to the softmax, basic-augmentation recipe, and --ship
+    would write into models/v1, never over the shipped v2 ensemble."""
+    v1 = models.load_spec(models.MODELS_DIR / "v1" / f"{name}.yaml")
+    s = train.TrainSettings.from_spec(v1)
+    assert (v1.outputs, v1.ensemble, s.crop, s.augmentation, s.deep_supervision, s.bf16) == \
+        ("labels", 0, "posneg", "basic", 0, False)
+    assert v1.weights_path == models.MODELS_DIR / "v1" / f"{name}.pt" and v1.card_path.parent.name == "v1"
+    assert f"--model glioma_nb/segment/models/v1/{name}.yaml" in v1.card_path.read_text()
+    v2 = models.load_spec(name)
+    assert v2.outputs == "regions" and v2.n_outputs == len(v2.regions)

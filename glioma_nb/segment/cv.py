@@ -317,7 +317,7 @@ def card(spec: models.ModelSpec, out_dir: Path, files: Sequence[tuple[str, float
                                + (f" x{x['processes']}" if x["processes"] > 1 else "") + (f" ({x['host']})" if x["host"] else ""),
                                "minutes": x["minutes"], "iterations": x["iterations"], "train cases": x["n_train"],
                                "predicted cases": x["n_val"]} for x in fm])
-    fold_rows["minutes"] = fold_rows["minutes"].astype(float)
+    fold_rows["minutes"] = [f"{m:.1f}" for m in fold_rows["minutes"]]
     s_rows = summ.assign(ci=[f"[{a:.3f}, {b:.3f}]" for a, b in zip(summ["ci_low"], summ["ci_high"])])
     s_rows = s_rows[["cohort", "region", "metric", "mean", "ci", "median", "n", "n_missing"]]
     per_case = oof_per_case(out_dir).drop(columns=["variant", "rule"])
