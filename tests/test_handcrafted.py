@@ -65,3 +65,20 @@ def test_perturbed_re_extractions_and_predicted_masks(tiny_cohort, tmp_path):
     (tmp_path / "C00.json").write_text('{"scheme": "brats2018"}')
     pred = handcrafted.case_features(cohort, "C00", settings, regions=["WT"], masks_from=masks)
     assert pred == pytest.approx(base)
+
+
+def test_a_region_of_exactly_the_minimum_roi_size_is_left_out_not_an_error(tiny_cohort):
+    """PyRadiomics refuses a mask of at most minimumROISize voxels (20 in mri-3d); such a region (a predicted ET of
+    20 voxels) has no features instead of failing the case."""
+    cohort = io.load_cohort(config.resolve_config(str(tiny_cohort)), progress=False)
+    lab_path = cohort.case("C00").label
+    img = nib.load(lab_path)
+    lab = np.asarray(img.dataobj).copy()
+    lab[lab == 4] = 1
+    et = np.argwhere(lab > 0)[:20]
+    lab[tuple(et.T)] = 4
+    nib.save(nib.Nifti1Image(lab, img.affine), lab_path)
+    settings = handcrafted.load_settings("mri-3d")
+    assert settings["setting"]["minimumROISize"] == 20
+    row = handcrafted.case_features(cohort, "C00", settings)
+    assert not any(k.startswith("ET__") for k in row) and "TC__shape__VoxelVolume" in row

@@ -131,7 +131,8 @@ def case_features(cohort: io.Cohort, case_id: str, settings: Mapping[str, Any],
     elif perturbation is not None:
         raise ValueError(f"unknown perturbation {perturbation!r}; known: {list(network.PERTURBATIONS)}")
     tex_ex, shape_ex = _extractors(settings)
-    min_size = int((settings.get("setting") or {}).get("minimumROISize") or 1)
+    # PyRadiomics refuses a mask of at most minimumROISize voxels (imageoperations.checkMask: roiSize <= minSize)
+    min_size = int((settings.get("setting") or {}).get("minimumROISize") or 0)
     # crop to the tumour's bounding box (+ margin): features only see mask voxels and their neighbours,
     # and PyRadiomics' per-call checks scale with the whole volume
     geom, arrays, region_masks = _crop(label_img.affine, arrays, region_masks, margin=4)
@@ -140,7 +141,7 @@ def case_features(cohort: io.Cohort, case_id: str, settings: Mapping[str, Any],
     for region, mask in region_masks.items():
         if regions and region not in regions:
             continue
-        if mask.sum() < min_size:  # empty or tiny region (e.g. no enhancement): features undefined
+        if mask.sum() <= min_size:  # empty or tiny region (e.g. no enhancement): features undefined
             continue
         m_img = to_sitk(geom, mask.astype(np.uint8))
         first = next(iter(images.values()))
