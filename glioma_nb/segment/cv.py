@@ -288,18 +288,12 @@ def oof_per_case(out_dir: Path) -> pd.DataFrame:
     return chosen[["cohort", "case_id", "fold", "variant", "rule", *cols]].round(4).reset_index(drop=True)
 
 
-def _md(df: pd.DataFrame) -> str:
-    fmt = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
-    return "\n".join(["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns),
-                      *("| " + " | ".join(r) + " |" for r in fmt)])
-
-
 def card(spec: models.ModelSpec, out_dir: Path, files: Sequence[tuple[str, float, str]], command: str) -> str:
     """The model card of a cross-validated, ensemble-shipped spec."""
     out_dir = Path(out_dir)
     res = json.loads((out_dir / "cv.json").read_text())
-    summ = pd.read_csv(out_dir / "oof_summary.csv")
-    abl = pd.read_csv(out_dir / "oof_ablation.csv")
+    summ = read_table(out_dir, "oof_summary")
+    abl = read_table(out_dir, "oof_ablation")
     folds = json.loads((out_dir / "folds.json").read_text())["cases"]
     fm = res["fold_models"]
     st = fm[0]["settings"]
@@ -352,7 +346,7 @@ predictions. The shipped ensemble has seen every case: score it only on other da
 - augmentation: {'nnU-Net default (rotation, scaling, noise, blur, brightness, contrast, simulated low resolution, gamma, mirroring)' if st.get('augmentation') == 'nnunet' else 'flips, rotation/scaling, intensity scale/shift, noise'}
 - {'bfloat16 autocast' if st.get('bf16') else 'float32'}; torch {vers.get('torch')}, monai {vers.get('monai')}
 
-{_md(fold_rows)}
+{train.markdown_table(fold_rows)}
 
 ## Inference and post-processing (chosen on the out-of-fold predictions only)
 - test-time mirroring (8 flips): {'on (`tta: true` in the model spec: inference always mirrors)' if variant == 'tta' else 'off (`segment.tta: true` turns it on)'}; out-of-fold mean Dice over regions
@@ -360,18 +354,18 @@ predictions. The shipped ensemble has seen every case: score it only on other da
 - post-processing `{rule}` (`postprocess` in the model spec): the best of {len(ch[variant]['summary'])} rules by mean
   out-of-fold Dice over regions; a rule is kept only when it beats `none`. Top rules:
 
-{_md(rules[['rule', 'mean', 'median', 'improved', 'worsened', 'n']])}
+{train.markdown_table(rules[['rule', 'mean', 'median', 'improved', 'worsened', 'n']])}
 
 ## Out-of-fold metrics ({variant}, `{rule}`; original image space; 95% bootstrap CI over cases)
-{_md(s_rows)}
+{train.markdown_table(s_rows)}
 
 Ablation of the inference steps (mean out-of-fold Dice):
 
-{_md(abl)}
+{train.markdown_table(abl)}
 
 Per case:
 
-{_md(per_case)}
+{train.markdown_table(per_case)}
 
 ## Reproduce
 ```

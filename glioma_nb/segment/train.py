@@ -546,7 +546,7 @@ Rows `none` are the network's masks; rows with a rule are the same masks post-pr
 
 Per case:
 
-{_markdown(wide)}
+{markdown_table(wide)}
 
 ## Reproduce
 ```
@@ -559,7 +559,7 @@ weights and a different sha256, with metrics within noise.
     return spec.card_path
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     """A DataFrame as a Markdown table (numbers to 3 decimals)."""
     fmt = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
     return "\n".join(["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns),
