@@ -33,10 +33,13 @@ help:
 	@echo "make bench-scale                         cases/hour of 01 and 02's per-case work on 1 and 2 Dask workers (JSON)"
 	@echo "make bench-analysis                      notebooks 03/04 seconds at n x p on UPenn-GBM (JSON; needs ../shared)"
 
-$(STAMP): requirements.txt requirements-data.txt pyproject.toml
+# tools/torchvision_pyonly.py: the registry's torchvision is a CUDA build that cannot import beside the CPU
+# torch; it is rebuilt as <version>+pyonly (Python API, no C++ ops). Nothing happens where it imports (CUDA torch).
+$(STAMP): requirements.txt requirements-data.txt pyproject.toml tools/torchvision_pyonly.py
 	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -r requirements.txt
+	$(PY) tools/torchvision_pyonly.py
 	$(PY) -m pip install --no-deps -r requirements-data.txt
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
@@ -113,7 +116,7 @@ bench-analysis: $(STAMP)
 	$(PY) -m glioma_nb bench-analysis $(ARGS)
 
 freeze: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | grep -v -i -f <(sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/^\1==/p' requirements-data.txt) | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > requirements.txt.new
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -f <(sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/^\1==/p' requirements-data.txt) | sed -e 's/^torch==\([0-9.]*\)+cpu/torch==\1/' -e 's/^torchvision==\([0-9.]*\)+pyonly/torchvision==\1/' > requirements.txt.new
 	@echo "review requirements.txt.new, then move it over requirements.txt"
 
 clean-venv:

@@ -95,7 +95,7 @@ def test_nnunet_folder_segments_exactly_as_nnunet_predictor(made, tmp_path, name
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    seg, out = _ours(made, name, tmp_path)
+    seg, out = _ours(made, name, tmp_path, network.Request())      # the signature taps on, as in notebook 01
     assert seg.kind == "nnunet-v2" and seg.folds == [str(f) for f in folds] and seg.network_name == "PlainConvUNet"
     pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=False,
                            device=torch.device("cpu"), verbose=False, allow_tqdm=False)
@@ -120,7 +120,7 @@ def test_bundle_folder_segments_exactly_as_its_own_inference_config(made, tmp_pa
     brats_mri_segmentation layout), against `monai.bundle`'s own workflow on the same files."""
     from monai.bundle import ConfigWorkflow
 
-    seg, out = _ours(made, name, tmp_path)
+    seg, out = _ours(made, name, tmp_path, network.Request())      # the signature taps on, as in notebook 01
     assert seg.kind == "monai-bundle"
     assert seg.network_name == ("UNet" if name == "tiny-bundle" else "SegResNet")
     folder = made["models"] / name / "files"
@@ -272,6 +272,68 @@ def test_bundle_and_torchscript_signatures_pool_the_planted_activation(made, tmp
     pd.testing.assert_frame_equal(main, infer.load_signature(tmp_path / "mt2", made["cohort"].case_ids)[0])
     for k in (1, 2):
         assert np.allclose(main[f"WT__planted__c{k:03d}__mean"], k, atol=1e-5)
+
+
+def test_segresnet_bundle_signature_in_any_layer_order_pools_the_planted_activation(made, tmp_path):
+    """The brats_mri_segmentation layout (SegResNet, sigmoid TC/WT/ET): its first convolution planted so that
+    channel k is (k+1) x input channel 0, tapped after a coarser layer (the order in which MONAI's multi-output
+    sliding window failed: 'size of tensor a (32) must match ... (16)'), and in the other order."""
+    src = tmp_path / "bundle"
+    shutil.copytree(made["src"] / "bundle-regions", src)
+    state = torch.load(src / "models" / "model.pt", weights_only=True)
+    w = state["convInit.conv.weight"]
+    w.zero_()
+    for k in range(w.shape[0]):
+        w[k, 0, 1, 1, 1] = k + 1.0
+    torch.save(state, src / "models" / "model.pt")
+    req = network.Request(mask="reference")
+    tables = []
+    for i, layers in enumerate(("down_layers.1,convInit.conv", "convInit.conv,down_layers.1")):
+        registry.import_model(src, f"planted-segresnet{i}", modalities="T1,T1c,T2,FLAIR", labels="regions:tc,wt,et",
+                              layers=layers, dest=tmp_path / "models")
+        seg = registry.load(f"planted-segresnet{i}", root=tmp_path / "models")
+        assert seg.modalities == ("t1", "t1c", "t2", "flair") and seg.network_name == "SegResNet"
+        infer.segment_cohort(made["cohort"], seg, None, tmp_path / f"s{i}", progress=False, signature=req,
+                             postprocess="none")
+        tables.append(infer.load_signature(tmp_path / f"s{i}", made["cohort"].case_ids)[0])
+    a, b = tables
+    assert list(a.columns) == network.columns(["WT", "TC", "ET"], {"down_layers-1": 16, "convInit-conv": 8})
+    pd.testing.assert_frame_equal(a[b.columns], b)          # the layer order changes nothing
+    for cid in made["cohort"].case_ids:
+        data = transforms.load_case(made["cohort"], cid, seg, with_label=True)
+        p = seg.run(data, None)
+        x0 = p.image[0][p.reference > 0]
+        for k in range(8):      # stitched over overlapping 32^3 windows: Gaussian weights cancel on any map
+            assert a.loc[cid, f"WT__convInit-conv__c{k:03d}__mean"] == pytest.approx((k + 1) * x0.mean(), rel=1e-4)
+
+
+def test_tapped_layers_equal_a_direct_forward_hook_when_the_window_is_larger_than_the_image():
+    """brats_mri_segmentation's case: a 240x240x160 window over 155 slices. One padded window: every tapped
+    layer, at its own resolution, equals the layer's output on the padded image with the padding cut off."""
+    import torch.nn.functional as F
+    from monai.networks.nets import SegResNet
+
+    from glioma_nb.segment import window
+
+    torch.manual_seed(0)
+    net = SegResNet(3, 8, 4, 3, blocks_down=(1, 2, 2), blocks_up=(1, 1)).eval()
+    x = torch.randn(4, 20, 24, 30)
+    patch = (32, 32, 32)
+    stages = {"bottleneck": "down_layers.2", "dec1": "up_layers.1", "enc1": "down_layers.0", "dec2": "up_layers.0"}
+    probs, maps = window.sliding_window(net, x, patch, stages=stages, activation="sigmoid")
+    pads = [((p - n) // 2, p - n - (p - n) // 2) for n, p in zip(x.shape[1:], patch)]
+    xp = F.pad(x[None], [v for lo_hi in reversed(pads) for v in lo_hi])
+    hooks = window.Hooks(net, stages)
+    with torch.inference_mode():
+        logits = net(xp)
+    hooks.close()
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:]))
+    assert torch.allclose(probs, torch.sigmoid(logits[0][(slice(None), *crop)]), atol=1e-5)
+    for s, act in hooks.acts.items():
+        z = [q / p for q, p in zip(act.shape[2:], patch)]
+        idx = tuple(slice(int(round(lo * f)), int(round((lo + n) * f))) for (lo, _), n, f in zip(pads, x.shape[1:], z))
+        assert maps[s].shape == act[0][(slice(None), *idx)].shape, s
+        assert torch.allclose(maps[s], act[0][(slice(None), *idx)], atol=1e-5), s
 
 
 def test_default_layers_of_nnunet_plain_and_residual_encoder_unets():

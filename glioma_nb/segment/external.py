@@ -16,7 +16,7 @@ import numpy as np
 
 from glioma_nb.segment import window
 from glioma_nb.segment.errors import SegmentationError
-from glioma_nb.segment.kinds import Outputs, Pass, Segmenter, WindowSegmenter, meaning_of, monai_stages
+from glioma_nb.segment.kinds import LABEL_PRESETS, Outputs, Pass, Segmenter, WindowSegmenter, meaning_of, monai_stages
 
 
 def _spacing_of(data: Mapping[str, Any]) -> np.ndarray:
@@ -297,6 +297,94 @@ class NnUNetSegmenter(Segmenter):
 # ------------------------------------------------------------------------------------------------ MONAI bundle
 
 
+_REGION_OF = {"whole tumor": "wt", "whole tumour": "wt", "wt": "wt", "tumor core": "tc", "tumour core": "tc",
+              "tc": "tc", "enhancing tumor": "et", "enhancing tumour": "et", "et": "et"}
+_INNERMOST = {"wt": "oedema", "tc": "necrosis", "et": "enhancing"}   # a region's value where it is the innermost
+
+
+def _region_of(name: Any) -> str | None:
+    return _REGION_OF.get(str(name).strip().lower().replace("_", " "))
+
+
+def outputs_text(outputs: Outputs) -> str:
+    """``outputs`` as a ``--labels`` argument (a preset name where it is one)."""
+    if outputs.regions is not None:
+        return "regions:" + ",".join(outputs.regions)
+    preset = next((k for k, v in LABEL_PRESETS.items() if v == outputs.labels), None)
+    return preset or ",".join(f"{k}={v}" for k, v in sorted((outputs.labels or {}).items()) if v != "background")
+
+
+def returns_text(probe: Mapping[str, Any]) -> str:
+    if probe["channels"] == 1:
+        return f"one channel with values {probe['values']}"
+    return f"{probe['channels']} channels"
+
+
+def bundle_outputs(probe: Mapping[str, Any], output_names: Sequence[str] | None) -> Outputs | None:
+    """The label mapping of a MONAI bundle, read from what a test run returned (:meth:`BundleSegmenter.probe`)
+    and the output ``channel_def`` of its ``metadata.json``; None when they do not settle it.
+
+    A one-channel output is a label map: the value each network channel becomes when it alone is high
+    means that channel's class (region channels WT/TC/ET: oedema, necrosis / non-enhancing core and
+    enhancing, where each is the innermost region, as the model zoo's brats_mri_segmentation maps TC/WT/ET
+    to BraTS 2018 labels 1/2/4). Without channel names, values 1/2/4 are BraTS 2018 and a lone 1 is whole
+    tumour. Several channels that pass the network's channels through are region masks or classes, named
+    by ``channel_def``."""
+    names = list(output_names or [])
+    n, lit = probe["network_channels"], {int(k): v for k, v in probe["lit"].items()}
+    regions = [_region_of(x) for x in names] if len(names) == n else []
+    meanings = [meaning_of(x) for x in names] if len(names) == n else []
+    as_regions = bool(regions) and None not in regions and bool({"wt", "tc"} & set(regions))
+    if probe["channels"] == 1:
+        value = {c: lit[c][0] for c in range(n)}
+        if as_regions:
+            if set(regions) == {"wt"}:
+                return Outputs(labels={0: "background", value[regions.index("wt")]: "tumour"})
+            return Outputs(labels={0: "background", **{value[c]: _INNERMOST[r] for c, r in enumerate(regions)}})
+        if meanings and None not in meanings:
+            labels = {value[c]: m for c, m in enumerate(meanings)}
+            return Outputs(labels={0: "background", **labels})
+        seen = set(probe["values"] or []) - {0}
+        if seen and seen <= {1, 2, 4} and 4 in seen:
+            return Outputs(labels=dict(LABEL_PRESETS["brats2018"]))
+        if seen == {1}:
+            return Outputs(labels=dict(LABEL_PRESETS["wt"]))
+        return None
+    passes = probe["channels"] == n and all(lit[c] == [int(i == c) for i in range(n)] for c in range(n))
+    if not passes:
+        return None
+    if as_regions:
+        return Outputs(regions=tuple(regions))
+    if meanings and None not in meanings:
+        return Outputs(labels=dict(enumerate(meanings)))
+    return None
+
+
+def check_bundle_outputs(name: str, folder: Path, given: Outputs, probe: Mapping[str, Any],
+                         fitting: Outputs | None) -> None:
+    """Refuse a label mapping that cannot fit what the bundle returns, naming the one that fits."""
+    why = ""
+    if probe["channels"] == 1:
+        if given.regions is not None:
+            why = f"region channels need one output channel per region, and its postprocessing makes a label map"
+        else:
+            unmapped = sorted(set(probe["values"] or []) - set(given.labels or {}) - {0})   # 0: background
+            if unmapped:
+                why = f"its value(s) {unmapped} have no meaning in it"
+    elif given.regions is not None and len(given.regions) != probe["channels"]:
+        why = f"it names {len(given.regions)} region channel(s)"
+    elif given.labels is not None and max(given.labels) >= probe["channels"]:
+        why = (f"the channel index (argmax) of {probe['channels']} channels is never "
+               f"{[k for k in given.labels if k >= probe['channels']]}")
+    if why:
+        hint = (f"--labels {outputs_text(fitting)} fits (read from its metadata.json and a test run)" if fitting else
+                "give the meaning of each value (--labels 1=necrosis,2=oedema,4=enhancing) or region channel "
+                "(--labels regions:tc,wt,et)")
+        raise SegmentationError(f"model {name}: bundle {folder} returns {returns_text(probe)} after its postprocessing, "
+                                f"so --labels {outputs_text(given)} cannot fit: {why}; {hint}")
+
+
+
 _SAVERS = ("SaveImaged", "SaveImage")
 _INVERTERS = ("Invertd",)
 
@@ -359,31 +447,93 @@ class BundleSegmenter(Segmenter):
         return monai_stages(self.net, self.name)
 
     def _infer(self, image: Any, stages: Mapping[str, str] | None) -> tuple[Any, dict[str, Any]]:
+        """The bundle's inferer on one preprocessed image: its logits, and the tapped layers (see
+        :class:`glioma_nb.segment.window.TapModule`; a sliding-window inferer hands the tap each window's place)."""
         import torch
+        from monai.inferers import SlidingWindowInferer
 
         x = torch.as_tensor(image)[None].to(self.device)
         tap = window.TapModule(self.net, stages) if stages else None
+        windowed = isinstance(self.inferer, SlidingWindowInferer)
+        if tap is not None and windowed:      # MONAI passes each window's coordinates to the tap (with_coord)
+            tap.begin(x.shape[2:], self.inferer.roi_size, self.inferer.mode, self.inferer.sigma_scale)
+        with_coord = getattr(self.inferer, "with_coord", False)
         try:
+            if windowed:
+                self.inferer.with_coord = tap is not None
             with torch.inference_mode():
                 out = self.inferer(x, tap or self.net)
+            maps = tap.maps() if tap is not None else {}
         finally:
+            if windowed:
+                self.inferer.with_coord = with_coord
             if tap is not None:
                 tap.close()
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
-        maps = {s: m[0].float().cpu() for s, m in zip(stages or {}, outs[1:])}
-        return outs[0][0].float().cpu(), maps
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out[0].float().cpu(), maps
 
-    def _postprocess(self, d: dict[str, Any], invert: bool) -> np.ndarray:
-        """The bundle's postprocessing (without saving; without ``Invertd`` unless ``invert``) -> internal classes."""
+    def _post_raw(self, d: dict[str, Any], invert: bool) -> np.ndarray:
+        """What the bundle's postprocessing returns (C, ...) (without saving; without ``Invertd`` unless ``invert``)."""
         if self.post is not None:
             post = _compose_without(self.post, _SAVERS if invert else (*_SAVERS, *_INVERTERS))
             d = post(d)
-        p = np.asarray(d["pred"])
+        return np.asarray(d["pred"])
+
+    def _postprocess(self, d: dict[str, Any], invert: bool) -> np.ndarray:
+        """The bundle's postprocessing -> internal classes."""
+        p = self._post_raw(d, invert)
         if p.shape[0] == 1 and self.outputs.regions is None:
             return self.outputs.from_labels(np.rint(p[0]).astype(np.int64))
         if self.outputs.regions is not None:
             return self.outputs.from_regions(p > 0.5)
         return self.outputs.from_labels(p.argmax(0))
+
+    def probe(self, n_channels: int, work: Path) -> dict[str, Any]:
+        """Run the bundle once on a small synthetic case written to ``work`` (``n_channels`` NIfTI files):
+        its preprocessing, inferer and postprocessing (with ``Invertd``, without saving), then its
+        postprocessing alone on network outputs with one channel lit at a time. Returns what it gives:
+        ``network_channels``, ``channels`` (after postprocessing), ``values`` (of a one-channel output:
+        every value seen) and ``lit`` (network channel -> the postprocessed value of each output channel
+        where only that network channel was high)."""
+        import torch
+        from monai.data import MetaTensor
+
+        work = Path(work)
+        work.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        shape = (64, 64, 48)                      # divisible by 16: a whole-image inferer runs it as well
+        grid = np.stack(np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij"))
+        brain = (grid ** 2 / np.array([28, 28, 21]).reshape(3, 1, 1, 1) ** 2).sum(0) < 1
+        lesion = ((grid - np.array([6, -4, 3]).reshape(3, 1, 1, 1)) ** 2).sum(0) < 9 ** 2
+        files = []
+        for c in range(n_channels):
+            img = np.where(brain, 100 + 20 * c + rng.normal(0, 5, shape), 0) + np.where(lesion, 60 - 30 * (c % 2), 0)
+            files.append(work / f"probe_{c}.nii.gz")
+            nib.save(nib.Nifti1Image(img.astype(np.float32), np.diag([-1.0, -1.0, 1.0, 1.0])), files[-1])
+        try:
+            d0 = self.pre({self.image_key: [str(f) for f in files] if n_channels > 1 else str(files[0])})
+            img = d0[self.image_key]
+            logits, _ = self._infer(img, None)
+            meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
+            full = self._post_raw({**d0, "pred": MetaTensor(logits, affine=getattr(img, "affine", None), meta=meta)},
+                                  invert=True)
+        except Exception as e:
+            raise SegmentationError(f"model {self.name}: the bundle {self.config_path} failed on a small synthetic "
+                                    f"{n_channels}-channel case ({type(e).__name__}: {e}); check that its "
+                                    "preprocessing reads one NIfTI file per input channel") from e
+        lit = {}
+        centre = tuple(n // 2 for n in logits.shape[1:])
+        box = tuple(slice(max(0, c - 4), c + 4) for c in centre)
+        for c in range(int(logits.shape[0])):
+            z = torch.full_like(logits, -20.0)
+            z[(c, *box)] = 20.0
+            out = self._post_raw({**d0, "pred": MetaTensor(z, affine=getattr(img, "affine", None), meta=meta)},
+                                 invert=False)
+            lit[c] = [int(round(float(v))) for v in out[(slice(None), *centre)]]
+        values = sorted({int(v) for v in np.unique(np.rint(full))} | {v[0] for v in lit.values()}) \
+            if full.shape[0] == 1 else None
+        return {"network_channels": int(logits.shape[0]), "channels": int(full.shape[0]), "values": values,
+                "lit": lit}
 
     def run(self, data: Mapping[str, Any], stages: Sequence[str] | None = None, *, overlap: float = 0.5,
             tta: bool = False, device: str = "cpu", amp: bool = False) -> Pass:

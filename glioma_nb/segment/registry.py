@@ -122,12 +122,7 @@ def import_model(path: str | Path, name: str, kind: str | None = None, modalitie
         entry["nnunet"] = {"folds": _split(folds), "checkpoint": checkpoint or "checkpoint_final.pth",
                            "mirroring": True, "tile_step_size": 0.5}   # nnUNetPredictor's defaults
     elif kind == "monai-bundle":
-        if mods is None or labels is None:
-            raise SegmentationError(f"{src}: a MONAI bundle needs --modalities (its input channels in order) and "
-                                    "--labels (e.g. regions:tc,wt,et for brats_mri_segmentation, or brats2021)")
-        entry["outputs"] = kinds.Outputs.parse(labels).to_dict()
-        entry["bundle"] = {"config": None, "weights": "models/model.pt",
-                           "spacing": [float(s) for s in _split(spacing)] if spacing else None}
+        mods, entry["outputs"], entry["bundle"] = _bundle_entry(src, name, mods, labels, spacing)
     else:
         yml = _torchscript_yaml(src)
         raw = yaml.safe_load(yml.read_text()) or {}
@@ -141,6 +136,7 @@ def import_model(path: str | Path, name: str, kind: str | None = None, modalitie
         entry["torchscript"] = {k: raw[k] for k in ("module", "spacing", "patch", "orientation", "normalise",
                                                     "activation", "feature_outputs") if k in raw}
         src = yml.parent
+    mods = [modality_of(m) or m for m in mods]      # T1c, T1ce, FLAIR ... -> t1c, flair
     bad = [m for m in mods if m not in MODALITY_ALIASES]
     if bad:
         raise SegmentationError(f"modalities {mods}: {bad} not one of {list(MODALITY_ALIASES)}")
@@ -170,8 +166,69 @@ def import_model(path: str | Path, name: str, kind: str | None = None, modalitie
     return target / SPEC
 
 
+def bundle_metadata(folder: Path) -> tuple[list[str] | None, list[str] | None]:
+    """The input and output channel names of a MONAI bundle (``network_data_format`` of
+    ``configs/metadata.json``, ``channel_def`` in channel order); None where it does not say."""
+    meta = Path(folder) / "configs" / "metadata.json"
+    fmt = (json.loads(meta.read_text()) if meta.exists() else {}).get("network_data_format") or {}
+
+    def names(part: str) -> list[str] | None:
+        first = next(iter((fmt.get(part) or {}).values()), {}) or {}
+        ch = first.get("channel_def") or {}
+        return [str(ch[k]) for k in sorted(ch, key=int)] if ch else None
+    return names("inputs"), names("outputs")
+
+
+def _bundle_entry(src: Path, name: str, mods: list[str] | None, labels: Any,
+                  spacing: Any) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """A MONAI bundle's modalities, label mapping and settings: the input channels from its ``metadata.json``
+    (or ``--modalities``, which must agree with it), and the mapping from a test run of the bundle
+    (:meth:`external.BundleSegmenter.probe`) with its output channel names: chosen when ``labels`` is not
+    given, else checked (a mapping that cannot fit is refused, naming the one that fits)."""
+    import tempfile
+
+    inputs, outputs = bundle_metadata(src)
+    meta = src / "configs" / "metadata.json"
+    read = [modality_of(n) for n in inputs or []]
+    if mods is None:
+        if not inputs or None in read:
+            raise SegmentationError(f"{meta}: " + (f"input channel names {inputs} are not all recognised modalities"
+                                                   if inputs else "no input channel_def under network_data_format")
+                                    + "; give --modalities in channel order (e.g. t1c,t1,t2,flair)")
+        mods = [str(m) for m in read]
+    elif inputs and None not in read and [modality_of(m) or m for m in mods] != read:
+        raise SegmentationError(f"--modalities {','.join(mods)} disagrees with {meta}, whose input channels are "
+                                f"{', '.join(inputs)}; leave --modalities out to use them, or correct metadata.json")
+    settings = {"config": None, "weights": "models/model.pt",
+                "spacing": [float(s) for s in _split(spacing)] if spacing else None}
+    given = kinds.Outputs.parse(labels) if labels is not None else None
+    seg = external.BundleSegmenter(name, src, [modality_of(m) or m for m in mods],
+                                   given or kinds.Outputs(labels=kinds.LABEL_PRESETS["brats2021"]),
+                                   config=None, weights=settings["weights"], spacing=settings["spacing"])
+    seg.check_channels()
+    with tempfile.TemporaryDirectory(prefix="glioma-nb-probe-") as work:
+        probe = seg.probe(len(mods), Path(work))
+    fitting = external.bundle_outputs(probe, outputs)
+    if given is None:
+        if fitting is None:
+            raise SegmentationError(f"model {name}: bundle {src} returns {external.returns_text(probe)} after its "
+                                    f"postprocessing, and {meta} does not name its output channels "
+                                    f"({outputs or 'no channel_def'}); give --labels (a preset: brats2018, brats2021, "
+                                    "wt; value=meaning pairs such as 1=necrosis,2=oedema,4=enhancing; or "
+                                    "regions:tc,wt,et)")
+        given = fitting
+    else:
+        external.check_bundle_outputs(name, src, given, probe, fitting)
+    settings["probe"] = probe
+    return mods, given.to_dict(), settings
+
+
 def card_skeleton(entry: dict[str, Any], seg: kinds.Segmenter) -> str:
     files = "\n".join(f"| `{f}` | `{h}` |" for f, h in entry["files"].items())
+    probe = (entry.get("bundle") or {}).get("probe")
+    ran = (f"\n- Test run at import (a synthetic case through its preprocessing, inferer and postprocessing): the network "
+           f"returns {probe['network_channels']} channel(s); the postprocessing {external.returns_text(probe)}; each "
+           f"network channel alone becomes {probe['lit']}" if probe else "")
     return f"""# {entry['name']} ({entry['kind']})
 
 Imported from `{entry['imported_from']}` on {entry['imported']} with `glioma-nb models import`.
@@ -185,7 +242,7 @@ Imported from `{entry['imported_from']}` on {entry['imported']} with `glioma-nb 
 
 ## What glioma-nb read
 - Inputs (channel order): {', '.join(entry['modalities'])}
-- Outputs: {entry['outputs']} (classes: {seg.classes})
+- Outputs: {entry['outputs']} (classes: {seg.classes}){ran}
 - Network: {seg.network_name}; works at {' x '.join(f'{v:g}' for v in seg.spacing)} mm; patch {list(seg.patch)}
 - Signature layers: {seg.stages()}
 
