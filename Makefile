@@ -14,7 +14,7 @@ ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
 PYTEST_ARGS ?=
 
-.PHONY: help venv run-all test test-fast imports lab browser check-browser validate synth bench bench-preprocess bench-segment bench-signature bench-scale bench-analysis freeze clean-venv
+.PHONY: help venv run-all test test-fast imports lab browser check-browser check-models validate synth bench bench-preprocess bench-segment bench-signature bench-scale bench-analysis freeze clean-venv
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
@@ -24,6 +24,7 @@ help:
 	@echo "make imports                             check the package's layers (import-linter, pyproject.toml)"
 	@echo "make lab                                 JupyterLab on notebooks/ (root or not; prints the URL with its token)"
 	@echo "make check-browser                       JupyterLab + headless Chromium tests, screenshots under reports/browser/"
+	@echo "make check-models                        nnU-Net folders from nnUNetv2_train (default + ResEnc-M plans) vs nnUNetv2_predict (minutes)"
 	@echo "make validate COHORT=name                check a cohort's files and clinical table"
 	@echo "make bench                               benchmarks, JSON under bench/results/"
 	@echo "make bench-preprocess                    raw scans -> BraTS space: s/case by step, vs BrainLes (JSON; needs ../shared)"
@@ -95,6 +96,11 @@ browser:
 check-browser: $(STAMP) browser
 	GLIOMA_NB_SCREENSHOTS=$(CURDIR)/reports/browser/$$(date -u +%Y%m%dT%H%M%SZ) MPLBACKEND=Agg \
 	  $(PY) -m pytest -q tests/test_lab.py $(PYTEST_ARGS)
+
+# nnU-Net's own plan_and_preprocess + nnUNetv2_train (nnUNetTrainer_1epoch; default and nnUNetPlannerResEncM plans)
+# on brats18 at 5 mm, each folder imported and compared with nnUNetv2_predict (tests/test_nnunet_trained.py)
+check-models: $(STAMP)
+	GLIOMA_NB_CHECK_MODELS=1 MPLBACKEND=Agg $(PY) -m pytest -q -s tests/test_nnunet_trained.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m glioma_nb bench $(ARGS)

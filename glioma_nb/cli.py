@@ -226,10 +226,12 @@ def _parser() -> argparse.ArgumentParser:
     mi.add_argument("path", help="nnU-Net v2 trained-model folder | MONAI bundle folder | TorchScript YAML (or its folder)")
     mi.add_argument("--name", required=True, help="the name cohorts use: segment.model=<name>")
     mi.add_argument("--kind", choices=("nnunet-v2", "monai-bundle", "torchscript"), help="default: detected")
-    mi.add_argument("--modalities", help="input channels in order, e.g. t1,t1c,t2,flair (nnU-Net: read from "
-                                         "dataset.json channel_names when recognisable)")
+    mi.add_argument("--modalities", help="input channels in order, any case, e.g. T1c,T1,T2,FLAIR (default: read from "
+                                         "nnU-Net's dataset.json channel_names, a bundle's metadata.json channel_def)")
     mi.add_argument("--labels", help="output mapping: brats2018 | brats2021 | wt | 1=necrosis,2=oedema,3=enhancing | "
-                                     "regions:tc,wt,et (nnU-Net: read from dataset.json label names when recognisable)")
+                                     "regions:tc,wt,et (default: read from nnU-Net's dataset.json label names; a bundle "
+                                     "is run once on a synthetic case and its mapping read from what it returns and "
+                                     "its metadata.json; a mapping that cannot fit is refused)")
     mi.add_argument("--layers", help="signature layers, comma-separated module names (default: the architecture's)")
     mi.add_argument("--folds", help="nnU-Net folds to ensemble, e.g. 0,1,2 (default: every fold_* with a checkpoint)")
     mi.add_argument("--checkpoint", help="nnU-Net checkpoint file name (default checkpoint_final.pth)")

@@ -66,10 +66,10 @@ class TapModule:
         if image_shape is None:
             return self
         from monai.data.utils import compute_importance_map, get_valid_patch_size
-        from monai.utils import fall_back_tuple
+        from monai.utils import ensure_tuple_rep, fall_back_tuple
 
         shape = tuple(int(n) for n in image_shape)
-        roi = tuple(int(r) for r in fall_back_tuple(tuple(roi_size or ()), shape))
+        roi = tuple(int(r) for r in fall_back_tuple(ensure_tuple_rep(roi_size, len(shape)), shape))
         padded = tuple(max(n, r) for n, r in zip(shape, roi))        # MONAI pads an image smaller than the window
         self.image_shape, self.roi, self.padded = shape, roi, padded
         self.pad_lo = tuple((r - n) // 2 if r > n else 0 for n, r in zip(shape, roi))
