@@ -220,11 +220,21 @@ def test_a_non_finite_loss_stops_training_with_the_checkpoint_kept(tmp_path, mon
 
 
 def test_split_by_patient_keeps_patients_together(tmp_path):
+    """Two scans of one patient never fall on both sides, with the clinical table as io.clinical reads it (a plain
+    index and a case_id column: the form whose patient ids were once lost, making every case its own patient) and
+    indexed by case id."""
     cohort = _cohort(tmp_path, n=6)
-    cohort.clinical = pd.DataFrame({"patient_id": ["p1", "p1", "p2", "p3", "p3", "p4"]}, index=cohort.case_ids)
-    tr, te = train.split_by_patient(cohort, 0.5, seed=0)
-    pt = cohort.clinical["patient_id"]
-    assert not set(pt[tr]) & set(pt[te]) and sorted(tr + te) == cohort.case_ids
+    pid = ["p1", "p1", "p2", "p3", "p3", "p4"]
+    pt = pd.Series(pid, index=cohort.case_ids)
+    for clinical in (pd.DataFrame({"case_id": cohort.case_ids, "patient_id": pid}),
+                     pd.DataFrame({"patient_id": pid}, index=cohort.case_ids)):
+        cohort.clinical = clinical
+        assert train.patients(cohort, cohort.case_ids) == pt.to_dict()
+        for seed in range(8):        # with every case its own patient, some seed splits p1 or p3
+            tr, te = train.split_by_patient(cohort, 0.5, seed=seed)
+            assert not set(pt[tr]) & set(pt[te]) and sorted(tr + te) == cohort.case_ids
+    cohort.clinical = pd.DataFrame({"case_id": cohort.case_ids, "patient_id": [None] * 6})
+    assert train.patients(cohort, cohort.case_ids) == {c: c for c in cohort.case_ids}
 
 
 def test_network_registry_builds_both_networks():

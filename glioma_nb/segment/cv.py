@@ -19,20 +19,12 @@ from typing import Any, Sequence
 import pandas as pd
 from sklearn.model_selection import KFold
 
-from glioma_nb import io, provenance
+from glioma_nb import provenance
 from glioma_nb.segment import infer, metrics, models, postprocess, train
 from glioma_nb.segment.errors import SegmentationError
 
 VARIANTS = {"plain": False, "tta": True}   # out-of-fold masks without / with mirroring (8 flips)
 TTA_MIN_GAIN = 0.005   # mirroring costs 8 passes: it is chosen only when it raises the mean out-of-fold Dice this much
-
-
-def patients(cohort: io.Cohort, case_ids: Sequence[str]) -> dict[str, str]:
-    """Case id -> patient (``patient_id`` of the clinical table; the case id itself where it has none)."""
-    clin = cohort.clinical
-    pid = (clin.set_index("case_id")["patient_id"] if {"case_id", "patient_id"} <= set(clin.columns)
-           else pd.Series(dtype=object))
-    return {c: (str(pid[c]) if c in pid.index and pd.notna(pid[c]) else c) for c in case_ids}
 
 
 def fold_assignment(sources: Sequence[train.TrainSource], k: int, seed: int = 0) -> dict[tuple[str, str], int]:
@@ -42,7 +34,7 @@ def fold_assignment(sources: Sequence[train.TrainSource], k: int, seed: int = 0)
     placed: dict[str, int] = {}
     out: dict[tuple[str, str], int] = {}
     for src in sources:
-        pat = patients(src.cohort, src.train)
+        pat = train.patients(src.cohort, src.train)
         new = sorted({p for p in pat.values() if p not in placed})
         if new:
             if len(new) < k:

@@ -96,12 +96,26 @@ def sources_from_spec(spec: ModelSpec, progress: bool = False) -> list[TrainSour
     return out
 
 
-def split_by_patient(cohort: io.Cohort, held_out_fraction: float = 0.25, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Training and held-out case ids, whole patients on one side (``patient_id`` of the clinical table)."""
-    ids = np.asarray(cohort.case_ids)
+def patients(cohort: io.Cohort, case_ids: Sequence[str]) -> dict[str, str]:
+    """Case id -> patient: ``patient_id`` of the clinical table, found by its ``case_id`` column (the table
+    :mod:`glioma_nb.io.clinical` reads has a plain index) or else by its index; the case id itself where the
+    table has none."""
     clin = cohort.clinical
-    groups = (clin["patient_id"].reindex(ids).fillna(pd.Series(ids, index=ids)).astype(str).to_numpy()
-              if "patient_id" in clin else ids)
+    if "patient_id" not in clin:
+        pid = pd.Series(dtype=object)
+    elif "case_id" in clin:
+        pid = clin.set_index(clin["case_id"].astype(str))["patient_id"]
+    else:
+        pid = clin["patient_id"].set_axis(clin.index.astype(str))
+    pid = pid[~pid.index.duplicated()]
+    return {c: (str(pid[c]) if c in pid.index and pd.notna(pid[c]) else c) for c in case_ids}
+
+
+def split_by_patient(cohort: io.Cohort, held_out_fraction: float = 0.25, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Training and held-out case ids, whole patients on one side (:func:`patients`)."""
+    ids = np.asarray(cohort.case_ids)
+    pat = patients(cohort, cohort.case_ids)
+    groups = np.asarray([pat[c] for c in cohort.case_ids])
     if len(set(groups)) < 2:
         raise SegmentationError(f"cohort {cohort.name}: training needs at least 2 patients")
     tr, te = next(GroupShuffleSplit(1, test_size=held_out_fraction, random_state=seed).split(ids, groups=groups))
