@@ -54,6 +54,12 @@ def test_network_signature_is_deterministic_and_has_the_documented_columns(tmp_p
     assert (again["status"] == "cached").all()
     other = infer.segment_cohort(cohort, spec, net, out1, progress=False, signature=network.Request(mask="reference"))
     assert (other["status"] == "predicted").all()
+    # a signature cached before the tap stitched its own layers (no "stitching" in its key) is made again
+    rec = json.loads((out1 / "case0.json").read_text())
+    assert rec["signature"].pop("stitching") == 2
+    (out1 / "case0.json").write_text(json.dumps(rec))
+    redo = infer.segment_cohort(cohort, spec, net, out1, progress=False, signature=network.Request(mask="reference"))
+    assert redo.set_index("case_id")["status"].to_dict() == {"case0": "predicted", "case1": "cached"}
 
 
 def test_pooling_a_constant_activation_in_a_known_mask():

@@ -59,7 +59,10 @@ class Request:
             raise ValueError(f"unknown stability perturbations {bad}; known: {list(PERTURBATIONS)}")
 
     def key(self) -> dict[str, Any]:
-        return {"mask": self.mask, "perturbations": list(self.perturbations), "seed": self.seed}
+        """What a cached signature was made with (``stitching`` 2: layers stitched by
+        :class:`glioma_nb.segment.window.TapModule` itself, not by MONAI's multi-output window, whose carried
+        importance map weighted some layers differently; a case cached before is run again)."""
+        return {"mask": self.mask, "perturbations": list(self.perturbations), "seed": self.seed, "stitching": 2}
 
 
 def stage_modules(net: Any) -> dict[str, Any]:
