@@ -336,6 +336,35 @@ def test_tapped_layers_equal_a_direct_forward_hook_when_the_window_is_larger_tha
         assert torch.allclose(maps[s], act[0][(slice(None), *idx)], atol=1e-5), s
 
 
+def test_bundle_label_mapping_is_read_from_its_test_run_and_channel_names(made, tmp_path):
+    from glioma_nb.segment import external
+
+    def one(lit, values):
+        return {"network_channels": len(lit), "channels": 1, "values": values, "lit": lit}
+
+    presets = kinds.LABEL_PRESETS
+    nested = one({0: [1], 1: [2], 2: [4]}, [0, 1, 2, 4])        # brats_mri_segmentation: TC, WT, ET -> 1/2/4
+    assert external.bundle_outputs(nested, ["Tumor core", "Whole tumor", "Enhancing tumor"]).labels == presets["brats2018"]
+    assert external.bundle_outputs(nested, None).labels == presets["brats2018"]          # 1/2/4 without names
+    argmax = one({0: [0], 1: [1], 2: [2], 3: [3]}, [0, 1, 2, 3])                         # softmax classes, argmax
+    assert external.bundle_outputs(argmax, ["background", "NCR", "edema", "enhancing"]).labels == presets["brats2021"]
+    assert external.bundle_outputs(argmax, None) is None                  # 1/2/3 alone could be either convention
+    assert external.bundle_outputs(one({0: [0], 1: [1]}, [0, 1]), None).labels == presets["wt"]
+    passing = {"network_channels": 3, "channels": 3, "values": None, "lit": {0: [1, 0, 0], 1: [0, 1, 0], 2: [0, 0, 1]}}
+    assert external.bundle_outputs(passing, ["TC", "WT", "ET"]).regions == ("tc", "wt", "et")
+    assert external.bundle_outputs(passing, None) is None
+    with pytest.raises(SegmentationError, match="3 channels .*regions:wt,tc cannot fit: it names 2 region"):
+        external.check_bundle_outputs("x", tmp_path, kinds.Outputs(regions=("wt", "tc")), passing, None)
+    with pytest.raises(SegmentationError, match=r"brats2018 cannot fit: the channel index .* is never \[4\]"):
+        external.check_bundle_outputs("x", tmp_path, kinds.Outputs.parse("brats2018"), passing, None)
+    # a bundle whose metadata names neither channels nor outputs: import asks for both, after a real test run
+    with pytest.raises(SegmentationError, match="no input channel_def .*give --modalities"):
+        registry.import_model(made["src"] / "bundle", "x", dest=tmp_path / "models")
+    with pytest.raises(SegmentationError, match=r"one channel with values \[.*do not say what they mean; give --labels"):
+        registry.import_model(made["src"] / "bundle", "x", modalities="t1,t1c,t2,flair", dest=tmp_path / "models")
+    assert not (tmp_path / "models" / "x").exists()
+
+
 def test_default_layers_of_nnunet_plain_and_residual_encoder_unets():
     from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 

@@ -212,8 +212,9 @@ def _bundle_entry(src: Path, name: str, mods: list[str] | None, labels: Any,
     if given is None:
         if fitting is None:
             raise SegmentationError(f"model {name}: bundle {src} returns {external.returns_text(probe)} after its "
-                                    f"postprocessing, and {meta} does not name its output channels "
-                                    f"({outputs or 'no channel_def'}); give --labels (a preset: brats2018, brats2021, "
+                                    f"postprocessing, and the output channel names in {meta} "
+                                    f"({outputs or 'none: no channel_def'}) do not say what they mean; give --labels "
+                                    "(a preset: brats2018, brats2021, "
                                     "wt; value=meaning pairs such as 1=necrosis,2=oedema,4=enhancing; or "
                                     "regions:tc,wt,et)")
         given = fitting
