@@ -1,0 +1,108 @@
+"""Segmentation metrics as BraTS computes them: ours against the official package's values (brats-evaluation
+0.0.10 on panoptica, config gli) on label maps that hit every edge case (tests/fixtures/brats_metrics_reference.py
+made the fixture in a throwaway environment: panoptica pins numpy < 2.3)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from brats_metric_cases import CASES
+from conftest import requires_shared
+
+from glioma_nb.segment import metrics
+
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "brats_metrics_reference.json").read_text())
+REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}          # the 2023 convention: 1 NETC, 2 SNFH, 3 ET
+TOLERANCE = {"hd95": 0.01, "lesion_hd95": 0.01}                # mm; Dice, NSD and counts: 1e-4
+
+
+def _official(v):
+    return float("nan") if v is None else float("inf") if v == "inf" else float(v)
+
+
+def _agrees(ours: float, theirs: float, key: str) -> bool:
+    if math.isnan(theirs) or math.isinf(theirs):
+        return (math.isnan(ours) and math.isnan(theirs)) or ours == theirs
+    return abs(ours - theirs) <= TOLERANCE.get(key, 1e-4)
+
+
+@pytest.mark.parametrize("case", sorted(CASES()))
+def test_every_metric_equals_the_official_brats_evaluation(case):
+    ref, pred, spacing = CASES()[case]
+    if case == "anisotropic":
+        # the official package applies the header spacing (x, y, z) to SimpleITK's (z, y, x) array; ours keeps the
+        # axes, so it is given the spacing the official one used, and differs with the true one (below)
+        spacing = spacing[::-1]
+    expected = FIXTURE["cases"][case]
+    for region, labels in REGIONS.items():
+        ours = metrics.brats_region_metrics(np.isin(pred, labels), np.isin(ref, labels), spacing)
+        bad = {k: (ours[k], v) for k, v in expected[region].items() if not _agrees(ours[k], _official(v), k)}
+        assert not bad, f"{case} {region}: ours vs official {bad}"
+
+
+def test_the_edge_cases_are_the_officials():
+    cases = CASES()
+    # both empty (no enhancing tumour in an LGG): NaN throughout, no lesions
+    et = metrics.brats_region_metrics(*(np.isin(x, (3,)) for x in cases["empty_et_both"][1::-1]), (1, 1, 1))
+    assert all(math.isnan(et[k]) for k in ("dice", "nsd", "hd95", "lesion_dice", "lesion_hd95"))
+    assert (et["lesion_tp"], et["lesion_fp"], et["lesion_fn"]) == (0, 0, 0)
+    # an empty prediction: 0 and infinity, every reference lesion missed
+    ref, pred, sp = cases["empty_prediction"]
+    wt = metrics.brats_region_metrics(pred > 0, ref > 0, sp)
+    assert (wt["dice"], wt["nsd"], wt["hd95"], wt["lesion_dice"], wt["lesion_hd95"]) == (0, 0, math.inf, 0, math.inf)
+    assert wt["lesion_fn"] == 2 and wt["lesion_tp"] == 0
+    # a false lesion does not lower the lesion-wise mean (over matched lesions) but is counted
+    ref, pred, sp = cases["false_lesion"]
+    wt = metrics.brats_region_metrics(pred > 0, ref > 0, sp)
+    assert wt["lesion_dice"] == 1.0 and wt["lesion_fp"] == 1 and wt["dice"] < 0.9
+
+
+def test_anisotropic_voxels_are_measured_in_millimetres_along_the_right_axes():
+    ref, pred, spacing = CASES()["anisotropic"]
+    true = metrics.brats_region_metrics(pred > 0, ref > 0, spacing)
+    swapped = metrics.brats_region_metrics(pred > 0, ref > 0, spacing[::-1])
+    assert true["lesion_hd95"] != pytest.approx(swapped["lesion_hd95"], abs=0.01)
+    # a sphere against the same sphere shifted by one 3 mm slice: every distance is a multiple of the slice step
+    ball = np.zeros((30, 30, 20), bool)
+    g = np.indices(ball.shape)
+    ball[((g[0] - 15) ** 2 + (g[1] - 15) ** 2 + ((g[2] - 10) * 3.0) ** 2) <= 81] = True
+    moved = np.roll(ball, 1, axis=2)
+    m = metrics.brats_region_metrics(moved, ball, (1.0, 1.0, 3.0))
+    assert m["lesion_hd95"] == pytest.approx(3.0) and m["hd95"] == pytest.approx(1.0)   # mm vs the voxel grid
+    assert m["lesion_tp"] == 1 and 0 < m["lesion_dice"] < 1
+
+
+@requires_shared("brats18")
+def test_the_shipped_models_brats18_masks_score_as_the_official_evaluation_scores_them(tmp_path):
+    """(b) of the fixture: the 12 brats18 cases as the shipped brats-4mod segments them in notebook 01, scored
+    against their expert labels (BraTS 2018 label 4 read as 2023's 3)."""
+    import hashlib
+
+    import nibabel as nib
+
+    from glioma_nb import config, io
+    from glioma_nb.segment import infer, registry
+
+    fixture = json.loads((Path(__file__).parent / "fixtures" / "brats_metrics_brats18.json").read_text())["cases"]
+    cohort = io.load_cohort(config.resolve_config("brats18-dev"), progress=False)
+    assert sorted(fixture) == sorted(cohort.case_ids)
+    infer.segment_cohort(cohort, registry.load("brats-4mod"), None, tmp_path, progress=False)
+    checked = 0
+    for case in cohort.cases:
+        pred = np.asanyarray(nib.load(infer.mask_path(tmp_path, case.case_id)).dataobj).astype(np.uint8)
+        ref = np.asanyarray(nib.load(case.label).dataobj).astype(np.uint8)
+        pred[pred == 4], ref[ref == 4] = 3, 3
+        expected = fixture[case.case_id]
+        assert hashlib.sha256(np.ascontiguousarray(pred).tobytes()).hexdigest() == expected["pred_sha256"], (
+            f"{case.case_id}: the shipped model's mask is not the one the fixture was made from; regenerate "
+            "tests/fixtures/brats_metrics_brats18.json (tests/fixtures/brats_metrics_reference.py)")
+        spacing = tuple(float(z) for z in nib.load(case.label).header.get_zooms()[:3])
+        for region, labels in REGIONS.items():
+            ours = metrics.brats_region_metrics(np.isin(pred, labels), np.isin(ref, labels), spacing)
+            bad = {k: (ours[k], v) for k, v in expected[region].items() if not _agrees(ours[k], _official(v), k)}
+            assert not bad, f"{case.case_id} {region}: ours vs official {bad}"
+            checked += 1
+    assert checked == 36
