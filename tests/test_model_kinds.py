@@ -457,6 +457,12 @@ def test_models_cli_import_and_list(made, tmp_path, monkeypatch, capsys):
     assert registry.trained_on(seg, "other", ["case0"]) == []
     with pytest.raises(SegmentationError, match="registered torchscript model whose weights are its imported files"):
         registry.load("seen", weights="elsewhere.pt")
+    # the example bundle names its channels in metadata.json, so it imports by name alone, as the model zoo's does
+    assert cli.main(["models", "example", "monai-bundle", str(tmp_path / "ex")]) == 0
+    assert cli.main(["models", "import", str(tmp_path / "ex"), "--name", "ex-bundle"]) == 0
+    entry = yaml.safe_load((tmp_path / "user-models" / "ex-bundle" / registry.SPEC).read_text())
+    assert entry["modalities"] == ["t1", "t1c", "t2", "flair"]
+    assert kinds.Outputs.parse(entry["outputs"]).labels == kinds.LABEL_PRESETS["brats2021"]   # argmax 0..3, named
 
 
 def test_locked_validation_refuses_a_registered_model_whose_files_changed(made, tmp_path, monkeypatch):

@@ -148,8 +148,9 @@ def make(kind: str, out: Path, cohort: str = "synthetic", n_cases: int = 8, iter
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise SegmentationError(f"{out} exists and is not empty; give a new folder")
-    if kind == "monai-bundle":
-        return bundle_model(out, 4, 4)
+    if kind == "monai-bundle":      # importable by name alone: its metadata.json names its channels
+        return bundle_model(out, 4, 4, inputs=[CHANNEL_NAMES[m] for m in ("t1", "t1c", "t2", "flair")],
+                            outputs=("background", "necrosis", "edema", "enhancing"))
     if kind == "torchscript":
         return torchscript_model(out, ("t1", "t1c", "t2", "flair"), 4)
     cfg = config.resolve_config(cohort)
@@ -245,10 +246,12 @@ BUNDLE_CONFIG = {
 
 
 def bundle_model(out: Path, n_channels: int, n_classes: int, spacing: Sequence[float] = (2.0, 2.0, 2.0),
-                 patch: Sequence[int] = (32, 32, 32), seed: int = 0, regions: bool = False) -> Path:
+                 patch: Sequence[int] = (32, 32, 32), seed: int = 0, regions: bool = False,
+                 inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None) -> Path:
     """A MONAI bundle folder (see the module docstring); weights are a seeded initialisation. ``regions``: the
     layout of the model zoo's brats_mri_segmentation instead (SegResNet, ``n_classes`` sigmoid region channels,
-    thresholded at 0.5 after ``Invertd``)."""
+    thresholded at 0.5 after ``Invertd``). ``inputs`` / ``outputs``: channel names written as the
+    ``channel_def`` of ``metadata.json`` (what ``models import`` reads), or none."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -268,8 +271,12 @@ def bundle_model(out: Path, n_channels: int, n_classes: int, spacing: Sequence[f
     (out / "configs" / "metadata.json").write_text(json.dumps({
         "version": "0.1.0", "monai_version": "1.6.1", "pytorch_version": torch.__version__.split("+")[0],
         "name": "glioma-nb example bundle", "task": "glioma segmentation (example, untrained)",
-        "network_data_format": {"inputs": {"image": {"type": "image", "num_channels": n_channels}},
-                                "outputs": {"pred": {"type": "image", "num_channels": n_classes}}}}, indent=1))
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "num_channels": n_channels,
+                                 **({"channel_def": {str(i): n for i, n in enumerate(inputs)}} if inputs else {})}},
+            "outputs": {"pred": {"type": "image", "num_channels": n_classes,
+                                 **({"channel_def": {str(i): n for i, n in enumerate(outputs)}} if outputs else {})}}}},
+        indent=1))
     parser = ConfigParser()
     parser.read_config(str(out / "configs" / "inference.json"))
     torch.manual_seed(seed)
