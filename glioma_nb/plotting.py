@@ -207,24 +207,40 @@ def plot_overlays(cohort: io.Cohort, case_ids: Sequence[str], mask_dir: Any = No
     return fig
 
 
-def plot_segmentation_scores(scores: pd.DataFrame) -> plt.Figure:
-    """Dice and HD95 per region, one point per case; cases the weights were trained on are grey."""
+def plot_segmentation_scores(scores: pd.DataFrame, out_of_fold: pd.DataFrame | None = None) -> plt.Figure:
+    """Dice and HD95 per region, one point per case; cases the weights were trained on are grey. With
+    ``out_of_fold`` (a cross-validated model's scores of these cases, each by the fold model that never saw it:
+    ``case_id``, ``dice_<R>``, ``hd95_<R>``), those are drawn beside them in orange, and boxed when no case of the
+    cohort is unseen by the shipped model."""
     import seaborn as sns
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))
     regions = [r for r in ("WT", "TC", "ET") if f"dice_{r}" in scores]
     trained = scores["trained_on"] if "trained_on" in scores else pd.Series(False, index=scores.index)
+    oof = out_of_fold if out_of_fold is not None and len(out_of_fold) else None
+    kinds = {"not trained on": "#1f77b4", "trained on": "#aaaaaa"}
+    if oof is not None:
+        kinds["out of fold (CV)"] = "#ff7f0e"
     for ax, metric, label in zip(axes, ("dice", "hd95"), ("Dice", "HD95 (mm)")):
-        long = scores.assign(trained=trained.map({True: "trained on", False: "not trained on"})).melt(
-            id_vars=["case_id", "trained"], value_vars=[f"{metric}_{r}" for r in regions], var_name="region",
-            value_name=label)
+        cols = [f"{metric}_{r}" for r in regions]
+        frames = [scores.assign(kind=trained.map({True: "trained on", False: "not trained on"}))]
+        if oof is not None:
+            frames.append(oof.assign(kind="out of fold (CV)"))
+        long = pd.concat([f[["case_id", "kind", *[c for c in cols if c in f]]] for f in frames], ignore_index=True) \
+            .melt(id_vars=["case_id", "kind"], value_vars=cols, var_name="region", value_name=label).dropna()
         long["region"] = long["region"].str.split("_").str[1]
-        held = long[long["trained"] == "not trained on"]
-        if len(held):
-            sns.boxplot(data=held, x="region", y=label, ax=ax, showfliers=False, color="#cfe2f3")
-        sns.stripplot(data=long, x="region", y=label, hue="trained", ax=ax, size=5, alpha=0.8,
-                      palette={"not trained on": "#1f77b4", "trained on": "#aaaaaa"}, hue_order=["not trained on", "trained on"])
-        ax.set_title(f"{label} per region (box: cases not trained on)", fontsize=9)
+        boxed = "out of fold (CV)" if oof is not None and not (long["kind"] == "not trained on").any() else \
+            "not trained on"
+        present = [k for k in kinds if (long["kind"] == k).any()]
+        held = long[long["kind"] == boxed]
+        if len(held):       # in the same dodge slot as its points
+            sns.boxplot(data=held, x="region", y=label, hue="kind", hue_order=present, ax=ax, showfliers=False,
+                        order=regions, dodge=oof is not None, legend=False,
+                        palette={k: "#cfe2f3" if k == "not trained on" else "#fde0c5" for k in present})
+        sns.stripplot(data=long, x="region", y=label, hue="kind", ax=ax, size=5, alpha=0.8, order=regions,
+                      palette=kinds, hue_order=present, dodge=oof is not None)
+        ax.set_title(f"{label} per region (box: {'cases not trained on' if boxed == 'not trained on' else 'out of fold'})",
+                     fontsize=9)
         if metric == "dice":
             ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7, loc="lower left" if metric == "dice" else "upper left")

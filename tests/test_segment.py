@@ -472,3 +472,20 @@ def test_notebook_text_names_the_rule_and_where_it_came_from():
     assert "chosen by" not in result(_spec(postprocess="largest"), "largest").describe()
     assert "Post-processing: none." in result(spec, "none").describe()
     assert result(spec, "largest").record()["postprocess"] == "largest"
+
+
+def test_scores_figure_shows_the_out_of_fold_points_of_a_cross_validated_model():
+    from glioma_nb import plotting
+
+    scores = pd.DataFrame({"case_id": ["a", "b", "c"], "dice_WT": [0.8, 0.7, 0.9], "hd95_WT": [5.0, 6.0, 7.0],
+                           "trained_on": [True, True, True]})
+    oof = pd.DataFrame({"case_id": ["a", "b", "c"], "dice_WT": [0.61, 0.52, 0.43], "hd95_WT": [9.0, 10.0, 11.0]})
+    fig = plotting.plot_segmentation_scores(scores, oof)
+    dice = fig.axes[0]
+    assert "out of fold (CV)" in [t.get_text() for t in dice.get_legend().get_texts()]
+    assert "box: out of fold" in dice.get_title()          # every case was trained on: the OOF values are boxed
+    ys = {round(float(y), 2) for c in dice.collections for y in np.asarray(c.get_offsets())[:, 1]}
+    assert {0.61, 0.52, 0.43, 0.8, 0.7, 0.9} <= ys
+    plain = plotting.plot_segmentation_scores(scores)
+    assert "out of fold (CV)" not in [t.get_text() for t in plain.axes[0].get_legend().get_texts()]
+    assert "box: out of fold" not in plain.axes[0].get_title()

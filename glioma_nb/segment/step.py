@@ -302,7 +302,7 @@ def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int) -> SegmentRe
         _native_space(ctx, result, shown)
     if not result.scores.empty:
         result.tables.update(segmentation_scores=result.scores, segmentation_summary=result.summary)
-        result.add_figure("scores", plotting.plot_segmentation_scores(result.scores))
+        result.add_figure("scores", plotting.plot_segmentation_scores(result.scores, result.out_of_fold))
     result.metrics = dict(n_cases=len(cohort.cases), qc_warnings=int((ctx.problems["severity"] == "warning").sum()),
                           **{f"median_{c}": float(case_table[c].median()) for c in volume_cols}, **result.record())
     return result
