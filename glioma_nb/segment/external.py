@@ -37,8 +37,19 @@ def spacing_note(name: str, model_spacing: Sequence[float], image_spacing: Seque
 # ------------------------------------------------------------------------------------------------ nnU-Net v2
 
 
-_REGION_PART = {"tumour": "oedema", "necrosis": "necrosis", "enhancing": "enhancing"}   # nested BraTS regions
-_REGION_NAMES = {"tumor core": "necrosis", "tumour core": "necrosis", "tc": "necrosis", "core": "necrosis"}
+# BraTS's nested regions (whole tumour > tumour core > enhancing) by name, for region-based nnU-Net datasets and
+# bundles with region channels; INNERMOST: the class a region's value means where it is the innermost region
+_CORE_NAMES = ("tumor core", "tumour core", "tc", "core")
+_REGION_BY_MEANING = {"tumour": "wt", "necrosis": "tc", "enhancing": "et"}
+INNERMOST = {"wt": "oedema", "tc": "necrosis", "et": "enhancing"}
+
+
+def region_of(name: Any) -> str | None:
+    """The BraTS region (wt, tc, et) a label or channel name means (``Tumor core`` -> tc, ``whole tumour`` -> wt,
+    ``enhancing tumor`` -> et), or None."""
+    if str(name).strip().lower().replace("_", " ") in _CORE_NAMES:
+        return "tc"
+    return _REGION_BY_MEANING.get(meaning_of(name) or "")
 
 
 def nnunet_outputs(dataset_json: Mapping[str, Any], given: Any = None) -> Outputs:
@@ -55,8 +66,7 @@ def nnunet_outputs(dataset_json: Mapping[str, Any], given: Any = None) -> Output
     regions = [(n, v) for n, v in labels.items() if n.lower() != "background"]
     if "regions_class_order" in dataset_json:
         for (name, _), value in zip(regions, dataset_json["regions_class_order"]):
-            key = str(name).strip().lower().replace("_", " ")
-            meaning = _REGION_NAMES.get(key) or _REGION_PART.get(meaning_of(name) or "")
+            meaning = INNERMOST.get(region_of(name) or "")
             if meaning is None:
                 unknown.append(name)
             else:
@@ -297,15 +307,6 @@ class NnUNetSegmenter(Segmenter):
 # ------------------------------------------------------------------------------------------------ MONAI bundle
 
 
-_REGION_OF = {"whole tumor": "wt", "whole tumour": "wt", "wt": "wt", "tumor core": "tc", "tumour core": "tc",
-              "tc": "tc", "enhancing tumor": "et", "enhancing tumour": "et", "et": "et"}
-_INNERMOST = {"wt": "oedema", "tc": "necrosis", "et": "enhancing"}   # a region's value where it is the innermost
-
-
-def _region_of(name: Any) -> str | None:
-    return _REGION_OF.get(str(name).strip().lower().replace("_", " "))
-
-
 def outputs_text(outputs: Outputs) -> str:
     """``outputs`` as a ``--labels`` argument (a preset name where it is one)."""
     if outputs.regions is not None:
@@ -332,7 +333,7 @@ def bundle_outputs(probe: Mapping[str, Any], output_names: Sequence[str] | None)
     by ``channel_def``."""
     names = list(output_names or [])
     n, lit = probe["network_channels"], {int(k): v for k, v in probe["lit"].items()}
-    regions = [_region_of(x) for x in names] if len(names) == n else []
+    regions = [region_of(x) for x in names] if len(names) == n else []
     meanings = [meaning_of(x) for x in names] if len(names) == n else []
     as_regions = bool(regions) and None not in regions and bool({"wt", "tc"} & set(regions))
     if probe["channels"] == 1:
@@ -340,7 +341,7 @@ def bundle_outputs(probe: Mapping[str, Any], output_names: Sequence[str] | None)
         if as_regions:
             if set(regions) == {"wt"}:
                 return Outputs(labels={0: "background", value[regions.index("wt")]: "tumour"})
-            return Outputs(labels={0: "background", **{value[c]: _INNERMOST[r] for c, r in enumerate(regions)}})
+            return Outputs(labels={0: "background", **{value[c]: INNERMOST[r] for c, r in enumerate(regions)}})
         if meanings and None not in meanings:
             labels = {value[c]: m for c, m in enumerate(meanings)}
             return Outputs(labels={0: "background", **labels})
