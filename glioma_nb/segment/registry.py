@@ -72,6 +72,11 @@ def detect_kind(path: Path) -> str:
                             "its module; or give --kind")
 
 
+def _normalised(mods: list[str] | None) -> list[str] | None:
+    """Modality names in the registry's spelling (``T1c``, ``T1ce``, ``FLAIR`` -> t1c, t1c, flair); unknown ones kept."""
+    return None if mods is None else [modality_of(m) or m for m in mods]
+
+
 def _torchscript_yaml(path: Path) -> Path:
     if path.is_file():
         return path
@@ -108,7 +113,7 @@ def import_model(path: str | Path, name: str, kind: str | None = None, modalitie
                                 "that folder first")
     entry: dict[str, Any] = {"name": name, "kind": kind, "imported_from": str(src),
                              "imported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    mods = _split(modalities)
+    mods = _normalised(_split(modalities))
     if kind == "nnunet-v2":
         ds = json.loads((src / "dataset.json").read_text())
         channels = ds.get("channel_names") or ds.get("modality") or {}
@@ -131,12 +136,11 @@ def import_model(path: str | Path, name: str, kind: str | None = None, modalitie
             raise SegmentationError(f"{yml}: a TorchScript model's YAML needs module, spacing, patch, modalities and "
                                     f"outputs (missing {missing + [k for k in ('modalities', 'outputs') if k not in raw]}); "
                                     "see `glioma-nb models --help`")
-        mods = mods or list(raw["modalities"])
+        mods = mods or _normalised(list(raw["modalities"]))
         entry["outputs"] = kinds.Outputs.parse(labels if labels is not None else raw["outputs"]).to_dict()
         entry["torchscript"] = {k: raw[k] for k in ("module", "spacing", "patch", "orientation", "normalise",
                                                     "activation", "feature_outputs") if k in raw}
         src = yml.parent
-    mods = [modality_of(m) or m for m in mods]      # T1c, T1ce, FLAIR ... -> t1c, flair
     bad = [m for m in mods if m not in MODALITY_ALIASES]
     if bad:
         raise SegmentationError(f"modalities {mods}: {bad} not one of {list(MODALITY_ALIASES)}")
@@ -196,13 +200,13 @@ def _bundle_entry(src: Path, name: str, mods: list[str] | None, labels: Any,
                                                    if inputs else "no input channel_def under network_data_format")
                                     + "; give --modalities in channel order (e.g. t1c,t1,t2,flair)")
         mods = [str(m) for m in read]
-    elif inputs and None not in read and [modality_of(m) or m for m in mods] != read:
+    elif inputs and None not in read and mods != read:
         raise SegmentationError(f"--modalities {','.join(mods)} disagrees with {meta}, whose input channels are "
                                 f"{', '.join(inputs)}; leave --modalities out to use them, or correct metadata.json")
     settings = {"config": None, "weights": "models/model.pt",
                 "spacing": [float(s) for s in _split(spacing)] if spacing else None}
     given = kinds.Outputs.parse(labels) if labels is not None else None
-    seg = external.BundleSegmenter(name, src, [modality_of(m) or m for m in mods],
+    seg = external.BundleSegmenter(name, src, mods,
                                    given or kinds.Outputs(labels=kinds.LABEL_PRESETS["brats2021"]),
                                    config=None, weights=settings["weights"], spacing=settings["spacing"])
     seg.check_channels()
