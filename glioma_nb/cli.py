@@ -1,4 +1,5 @@
-"""Command line: ``glioma-nb run | study | overlap | validate | synth | cohorts | compare | lab | bench | models`` (also ``python -m glioma_nb``)."""
+"""Command line: ``glioma-nb run | study | overlap | validate | synth | cohorts | compare | lab | bench | models | idc``
+(also ``python -m glioma_nb``)."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +15,8 @@ from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import ValidationError
 from glioma_nb.segment import cv, examples, models, postprocess, postprocess_cv, registry, train
 from glioma_nb.segment.errors import SegmentationError
+from glioma_nb.sources import download as idc_download
+from glioma_nb.sources import idc
 from glioma_nb.validate import overlap as val_overlap
 
 
@@ -278,7 +281,80 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--cohort", help="the training source whose patients are split (default: the spec's last)")
     pc.add_argument("--iterations", type=int, help="override train.iterations for the fold models")
     pc.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    ic = sub.add_parser("idc", help="public cohorts from the NCI Imaging Data Commons: the manifest (offline, from the "
+                        "bundled index) and the download (s5cmd)")
+    ic_sub = ic.add_subparsers(dest="idc_command", required=True)
+    im = ic_sub.add_parser("manifest", help="the cohort's series from the bundled IDC index (offline), with a report "
+                           "of every scan found, complete or not and why, and the download size")
+    im.add_argument("--cohort", required=True, help="an IDC cohort (configs/cohorts/<name>.yaml with cohort.idc)")
+    im.add_argument("--out", required=True, help="manifest CSV (never overwritten; <stem>.report.csv beside it)")
+    im.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    idl = ic_sub.add_parser("download", help="fetch the manifest's series (resumable, verified, header-checked)")
+    idl.add_argument("--cohort", required=True)
+    idl.add_argument("--manifest", help="the manifest CSV to fetch (default: <dest>/manifest.csv, made from the "
+                     "bundled index the first time)")
+    idl.add_argument("--dest", help="download folder (default: the cohort's cohort.root)")
+    idl.add_argument("--scans", nargs="+", help="only these scan ids")
+    idl.add_argument("--dry-run", action="store_true", help="print the size and the s5cmd commands; fetch nothing")
+    idl.add_argument("--reserve-gb", type=float, default=1.0, help="refuse to start unless this much stays free")
+    idl.add_argument("--workers", type=int, default=8, help="s5cmd --numworkers (parallel files of a series)")
+    idl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p
+
+
+def idc_manifest(cohort: str, out: str, overrides: Sequence[str] = ()) -> idc.Manifest:
+    """``glioma-nb idc manifest``: write the cohort's manifest and report; print the report."""
+    cfg = config.resolve_config(cohort, overrides)
+    man = idc.build_manifest(cfg)
+    path, rep = idc.write_manifest(man, Path(out))
+    print(man.text())
+    print(f"wrote {paths.display_path(path)} ({len(man.table)} series) and {paths.display_path(rep)}")
+    return man
+
+
+def idc_fetch(cohort: str, manifest: str | None = None, dest: str | None = None, scans: Sequence[str] | None = None,
+              dry_run: bool = False, reserve_gb: float = 1.0, workers: int = 8, overrides: Sequence[str] = ()) -> dict:
+    """``glioma-nb idc download``: fetch a manifest's series into the cohort's root (or ``dest``). The manifest
+    used is kept as ``<dest>/manifest.csv``, the cohort's pinned definition, which every run records."""
+    import shutil
+
+    from glioma_nb import compute
+
+    cfg = config.resolve_config(cohort, overrides)
+    if not cfg["cohort"].get("idc"):
+        raise config.ConfigError(f"cohort {cohort} has no cohort.idc block: it is not an IDC cohort")
+    target = Path(dest) if dest else paths.resolve_path(cfg["cohort"]["root"])
+    pinned = target / idc_download.MANIFEST
+    if manifest:
+        given = Path(manifest)
+        table = idc.read_manifest(given)
+        if pinned.exists() and not dry_run and pinned.read_bytes() != given.read_bytes():
+            raise FileExistsError(f"{paths.display_path(pinned)} pins another manifest; download into another --dest "
+                                  "(a cohort folder holds one definition)")
+    elif pinned.exists():
+        given, table = pinned, idc.read_manifest(pinned)
+    else:
+        man = idc.build_manifest(cfg)
+        print(man.text())
+        table, given = man.table, None
+    if not dry_run:
+        target.mkdir(parents=True, exist_ok=True)
+        if not pinned.exists():
+            if given is not None:
+                shutil.copyfile(given, pinned)
+            else:
+                idc.write_manifest(man, pinned)
+    with compute.Executor.from_config(cfg) as ex:
+        res = idc_download.download(table, target, scans=scans, url=(cfg["cohort"]["idc"].get("endpoint")),
+                                    dry_run=dry_run, reserve_gb=reserve_gb, workers=workers, executor=ex)
+    if not dry_run:
+        bad = {k: v for k, v in res["checks"].items() if v and v["status"] != "ok"}
+        print(f"fetched {res['fetched_scans']} scan(s), {res['bytes'] / 1e9:.2f} GB in {res['seconds']} s into "
+              f"{paths.display_path(target)}" + (f"; header check: {len(bad)} scan(s) not ok:" if bad else ""))
+        for k, v in bad.items():
+            print(f"  {k}: {v['status']}: " + "; ".join(v["notes"]))
+    return res
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,11 +460,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  folds=args.folds, fold=args.fold)
             if isinstance(code, int) and code:
                 return code
+        elif args.command == "idc":
+            if args.idc_command == "manifest":
+                idc_manifest(args.cohort, args.out, args.overrides)
+            else:
+                idc_fetch(args.cohort, args.manifest, args.dest, args.scans, args.dry_run, args.reserve_gb, args.workers,
+                          args.overrides)
         elif args.command == "segment-postprocess-cv":
             segment_postprocess_cv(args.model, args.out, folds=args.folds, cohort=args.cohort, iterations=args.iterations,
                                device=args.device, argv=list(argv) if argv is not None else sys.argv[1:])
     except (config.ConfigError, io.CohortError, runs.RunError, FileExistsError, SegmentationError,
-            ValidationError) as exc:
+            ValidationError, idc.IdcError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

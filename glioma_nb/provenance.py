@@ -9,7 +9,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from glioma_nb import paths
 
@@ -55,9 +55,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def hash_inputs(files: Iterable[Path]) -> dict[str, str]:
-    """``{display path: sha256}`` of input files (display paths never leak local folders)."""
-    return {paths.display_path(f): sha256_file(Path(f)) for f in sorted(set(map(Path, files)))}
+def hash_inputs(files: Iterable[Path], known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``{display path: sha256}`` of input files (display paths never leak local folders); ``known``: absolute
+    path -> sha256 already computed (an IDC download records them), not read again."""
+    known = known or {}
+    return {paths.display_path(f): known.get(str(Path(f).resolve())) or sha256_file(Path(f))
+            for f in sorted(set(map(Path, files)))}
 
 
 def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str | None]:

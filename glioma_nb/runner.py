@@ -30,6 +30,7 @@ from glioma_nb import STEPS, compute, io, paths, provenance, runs, step_section,
 from glioma_nb import config as config_mod
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import RunError, find_run, load_manifest, read_feature_tables, scrub_text
+from glioma_nb.sources import idc
 from glioma_nb.validate import overlap as val_overlap
 from glioma_nb.validate import reference as val_reference
 
@@ -37,12 +38,17 @@ RUN_SUBDIRS = ("qc", "figures", "tables", "models", "logs", "metrics", "attempts
 # Caches kept in place when a failed step is resumed: finished masks are not redone, and a model trained
 # in the run (notebook 01, segment.train) resumes from its checkpoint, and the node x feature set evaluations of
 # 03_classify (cache/03_classify) are read back.
+RAW_SCAN = "raw_series.json"   # qc/: a raw cohort's cases and series as create_run found them (00 reads it)
 CACHE_SUBDIRS = ("masks/", "models/segment__", "cache/")
 
 
 def cohort_inputs(cfg: Mapping[str, Any], cohort: io.Cohort | pre_pipeline.RawCohort) -> list[Path]:
     """Every file a run reads: images, labels, clinical table."""
     files = cohort.input_files()
+    if cfg["cohort"].get("idc") and cfg["cohort"].get("root"):   # the manifest a downloaded IDC cohort came from
+        pinned = paths.resolve_path(cfg["cohort"]["root"]) / "manifest.csv"
+        if pinned.exists():
+            files.append(pinned)
     clin = cfg["cohort"]["clinical"].get("file")
     if clin:
         files.append(paths.resolve_path(clin, base=io.source_root(cfg)))
@@ -127,16 +133,20 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
             (run_dir / sub).mkdir()
         config_mod.dump_yaml(cfg, run_dir / "params.yaml")
         report.case_table.to_csv(run_dir / "qc" / "case_table.csv", index=False)
+        if isinstance(cohort_obj, pre_pipeline.RawCohort):   # the series scan, so 00 does not read the headers again
+            cohort_obj.save(run_dir / "qc" / RAW_SCAN)
         report.to_frame().to_csv(run_dir / "qc" / "problems.csv", index=False)
         manifest = {
             "run_id": run_id, "cohort": cfg["cohort"]["name"], "mode": mode, "status": "created",
             "created_utc": provenance.utc_now().isoformat(timespec="seconds"),
             "git": git, "params_file": "params.yaml", "params_sha256": config_mod.config_hash(cfg),
-            "inputs": provenance.hash_inputs(cohort_inputs(cfg, cohort_obj)),
+            "inputs": provenance.hash_inputs(cohort_inputs(cfg, cohort_obj),
+                                             known=getattr(cohort_obj, "known_sha256", dict)()),
             "cohort_summary": {"n_cases": len(cohort_obj.cases), "modalities": list(cohort_obj.modalities),
                                "label_scheme": getattr(cohort_obj, "scheme", None) and cohort_obj.scheme.name,
                                "qc_warnings": len(report.warnings)},
             "environment": provenance.environment(),
+            **({"idc": idc.run_record(cfg)} if cfg["cohort"].get("idc") else {}),
             "steps": [{"name": s, "status": "pending"} for s in steps],
             "resumes": [],
         }
@@ -543,7 +553,9 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
             print(f"{paths.display_path(rd)}: step {step} is {status or 'not in this run'}, so this run is read-only "
                   "here: cells read its tables, and what they save goes to a scratch folder, never into it", flush=True)
     cfg = config_mod.load_yaml(rd / "params.yaml")
-    if step == "00_preprocess":   # the raw cohort; every later step reads the BraTS-space one it writes
+    if step == "00_preprocess" and (rd / "qc" / RAW_SCAN).exists():   # the raw cohort as the run's creation found it
+        cohort_obj, report = pre_pipeline.RawCohort.load(rd / "qc" / RAW_SCAN), io.QCReport(cfg["cohort"]["name"])
+    elif step == "00_preprocess":   # the raw cohort; every later step reads the BraTS-space one it writes
         cohort_obj, report = pre_pipeline.check_raw(cfg)
     else:
         cohort_obj, report = io.check_cohort(cfg, progress=False, images=False)

@@ -17,15 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-# Default modality patterns (case-insensitive, searched in SeriesDescription and in ProtocolName). T1c is tried on its own
-# words (post-contrast, gadolinium, MPRAGE+C...); T1 must not match them.
-SERIES_PATTERNS: dict[str, str] = {
-    "t1c": r"(t1|mprage|spgr|bravo|vibe).*(\+ ?c\b|post|gd|gado|contrast|\bce\b|t1ce|\bc\+)|t1c\b|t1ce|post.?contrast",
-    "t1": r"^(?!.*(\+ ?c\b|post|gd|gado|contrast|\bce\b|t1ce|\bc\+|t1c\b)).*(\bt1\b|t1w|t1_|t1-|mprage|spgr)",
-    "t2": r"^(?!.*(flair|\bir\b|tirm)).*(\bt2\b|t2w|t2_|t2-|tse|fse)",
-    "flair": r"flair|tirm|dark.?fluid|\bir_fse\b",
-}
-LOCALISER = re.compile(r"locali[sz]er|\bscout\b|survey|\bloc\b|3.?plane", re.IGNORECASE)
+from glioma_nb.io.series import LOCALISER, SERIES_PATTERNS
 
 TAGS = {"series_uid": "0020|000e", "description": "0008|103e", "protocol": "0018|1030",
         "series_number": "0020|0011", "image_type": "0008|0008", "patient_id": "0010|0020",
@@ -125,8 +117,8 @@ def assign(case_id: str, series: list[Series], modalities: list[str], patterns: 
     out: dict[str, Series] = {}
     errors: list[str] = []
     for m in modalities:
-        if m in select:
-            hits = [s for s in series if s.number == select[m]]
+        if m in select:   # a SeriesNumber, or a SeriesInstanceUID (an IDC cohort's manifest names series by UID)
+            hits = [s for s in series if (s.uid if _is_uid(select[m]) else s.number) == select[m]]
             if len(hits) != 1:
                 errors.append(f"{m}: cohort.raw.select names series {select[m]}, which matches {len(hits)} series")
                 continue
@@ -157,6 +149,11 @@ def assign(case_id: str, series: list[Series], modalities: list[str], patterns: 
     return out
 
 
+def _is_uid(text: str) -> bool:
+    """A DICOM UID (dotted digits, at least three parts), as opposed to a SeriesNumber."""
+    return bool(re.fullmatch(r"\d+(\.\d+){2,}", text))
+
+
 def read_series(s: Series) -> Any:
     """The series as a SimpleITK image (LPS geometry from the headers, slices sorted along the normal)."""
     import SimpleITK as sitk
@@ -168,24 +165,28 @@ def read_series(s: Series) -> Any:
 
 def write_series(img: Any, folder: Path, description: str, series_number: int, patient_id: str = "anon",
                  study_uid: str = "1.2.826.0.1.3680043.2.1125.1", image_type: str = "ORIGINAL\\PRIMARY\\M\\ND",
-                 positions: list[float] | None = None) -> list[Path]:
+                 positions: list[float] | None = None, tags: Mapping[str, str] | None = None,
+                 series_uid: str | None = None) -> list[Path]:
     """Write a 3D SimpleITK image as a DICOM MR series, one file per slice (tests and examples).
 
     ``positions`` overrides the slice positions along the normal (mm from the origin), to write a series with
-    non-uniform spacing. Intensities are written as 16-bit integers.
+    non-uniform spacing. Intensities are written as 16-bit integers. ``tags``: more header fields
+    (``"0018|0010"``: ContrastBolusAgent, ``"0008|0031"``: SeriesTime, ...); ``series_uid``: its
+    SeriesInstanceUID (default: one made from the study UID, the series number and the time).
     """
     import locale
 
     saved = locale.setlocale(locale.LC_ALL)   # GDCM's writer sets the C locale: text I/O would turn ASCII
     try:
         return _write_series(img, Path(folder), description, series_number, patient_id, study_uid, image_type,
-                             positions)
+                             positions, dict(tags or {}), series_uid)
     finally:
         locale.setlocale(locale.LC_ALL, saved)
 
 
 def _write_series(img: Any, folder: Path, description: str, series_number: int, patient_id: str, study_uid: str,
-                  image_type: str, positions: list[float] | None) -> list[Path]:
+                  image_type: str, positions: list[float] | None, extra: dict[str, str],
+                  series_uid: str | None) -> list[Path]:
     import time
 
     import SimpleITK as sitk
@@ -194,7 +195,7 @@ def _write_series(img: Any, folder: Path, description: str, series_number: int, 
     img = sitk.Cast(sitk.RescaleIntensity(img, 0, 4095) if img.GetPixelID() not in (sitk.sitkInt16, sitk.sitkUInt16)
                     else img, sitk.sitkInt16)
     direction = np.array(img.GetDirection()).reshape(3, 3)
-    uid = f"{study_uid}.{series_number}.{int(time.time() * 1000) % 10**9}"
+    uid = series_uid or f"{study_uid}.{series_number}.{int(time.time() * 1000) % 10**9}"
     w = sitk.ImageFileWriter()
     w.KeepOriginalImageUIDOn()
     files = []
@@ -208,7 +209,8 @@ def _write_series(img: Any, folder: Path, description: str, series_number: int, 
                 "0008|0008": image_type, "0020|0013": str(k + 1), "0020|0037": orient,
                 "0020|0032": "\\".join(f"{v:.6f}" for v in pos), "0018|0050": f"{img.GetSpacing()[2]:.6f}",
                 "0028|0030": f"{img.GetSpacing()[1]:.6f}\\{img.GetSpacing()[0]:.6f}",
-                "0008|0018": f"{uid}.{k + 1}"}
+                "0008|0018": f"{uid}.{k + 1}", "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+                "0020|0052": f"{study_uid}.1", **extra}
         for t, v in tags.items():
             sl.SetMetaData(t, v)
         out = folder / f"{series_number:03d}_{k:04d}.dcm"

@@ -42,15 +42,39 @@ class RawCase:
     files: dict[str, Path] = field(default_factory=dict)           # format nifti
     series: dict[str, dicom.Series] = field(default_factory=dict)  # format dicom
     all_series: list[dicom.Series] = field(default_factory=list)
+    seg: Path | None = None          # an IDC scan's reference DICOM SEG (cohort.idc.seg), on seg_on's grid
+    seg_on: str = ""                 # the modality whose series the SEG references
+    seg_labels: dict[str, int] = field(default_factory=dict)
+    known_sha256: dict[str, str] = field(default_factory=dict)   # file -> sha256 from its IDC download record
 
     @property
     def modalities(self) -> list[str]:
         return list(self.files or self.series)
 
+    def to_dict(self) -> dict[str, Any]:
+        """What the discovery found (read back by :meth:`from_dict`; saved with a run so 00 need not read the
+        DICOM headers again)."""
+        ser = {m: {"uid": s.uid, "files": list(s.files), "description": s.description, "protocol": s.protocol,
+                   "number": s.number, "image_type": s.image_type, "problems": list(s.problems)}
+               for m, s in self.series.items()}
+        return {"case_id": self.case_id, "folder": str(self.folder), "files": {m: str(f) for m, f in self.files.items()},
+                "series": ser, "seg": str(self.seg) if self.seg else None, "seg_on": self.seg_on,
+                "seg_labels": self.seg_labels, "known_sha256": self.known_sha256}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RawCase":
+        series = {m: dicom.Series(s["uid"], list(s["files"]), s["description"], s["protocol"], s["number"],
+                                  s["image_type"], list(s["problems"])) for m, s in d["series"].items()}
+        return cls(d["case_id"], Path(d["folder"]), {m: Path(f) for m, f in d["files"].items()}, series,
+                   list(series.values()), Path(d["seg"]) if d["seg"] else None, d["seg_on"], dict(d["seg_labels"]),
+                   dict(d["known_sha256"]))
+
     def input_files(self) -> list[Path]:
         if self.files:
             return list(self.files.values())
-        return [Path(f) for s in self.series.values() for f in s.files]
+        seg = sorted(p for p in self.seg.parent.iterdir() if p.is_file() and not p.name.startswith(".")) \
+            if self.seg else []
+        return [Path(f) for s in self.series.values() for f in s.files] + seg
 
     def load(self, modality: str) -> Any:
         """The modality as a float32 SimpleITK image in its native (scanner) geometry."""
@@ -80,6 +104,23 @@ class RawCohort:
 
     def input_files(self) -> list[Path]:
         return [f for c in self.cases for f in c.input_files()]
+
+    def known_sha256(self) -> dict[str, str]:
+        """The inputs whose sha256 is already known (IDC downloads record them): not hashed again."""
+        return {k: v for c in self.cases for k, v in c.known_sha256.items()}
+
+    def save(self, path: Path) -> None:
+        provenance.write_json_atomic(Path(path), {"name": self.name, "root": str(self.root),
+                                                  "modalities": list(self.modalities),
+                                                  "cases": [c.to_dict() for c in self.cases]})
+
+    @classmethod
+    def load(cls, path: Path) -> "RawCohort":
+        import pandas as pd
+
+        d = json.loads(Path(path).read_text())
+        return cls(d["name"], Path(d["root"]), [RawCase.from_dict(c) for c in d["cases"]], tuple(d["modalities"]),
+                   pd.DataFrame())
 
 
 def discover(cfg: Mapping[str, Any], report: QCReport) -> RawCohort:
@@ -136,6 +177,8 @@ def discover(cfg: Mapping[str, Any], report: QCReport) -> RawCohort:
                 case.files[m] = path
             if len(case.files) == len(mods):
                 cohort.cases.append(case)
+        elif c.get("idc"):
+            _idc_case(case, c, mods, float(raw["max_slice_gap_ratio"]), report, cohort)
         else:
             try:
                 case.all_series = dicom.find_series(folder, float(raw["max_slice_gap_ratio"]))
@@ -145,6 +188,63 @@ def discover(cfg: Mapping[str, Any], report: QCReport) -> RawCohort:
             except dicom.DicomError as exc:
                 report.add(case.case_id, folder, str(exc), "see the message: cohort.raw.series / cohort.raw.select")
     return cohort
+
+
+def _idc_case(case: RawCase, c: Mapping[str, Any], mods: list[str], max_gap: float, report: QCReport,
+              cohort: RawCohort) -> None:
+    """A downloaded IDC scan: its series as its header-checked ``series.json`` names them (only those folders
+    are read), and its reference SEG."""
+    from glioma_nb.sources import dicomseg
+
+    rec = dicomseg.read_scan_record(case.folder)
+    if rec is None:
+        report.add(case.case_id, case.folder, "no series.json: this scan's download did not finish",
+                   f"run glioma-nb idc download --cohort {c['name']} (it resumes)")
+        return
+    if rec["status"] != "ok":
+        report.add(case.case_id, case.folder / dicomseg.SERIES_JSON, f"header check: {rec['status']}: "
+                   + "; ".join(rec["notes"]), "name the series in cohort.idc.overrides, make the manifest again and "
+                   "download (verified series are kept)")
+        return
+    try:
+        for m in mods:
+            case.all_series += dicom.find_series(case.folder / rec["series"][m], max_gap)
+        case.series = dicom.assign(case.case_id, case.all_series, mods, select=rec["series"])
+        case.known_sha256 = _recorded_sha256(case.folder, [*rec["series"].values(), *([rec["seg"]["uid"]] if rec.get("seg") else [])])
+    except (dicom.DicomError, KeyError) as exc:
+        report.add(case.case_id, case.folder, f"IDC scan: {exc}", "download it again (glioma-nb idc download)")
+        return
+    seg = rec.get("seg")
+    if seg:
+        on = next((m for m, u in rec["series"].items() if u == seg["source_series"]), None)
+        files = sorted(p for p in (case.folder / seg["uid"]).glob("*") if p.is_file() and not p.name.startswith("."))
+        if on is None or len(files) != 1:
+            report.add(case.case_id, case.folder / seg["uid"], f"the SEG references series {seg['source_series']}, "
+                       f"not one of the scan's {sorted(rec['series'])} series, or is not one file ({len(files)})",
+                       "check cohort.idc.seg; make the manifest again")
+            return
+        spec = (c["idc"].get("seg") or {})
+        case.seg, case.seg_on = files[0], on
+        case.seg_labels = {str(k): int(v) for k, v in (spec.get("labels") or dicomseg.DEFAULT_SEG_LABELS).items()}
+    cohort.cases.append(case)
+
+
+def _recorded_sha256(folder: Path, uids: list[str]) -> dict[str, str]:
+    """The sha256 of each file of these series folders as their download record states it (computed once, when
+    the download verified them); a file whose size no longer matches the record is left out (hashed again)."""
+    from glioma_nb.sources import download
+
+    out: dict[str, str] = {}
+    for uid in uids:
+        rec_path = folder / uid / download.RECORD
+        if not rec_path.exists():
+            continue
+        rec = json.loads(rec_path.read_text())
+        for name, (size, sha) in (rec.get("files") or {}).items():
+            f = folder / uid / name
+            if f.exists() and f.stat().st_size == size:
+                out[str(f.resolve())] = sha
+    return out
 
 
 def check_raw(cfg: Mapping[str, Any]) -> tuple[RawCohort, QCReport]:
@@ -169,12 +269,13 @@ def settings_of(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {"version": VERSION, **preprocess_settings(cfg)}
 
 
-def _sha(files: list[Path]) -> str:
+def _sha(files: list[Path], known: Mapping[str, str] | None = None) -> str:
     import hashlib
 
+    known = known or {}
     h = hashlib.sha256()
     for f in sorted(files):
-        h.update(provenance.sha256_file(f).encode())
+        h.update((known.get(str(Path(f).resolve())) or provenance.sha256_file(f)).encode())
     return h.hexdigest()
 
 
@@ -187,7 +288,7 @@ def preprocess_case(case: RawCase, out_root: Path, settings: Mapping[str, Any], 
     """Take one case to BraTS space into ``out_root/<case>/``; reuse it when inputs and settings are unchanged."""
     out_root = Path(out_root)
     final = out_root / case.case_id
-    inputs_sha = _sha(case.input_files())
+    inputs_sha = _sha(case.input_files(), case.known_sha256)
     old = read_record(final)
     if old and old.get("inputs_sha256") == inputs_sha and old.get("settings") == dict(settings):
         return {**old, "cached": True}
@@ -278,6 +379,15 @@ def _run_case(case: RawCase, out: Path, p: Mapping[str, Any], mods: list[str], s
             arr = np.clip(np.rint(arr), 0, np.iinfo(np.int16).max)
         nib.save(nib.Nifti1Image(arr.astype(dtype), reg.BRATS_AFFINE), out / f"{case.case_id}_{names[m]}.nii.gz")
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), reg.BRATS_AFFINE), out / f"{case.case_id}_brainmask.nii.gz")
+    if case.seg is not None:   # the reference SEG, on its source series' grid, through that series' transform
+        from glioma_nb.sources import dicomseg
+
+        lab = sitk.GetImageFromArray(dicomseg.read_seg(case.seg, case.series[case.seg_on].files, case.seg_labels))
+        lab.CopyInformation(native[case.seg_on])
+        tx = atlas if case.seg_on == ref else reg.composite(coreg[case.seg_on], atlas)
+        seg_arr = reg.to_ijk(reg.resample(lab, tmpl, tx, label=True)).astype(np.uint8)
+        nib.save(nib.Nifti1Image(seg_arr, reg.BRATS_AFFINE), out / f"{case.case_id}_{names['label']}.nii.gz")
+        sitk.WriteImage(lab, str(out / "native" / "seg.nii.gz"))
     (out / "transforms").mkdir()
     sitk.WriteTransform(atlas, str(out / "transforms" / "atlas.tfm"))
     for m, tx in coreg.items():
