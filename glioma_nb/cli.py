@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from glioma_nb import STEPS, bench, config, io, paths, runner, runs, synthetic
+from glioma_nb import STEPS, bench, compute, config, io, paths, runner, runs, synthetic
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import ValidationError
 from glioma_nb.segment import cv, examples, models, postprocess, postprocess_cv, registry, train
@@ -318,8 +318,6 @@ def idc_fetch(cohort: str, manifest: str | None = None, dest: str | None = None,
     """``glioma-nb idc download``: fetch a manifest's series into the cohort's root (or ``dest``). The manifest
     used is kept as ``<dest>/manifest.csv``, the cohort's pinned definition, which every run records."""
     import shutil
-
-    from glioma_nb import compute
 
     cfg = config.resolve_config(cohort, overrides)
     if not cfg["cohort"].get("idc"):

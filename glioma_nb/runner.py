@@ -38,7 +38,6 @@ RUN_SUBDIRS = ("qc", "figures", "tables", "models", "logs", "metrics", "attempts
 # Caches kept in place when a failed step is resumed: finished masks are not redone, and a model trained
 # in the run (notebook 01, segment.train) resumes from its checkpoint, and the node x feature set evaluations of
 # 03_classify (cache/03_classify) are read back.
-RAW_SCAN = "raw_series.json"   # qc/: a raw cohort's cases and series as create_run found them (00 reads it)
 CACHE_SUBDIRS = ("masks/", "models/segment__", "cache/")
 
 
@@ -134,7 +133,7 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
         config_mod.dump_yaml(cfg, run_dir / "params.yaml")
         report.case_table.to_csv(run_dir / "qc" / "case_table.csv", index=False)
         if isinstance(cohort_obj, pre_pipeline.RawCohort):   # the series scan, so 00 does not read the headers again
-            cohort_obj.save(run_dir / "qc" / RAW_SCAN)
+            cohort_obj.save(run_dir / "qc" / pre_pipeline.RAW_SCAN)
         report.to_frame().to_csv(run_dir / "qc" / "problems.csv", index=False)
         manifest = {
             "run_id": run_id, "cohort": cfg["cohort"]["name"], "mode": mode, "status": "created",
@@ -553,8 +552,9 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
             print(f"{paths.display_path(rd)}: step {step} is {status or 'not in this run'}, so this run is read-only "
                   "here: cells read its tables, and what they save goes to a scratch folder, never into it", flush=True)
     cfg = config_mod.load_yaml(rd / "params.yaml")
-    if step == "00_preprocess" and (rd / "qc" / RAW_SCAN).exists():   # the raw cohort as the run's creation found it
-        cohort_obj, report = pre_pipeline.RawCohort.load(rd / "qc" / RAW_SCAN), io.QCReport(cfg["cohort"]["name"])
+    if step == "00_preprocess" and (rd / "qc" / pre_pipeline.RAW_SCAN).exists():   # as the run's creation found it
+        cohort_obj = pre_pipeline.RawCohort.load(rd / "qc" / pre_pipeline.RAW_SCAN)
+        report = io.QCReport(cfg["cohort"]["name"])
     elif step == "00_preprocess":   # the raw cohort; every later step reads the BraTS-space one it writes
         cohort_obj, report = pre_pipeline.check_raw(cfg)
     else:

@@ -12,7 +12,9 @@ from glioma_nb import paths
 
 # Pinned but not importable, each with the reason; nothing else may fail to import.
 DEAD = {"unittest2": "a Python 2 backport (collections.MutableMapping) that batchgenerators 0.25.5 declares "
-                     "and no installed package imports"}
+                     "and no installed package imports",
+        "adbc_driver_duckdb": "duckdb 1.5.6's optional ADBC driver module (needs adbc-driver-manager); idc-index "
+                              "and glioma-nb use duckdb itself, which imports"}
 
 IMPORT_ALL = r"""
 import importlib, importlib.metadata as md, json, re, sys, warnings

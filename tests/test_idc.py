@@ -209,12 +209,17 @@ def _upload(client, files, pid, study, series_uid, modality, desc, number, date)
             "series_aws_url": f"s3://{BUCKET}/{crdc}/*", "aws_bucket": BUCKET}
 
 
+CLINICAL = Path(__file__).parent / "fixtures" / "idc_synthetic_clinical.csv"
+
+
 def idc_yaml(path: Path, dest: Path) -> Path:
     path.write_text(yaml.safe_dump({"cohort": {
         "description": "a synthetic IDC collection on a local S3", "source": "raw", "root": str(dest),
         "case_glob": "SYN-*", "modalities": ["t1", "t1c", "t2", "flair"],
         "label": {"present": True, "scheme": "brats2018"}, "raw": {"format": "dicom"},
-        "clinical": {"file": None},
+        "clinical": {"file": str(CLINICAL), "id_column": "ID", "time_unit": "days",
+                     "columns": {"age": "Age", "sex": "Sex", "idh_mutant": {"source": "IDH1", "values": {"Wildtype": 0, "Mutated": 1}},
+                                 "who_grade": {"constant": 4}, "os_time": "OS", "os_event": "Dead"}},
         "idc": {"collection": "synthetic_gbm", "include": "Processed_CaPTk", "strip": r"\s*:\s*Processed_CaPTk$",
                 "seg": {"series": "AI segmentation", "modality": "t1c", "require": True}}}}))
     return path
@@ -356,9 +361,11 @@ def test_from_the_manifest_to_05_against_a_local_s3(collection, tmp_path, monkey
     y = idc_yaml(tmp_path / "syn-idc.yaml", dest)
     assert cli.main(["idc", "download", "--cohort", str(y), "--manifest", str(collection["root"] / "manifest.csv")]) == 0
     assert (dest / download.MANIFEST).read_bytes() == (collection["root"] / "manifest.csv").read_bytes()
-    run_dir = runner.run(str(y), [*FAST_RUN, "segment.n_overlay_cases=1"], progress=False)
+    run_dir = runner.run(str(y), [*FAST_RUN, "segment.n_overlay_cases=1", "segment.export_dicom_seg=true"],
+                         progress=False)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert [s["status"] for s in manifest["steps"]] == ["done"] * len(manifest["steps"])
+    assert [s["name"] for s in manifest["steps"]][0] == "00_preprocess"
+    assert {s["status"] for s in manifest["steps"]} == {"completed"}
     assert manifest["idc"]["idc_version"] == idc.index_version() and manifest["idc"]["series"] == 10
     cfg = config.load_yaml(run_dir / "params.yaml")
     cohort = io.load_cohort(cfg, progress=False)
@@ -373,3 +380,29 @@ def test_from_the_manifest_to_05_against_a_local_s3(collection, tmp_path, monkey
         assert abs(vol - 4 / 3 * np.pi * SPHERE_RADIUS ** 3 / 1000) < 0.15 * 4 / 3 * np.pi * SPHERE_RADIUS ** 3 / 1000
     scores = pd.read_csv(run_dir / "tables" / "segmentation_scores.csv")
     assert set(scores["case_id"]) == set(cohort.case_ids) and scores["dice_WT"].notna().all()
+    # the predicted masks as DICOM SEG referencing each scan's T1c series: read back, the native-space mask
+    raw = json.loads((run_dir / "qc" / "raw_series.json").read_text())
+    for case in raw["cases"]:
+        cid = case["case_id"]
+        native = np.asarray(nib.load(run_dir / "masks" / f"{cid}_native.nii.gz").dataobj).astype(np.uint8)
+        back = dicomseg.read_seg(run_dir / "masks" / f"{cid}_seg.dcm", case["series"]["t1c"]["files"],
+                                 {"core": 1, "oedema": 2, "enhancing": 4})
+        np.testing.assert_array_equal(back, native.transpose(2, 1, 0))
+        assert pydicom.dcmread(run_dir / "masks" / f"{cid}_seg.dcm").ReferencedSeriesSequence[0].SeriesInstanceUID \
+            == case["series"]["t1c"]["uid"]
+    # the inputs' sha256 come from the download records: no downloaded file is read again to hash it
+    from glioma_nb import provenance
+    from glioma_nb.preprocess import pipeline
+
+    rec = json.loads(next((dest / "SYN-001_20010101").glob("*/" + download.RECORD)).read_text())
+    assert set(s for _, s in rec["files"].values()) <= set(manifest["inputs"].values())
+    raw_cohort, _ = pipeline.check_raw(config.load_yaml(run_dir / "params.yaml"))
+    real = provenance.sha256_file
+
+    def guarded(path):
+        assert dest not in Path(path).resolve().parents or Path(path).name == download.MANIFEST, f"hashed {path} again"
+        return real(path)
+
+    monkeypatch.setattr(provenance, "sha256_file", guarded)
+    assert len(raw_cohort.known_sha256()) == len(raw_cohort.input_files()) == 2 * (38 + 38 + 36 + 38 + 1)
+    provenance.hash_inputs(raw_cohort.input_files(), known=raw_cohort.known_sha256())

@@ -28,8 +28,10 @@ from glioma_nb.io.labels import DEFAULT_FILES, MODALITIES
 from glioma_nb.io.qc import QCReport
 from glioma_nb.preprocess import dicom
 from glioma_nb.preprocess import register as reg
+from glioma_nb.sources import dicomseg, download
 
 RECORD = "preprocess.json"
+RAW_SCAN = "raw_series.json"   # a run's qc/: its raw cases and series as the run's creation found them (00 reads it)
 VERSION = 2   # bump when the outputs of the same settings change (2: fixed registration sampling seed)
 
 
@@ -194,8 +196,6 @@ def _idc_case(case: RawCase, c: Mapping[str, Any], mods: list[str], max_gap: flo
               cohort: RawCohort) -> None:
     """A downloaded IDC scan: its series as its header-checked ``series.json`` names them (only those folders
     are read), and its reference SEG."""
-    from glioma_nb.sources import dicomseg
-
     rec = dicomseg.read_scan_record(case.folder)
     if rec is None:
         report.add(case.case_id, case.folder, "no series.json: this scan's download did not finish",
@@ -232,8 +232,6 @@ def _idc_case(case: RawCase, c: Mapping[str, Any], mods: list[str], max_gap: flo
 def _recorded_sha256(folder: Path, uids: list[str]) -> dict[str, str]:
     """The sha256 of each file of these series folders as their download record states it (computed once, when
     the download verified them); a file whose size no longer matches the record is left out (hashed again)."""
-    from glioma_nb.sources import download
-
     out: dict[str, str] = {}
     for uid in uids:
         rec_path = folder / uid / download.RECORD
@@ -380,8 +378,6 @@ def _run_case(case: RawCase, out: Path, p: Mapping[str, Any], mods: list[str], s
         nib.save(nib.Nifti1Image(arr.astype(dtype), reg.BRATS_AFFINE), out / f"{case.case_id}_{names[m]}.nii.gz")
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), reg.BRATS_AFFINE), out / f"{case.case_id}_brainmask.nii.gz")
     if case.seg is not None:   # the reference SEG, on its source series' grid, through that series' transform
-        from glioma_nb.sources import dicomseg
-
         lab = sitk.GetImageFromArray(dicomseg.read_seg(case.seg, case.series[case.seg_on].files, case.seg_labels))
         lab.CopyInformation(native[case.seg_on])
         tx = atlas if case.seg_on == ref else reg.composite(coreg[case.seg_on], atlas)

@@ -23,6 +23,7 @@ from glioma_nb.segment import postprocess as post
 from glioma_nb.segment import train as seg_train
 from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.signature.network import Request
+from glioma_nb.sources import dicomseg
 
 _RULE_WORDS = {"largest": "only the largest connected component of the tumour is kept",
                "min_fraction": "components smaller than that fraction of the largest are removed",
@@ -155,9 +156,10 @@ def signature_request(config: Mapping[str, Any]) -> Any:
 def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool = False,
          train_iterations: int = 300, held_out_fraction: float = 0.25, overlap: float = 0.5,
          tta: bool = False, postprocess: str = "model", n_overlay_cases: int = 4,
-         progress: bool = True) -> SegmentResult:
+         export_dicom_seg: bool = False, progress: bool = True) -> SegmentResult:
     """Segment the cohort of a notebook step context (see the module docstring). ``postprocess``:
-    ``model`` (the rule of the model spec) or a :mod:`~glioma_nb.segment.postprocess` rule."""
+    ``model`` (the rule of the model spec) or a :mod:`~glioma_nb.segment.postprocess` rule. ``export_dicom_seg``:
+    a raw DICOM cohort's native-space masks are also written as DICOM SEG referencing the reference series."""
     cohort = ctx.cohort
     if model == "none" or not cohort.modalities:
         why = ("segment.model is none" if model == "none" else "the cohort has no images (layout: table)")
@@ -222,7 +224,7 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
             result.scores = scores
             # honest figures: only cases the weights never saw
             result.summary = metrics.summarise(scores[~scores["trained_on"]])
-    return _display(ctx, result, n_overlay_cases)
+    return _display(ctx, result, n_overlay_cases, export_dicom_seg)
 
 
 def out_of_fold_scores(seg: kinds.Segmenter, cohort: Any) -> pd.DataFrame:
@@ -246,19 +248,32 @@ def _check_modalities(cohort: Any, model: Any) -> None:
                                 f"declares {list(cohort.modalities)} (no {missing}); choose another segment.model")
 
 
-def _native_space(ctx: Any, result: SegmentResult, shown: list[str]) -> None:
+def _native_space(ctx: Any, result: SegmentResult, shown: list[str], export: bool = False) -> None:
     """A raw cohort (preprocessed by 00): every predicted mask mapped back onto the reference scan's native grid
     (``masks/<case>_native.nii.gz``, the scanner's own geometry), its volumes there, and a figure of the first
-    shown case in native and BraTS space."""
+    shown case in native and BraTS space. ``export``: a DICOM case's native mask also as a DICOM SEG referencing
+    its reference series (``masks/<case>_seg.dcm``; opens in OHIF or 3D Slicer beside the images)."""
     import nibabel as nib
 
     names = {1: "NCR", 2: "ED", 4: "ET"}
+    seg_names = ({1: "Whole tumour"} if getattr(result.spec, "classes", "") == "wt" else
+                 {1: "Necrotic / non-enhancing tumour core", 2: "Peritumoral oedema", 4: "Enhancing tumour"})
+    raw = pre_pipeline.RawCohort.load(ctx.run_dir / "qc" / pre_pipeline.RAW_SCAN) \
+        if export and (ctx.run_dir / "qc" / pre_pipeline.RAW_SCAN).exists() else None
     rows = []
+    exported = 0
     for cid in ctx.cohort.case_ids:
         case_dir = ctx.cohort.root / cid
         pred = nib.load(result.mask_dir / f"{cid}.nii.gz")
         native = pre_pipeline.to_native(pred, case_dir)
         nib.save(native, ctx.path("masks", f"{cid}_native.nii.gz"))
+        case = next((c for c in raw.cases if c.case_id == cid), None) if raw is not None else None
+        if case is not None and case.series:
+            ref = pre_pipeline.read_record(case_dir)["reference"]
+            lab = np.asarray(native.dataobj).astype(np.uint8).transpose(2, 1, 0)   # (slices, rows, columns)
+            dicomseg.write_seg(lab, case.series[ref].files, ctx.path("masks", f"{cid}_seg.dcm"), seg_names,
+                               description=f"glioma-nb {result.spec.name if result.spec else ''}".strip())
+            exported += 1
         nat, brats = np.asarray(native.dataobj), np.asarray(pred.dataobj)
         vox_nat = float(np.prod(native.header.get_zooms()[:3])) / 1000
         vox_brats = float(np.prod(pred.header.get_zooms()[:3])) / 1000
@@ -269,6 +284,10 @@ def _native_space(ctx: Any, result: SegmentResult, shown: list[str]) -> None:
         row.update({f"{n}_ml_native": round(float((nat == v).sum()) * vox_nat, 2) for v, n in names.items()})
         rows.append(row)
     result.tables["segmentation_native"] = pd.DataFrame(rows)
+    if export and not exported:
+        result.note = (result.note + "; " if result.note else "") + \
+            "segment.export_dicom_seg: no DICOM case (a NIfTI raw cohort has no series to reference)"
+    ctx.metrics["dicom_seg_exported"] = exported
     cid = (shown or ctx.cohort.case_ids)[0]
     ref = pre_pipeline.read_record(ctx.cohort.root / cid)["reference"]
     brats_img = ctx.cohort.load_image(cid, ref)
@@ -278,7 +297,7 @@ def _native_space(ctx: Any, result: SegmentResult, shown: list[str]) -> None:
         cid))
 
 
-def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int) -> SegmentResult:
+def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int, export_dicom_seg: bool = False) -> SegmentResult:
     """The tables, figures and metrics of notebook 01 around a segmentation: cohort QC, reference overlays and
     volumes, the training curve, predicted overlays, per-case table, Dice/HD95."""
     cohort, case_table = ctx.cohort, ctx.case_table
@@ -299,7 +318,7 @@ def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int) -> SegmentRe
         result.add_figure("predicted_overlays", plotting.plot_overlays(cohort, shown, mask_dir=result.mask_dir))
         result.tables["segmentation_cases"] = result.cases.drop(columns=["signature"], errors="ignore")
     if result.spec is not None and ctx.config["cohort"]["source"] == "raw":
-        _native_space(ctx, result, shown)
+        _native_space(ctx, result, shown, export=export_dicom_seg)
     if not result.scores.empty:
         result.tables.update(segmentation_scores=result.scores, segmentation_summary=result.summary)
         result.add_figure("scores", plotting.plot_segmentation_scores(result.scores, result.out_of_fold))

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from glioma_nb import provenance
+from glioma_nb import __version__, provenance
 from glioma_nb.sources.idc import IdcError
 
 SERIES_JSON = "series.json"
@@ -158,13 +158,11 @@ def write_seg(label: np.ndarray, source_files: Sequence[str | Path], out: Path, 
     import pydicom
     from pydicom.sr.codedict import codes
 
-    import glioma_nb
-
     sources = [pydicom.dcmread(f) for f in source_files]
     if label.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
         raise IdcError(f"label map {label.shape} does not fit its {len(sources)} source instances of "
                        f"{sources[0].Rows} x {sources[0].Columns}")
-    algo = hd.AlgorithmIdentificationSequence(name="glioma-nb", version=glioma_nb.__version__,
+    algo = hd.AlgorithmIdentificationSequence(name="glioma-nb", version=__version__,
                                               family=codes.cid7162.ArtificialIntelligence)
     values = sorted(names)
     descs = [hd.seg.SegmentDescription(segment_number=k + 1, segment_label=names[v],
@@ -179,7 +177,7 @@ def write_seg(label: np.ndarray, source_files: Sequence[str | Path], out: Path, 
                               segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descs,
                               series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(),
                               instance_number=1, manufacturer="glioma-nb", manufacturer_model_name="glioma-nb",
-                              software_versions=glioma_nb.__version__, device_serial_number="0",
+                              software_versions=__version__, device_serial_number="0",
                               series_description=description, omit_empty_frames=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

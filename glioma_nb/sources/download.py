@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from glioma_nb import paths, provenance
+from glioma_nb.compute import Executor
+from glioma_nb.sources import dicomseg
 from glioma_nb.sources.idc import DEFAULT_ENDPOINT, IdcError
 
 RECORD = ".glioma-nb-series.json"
@@ -171,8 +173,6 @@ def fetch_series(row: Mapping[str, Any], dest: Path, url: str, workers: int = 8)
 
 def _fetch_scan(scan_id: str, rows: list[dict[str, Any]], dest: Path, url: str, workers: int,
                 check_headers: bool) -> dict[str, Any]:
-    from glioma_nb.sources import dicomseg
-
     recs = []
     for r in rows:
         if is_done(dest, r):
@@ -215,8 +215,6 @@ def download(manifest: Any, dest: Path, *, scans: Iterable[str] | None = None, u
                   or not (dest / s / "series.json").exists())
     t0 = time.perf_counter()
     if executor is None:
-        from glioma_nb.compute import Executor
-
         executor = Executor("serial")
     res = executor.map(_fetch_scan_item, todo, desc="download scans", rows=by_scan, dest=dest, url=url,
                        workers=workers, check_headers=check_headers)

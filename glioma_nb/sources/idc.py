@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from glioma_nb import paths
+from glioma_nb import paths, provenance
+from glioma_nb.io.cohort import source_root
 from glioma_nb.io.series import SERIES_PATTERNS
 
 MANIFEST_COLUMNS = ["scan_id", "patient_id", "study_date", "modality", "SeriesInstanceUID", "crdc_series_uuid",
@@ -142,8 +143,6 @@ def _id_table(spec: IdcSpec, cfg: Mapping[str, Any]) -> Any:
     ids = spec.ids
     if not ids:
         return None
-    from glioma_nb.io.cohort import source_root
-
     path = paths.resolve_path(ids["file"], base=source_root(cfg))
     if not path.exists():
         raise IdcError(f"cohort {spec.cohort}: the id table {paths.display_path(path)} (cohort.idc.ids.file) does "
@@ -450,8 +449,6 @@ def read_manifest(path: Path) -> Any:
 def run_record(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
     """What a run of an IDC cohort records: the manifest its scans were downloaded from (``<root>/manifest.csv``:
     sha256, IDC version, series and scans), or the fact that none is there yet."""
-    from glioma_nb import provenance
-
     c = cfg["cohort"]
     pinned = paths.resolve_path(c["root"]) / "manifest.csv" if c.get("root") else None
     if pinned is None or not pinned.exists():
