@@ -70,7 +70,7 @@ def test_the_upenn_manifest_is_complete_for_every_scan_with_its_four_series_in_t
 
 
 @requires_shared("tables/upenn-gbm")
-def test_the_shipped_baseline_config_and_its_report(tmp_path):
+def test_the_shipped_baseline_config_and_its_report(tmp_path, capsys):
     """The shipped upenn-gbm-idc (baseline scans with the AI SEG) from the CLI: manifest and report written,
     never overwritten, read back."""
     out = tmp_path / "upenn.csv"
@@ -85,6 +85,10 @@ def test_the_shipped_baseline_config_and_its_report(tmp_path):
     t1c = man[man["modality"] == "t1c"].set_index("scan_id")["SeriesInstanceUID"]
     assert (segs.set_index("scan_id")["source_series"] == t1c.loc[segs["scan_id"]]).all()   # the SEG on its T1c
     assert cli.main(["idc", "manifest", "--cohort", "upenn-gbm-idc", "--out", str(out)]) == 2          # never overwritten
+    # not downloaded yet: validation says so and how (GLIOMA_NB_DATA is a fresh folder in the tests)
+    capsys.readouterr()
+    assert cli.main(["validate", "--cohort", "upenn-gbm-idc"]) != 0
+    assert "glioma-nb idc download --cohort upenn-gbm-idc" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------- the rules

@@ -136,8 +136,13 @@ def discover(cfg: Mapping[str, Any], report: QCReport) -> RawCohort:
     mods = [m for m in c["modalities"] if m in MODALITIES]
     cohort = RawCohort(c["name"], root or Path("."), [], tuple(mods), pd.DataFrame())
     if root is None or not root.is_dir():
-        report.add(None, root, "raw cohort root folder does not exist",
-                   f"set cohort.root in configs/cohorts/{c['name']}.yaml to the folder of patient folders")
+        if c.get("idc"):
+            report.add(None, root, "this IDC cohort has not been downloaded here",
+                       f"glioma-nb idc download --cohort {c['name']} (glioma-nb idc manifest --cohort {c['name']} "
+                       "--out <file> first shows what and how much; GLIOMA_NB_DATA moves the folder)")
+        else:
+            report.add(None, root, "raw cohort root folder does not exist",
+                       f"set cohort.root in configs/cohorts/{c['name']}.yaml to the folder of patient folders")
         return cohort
     ref = cfg["preprocess"]["reference"]
     if ref not in mods:
