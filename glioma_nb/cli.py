@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from glioma_nb import STEPS, bench, compute, config, io, paths, runner, runs, synthetic
+from glioma_nb import STEPS, bench, compute, config, io, paths, provenance, runner, runs, synthetic
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import ValidationError
 from glioma_nb.segment import cv, examples, models, postprocess, postprocess_cv, registry, train
@@ -328,8 +328,11 @@ def idc_fetch(cohort: str, manifest: str | None = None, dest: str | None = None,
         given = Path(manifest)
         table = idc.read_manifest(given)
         if pinned.exists() and not dry_run and pinned.read_bytes() != given.read_bytes():
-            raise FileExistsError(f"{paths.display_path(pinned)} pins another manifest; download into another --dest "
-                                  "(a cohort folder holds one definition)")
+            # a new definition of the cohort (an override, a newer index): the old one is kept beside it, and
+            # every run records the sha256 of the manifest it used
+            kept = pinned.with_name(f"manifest.{provenance.utc_now().strftime('%Y%m%dT%H%M%SZ')}.csv")
+            pinned.rename(kept)
+            print(f"{paths.display_path(pinned)} held another manifest: kept as {kept.name}")
     elif pinned.exists():
         given, table = pinned, idc.read_manifest(pinned)
     else:

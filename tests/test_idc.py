@@ -287,7 +287,28 @@ def test_download_verifies_resumes_and_settles_the_t1_pair_from_headers(collecti
     assert s2["series"]["t1c"] == rows2["t1"] and s2["series"]["t1"] == rows2["t1c"]
     # again: nothing to fetch
     again = download.download(table, dest)
-    assert again["fetched_scans"] == 0
+    assert all(v["status"] == "ok" for v in again["checks"].values())
+    assert again["bytes"] == 0
+    # an override names the pair: a new manifest, nothing fetched again, the header check redone on it
+    over = tmp_path / "overrides.csv"
+    over.write_text("scan_id,modality,SeriesInstanceUID\n"
+                    f"SYN-002_20010102,t1c,{rows2['t1']}\nSYN-002_20010102,t1,{rows2['t1c']}\n")
+    cfg = config.resolve_config(str(collection["yaml"]), [f"cohort.idc.overrides={over}"])
+    new = idc.build_manifest(cfg, index=collection["index"])
+    assert set(new.table[new.table["scan_id"] == "SYN-002_20010102"].set_index("modality").loc[["t1", "t1c"], "rule"]) \
+        == {"override"}
+    idc.write_manifest(new, tmp_path / "m2.csv")
+    assert cli.main(["idc", "download", "--cohort", str(collection["yaml"]), "--manifest", str(tmp_path / "m2.csv"),
+                     "--dest", str(dest)]) == 0
+    s2 = dicomseg.read_scan_record(dest / "SYN-002_20010102")
+    assert s2["status"] == "ok" and s2["notes"][0].startswith("t1/t1c consistent by ContrastBolusAgent")
+    assert (dest / download.MANIFEST).read_bytes() == (tmp_path / "m2.csv").read_bytes()
+    assert len(list(dest.glob("manifest.*.csv"))) == 0      # the first download here had no pinned manifest
+    # back to the first manifest: the one it replaces is kept, never overwritten
+    assert cli.main(["idc", "download", "--cohort", str(collection["yaml"]), "--manifest",
+                     str(collection["root"] / "manifest.csv"), "--dest", str(dest)]) == 0
+    kept = list(dest.glob("manifest.*.csv"))
+    assert len(kept) == 1 and kept[0].read_bytes() == (tmp_path / "m2.csv").read_bytes()
 
 
 def test_a_short_a_changed_and_a_missing_series_are_named(collection, tmp_path, monkeypatch):

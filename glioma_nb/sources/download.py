@@ -211,8 +211,7 @@ def download(manifest: Any, dest: Path, *, scans: Iterable[str] | None = None, u
     for r in manifest.to_dict("records"):
         if scans is None or r["scan_id"] in set(scans):
             by_scan.setdefault(r["scan_id"], []).append(r)
-    todo = sorted(s for s in by_scan if any(not is_done(dest, r) for r in by_scan[s])
-                  or not (dest / s / "series.json").exists())
+    todo = sorted(by_scan)   # every scan: finished series are skipped, the header check is redone (two headers)
     t0 = time.perf_counter()
     if executor is None:
         executor = Executor("serial")
