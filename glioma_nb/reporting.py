@@ -35,7 +35,8 @@ def headline_table(*, segmentation: pd.DataFrame | None = None, chosen: pd.DataF
     rows = []
     if segmentation is not None:
         for r in segmentation[segmentation["metric"] == "Dice"].itertuples():
-            rows.append(_row(f"Dice {r.region}", "none", (r.mean_train, r.ci_low_train, r.ci_high_train),
+            level = getattr(r, "level", "global")
+            rows.append(_row(f"Dice {r.region}" if level != "lesion-wise" else f"lesion-wise Dice {r.region}", "none", (r.mean_train, r.ci_low_train, r.ci_high_train),
                              (r.mean_validation, r.ci_low_validation, r.ci_high_validation), r.n_validation,
                              train_n=r.n_train))
     if chosen is not None and len(chosen):

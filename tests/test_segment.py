@@ -157,9 +157,9 @@ def test_dice_and_hd95_known_answers():
     _, hd_mm = metrics.region_scores(a, b, (2, 1, 1))  # the shift is along the 2 mm axis
     assert hd_mm == pytest.approx(10.0, abs=1.0)
     assert metrics.region_scores(a, a, (1, 1, 1)) == (1.0, 0.0)
-    assert metrics.region_scores(np.zeros_like(a), np.zeros_like(a), (1, 1, 1)) == (1.0, 0.0)
-    d0, h0 = metrics.region_scores(a, np.zeros_like(a), (1, 1, 1))
-    assert d0 == 0.0 and np.isnan(h0)
+    # the official conventions: empty in both is undefined, empty in one is Dice 0 and an infinite HD95
+    assert all(np.isnan(metrics.region_scores(np.zeros_like(a), np.zeros_like(a), (1, 1, 1))))
+    assert metrics.region_scores(a, np.zeros_like(a), (1, 1, 1)) == (0.0, float("inf"))
 
 
 def test_bootstrap_summary_covers_the_mean():
@@ -171,6 +171,21 @@ def test_bootstrap_summary_covers_the_mean():
     assert dice["ci_low"] < dice["mean"] < dice["ci_high"] and dice["n"] == 8
     hd = summ[summ["metric"] == "HD95 (mm)"].loc["WT"]
     assert hd["n"] == 7 and hd["n_missing"] == 1
+
+
+def test_the_summary_counts_an_infinite_hd95_as_373_mm_and_sets_global_beside_lesion_wise():
+    per_case = pd.DataFrame({"case_id": list("abcd"), "dice_ET": [0.8, 0.0, np.nan, 0.6],
+                             "hd95_ET": [4.0, np.inf, np.nan, 6.0], "lesion_dice_ET": [0.7, 0.0, np.nan, 0.5],
+                             "lesion_hd95_ET": [5.0, np.inf, np.nan, 8.0], "nsd_ET": [0.9, 0.0, np.nan, 0.8]})
+    summ = metrics.summarise(per_case, n_boot=200)
+    hd = summ[(summ["level"] == "global") & (summ["metric"] == "HD95 (mm)")].iloc[0]
+    assert hd["mean"] == pytest.approx((4 + 373 + 6) / 3) and hd["n_inf"] == 1 and hd["n_missing"] == 1
+    assert set(summ["level"]) == {"global", "lesion-wise"} and len(summ) == 5
+    table = metrics.summary_table(summ)
+    assert list(table.columns) == ["region", "metric", "global", "lesion-wise", "n"]
+    row = table[table["metric"] == "Dice"].iloc[0]
+    assert row["global"].startswith("0.467 [") and row["lesion-wise"].startswith("0.400 [")
+    assert table[table["metric"] == "NSD"]["lesion-wise"].isna().all()     # NSD is reported globally only
 
 
 def test_short_training_lowers_the_loss_and_resumes_identically(tmp_path):

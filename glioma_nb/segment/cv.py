@@ -138,7 +138,7 @@ def add_hd95(table: pd.DataFrame, out_dir: Path, sources: Sequence[train.TrainSo
         for r in t.itertuples():
             at = ((table["cohort"] == src.cohort.name) & (table["case_id"] == r.case_id) & (table["variant"] == variant)
                   & (table["rule"] == rule))
-            for col in [c for c in t.columns if c.startswith("hd95_")]:
+            for col in [c for c in t.columns if c.startswith(("dice_", "hd95_", "nsd_", "lesion_dice_", "lesion_hd95_", "lesion_tp_", "lesion_fp_", "lesion_fn_")) and not c.startswith("dice_")]:
                 table.loc[at, col] = getattr(r, col)
     return table
 
@@ -163,7 +163,7 @@ def choose(table: pd.DataFrame, metric: str = "dice_mean") -> dict[str, Any]:
 def summarise(table: pd.DataFrame, variant: str, rule: str) -> pd.DataFrame:
     """Mean, 95% bootstrap CI, median and n of every region's Dice and HD95, per cohort, for one variant and rule."""
     part = table[(table["variant"] == variant) & (table["rule"] == rule)]
-    keep = [c for c in part.columns if c.startswith(("dice_", "hd95_")) and c != "dice_mean"]
+    keep = [c for c in part.columns if c.startswith(("dice_", "hd95_", "nsd_", "lesion_dice_", "lesion_hd95_", "lesion_tp_", "lesion_fp_", "lesion_fn_")) and c != "dice_mean"]
     return pd.concat([metrics.summarise(g[keep]).assign(cohort=co) for co, g in part.groupby("cohort", sort=False)],
                      ignore_index=True)
 
@@ -276,7 +276,7 @@ def oof_per_case(out_dir: Path) -> pd.DataFrame:
     res = json.loads((Path(out_dir) / "cv.json").read_text())
     table = read_table(out_dir, "oof_scores")
     chosen = table[(table["variant"] == res["variant"]) & (table["rule"] == res["rule"])]
-    cols = [c for c in chosen.columns if c.startswith(("dice_", "hd95_")) and c != "dice_mean"]
+    cols = [c for c in chosen.columns if c.startswith(("dice_", "hd95_", "nsd_", "lesion_dice_", "lesion_hd95_", "lesion_tp_", "lesion_fp_", "lesion_fn_")) and c != "dice_mean"]
     return chosen[["cohort", "case_id", "fold", "variant", "rule", *cols]].round(4).reset_index(drop=True)
 
 
@@ -305,6 +305,8 @@ def card(spec: models.ModelSpec, out_dir: Path, files: Sequence[tuple[str, float
                                "predicted cases": x["n_val"]} for x in fm])
     fold_rows["minutes"] = [f"{m:.1f}" for m in fold_rows["minutes"]]
     s_rows = summ.assign(ci=[f"[{a:.3f}, {b:.3f}]" for a, b in zip(summ["ci_low"], summ["ci_high"])])
+    s_rows["metric"] = [f"{lv} {m}" if lv == "lesion-wise" else m
+                        for lv, m in zip(s_rows.get("level", pd.Series("global", index=s_rows.index)), s_rows["metric"])]
     s_rows = s_rows[["cohort", "region", "metric", "mean", "ci", "median", "n", "n_missing"]]
     per_case = oof_per_case(out_dir).drop(columns=["variant", "rule"])
     ch = res["choice"]["variants"]

@@ -105,7 +105,8 @@ class SegmentResult(StepResult):
         if not self.scores.empty:
             k = int(self.scores["trained_on"].sum())
             m = len(self.scores) - k
-            text += (f"\n\nDice and HD95 below are from the **{m} cases the weights were not trained on**"
+            text += (f"\n\nThe BraTS metrics below (global and lesion-wise) are from the **{m} cases the weights were "
+                     "not trained on**"
                      + (f"; {k} of this cohort's cases were in the training set and are shown grey, not summarised."
                         if k else "."))
             if m == 0:
@@ -321,6 +322,7 @@ def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int, export_dicom
         _native_space(ctx, result, shown, export=export_dicom_seg)
     if not result.scores.empty:
         result.tables.update(segmentation_scores=result.scores, segmentation_summary=result.summary)
+        result.frames["metrics"] = metrics.summary_table(result.summary)
         result.add_figure("scores", plotting.plot_segmentation_scores(result.scores, result.out_of_fold))
     result.metrics = dict(n_cases=len(cohort.cases), qc_warnings=int((ctx.problems["severity"] == "warning").sum()),
                           **{f"median_{c}": float(case_table[c].median()) for c in volume_cols}, **result.record())

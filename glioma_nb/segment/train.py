@@ -507,9 +507,11 @@ def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -
     for (cohort, rule), part in per_case.groupby(["cohort", "postprocess"], sort=False):
         summ = metrics.summarise(part)
         for r in summ.itertuples():
-            table.append(f"| {cohort} | {rule} | {r.region} | {r.metric} | {r.mean:.3f} | [{r.ci_low:.3f}, "
+            label = f"lesion-wise {r.metric}" if r.level == "lesion-wise" else r.metric
+            table.append(f"| {cohort} | {rule} | {r.region} | {label} | {r.mean:.3f} | [{r.ci_low:.3f}, "
                          f"{r.ci_high:.3f}] | {r.median:.3f} | {r.n} |")
-    wide = per_case[[c for c in per_case.columns if c.startswith(("cohort", "case_id", "dice_", "hd95_"))]
+    wide = per_case[[c for c in per_case.columns if c.startswith(("cohort", "case_id", "dice_", "hd95_", "lesion_dice_",
+                                                                   "lesion_hd95_"))]
                     + ["postprocess"]]
     if spec.postprocess != "none":   # one row per case: the raw scores and those with the rule
         raw, post = (wide[wide["postprocess"] == r].drop(columns="postprocess") for r in ("none", spec.postprocess))

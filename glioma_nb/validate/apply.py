@@ -279,14 +279,15 @@ def segmentation_comparison(ref: Reference, scores: pd.DataFrame | None, *, excl
     """Dice/HD95 per region: the reference run's (its scored cases) beside this cohort's, the overlap
     guard's cases left out of the latter."""
     train = ref.table("segmentation_summary")
-    cols = ["region", "metric", "mean", "ci_low", "ci_high", "n"]
+    cols = ["region", "level", "metric", "mean", "ci_low", "ci_high", "n"]
     t = train.reindex(columns=cols) if train is not None and len(train) else pd.DataFrame(columns=cols)
+    t["level"] = t["level"].fillna("global")    # a reference run from before lesion-wise metrics
     if scores is not None and len(scores):
         s = scores[~scores["case_id"].astype(str).isin(set(exclude))]
         v = seg_metrics.summarise(s, n_boot=n_bootstrap, random_state=random_state).reindex(columns=cols)
     else:
         v = pd.DataFrame(columns=cols)
-    return t.merge(v, on=["region", "metric"], how="outer", suffixes=("_train", "_validation"))
+    return t.merge(v, on=["region", "level", "metric"], how="outer", suffixes=("_train", "_validation"))
 
 
 def _scored(predictions: pd.DataFrame, node: str, feature_set: str, harmonisation: str) -> pd.DataFrame:

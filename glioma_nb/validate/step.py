@@ -99,7 +99,7 @@ def validate_locked(ctx: Any, reference_run: str, harmonisation: Sequence[str] =
                 notes.append(f"segmentation: {n_tr} validation cases were in the segmentation model's training "
                              "data; their Dice is left out")
             scores = scores[~scores["trained_on"].astype(bool)]
-        scores = scores[[c for c in scores.columns if c == "case_id" or c.startswith(("dice_", "hd95_"))]]
+        scores = scores[[c for c in scores.columns if c == "case_id" or c.startswith(("dice_", "hd95_", "nsd_", "lesion_"))]]
     segmentation = segmentation_comparison(ref, scores, exclude=exclude, random_state=seed)
 
     tables = ctx.feature_tables()
