@@ -13,7 +13,7 @@ from typing import Sequence
 from glioma_nb import STEPS, bench, compute, config, io, paths, provenance, runner, runs, synthetic
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import ValidationError
-from glioma_nb.segment import cv, examples, models, postprocess, postprocess_cv, registry, train
+from glioma_nb.segment import cv, examples, metrics, models, postprocess, postprocess_cv, registry, train
 from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.sources import download as idc_download
 from glioma_nb.sources import idc
@@ -273,6 +273,12 @@ def _parser() -> argparse.ArgumentParser:
                         "weights into the package (with --folds: every fold model, shipped as an ensemble), write the "
                         "model card")
 
+    ro = sub.add_parser("segment-rescore-oof", help="score a shipped cross-validated model's out-of-fold cases again "
+                        "with today's metrics (each by its shipped fold model); rewrites <model>.oof.csv")
+    ro.add_argument("--model", required=True, help="a shipped ensemble model, e.g. brats-4mod")
+    ro.add_argument("--out", default="train/oof-rescore", help="folder of the out-of-fold masks (a per-case cache)")
+    ro.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
     pc = sub.add_parser("segment-postprocess-cv",
                         help="choose a model's post-processing by k-fold CV on its training patients (held-out untouched)")
     pc.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
@@ -467,6 +473,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 idc_fetch(args.cohort, args.manifest, args.dest, args.scans, args.dry_run, args.reserve_gb, args.workers,
                           args.overrides)
+        elif args.command == "segment-rescore-oof":
+            spec = models.load_spec(args.model)
+            new = cv.rescore_shipped(spec, Path(args.out) / spec.name, device=models.resolve_device(args.device))
+            summ = metrics.summary_table(metrics.summarise(new))
+            print(f"{spec.name}: {len(new)} out-of-fold cases scored again; wrote {spec.name}.oof.csv")
+            print(summ.to_string(index=False))
         elif args.command == "segment-postprocess-cv":
             segment_postprocess_cv(args.model, args.out, folds=args.folds, cohort=args.cohort, iterations=args.iterations,
                                device=args.device, argv=list(argv) if argv is not None else sys.argv[1:])

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import pandas as pd
 from sklearn.model_selection import KFold
 
-from glioma_nb import provenance
+from glioma_nb import config, io, provenance
 from glioma_nb.segment import infer, metrics, models, postprocess, train
 from glioma_nb.segment.errors import SegmentationError
 
@@ -271,6 +271,42 @@ def ship(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
     return spec.card_path
 
 
+def card_summary_rows(summ: pd.DataFrame) -> pd.DataFrame:
+    """The out-of-fold summary as a model card shows it (lesion-wise rows named so)."""
+    s_rows = summ.assign(ci=[f"[{a:.3f}, {b:.3f}]" for a, b in zip(summ["ci_low"], summ["ci_high"])])
+    s_rows["metric"] = [f"{lv} {m}" if lv == "lesion-wise" else m
+                        for lv, m in zip(s_rows.get("level", pd.Series("global", index=s_rows.index)), s_rows["metric"])]
+    return s_rows[["cohort", "region", "metric", "mean", "ci", "median", "n", "n_missing"]]
+
+
+def card_per_case(per_case: pd.DataFrame) -> pd.DataFrame:
+    """The per-case out-of-fold table of a model card: global Dice/HD95 and lesion-wise Dice/HD95 per region."""
+    keep = [c for c in per_case.columns if c.startswith(("dice_", "hd95_", "lesion_dice_", "lesion_hd95_"))]
+    return per_case[["cohort", "case_id", "fold", *keep]]
+
+
+def rewrite_card_metrics(spec: models.ModelSpec, oof: pd.DataFrame) -> None:
+    """Replace the out-of-fold metric tables of a shipped card (from ``## Out-of-fold metrics`` to the ablation,
+    and the per-case table) with those of ``oof`` (:func:`rescore_shipped`), made by the code :func:`card` uses;
+    the rest of the card (recipe, choice, ablation, reproduce) is left as it was made."""
+    text = spec.card_path.read_text()
+    head, _, rest = text.partition("## Out-of-fold metrics")
+    title, _, rest = rest.partition("\n")
+    _, sep, rest = rest.partition("Ablation of the inference steps")
+    ablation, _, tail = rest.partition("Per case:")
+    _, _, tail = tail.partition("\n## ")
+    if not (sep and tail):
+        raise SegmentationError(f"{spec.card_path.name} has not the layout cv.card writes; regenerate it with --ship")
+    summ = pd.concat([metrics.summarise(g.drop(columns=["cohort", "case_id", "fold", "variant", "rule"]))
+                      .assign(cohort=co) for co, g in oof.groupby("cohort", sort=False)], ignore_index=True)
+    note = ("Scored again with BraTS's official metrics (`glioma-nb segment-rescore-oof --model "
+            f"{spec.name}`: the shipped fold models, the same masks; HD95 as brats-evaluation computes it).")
+    spec.card_path.write_text(
+        f"{head}## Out-of-fold metrics{title}\n{note}\n\n{train.markdown_table(card_summary_rows(summ))}\n\n"
+        f"Ablation of the inference steps{ablation}Per case:\n\n"
+        f"{train.markdown_table(card_per_case(oof.drop(columns=['variant', 'rule'])))}\n\n## {tail}")
+
+
 def oof_per_case(out_dir: Path) -> pd.DataFrame:
     """The out-of-fold scores of the chosen variant and rule, one row per case (shipped as ``<name>.oof.csv``)."""
     res = json.loads((Path(out_dir) / "cv.json").read_text())
@@ -278,6 +314,37 @@ def oof_per_case(out_dir: Path) -> pd.DataFrame:
     chosen = table[(table["variant"] == res["variant"]) & (table["rule"] == res["rule"])]
     cols = [c for c in chosen.columns if c.startswith(("dice_", "hd95_", "nsd_", "lesion_dice_", "lesion_hd95_", "lesion_tp_", "lesion_fp_", "lesion_fn_")) and c != "dice_mean"]
     return chosen[["cohort", "case_id", "fold", "variant", "rule", *cols]].round(4).reset_index(drop=True)
+
+
+def rescore_shipped(spec: models.ModelSpec, out_dir: Path, device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+    """Score a shipped cross-validated model's out-of-fold cases again with today's metrics: each case of
+    ``<name>.oof.csv`` segmented anew by the shipped fold model that never saw it (its ``fold``), with the chosen
+    variant and rule, into ``out_dir`` (a per-case cache); returns the new table and writes it over
+    ``<name>.oof.csv`` (git keeps the old one). The masks are those of the original cross-validation, up to
+    floating point: the fold weights are the ones shipped."""
+    path = spec.folder / f"{spec.name}.oof.csv"
+    if not spec.ensemble or not path.exists():
+        raise SegmentationError(f"model {spec.name} has no shipped out-of-fold table ({path.name}): it was not shipped "
+                                "from a cross-validation")
+    old = pd.read_csv(path)
+    rows = []
+    for cohort_name, part in old.groupby("cohort", sort=False):
+        cohort = io.load_cohort(config.resolve_config(cohort_name), progress=False)
+        for (fold, variant, rule), g in part.groupby(["fold", "variant", "rule"], sort=True):
+            net = models.load_model(spec, spec.weights_paths[int(fold)], device=device)
+            mask_dir = Path(out_dir) / variant / cohort_name
+            infer.segment_cohort(cohort, spec, net, mask_dir, case_ids=list(g["case_id"]), tta=VARIANTS[variant],
+                                 device=device, progress=progress, postprocess="none")
+            s = metrics.cohort_scores(cohort, mask_dir, list(g["case_id"]), postprocess=rule)
+            rows.append(s.assign(cohort=cohort_name, fold=int(fold), variant=variant, rule=rule))
+    new = pd.concat(rows, ignore_index=True)
+    cols = [c for c in new.columns if c.startswith(("dice_", "hd95_", "nsd_", "lesion_dice_", "lesion_hd95_",
+                                                    "lesion_tp_", "lesion_fp_", "lesion_fn_"))]
+    new = new[["cohort", "case_id", "fold", "variant", "rule", *cols]].round(4)
+    new = new.set_index(["cohort", "case_id"]).loc[list(zip(old["cohort"], old["case_id"]))].reset_index()
+    new.to_csv(path, index=False)
+    rewrite_card_metrics(spec, new)
+    return new
 
 
 def card(spec: models.ModelSpec, out_dir: Path, files: Sequence[tuple[str, float, str]], command: str) -> str:
@@ -304,11 +371,8 @@ def card(spec: models.ModelSpec, out_dir: Path, files: Sequence[tuple[str, float
                                "minutes": x["minutes"], "iterations": x["iterations"], "train cases": x["n_train"],
                                "predicted cases": x["n_val"]} for x in fm])
     fold_rows["minutes"] = [f"{m:.1f}" for m in fold_rows["minutes"]]
-    s_rows = summ.assign(ci=[f"[{a:.3f}, {b:.3f}]" for a, b in zip(summ["ci_low"], summ["ci_high"])])
-    s_rows["metric"] = [f"{lv} {m}" if lv == "lesion-wise" else m
-                        for lv, m in zip(s_rows.get("level", pd.Series("global", index=s_rows.index)), s_rows["metric"])]
-    s_rows = s_rows[["cohort", "region", "metric", "mean", "ci", "median", "n", "n_missing"]]
-    per_case = oof_per_case(out_dir).drop(columns=["variant", "rule"])
+    s_rows = card_summary_rows(summ)
+    per_case = card_per_case(oof_per_case(out_dir))
     ch = res["choice"]["variants"]
     rules = pd.DataFrame(ch[variant]["summary"]).sort_values("mean", ascending=False).head(8)
     n_cases = res["n_cases"]

@@ -322,7 +322,12 @@ def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int, export_dicom
         _native_space(ctx, result, shown, export=export_dicom_seg)
     if not result.scores.empty:
         result.tables.update(segmentation_scores=result.scores, segmentation_summary=result.summary)
-        result.frames["metrics"] = metrics.summary_table(result.summary)
+        if len(result.summary) and result.summary["n"].gt(0).any():
+            result.frames["metrics"] = metrics.summary_table(result.summary)
+        if not result.out_of_fold.empty:   # the shipped CV's scores of these cases, each by the fold that never saw it
+            oof = metrics.summarise(result.out_of_fold.drop(columns=["fold"], errors="ignore"))
+            result.tables["segmentation_summary_out_of_fold"] = oof
+            result.frames["metrics_out_of_fold"] = metrics.summary_table(oof)
         result.add_figure("scores", plotting.plot_segmentation_scores(result.scores, result.out_of_fold))
     result.metrics = dict(n_cases=len(cohort.cases), qc_warnings=int((ctx.problems["severity"] == "warning").sum()),
                           **{f"median_{c}": float(case_table[c].median()) for c in volume_cols}, **result.record())
