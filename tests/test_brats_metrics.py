@@ -106,3 +106,30 @@ def test_the_shipped_models_brats18_masks_score_as_the_official_evaluation_score
             assert not bad, f"{case.case_id} {region}: ours vs official {bad}"
             checked += 1
     assert checked == 36
+
+
+@requires_shared("brats18")
+def test_the_shipped_out_of_fold_table_rescored_keeps_its_masks_and_takes_the_official_hd95(tmp_path, monkeypatch):
+    """segment-rescore-oof on a copy of brats-4mod: each case segmented again by its shipped fold model gives the
+    same masks (every Dice as the shipped table's, to its 4 decimals), scored with every BraTS metric; the card's
+    tables are rewritten, the rest of the card kept."""
+    import shutil
+
+    import pandas as pd
+
+    from glioma_nb.segment import cv, models
+
+    shipped = models.load_spec("brats-4mod")
+    for f in [shipped.path, shipped.card_path, shipped.folder / "brats-4mod.oof.csv", *shipped.weights_paths]:
+        shutil.copy(f, tmp_path / f.name)
+    spec = models.load_spec(tmp_path / "brats-4mod.yaml")
+    old = pd.read_csv(tmp_path / "brats-4mod.oof.csv")
+    new = cv.rescore_shipped(spec, tmp_path / "masks", device="cpu", progress=False)
+    assert list(new["case_id"]) == list(old["case_id"]) and (new["fold"] == old["fold"]).all()
+    for r in ("WT", "TC", "ET"):
+        np.testing.assert_allclose(new[f"dice_{r}"], old[f"dice_{r}"], atol=1e-4)
+        assert {f"lesion_dice_{r}", f"nsd_{r}", f"lesion_tp_{r}"} <= set(new.columns)
+    card = (tmp_path / "brats-4mod.md").read_text()
+    assert "| brats18-dev | ET | lesion-wise HD95 (mm) |" in card and "segment-rescore-oof" in card
+    assert card.count("## Reproduce") == 1 and "Ablation of the inference steps" in card
+    assert (tmp_path / "brats-4mod.oof.csv").read_text() == new.to_csv(index=False)

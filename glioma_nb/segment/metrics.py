@@ -195,7 +195,7 @@ def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
     wide["n"] = n.reindex(wide.index)
     order = {"WT": 0, "TC": 1, "ET": 2}
     wide = wide.reset_index().sort_values(["region", "metric"], key=lambda c: c.map(order) if c.name == "region" else c)
-    return wide.reset_index(drop=True).rename_axis(None, axis=1)
+    return wide.reset_index(drop=True).rename_axis(None, axis=1).fillna({"lesion-wise": ""})   # NSD: global only
 
 
 def cohort_scores(cohort: io.Cohort, mask_dir: "Path | str", case_ids: Iterable[str] | None = None,
