@@ -128,12 +128,10 @@ def _date(text: Any) -> Any:
 def _scans_of(series: Any, gap_days: int) -> Any:
     """A scan number per series: a patient's series in date order, a new scan after a gap of more than
     ``gap_days`` days."""
-    import pandas as pd
-
     s = series.sort_values(["PatientID", "date", "SeriesNumber_int", "SeriesInstanceUID"])
     gap = s.groupby("PatientID")["date"].diff().dt.days
     s["scan_no"] = (gap.fillna(0) > gap_days).groupby(s["PatientID"]).cumsum().astype(int)
-    return s.reset_index(drop=True) if isinstance(s, pd.DataFrame) else s
+    return s.reset_index(drop=True)
 
 
 def _id_table(spec: IdcSpec, cfg: Mapping[str, Any]) -> Any:
@@ -414,8 +412,6 @@ def _seg_for(idx: Any, scan: Any, picked: Mapping[str, tuple[int, str]], spec: I
 def write_manifest(man: Manifest, out: Path) -> tuple[Path, Path]:
     """``out`` (the manifest CSV) and ``<out stem>.report.csv`` beside it, each written atomically; an existing
     file is never overwritten (a manifest is a published definition: write a new one under a new name)."""
-    import pandas as pd
-
     out = Path(out)
     rep = out.with_name(out.stem + ".report.csv")
     for p in (out, rep):
@@ -426,7 +422,6 @@ def write_manifest(man: Manifest, out: Path) -> tuple[Path, Path]:
         tmp = p.with_name(p.name + ".tmp")
         frame.to_csv(tmp, index=False)
         tmp.replace(p)
-    assert isinstance(man.table, pd.DataFrame)
     return out, rep
 
 
