@@ -273,10 +273,11 @@ def _parser() -> argparse.ArgumentParser:
                         "weights into the package (with --folds: every fold model, shipped as an ensemble), write the "
                         "model card")
 
-    ro = sub.add_parser("segment-rescore-oof", help="score a shipped cross-validated model's out-of-fold cases again "
-                        "with today's metrics (each by its shipped fold model); rewrites <model>.oof.csv")
-    ro.add_argument("--model", required=True, help="a shipped ensemble model, e.g. brats-4mod")
-    ro.add_argument("--out", default="train/oof-rescore", help="folder of the out-of-fold masks (a per-case cache)")
+    ro = sub.add_parser("segment-rescore", help="score a shipped model's card cases again with today's metrics: a "
+                        "cross-validated ensemble's out-of-fold cases (each by its shipped fold model; rewrites "
+                        "<model>.oof.csv), or a single network's held-out cases; rewrites the card's metric tables")
+    ro.add_argument("--model", required=True, help="a shipped model, e.g. brats-4mod or flair-wt")
+    ro.add_argument("--out", default="train/rescore", help="folder of the predicted masks (a per-case cache)")
     ro.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
     pc = sub.add_parser("segment-postprocess-cv",
@@ -473,12 +474,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 idc_fetch(args.cohort, args.manifest, args.dest, args.scans, args.dry_run, args.reserve_gb, args.workers,
                           args.overrides)
-        elif args.command == "segment-rescore-oof":
+        elif args.command == "segment-rescore":
             spec = models.load_spec(args.model)
-            new = cv.rescore_shipped(spec, Path(args.out) / spec.name, device=models.resolve_device(args.device))
-            summ = metrics.summary_table(metrics.summarise(new))
-            print(f"{spec.name}: {len(new)} out-of-fold cases scored again; wrote {spec.name}.oof.csv")
-            print(summ.to_string(index=False))
+            dev = models.resolve_device(args.device)
+            if spec.ensemble:
+                new = cv.rescore_shipped(spec, Path(args.out) / spec.name, device=dev)
+                print(f"{spec.name}: {len(new)} out-of-fold cases scored again; wrote {spec.name}.oof.csv and its card")
+            else:
+                new = train.rescore_held_out(spec, Path(args.out) / spec.name, device=dev)
+                print(f"{spec.name}: {new['case_id'].nunique()} held-out cases scored again; rewrote its card")
+            for keys, part in new.groupby(["cohort", *(["postprocess"] if "postprocess" in new else [])], sort=False):
+                print(keys)
+                print(metrics.summary_table(metrics.summarise(part)).to_string(index=False))
         elif args.command == "segment-postprocess-cv":
             segment_postprocess_cv(args.model, args.out, folds=args.folds, cohort=args.cohort, iterations=args.iterations,
                                device=args.device, argv=list(argv) if argv is not None else sys.argv[1:])

@@ -110,7 +110,7 @@ def test_the_shipped_models_brats18_masks_score_as_the_official_evaluation_score
 
 @requires_shared("brats18")
 def test_the_shipped_out_of_fold_table_rescored_keeps_its_masks_and_takes_the_official_hd95(tmp_path, monkeypatch):
-    """segment-rescore-oof on a copy of brats-4mod: each case segmented again by its shipped fold model gives the
+    """segment-rescore on a copy of brats-4mod: each case segmented again by its shipped fold model gives the
     same masks (every Dice as the shipped table's, to its 4 decimals), scored with every BraTS metric; the card's
     tables are rewritten, the rest of the card kept."""
     import shutil
@@ -130,6 +130,32 @@ def test_the_shipped_out_of_fold_table_rescored_keeps_its_masks_and_takes_the_of
         np.testing.assert_allclose(new[f"dice_{r}"], old[f"dice_{r}"], atol=1e-4)
         assert {f"lesion_dice_{r}", f"nsd_{r}", f"lesion_tp_{r}"} <= set(new.columns)
     card = (tmp_path / "brats-4mod.md").read_text()
-    assert "| brats18-dev | ET | lesion-wise HD95 (mm) |" in card and "segment-rescore-oof" in card
+    assert "| brats18-dev | ET | lesion-wise HD95 (mm) |" in card and "segment-rescore" in card
     assert card.count("## Reproduce") == 1 and "Ablation of the inference steps" in card
     assert (tmp_path / "brats-4mod.oof.csv").read_text() == new.to_csv(index=False)
+
+
+@requires_shared("tcga-lgg")
+def test_the_flair_wt_card_rescored_keeps_its_dice_and_takes_the_official_hd95(tmp_path):
+    """segment-rescore on a copy of flair-wt (a held-out card): the shipped weights on the spec's held-out cases
+    give the card's Dice again, case by case; the card's metric section is rewritten, the rest kept."""
+    import shutil
+
+    from glioma_nb.segment import models, train
+
+    shipped = models.load_spec("flair-wt")
+    for f in [shipped.path, shipped.card_path, *shipped.weights_paths]:
+        shutil.copy(f, tmp_path / f.name)
+    spec = models.load_spec(tmp_path / "flair-wt.yaml")
+    before = spec.card_path.read_text()
+    rows = [line.split("|") for line in before.split("Per case:")[1].splitlines() if line.startswith("| Brats18")
+            or line.startswith("| TCGA")]
+    old_dice = {r[1].strip(): float(r[2]) for r in rows}
+    per_case = train.rescore_held_out(spec, tmp_path / "masks", device="cpu", progress=False)
+    raw = per_case[per_case["postprocess"] == "none"].set_index("case_id")
+    assert set(raw.index) == set(old_dice)
+    np.testing.assert_allclose([raw.loc[c, "dice_WT"] for c in old_dice], list(old_dice.values()), atol=5e-4)
+    after = spec.card_path.read_text()
+    assert "| tcga-lgg-dev | largest | WT | lesion-wise HD95 (mm) |" in after and "segment-rescore" in after
+    assert after.split("## Held-out metrics")[0] == before.split("## Held-out metrics")[0]
+    assert after.split("## Reproduce")[1] == before.split("## Reproduce")[1]

@@ -299,7 +299,7 @@ def rewrite_card_metrics(spec: models.ModelSpec, oof: pd.DataFrame) -> None:
         raise SegmentationError(f"{spec.card_path.name} has not the layout cv.card writes; regenerate it with --ship")
     summ = pd.concat([metrics.summarise(g.drop(columns=["cohort", "case_id", "fold", "variant", "rule"]))
                       .assign(cohort=co) for co, g in oof.groupby("cohort", sort=False)], ignore_index=True)
-    note = ("Scored again with BraTS's official metrics (`glioma-nb segment-rescore-oof --model "
+    note = ("Scored again with BraTS's official metrics (`glioma-nb segment-rescore --model "
             f"{spec.name}`: the shipped fold models, the same masks; HD95 as brats-evaluation computes it).")
     spec.card_path.write_text(
         f"{head}## Out-of-fold metrics{title}\n{note}\n\n{train.markdown_table(card_summary_rows(summ))}\n\n"

@@ -503,21 +503,6 @@ def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -
     size_mb = spec.weights_path.stat().st_size / 1e6
     if size_mb > 20:
         raise SegmentationError(f"{spec.weights_path.name} is {size_mb:.1f} MB; shipped weights must stay under 20 MB")
-    table = []
-    for (cohort, rule), part in per_case.groupby(["cohort", "postprocess"], sort=False):
-        summ = metrics.summarise(part)
-        for r in summ.itertuples():
-            label = f"lesion-wise {r.metric}" if r.level == "lesion-wise" else r.metric
-            table.append(f"| {cohort} | {rule} | {r.region} | {label} | {r.mean:.3f} | [{r.ci_low:.3f}, "
-                         f"{r.ci_high:.3f}] | {r.median:.3f} | {r.n} |")
-    wide = per_case[[c for c in per_case.columns if c.startswith(("cohort", "case_id", "dice_", "hd95_", "lesion_dice_",
-                                                                   "lesion_hd95_"))]
-                    + ["postprocess"]]
-    if spec.postprocess != "none":   # one row per case: the raw scores and those with the rule
-        raw, post = (wide[wide["postprocess"] == r].drop(columns="postprocess") for r in ("none", spec.postprocess))
-        wide = raw.merge(post, on=["cohort", "case_id"], suffixes=("", f" ({spec.postprocess})"))
-    else:
-        wide = wide.drop(columns="postprocess")
     cv = spec.postprocess_cv
     post_line = (f"`{spec.postprocess}` (`postprocess` in the model spec)" +
                  (f", chosen by {cv.get('folds')}-fold cross-validation on {cv.get('cases')} training patients of "
@@ -553,17 +538,7 @@ def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -
 ## Post-processing
 {post_line}
 
-## Held-out metrics (original image space; sliding window, overlap 0.5, no TTA; 95% bootstrap CI over cases)
-Rows `none` are the network's masks; rows with a rule are the same masks post-processed (what inference writes).
-
-| cohort | post-processing | region | metric | mean | 95% CI | median | n |
-|---|---|---|---|---|---|---|---|
-{chr(10).join(table)}
-
-Per case:
-
-{markdown_table(wide)}
-
+{held_out_section(spec, per_case)}
 ## Reproduce
 ```
 {command}
@@ -573,6 +548,56 @@ weights and a different sha256, with metrics within noise.
 """
     spec.card_path.write_text(text)
     return spec.card_path
+
+
+def held_out_section(spec: ModelSpec, per_case: pd.DataFrame, note: str = "") -> str:
+    """The ``## Held-out metrics`` section of a model card (``per_case``: :func:`evaluate_held_out`): BraTS's
+    metrics, global and lesion-wise, per cohort and post-processing, and the per-case table."""
+    table = []
+    for (cohort, rule), part in per_case.groupby(["cohort", "postprocess"], sort=False):
+        for r in metrics.summarise(part).itertuples():
+            label = f"lesion-wise {r.metric}" if r.level == "lesion-wise" else r.metric
+            table.append(f"| {cohort} | {rule} | {r.region} | {label} | {r.mean:.3f} | [{r.ci_low:.3f}, "
+                         f"{r.ci_high:.3f}] | {r.median:.3f} | {r.n} |")
+    wide = per_case[[c for c in per_case.columns if c.startswith(("cohort", "case_id", "dice_", "hd95_", "lesion_dice_",
+                                                                   "lesion_hd95_"))]
+                    + ["postprocess"]]
+    if spec.postprocess != "none":   # one row per case: the raw scores and those with the rule
+        raw, post = (wide[wide["postprocess"] == r].drop(columns="postprocess") for r in ("none", spec.postprocess))
+        wide = raw.merge(post, on=["cohort", "case_id"], suffixes=("", f" ({spec.postprocess})"))
+    else:
+        wide = wide.drop(columns="postprocess")
+    return f"""## Held-out metrics (original image space; sliding window, overlap 0.5, no TTA; 95% bootstrap CI over cases)
+Rows `none` are the network's masks; rows with a rule are the same masks post-processed (what inference writes).
+{note}
+| cohort | post-processing | region | metric | mean | 95% CI | median | n |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(table)}
+
+Per case:
+
+{markdown_table(wide)}
+"""
+
+
+def rescore_held_out(spec: ModelSpec, out_dir: Path, device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+    """Score a shipped single-network model's held-out cases again with today's metrics (the shipped weights,
+    the spec's held-out lists) and rewrite its card's ``## Held-out metrics`` section; the rest of the card is
+    left as it was made."""
+    if spec.ensemble:
+        raise SegmentationError(f"model {spec.name} is a cross-validated ensemble: use its out-of-fold table")
+    text = spec.card_path.read_text()
+    head, sep, rest = text.partition("## Held-out metrics")
+    _, sep2, tail = rest.partition("\n## Reproduce")
+    if not (sep and sep2):
+        raise SegmentationError(f"{spec.card_path.name} has not the layout train.ship writes; regenerate it with --ship")
+    net = models.load_model(spec, None, device=device)
+    per_case = evaluate_held_out(spec, net, sources_from_spec(spec, progress=progress), Path(out_dir), device=device,
+                                 progress=progress)
+    note = (f"Scored again with BraTS's official metrics (`glioma-nb segment-rescore --model {spec.name}`: the "
+            "shipped weights, the same held-out cases; HD95 as brats-evaluation computes it).\n")
+    spec.card_path.write_text(head + held_out_section(spec, per_case, note) + "\n## Reproduce" + tail)
+    return per_case
 
 
 def markdown_table(df: pd.DataFrame) -> str:
