@@ -59,8 +59,26 @@ def hash_inputs(files: Iterable[Path], known: Mapping[str, str] | None = None) -
     """``{display path: sha256}`` of input files (display paths never leak local folders); ``known``: absolute
     path -> sha256 already computed (an IDC download records them), not read again."""
     known = known or {}
-    return {paths.display_path(f): known.get(str(Path(f).resolve())) or sha256_file(Path(f))
-            for f in sorted(set(map(Path, files)))}
+    files = sorted(set(map(Path, files)))
+    return {key: known.get(str(f.resolve())) or sha256_file(f) for key, f in zip(_unique_keys(files), files)}
+
+
+def _unique_keys(files: list[Path]) -> list[str]:
+    """Display paths, made unique: a file outside the known roots shows as ``<external>/<name>``, so two scans'
+    ``003_0000.dcm`` would share a key; such keys take as many parent folders as it takes to tell them apart."""
+    keys = [paths.display_path(f) for f in files]
+    depth = 1
+    while True:
+        seen: dict[str, int] = {}
+        for k in keys:
+            seen[k] = seen.get(k, 0) + 1
+        clash = [i for i, k in enumerate(keys) if seen[k] > 1 and k.startswith("<external>/")]
+        if not clash or depth > 64:
+            return keys
+        depth += 1
+        for i in clash:
+            parts = files[i].resolve().parts[1:]
+            keys[i] = "<external>/" + "/".join(parts[-depth:])
 
 
 def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str | None]:

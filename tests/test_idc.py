@@ -430,4 +430,7 @@ def test_from_the_manifest_to_05_against_a_local_s3(collection, tmp_path, monkey
 
     monkeypatch.setattr(provenance, "sha256_file", guarded)
     assert len(raw_cohort.known_sha256()) == len(raw_cohort.input_files()) == 2 * (38 + 38 + 36 + 38 + 1)
-    provenance.hash_inputs(raw_cohort.input_files(), known=raw_cohort.known_sha256())
+    hashed = provenance.hash_inputs(raw_cohort.input_files(), known=raw_cohort.known_sha256())
+    # outside the known roots, same-named files of two scans keep one key each (<external>/<folders>/<name>)
+    assert len(hashed) == 302 and all(k.startswith("<external>/") for k in hashed)
+    assert len(manifest["inputs"]) == 302 + 2      # and the pinned manifest.csv and the clinical table
