@@ -138,7 +138,7 @@ def add_hd95(table: pd.DataFrame, out_dir: Path, sources: Sequence[train.TrainSo
         for r in t.itertuples():
             at = ((table["cohort"] == src.cohort.name) & (table["case_id"] == r.case_id) & (table["variant"] == variant)
                   & (table["rule"] == rule))
-            for col in [c for c in t.columns if c.startswith(("dice_", "hd95_", "nsd_", "lesion_dice_", "lesion_hd95_", "lesion_tp_", "lesion_fp_", "lesion_fn_")) and not c.startswith("dice_")]:
+            for col in metrics.score_columns(t.columns, [k for k in metrics.BRATS_COLUMNS if k != "dice"]):
                 table.loc[at, col] = getattr(r, col)
     return table
 
@@ -163,7 +163,7 @@ def choose(table: pd.DataFrame, metric: str = "dice_mean") -> dict[str, Any]:
 def summarise(table: pd.DataFrame, variant: str, rule: str) -> pd.DataFrame:
     """Mean, 95% bootstrap CI, median and n of every region's Dice and HD95, per cohort, for one variant and rule."""
     part = table[(table["variant"] == variant) & (table["rule"] == rule)]
-    keep = [c for c in part.columns if c.startswith(("dice_", "hd95_", "nsd_", "lesion_dice_", "lesion_hd95_", "lesion_tp_", "lesion_fp_", "lesion_fn_")) and c != "dice_mean"]
+    keep = metrics.score_columns(part.columns)
     return pd.concat([metrics.summarise(g[keep]).assign(cohort=co) for co, g in part.groupby("cohort", sort=False)],
                      ignore_index=True)
 
@@ -281,7 +281,7 @@ def card_summary_rows(summ: pd.DataFrame) -> pd.DataFrame:
 
 def card_per_case(per_case: pd.DataFrame) -> pd.DataFrame:
     """The per-case out-of-fold table of a model card: global Dice/HD95 and lesion-wise Dice/HD95 per region."""
-    keep = [c for c in per_case.columns if c.startswith(("dice_", "hd95_", "lesion_dice_", "lesion_hd95_"))]
+    keep = metrics.score_columns(per_case.columns, metrics.CARD_METRICS)
     return per_case[["cohort", "case_id", "fold", *keep]]
 
 
@@ -312,7 +312,7 @@ def oof_per_case(out_dir: Path) -> pd.DataFrame:
     res = json.loads((Path(out_dir) / "cv.json").read_text())
     table = read_table(out_dir, "oof_scores")
     chosen = table[(table["variant"] == res["variant"]) & (table["rule"] == res["rule"])]
-    cols = [c for c in chosen.columns if c.startswith(("dice_", "hd95_", "nsd_", "lesion_dice_", "lesion_hd95_", "lesion_tp_", "lesion_fp_", "lesion_fn_")) and c != "dice_mean"]
+    cols = metrics.score_columns(chosen.columns)
     return chosen[["cohort", "case_id", "fold", "variant", "rule", *cols]].round(4).reset_index(drop=True)
 
 
@@ -338,8 +338,7 @@ def rescore_shipped(spec: models.ModelSpec, out_dir: Path, device: str = "cpu", 
             s = metrics.cohort_scores(cohort, mask_dir, list(g["case_id"]), postprocess=rule)
             rows.append(s.assign(cohort=cohort_name, fold=int(fold), variant=variant, rule=rule))
     new = pd.concat(rows, ignore_index=True)
-    cols = [c for c in new.columns if c.startswith(("dice_", "hd95_", "nsd_", "lesion_dice_", "lesion_hd95_",
-                                                    "lesion_tp_", "lesion_fp_", "lesion_fn_"))]
+    cols = metrics.score_columns(new.columns)
     new = new[["cohort", "case_id", "fold", "variant", "rule", *cols]].round(4)
     new = new.set_index(["cohort", "case_id"]).loc[list(zip(old["cohort"], old["case_id"]))].reset_index()
     new.to_csv(path, index=False)

@@ -126,6 +126,14 @@ def brats_region_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[fl
     return out
 
 BRATS_COLUMNS = ("dice", "hd95", "nsd", "lesion_dice", "lesion_hd95", "lesion_tp", "lesion_fp", "lesion_fn")
+REGIONS = ("WT", "TC", "ET")
+CARD_METRICS = ("dice", "hd95", "lesion_dice", "lesion_hd95")   # the per-case columns a model card shows
+
+
+def score_columns(columns: Iterable[str], kinds: Sequence[str] = BRATS_COLUMNS) -> list[str]:
+    """The per-region metric columns (``<kind>_<R>``, R one of WT/TC/ET) among ``columns``, in their order."""
+    wanted = {f"{k}_{r}" for k in kinds for r in REGIONS}
+    return [c for c in columns if c in wanted]
 
 
 def case_scores(pred: np.ndarray, ref: np.ndarray, pred_scheme: io.LabelScheme, ref_scheme: io.LabelScheme,
@@ -157,7 +165,7 @@ def summarise(per_case: pd.DataFrame, n_boot: int = 2000, random_state: int = 0)
     n cases, n_missing (NaN: the region empty in both), n_inf (infinite HD95, counted as 373 mm)."""
     rows = []
     for prefix, (level, label) in SUMMARY_METRICS.items():
-        for col in [c for c in per_case.columns if c.startswith(prefix + "_") and c[len(prefix) + 1:] in ("WT", "TC", "ET")]:
+        for col in score_columns(per_case.columns, [prefix]):
             region = col[len(prefix) + 1:]
             values = pd.to_numeric(per_case[col], errors="coerce")
             n_inf = int(np.isinf(values).sum())

@@ -559,8 +559,8 @@ def held_out_section(spec: ModelSpec, per_case: pd.DataFrame, note: str = "") ->
             label = f"lesion-wise {r.metric}" if r.level == "lesion-wise" else r.metric
             table.append(f"| {cohort} | {rule} | {r.region} | {label} | {r.mean:.3f} | [{r.ci_low:.3f}, "
                          f"{r.ci_high:.3f}] | {r.median:.3f} | {r.n} |")
-    wide = per_case[[c for c in per_case.columns if c.startswith(("cohort", "case_id", "dice_", "hd95_", "lesion_dice_",
-                                                                   "lesion_hd95_"))]
+    wide = per_case[[c for c in per_case.columns if c in ("cohort", "case_id")]
+                    + metrics.score_columns(per_case.columns, metrics.CARD_METRICS)
                     + ["postprocess"]]
     if spec.postprocess != "none":   # one row per case: the raw scores and those with the rule
         raw, post = (wide[wide["postprocess"] == r].drop(columns="postprocess") for r in ("none", spec.postprocess))

@@ -12,6 +12,7 @@ import pandas as pd
 from glioma_nb import io, plotting, reporting, runs
 from glioma_nb.results import StepResult
 from glioma_nb.runs import Reference
+from glioma_nb.segment import metrics as seg_metrics
 from glioma_nb.validate.apply import (
     apply_classifiers,
     apply_clusters,
@@ -99,7 +100,7 @@ def validate_locked(ctx: Any, reference_run: str, harmonisation: Sequence[str] =
                 notes.append(f"segmentation: {n_tr} validation cases were in the segmentation model's training "
                              "data; their Dice is left out")
             scores = scores[~scores["trained_on"].astype(bool)]
-        scores = scores[[c for c in scores.columns if c == "case_id" or c.startswith(("dice_", "hd95_", "nsd_", "lesion_"))]]
+        scores = scores[["case_id", *seg_metrics.score_columns(scores.columns)]]
     segmentation = segmentation_comparison(ref, scores, exclude=exclude, random_state=seed)
 
     tables = ctx.feature_tables()
