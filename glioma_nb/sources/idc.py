@@ -44,6 +44,7 @@ INDEX_COLUMNS = ["collection_id", "PatientID", "StudyInstanceUID", "SeriesInstan
                  "crdc_series_uuid", "series_aws_url", "aws_bucket"]
 SCANS = ("baseline", "follow-up", "all")
 DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
+ID_PATTERN = r"^(?P<patient>.+)_(?P<visit>\d+)$"   # cohort.idc.ids.pattern's default: <patient>_<visit>
 
 
 class IdcError(ValueError):
@@ -150,7 +151,7 @@ def _id_table(spec: IdcSpec, cfg: Mapping[str, Any]) -> Any:
     if col not in table.columns:
         raise IdcError(f"cohort {spec.cohort}: the id table {path.name} has no column {col!r} (cohort.idc.ids.column); "
                        f"columns: {list(table.columns)[:8]}")
-    rx = re.compile(ids.get("pattern", r"^(?P<patient>.+)_(?P<visit>\d+)$"))
+    rx = re.compile(ids.get("pattern", ID_PATTERN))
     rows = []
     for sid in table[col].dropna():
         m = rx.match(sid)
@@ -299,6 +300,8 @@ def build_manifest(cfg: Mapping[str, Any], index: Any = None) -> Manifest:
     structural["desc"] = structural["SeriesDescription"].fillna("").str.replace(spec.strip, "", regex=True).str.strip() \
         if spec.strip else structural["SeriesDescription"].fillna("")
     structural = _scans_of(structural, int(spec.scan_gap_days))
+    segs = idx[(idx["Modality"] == "SEG") & idx["SeriesDescription"].fillna("").str.contains(
+        spec.seg.get("series", "."), case=False, regex=True)] if spec.seg else idx.iloc[:0]
     ids = _id_table(spec, cfg)
     overrides = _load_overrides(spec)
     rows, report = [], []
@@ -339,7 +342,7 @@ def build_manifest(cfg: Mapping[str, Any], index: Any = None) -> Manifest:
             for m in spec.modalities:
                 i, rule = picked[m]
                 rows.append(_row(scan.loc[i], sid, pid, dates[0], m, rule, version))
-            seg_row, seg_reason = _seg_for(idx, scan, picked, spec, sid, pid, dates[0], version)
+            seg_row, seg_reason = _seg_for(segs, scan, picked, spec, sid, pid, dates[0], version)
             if seg_row is None and spec.seg.get("require"):
                 del rows[-len(spec.modalities):]
                 report.append({**base, "status": "no reference", "reason": seg_reason})
@@ -350,8 +353,9 @@ def build_manifest(cfg: Mapping[str, Any], index: Any = None) -> Manifest:
                            "size_mb": round(float(scan.loc[[i for i, _ in picked.values()], "series_size_MB"].sum()), 2),
                            "seg": seg_row["SeriesDescription"] if seg_row is not None else seg_reason})
     if ids is not None:
+        in_index = set(structural["PatientID"])
         for r in ids[~ids["scan_id"].isin(seen_ids)].itertuples():
-            present = r.patient_id in set(structural["PatientID"])
+            present = r.patient_id in in_index
             report.append({"scan_id": r.scan_id, "patient_id": r.patient_id, "study_date": "", "n_series": 0,
                            "size_mb": 0.0, "seg": "", "status": "absent" if not present else "incomplete",
                            "reason": f"patient {r.patient_id} has no structural series in the IDC v{version} index"
@@ -362,7 +366,7 @@ def build_manifest(cfg: Mapping[str, Any], index: Any = None) -> Manifest:
 
 
 def _visit(scan_id: str, spec: IdcSpec) -> str | None:
-    m = re.match((spec.ids or {}).get("pattern", r"^(?P<patient>.+)_(?P<visit>\d+)$"), scan_id)
+    m = re.match((spec.ids or {}).get("pattern", ID_PATTERN), scan_id)
     return str(int(m["visit"])) if m else None
 
 
@@ -376,18 +380,18 @@ def _row(r: Any, sid: str, pid: str, date: str, modality: str, rule: str, versio
             "StudyInstanceUID": r["StudyInstanceUID"], "source_series": source}
 
 
-def _seg_for(idx: Any, scan: Any, picked: Mapping[str, tuple[int, str]], spec: IdcSpec, sid: str, pid: str,
+def _seg_for(segs: Any, scan: Any, picked: Mapping[str, tuple[int, str]], spec: IdcSpec, sid: str, pid: str,
              date: str, version: int) -> tuple[dict[str, Any] | None, str]:
-    """The scan's reference SEG (``cohort.idc.seg``): a SEG series whose description matches ``series`` and
-    whose study is that of the ``on`` modality's series (IDC's UPenn-GBM SEGs sit in their source series'
-    study). Several matches: the first of ``prefer`` patterns that matches, else the lowest SeriesNumber."""
+    """The scan's reference SEG (``cohort.idc.seg``) among ``segs`` (the collection's SEG series whose
+    description matches ``series``): the one whose study is that of the ``modality``'s series (IDC's UPenn-GBM
+    SEGs sit in their source series' study). Several matches: the first of ``prefer`` patterns that matches,
+    else the lowest SeriesNumber."""
     seg = spec.seg
     if not seg:
         return None, ""
     on = seg.get("modality", spec.modalities[0])
     study_of = {m: scan.loc[i, "StudyInstanceUID"] for m, (i, _) in picked.items()}
-    of_scan = idx[(idx["Modality"] == "SEG") & idx["StudyInstanceUID"].isin(list(study_of.values()))
-                  & idx["SeriesDescription"].fillna("").str.contains(seg.get("series", "."), case=False, regex=True)]
+    of_scan = segs[segs["StudyInstanceUID"].isin(list(study_of.values()))]
     cand = of_scan[of_scan["StudyInstanceUID"] == study_of[on]]
     if cand.empty and str(picked[on][1]).startswith("provisional"):
         # the provisional pair may be the wrong way round: the SEG on the pair's other series is the T1c's
