@@ -74,8 +74,7 @@ class RawCase:
     def input_files(self) -> list[Path]:
         if self.files:
             return list(self.files.values())
-        seg = sorted(p for p in self.seg.parent.iterdir() if p.is_file() and not p.name.startswith(".")) \
-            if self.seg else []
+        seg = dicomseg.series_files(self.seg.parent) if self.seg else []
         return [Path(f) for s in self.series.values() for f in s.files] + seg
 
     def load(self, modality: str) -> Any:
@@ -215,14 +214,15 @@ def _idc_case(case: RawCase, c: Mapping[str, Any], mods: list[str], max_gap: flo
         for m in mods:
             case.all_series += dicom.find_series(case.folder / rec["series"][m], max_gap)
         case.series = dicom.assign(case.case_id, case.all_series, mods, select=rec["series"])
-        case.known_sha256 = _recorded_sha256(case.folder, [*rec["series"].values(), *([rec["seg"]["uid"]] if rec.get("seg") else [])])
+        case.known_sha256 = download.recorded_sha256(case.folder, [*rec["series"].values(),
+                                                                   *([rec["seg"]["uid"]] if rec.get("seg") else [])])
     except (dicom.DicomError, KeyError) as exc:
         report.add(case.case_id, case.folder, f"IDC scan: {exc}", "download it again (glioma-nb idc download)")
         return
     seg = rec.get("seg")
     if seg:
         on = next((m for m, u in rec["series"].items() if u == seg["source_series"]), None)
-        files = sorted(p for p in (case.folder / seg["uid"]).glob("*") if p.is_file() and not p.name.startswith("."))
+        files = dicomseg.series_files(case.folder / seg["uid"])
         if on is None or len(files) != 1:
             report.add(case.case_id, case.folder / seg["uid"], f"the SEG references series {seg['source_series']}, "
                        f"not one of the scan's {sorted(rec['series'])} series, or is not one file ({len(files)})",
@@ -232,22 +232,6 @@ def _idc_case(case: RawCase, c: Mapping[str, Any], mods: list[str], max_gap: flo
         case.seg, case.seg_on = files[0], on
         case.seg_labels = {str(k): int(v) for k, v in (spec.get("labels") or dicomseg.DEFAULT_SEG_LABELS).items()}
     cohort.cases.append(case)
-
-
-def _recorded_sha256(folder: Path, uids: list[str]) -> dict[str, str]:
-    """The sha256 of each file of these series folders as their download record states it (computed once, when
-    the download verified them); a file whose size no longer matches the record is left out (hashed again)."""
-    out: dict[str, str] = {}
-    for uid in uids:
-        rec_path = folder / uid / download.RECORD
-        if not rec_path.exists():
-            continue
-        rec = json.loads(rec_path.read_text())
-        for name, (size, sha) in (rec.get("files") or {}).items():
-            f = folder / uid / name
-            if f.exists() and f.stat().st_size == size:
-                out[str(f.resolve())] = sha
-    return out
 
 
 def check_raw(cfg: Mapping[str, Any]) -> tuple[RawCohort, QCReport]:

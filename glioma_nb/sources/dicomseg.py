@@ -29,11 +29,17 @@ SERIES_JSON = "series.json"
 DEFAULT_SEG_LABELS = {r"necro|non.?enhanc|core": 1, r"oedema|edema": 2, r"enhanc": 4}
 
 
+def series_files(folder: Path) -> list[Path]:
+    """The instance files of a downloaded series folder (its dot-files, the download record, left out)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")) if folder.is_dir() else []
+
+
 def _header(folder: Path) -> dict[str, Any]:
     """The first instance's header fields of a series folder that the checks read."""
     import pydicom
 
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    files = series_files(folder)
     if not files:
         raise IdcError(f"{folder}: no DICOM files")
     ds = pydicom.dcmread(files[0], stop_before_pixels=True)

@@ -66,10 +66,6 @@ def is_done(dest: Path, row: Mapping[str, Any]) -> bool:
         return False
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name != RECORD) if folder.is_dir() else []
-
-
 def command(row: Mapping[str, Any], target: Path, url: str, workers: int = 8) -> list[str]:
     """The s5cmd command line that fetches one series into ``target``."""
     src = str(row["series_aws_url"])
@@ -81,7 +77,8 @@ def command(row: Mapping[str, Any], target: Path, url: str, workers: int = 8) ->
 
 @dataclass
 class Plan:
-    """What a download has left: ``todo`` rows (with the bytes already on disk in their partial folders)."""
+    """What a download has left: ``rows`` to fetch (``bytes_left`` counts what their partial folders already
+    hold) and ``done`` rows, verified earlier."""
 
     rows: list[dict[str, Any]]
     done: list[dict[str, Any]]
@@ -105,7 +102,7 @@ def plan(manifest: Any, dest: Path, scans: Iterable[str] | None = None) -> Plan:
         if is_done(dest, r):
             done.append(r)
             continue
-        have = sum(p.stat().st_size for p in _files(partial_dir(dest, r)))
+        have = sum(p.stat().st_size for p in dicomseg.series_files(partial_dir(dest, r)))
         left += max(0, size - have)
         rows.append(r)
     return Plan(rows, done, total, left)
@@ -125,7 +122,7 @@ def check_space(dest: Path, needed: int, reserve_gb: float) -> None:
 
 def verify(folder: Path, row: Mapping[str, Any]) -> tuple[int, int]:
     """(instances, bytes) of a fetched series, or :class:`IdcError` when they are not the manifest's."""
-    files = _files(folder)
+    files = dicomseg.series_files(folder)
     n, size = len(files), sum(p.stat().st_size for p in files)
     want_n, want_b = int(row["instance_count"]), float(row["size_mb"]) * 1e6
     what = f"series {row['SeriesInstanceUID']} ({row['modality']}, '{row['SeriesDescription']}') of scan {row['scan_id']}"
@@ -141,14 +138,14 @@ def fetch_series(row: Mapping[str, Any], dest: Path, url: str, workers: int = 8)
     """Fetch, verify and move one series into place; its record."""
     part = partial_dir(dest, row)
     part.mkdir(parents=True, exist_ok=True)
-    resumed = len(_files(part))
+    resumed = len(dicomseg.series_files(part))
     t0 = time.perf_counter()
     proc = subprocess.run(command(row, part, url, workers), capture_output=True, text=True, check=False)
     what = f"series {row['SeriesInstanceUID']} ({row['modality']}) of scan {row['scan_id']}"
     msg = (proc.stderr or proc.stdout).strip().splitlines()
     tail = msg[-1][:300] if msg else f"exit {proc.returncode}"
     if "no object found" in (proc.stderr + proc.stdout).lower():   # s5cmd exits 0 on an empty prefix
-        if not any(_files(part)):
+        if not any(dicomseg.series_files(part)):
             shutil.rmtree(part, ignore_errors=True)
         raise IdcError(f"{what}: not on the server ({row['series_aws_url']} at {url}): {tail}. The series may have "
                        "been removed or moved in a later IDC release: make the manifest again, or check "
@@ -156,7 +153,8 @@ def fetch_series(row: Mapping[str, Any], dest: Path, url: str, workers: int = 8)
     if proc.returncode != 0:
         raise IdcError(f"{what}: s5cmd failed ({tail}); run the download again to resume it")
     n, size = verify(part, row)
-    files = {f.name: [f.stat().st_size, provenance.sha256_file(f)] for f in _files(part)}   # hashed once, here
+    files = {f.name: [f.stat().st_size, provenance.sha256_file(f)]   # hashed once, here
+             for f in dicomseg.series_files(part)}
     rec = {"scan_id": row["scan_id"], "modality": row["modality"], "SeriesInstanceUID": row["SeriesInstanceUID"],
            "crdc_series_uuid": row["crdc_series_uuid"], "series_aws_url": row["series_aws_url"],
            "instances": n, "bytes": size, "idc_version": int(row["idc_version"]), "endpoint": url,
@@ -169,6 +167,22 @@ def fetch_series(row: Mapping[str, Any], dest: Path, url: str, workers: int = 8)
         shutil.rmtree(final)
     os.replace(part, final)
     return rec
+
+
+def recorded_sha256(scan_dir: Path, uids: Iterable[str]) -> dict[str, str]:
+    """The sha256 of each file of these series folders of a scan as their download records state it (computed
+    once, when the download verified them); a file whose size no longer matches its record is left out (it is
+    hashed again wherever it is needed)."""
+    out: dict[str, str] = {}
+    for uid in uids:
+        rec_path = Path(scan_dir) / uid / RECORD
+        if not rec_path.exists():
+            continue
+        for name, (size, sha) in (json.loads(rec_path.read_text()).get("files") or {}).items():
+            f = Path(scan_dir) / uid / name
+            if f.exists() and f.stat().st_size == size:
+                out[str(f.resolve())] = sha
+    return out
 
 
 def _fetch_scan(scan_id: str, rows: list[dict[str, Any]], dest: Path, url: str, workers: int,
@@ -208,16 +222,16 @@ def download(manifest: Any, dest: Path, *, scans: Iterable[str] | None = None, u
         return {"dry_run": True, "series": len(p.rows), "bytes_left": p.bytes_left, "bytes_total": p.bytes_total}
     check_space(dest, p.bytes_left, reserve_gb)
     by_scan: dict[str, list[dict[str, Any]]] = {}
-    for r in manifest.to_dict("records"):
-        if scans is None or r["scan_id"] in set(scans):
-            by_scan.setdefault(r["scan_id"], []).append(r)
+    for r in p.rows + p.done:
+        by_scan.setdefault(r["scan_id"], []).append(r)
     todo = sorted(by_scan)   # every scan: finished series are skipped, the header check is redone (two headers)
     t0 = time.perf_counter()
     if executor is None:
         executor = Executor("serial")
     res = executor.map(_fetch_scan_item, todo, desc="download scans", rows=by_scan, dest=dest, url=url,
                        workers=workers, check_headers=check_headers)
-    summary = {"scans": len(by_scan), "fetched_scans": len(res.values), "failed": dict(res.errors),
+    summary = {"scans": len(by_scan), "fetched_scans": sum(v["fetched"] > 0 for v in res.values.values()),
+               "failed": dict(res.errors),
                "bytes": sum(v["bytes"] for v in res.values.values()),
                "seconds": round(time.perf_counter() - t0, 1),
                "checks": {k: v.get("check") for k, v in res.values.items()}}
