@@ -20,6 +20,28 @@ from glioma_nb import io
 PRETTY = {"who_grade": "WHO grade", "cluster": "cluster", "risk_group": "risk:", "molecular_subtype": "molecular subtype", "idh_mutant": "IDH mutant",
           "codel_1p19q": "1p/19q codeleted", "mgmt_methylated": "MGMT methylated", "site": "site"}
 REGION_COLOURS = {"WT": "#2ca02c", "TC": "#ffbf00", "ET": "#d62728"}
+# one style for every figure: font sizes legible at print width (a panel of about 8 cm), 300 dpi when saved
+RC = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
+      "legend.fontsize": 7.5, "legend.title_fontsize": 7.5, "figure.titlesize": 11, "savefig.dpi": 300,
+      "axes.spines.top": False, "axes.spines.right": False}
+plt.rcParams.update(RC)
+# a feature set keeps its colour and line style in every figure (the line style tells the sets apart in
+# greyscale); a set not named here gets the next free colour of the default cycle
+FEATURE_SET_STYLE = {
+    "clinical": ("#7f7f7f", (0, (1, 1.5))), "volumetric": ("#1f77b4", (0, (5, 2))),
+    "location": ("#8c564b", (0, (3, 1, 1, 1))), "signature": ("#d62728", "-"), "radiomics": ("#2ca02c", (0, (6, 1.5, 1, 1.5))),
+    "volumetric+clinical": ("#17becf", (0, (5, 2, 1, 2))), "signature+clinical": ("#9467bd", (0, (8, 2))),
+    "radiomics+clinical": ("#bcbd22", (0, (2, 1))), "all": ("#ff7f0e", (0, (4, 1, 1, 1, 1, 1)))}
+
+
+def set_style(feature_set: str) -> tuple[str, Any]:
+    """(colour, line style) of a feature set, the same in every figure."""
+    if feature_set in FEATURE_SET_STYLE:
+        return FEATURE_SET_STYLE[feature_set]
+    free = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"]
+            if c not in {v[0] for v in FEATURE_SET_STYLE.values()}] or ["#000000"]
+    return free[sum(map(ord, feature_set)) % len(free)], "-"
+
 MODALITY_TITLES = {"t1": "T1", "t1c": "T1 post-contrast", "t2": "T2", "flair": "FLAIR"}
 
 
@@ -109,29 +131,73 @@ def plot_region_volumes(case_table: pd.DataFrame, *, ax: plt.Axes | None = None,
 def plot_km(surv: pd.DataFrame, group: str | None = None, *, ax: plt.Axes | None = None,
             time_col: str = "time", event_col: str = "event", time_unit: str = "months",
             at_risk: bool = True, min_group: int = 2) -> plt.Axes:
-    """Kaplan-Meier curves (95 % CI bands) per group with an at-risk table underneath."""
+    """Kaplan-Meier curves (95 % CI bands) per group, with a compact at-risk table under the panel.
+
+    The table is an inset axes hung under ``ax`` (so panels of one figure stay aligned and ``tight_layout``
+    makes room for it): one row per group, labelled with the group's value in its curve's colour, the
+    number at risk at each time tick and the cumulative events in brackets."""
     from lifelines import KaplanMeierFitter
-    from lifelines.plotting import add_at_risk_counts
 
     ax = ax or plt.gca()
     data = surv.dropna(subset=[time_col, event_col] + ([group] if group else []))
-    groups = [("all", data)] if group is None else [(str(k), g) for k, g in data.groupby(group) if len(g) >= min_group]
-    fitters = []
-    for name, g in groups:
+    groups = [("all", data)] if group is None else [(_value_label(k, group), g) for k, g in data.groupby(group)
+                                                    if len(g) >= min_group]
+    rows = []
+    for i, (name, g) in enumerate(groups):
         shown = f"{PRETTY.get(group, group)} {name}" if group else name
         kmf = KaplanMeierFitter(label=f"{shown} (n={len(g)}, events={int(g[event_col].sum())})")
         kmf.fit(g[time_col], g[event_col].astype(int))
-        kmf.plot_survival_function(ax=ax, ci_show=True)
-        fitters.append(kmf)
-    ax.set_xlabel(f"time ({time_unit})")
+        colour = f"C{i}"
+        kmf.plot_survival_function(ax=ax, ci_show=True, color=colour)
+        rows.append((name, colour, g[time_col].to_numpy(float), g[event_col].to_numpy(int)))
     ax.set_ylabel("overall survival probability")
+    ax.set_xlabel("")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"Kaplan-Meier by {PRETTY.get(group, group)}" if group else "Kaplan-Meier, whole cohort")
-    if fitters:
-        ax.legend(loc="best", fontsize=8, framealpha=0.85)  # half-transparent: curves stay visible under it
-    if at_risk and fitters:
-        add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk", "Events"])
+    ax.set_xlim(left=0)
+    ax.set_title(f"Kaplan-Meier by {PRETTY.get(group, group).rstrip(':')}" if group else "Kaplan-Meier, whole cohort")
+    if rows:
+        ax.legend(loc="best", framealpha=0.85)  # half-transparent: curves stay visible under it
+    if at_risk and rows:
+        _at_risk_table(ax, rows, time_unit)
+    else:
+        ax.set_xlabel(f"time ({time_unit})")
     return ax
+
+
+def _value_label(value: Any, group: str) -> str:
+    """A group's short name: yes/no for a 0/1 marker column (IDH mutant, 1p/19q codeleted, ...), 2 for 2.0, the
+    value otherwise (a cluster keeps its number)."""
+    marker = group in PRETTY and group.endswith(("_mutant", "_methylated", "_1p19q"))
+    num = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    if marker and num in (0, 1):
+        return "yes" if num == 1 else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _at_risk_table(ax: plt.Axes, rows: list[tuple[str, str, np.ndarray, np.ndarray]], time_unit: str) -> plt.Axes:
+    """Numbers at risk (cumulative events) at ``ax``'s time ticks, one row per group, in an inset under ``ax``."""
+    lo, hi = ax.get_xlim()
+    ticks = [float(t) for t in ax.get_xticks() if lo <= t <= hi]
+    height = 0.065 * len(rows)
+    tab = ax.inset_axes((0.0, -0.13 - height, 1.0, height))
+    tab.set_xlim(lo, hi)
+    tab.set_ylim(0, len(rows))
+    for i, (name, colour, time, event) in enumerate(rows):
+        y = len(rows) - i - 0.5
+        for t in ticks:
+            tab.text(t, y, f"{int((time >= t).sum())} ({int(event[time <= t].sum())})", ha="center", va="center",
+                     fontsize=plt.rcParams["font.size"] - 1.5)
+        tab.text(-0.05, y / len(rows), name, transform=tab.transAxes, ha="right", va="center", color=colour,
+                 fontsize=plt.rcParams["font.size"] - 1, fontweight="bold")
+    tab.set_yticks([])
+    tab.set_xticks(ticks)
+    tab.tick_params(axis="x", length=0, labelbottom=False)
+    for side in ("top", "right", "left", "bottom"):
+        tab.spines[side].set_visible(False)
+    tab.set_xlabel(f"time ({time_unit}); at risk (cumulative events)", labelpad=2)
+    return tab
 
 
 def plot_pca(features: pd.DataFrame, colour: pd.Series | None = None, *, ax: plt.Axes | None = None,
@@ -286,7 +352,7 @@ def plot_node_counts(table: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.
 def plot_km_panels(surv: pd.DataFrame, groups: Sequence[str | None], *, time_unit: str = "months") -> plt.Figure:
     """One Kaplan-Meier panel (with at-risk table) per grouping; a note where a grouping has no data."""
     panels = list(groups) or [None]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 5.5 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4.6 * len(panels)), squeeze=False)
     for ax, g in zip(axes[:, 0], panels):
         usable = surv if g is None else surv.dropna(subset=[g]) if g in surv else surv.iloc[0:0]
         if len(usable) < 2 or usable["event"].sum() == 0:
@@ -311,24 +377,31 @@ def _node_grid(n: int, width: float = 4.2, height: float = 4.0) -> tuple[plt.Fig
 
 
 def plot_roc_panels(bands: pd.DataFrame, results: pd.DataFrame) -> plt.Figure:
-    """One ROC panel per node: a curve per feature set with its bootstrap 95% band and AUC [CI].
+    """One ROC panel per node: a curve per feature set, AUC [CI] in the legend; the bootstrap 95 % band is drawn
+    for the node's headline set only (its highest AUC, drawn solid and on top), the others as lines in their
+    own colour and dash (:func:`set_style`), so the curves stay apart in greyscale.
 
     ``bands``: long frame (node, feature_set, fpr, tpr, tpr_lo, tpr_hi), from :func:`classify.cv.roc_bands`.
     """
     nodes = list(dict.fromkeys(results["node"]))
-    fig, axes = _node_grid(len(nodes))
+    fig, axes = _node_grid(len(nodes), width=3.6, height=5.0)
     for ax, node in zip(axes, nodes):
-        for i, fs in enumerate(results.loc[results["node"] == node, "feature_set"]):
-            band = bands[(bands["node"] == node) & (bands["feature_set"] == fs)]
-            r = results[(results["node"] == node) & (results["feature_set"] == fs)].iloc[0]
-            colour = f"C{i}"
-            ax.plot(band["fpr"], band["tpr"], color=colour,
-                    label=f"{fs}: {r['auc']:.2f} [{r['auc_lo']:.2f}-{r['auc_hi']:.2f}]")
-            ax.fill_between(band["fpr"], band["tpr_lo"], band["tpr_hi"], color=colour, alpha=0.12, lw=0)
-        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
-        n = int(results.loc[results["node"] == node, "n"].max())
-        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{node} (n={n})", xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(title="AUC [95% CI]", fontsize=7, title_fontsize=7, loc="lower right")
+        rows = results[results["node"] == node].sort_values("auc", ascending=False)
+        for rank, r in enumerate(rows.itertuples()):
+            band = bands[(bands["node"] == node) & (bands["feature_set"] == r.feature_set)]
+            colour, dash = set_style(r.feature_set)
+            headline = rank == 0
+            ax.plot(band["fpr"], band["tpr"], color=colour, ls="-" if headline else dash, lw=2.0 if headline else 1.2,
+                    zorder=3 if headline else 2,
+                    label=f"{r.feature_set}: {r.auc:.2f} [{r.auc_lo:.2f}-{r.auc_hi:.2f}]" + (" *" if headline else ""))
+            if headline:
+                ax.fill_between(band["fpr"], band["tpr_lo"], band["tpr_hi"], color=colour, alpha=0.18, lw=0, zorder=1)
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
+        n = int(rows["n"].max())
+        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{node} (n={n})", xlim=(0, 1), ylim=(0, 1.01),
+               aspect="equal")
+        ax.legend(title="AUC [95% CI]; * shaded: its 95% CI", loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                  handlelength=2.6, borderpad=0.3, labelspacing=0.25, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -473,7 +546,7 @@ def plot_cluster_km(results: dict[str, Any], *, time_unit: str = "months") -> pl
     done = {n: r for n, r in results.items() if r.survival is not None}
     if not done:
         return _message_figure("no clustered subgroup has survival data with events")
-    fig, axes = plt.subplots(len(done), 1, figsize=(8, 5.8 * len(done)), squeeze=False)
+    fig, axes = plt.subplots(len(done), 1, figsize=(7, 4.6 * len(done)), squeeze=False)
     for ax, (name, r) in zip(axes[:, 0], done.items()):
         plot_km(r.survival["surv"], "cluster", ax=ax, time_unit=time_unit)
         lr = r.survival["logrank"]
@@ -729,3 +802,39 @@ def plot_study_forest(table: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt
     ax.set(xlabel="estimate (95% CI); dotted: chance for AUC and C-index", xlim=(0, 1.02))
     ax.legend(fontsize=8, loc="lower left")
     return ax
+
+
+def plot_flow(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
+    """The participant flow of each analysis (a :mod:`glioma_nb.flow` table) as CONSORT-style boxes: cases in,
+    excluded by first reason, analysed; one panel per analysis."""
+    import textwrap
+
+    analyses = list(dict.fromkeys(table["analysis"])) if len(table) else []
+    if not analyses:
+        return _message_figure("no analysis with a participant flow")
+    cols = min(len(analyses), 3)
+    rows = int(np.ceil(len(analyses) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    main = dict(boxstyle="round,pad=0.45", fc="#eef2f7", ec="#3b4a5a", lw=0.8)
+    side = dict(boxstyle="round,pad=0.45", fc="#fbf3e6", ec="#8a6d3b", lw=0.8)
+    for ax, analysis in zip(axes.ravel(), analyses):
+        t = table[table["analysis"] == analysis]
+        n_in = int(t.loc[t["stage"] == "in", "n"].sum())
+        n_out = int(t.loc[t["stage"] == "analysed", "n"].sum())
+        excl = t[t["stage"] == "excluded"]
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        x = 0.2
+        ax.text(x, 0.86, f"in\nn = {n_in}", ha="center", va="center", bbox=main)
+        ax.text(x, 0.12, f"analysed\nn = {n_out}", ha="center", va="center", bbox=main, fontweight="bold")
+        ax.annotate("", xy=(x, 0.24), xytext=(x, 0.74), arrowprops=dict(arrowstyle="-|>", color="#3b4a5a", lw=1))
+        lines = [textwrap.fill(f"{r.reason}: {r.n}", 36, subsequent_indent="  ") for r in excl.itertuples()]
+        ax.annotate("excluded (first reason)\n" + ("\n".join(lines) if lines else "none"), xy=(x, 0.49),
+                    xytext=(0.42, 0.49), ha="left", va="center", fontsize=plt.rcParams["font.size"] - 1.5, bbox=side,
+                    arrowprops=dict(arrowstyle="<|-", color="#8a6d3b", lw=0.8))
+        ax.set_title(textwrap.fill(analysis, 46), fontsize=plt.rcParams["axes.titlesize"] - 1)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

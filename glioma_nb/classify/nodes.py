@@ -1,10 +1,14 @@
 """The seed paper's tree of binary classification nodes: who is eligible for each node and what its label is."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import pandas as pd
+
+from glioma_nb import flow
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ NODES: dict[str, Node] = {
 }
 
 
+#: who a node leaves out before its label is read (nodes not named here take every case)
+NOT_ELIGIBLE = {"grade_2_vs_3": "not eligible: not grade 2 or 3", "codel_1p19q": "not eligible: not IDH-mutant"}
+
+
 def node_label_table(clinical: pd.DataFrame, min_class_size: int = 5) -> pd.DataFrame:
     """Per node: eligible cases, labelled cases, class counts, and whether it can be trained.
 
@@ -58,3 +66,26 @@ def node_label_table(clinical: pd.DataFrame, min_class_size: int = 5) -> pd.Data
                      "eligible": int(elig.sum()), "labelled": int(len(y)), "positive": n_pos, "negative": n_neg,
                      "trainable": min(n_pos, n_neg) >= min_class_size})
     return pd.DataFrame(rows)
+
+
+def node_flow(analysis: str, clinical: pd.DataFrame, node_name: str, feature_set: str | None,
+              with_features: Iterable[str], analysed: Iterable[str], *,
+              before: Sequence[tuple[str, Iterable[str]]] = (), why_not: str = "") -> pd.DataFrame:
+    """The participant flow (:mod:`glioma_nb.flow`) of one node: every case of ``clinical`` in; left out, in this
+    order, by ``before`` (e.g. the overlap guard), not eligible for the node, label missing, no ``feature_set``
+    features (``with_features``: the cases the set has), and, when the node could not be evaluated, ``why_not``."""
+    node = NODES[node_name]
+    ids = clinical["case_id"].astype(str)
+    try:
+        elig = node.eligible(clinical).fillna(False).astype(bool).to_numpy()
+        target = node.target(clinical).to_numpy(dtype=float)
+    except KeyError as exc:
+        return flow.analysis_flow(analysis, ids, [*before, (f"no {exc} column in the clinical table", ids)], [])
+    has = {str(c) for c in with_features}
+    exclusions = [*before, (NOT_ELIGIBLE.get(node_name, "not eligible"), ids[~elig]),
+                  ("label missing", ids[elig & np.isnan(target)])]
+    if feature_set:
+        exclusions.append((f"no {feature_set} features", [c for c in ids if c not in has]))
+    if why_not:
+        exclusions.append((f"node not evaluated: {why_not}", ids))
+    return flow.analysis_flow(analysis, ids, exclusions, analysed)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from glioma_nb import compute, plotting, reporting
+from glioma_nb import compute, flow, plotting, reporting
 from glioma_nb.classify import cns5, cv, features
 from glioma_nb.classify import nodes as nodes_mod
 from glioma_nb.results import StepResult
@@ -109,6 +109,9 @@ def step(ctx: Any, *, min_class_size: int = 5, nodes: Sequence[str] = (), featur
         res.text["cns5"] = (f"No end-to-end diagnosis: needs a trained IDH node and the feature set "
                             f"`{diagnosis_features}` (sources: {list(sources)}).")
 
+    res.tables["flow_03_classify"] = node_flows(ctx.clinical, grid, res.sets, list(nodes))
+    res.add_figure("flow", plotting.plot_flow(res.tables["flow_03_classify"]))
+
     avg = cv.average_accuracy(grid.results)
     res.tables["classification_average_accuracy"] = avg
     res.metrics = dict(
@@ -117,3 +120,20 @@ def step(ctx: Any, *, min_class_size: int = 5, nodes: Sequence[str] = (), featur
         results=grid.headline(), skipped=grid.skipped.to_dict("records"), cns5_accuracy=res.cns5_accuracy,
         average_accuracy=avg.set_index("kind")["average_accuracy"].round(4).to_dict() if len(avg) else {})
     return res
+
+
+def node_flows(clinical: pd.DataFrame, grid: cv.NodeGrid, sets: dict[str, pd.DataFrame], nodes: list[str]) -> pd.DataFrame:
+    """Each node's participant flow for its headline feature set (highest AUC): every case in, each left out with
+    its reason (not eligible, label missing, no features of the set, node not evaluated), the analysed ones."""
+    best = grid.best()
+    parts = []
+    for node in nodes:
+        row = best[best["node"] == node] if len(best) else best
+        if len(row):
+            fs = str(row["feature_set"].iloc[0])
+            analysed = grid.oof.loc[(grid.oof["node"] == node) & (grid.oof["feature_set"] == fs), "case_id"]
+            parts.append(nodes_mod.node_flow(f"03 {node} ({fs})", clinical, node, fs, sets[fs].index, analysed))
+        else:
+            why = "; ".join(grid.skipped.loc[grid.skipped["node"] == node, "reason"].astype(str).unique()) or "skipped"
+            parts.append(nodes_mod.node_flow(f"03 {node}", clinical, node, None, [], [], why_not=why))
+    return flow.combine(*parts)

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from glioma_nb import compute, plotting, records
+from glioma_nb import compute, flow, plotting, records
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.preprocess import qc as pre_qc
 from glioma_nb.results import StepResult
@@ -225,6 +225,13 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
             result.scores = scores
             # honest figures: only cases the weights never saw
             result.summary = metrics.summarise(scores[~scores["trained_on"]])
+    scored = result.scores.loc[~result.scores["trained_on"], "case_id"] if len(result.scores) else []
+    result.tables["flow_01_segment"] = flow.analysis_flow(
+        "01 segmentation scored against the reference", cohort.case_ids,
+        [("no reference label map", [c.case_id for c in cohort.cases if c.label is None]),
+         ("no predicted mask", [c for c in cohort.case_ids if not (mask_dir / f"{c}.nii.gz").exists()]),
+         ("in the segmentation model's training data (Dice shown apart, not in the summary)", result.trained_on)],
+        scored)
     return _display(ctx, result, n_overlay_cases, export_dicom_seg)
 
 
@@ -329,6 +336,8 @@ def _display(ctx: Any, result: SegmentResult, n_overlay_cases: int, export_dicom
             result.tables["segmentation_summary_out_of_fold"] = oof
             result.frames["metrics_out_of_fold"] = metrics.summary_table(oof)
         result.add_figure("scores", plotting.plot_segmentation_scores(result.scores, result.out_of_fold))
+    if "flow_01_segment" in result.tables:
+        result.add_figure("flow", plotting.plot_flow(result.tables["flow_01_segment"]))
     result.metrics = dict(n_cases=len(cohort.cases), qc_warnings=int((ctx.problems["severity"] == "warning").sum()),
                           **{f"median_{c}": float(case_table[c].median()) for c in volume_cols}, **result.record())
     return result

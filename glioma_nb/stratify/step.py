@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from glioma_nb import compute, plotting, records, reporting
+from glioma_nb import compute, flow, plotting, records, reporting
 from glioma_nb.classify import cv, features
 from glioma_nb.io import TIME_UNITS_DAYS
 from glioma_nb.results import StepResult
@@ -128,6 +128,20 @@ def step(ctx: Any, *, time_unit_report: str = "months", km_groups: Sequence[str]
             horizon=horizon, time_unit=unit))
     else:
         res.add_figure("risk_groups", plotting.plot_risk_panels(None))
+
+    cases = ctx.clinical["case_id"].astype(str)
+    no_os = [c for c in cases if c not in set(surv["case_id"].astype(str))]
+    os_reason = "no overall survival (time or status missing)"
+    flows = [flow.analysis_flow("04 overall survival (Kaplan-Meier)", cases, [(os_reason, no_os)],
+                                surv["case_id"])]
+    if best is not None:
+        flows.append(flow.analysis_flow(
+            f"04 overall survival risk model ({best.name})", cases,
+            [(os_reason, no_os), (f"no {best.name} features", [c for c in cases if c not in
+                                                                 set(risk_feature_sets[best.name].index.astype(str))])],
+            best.oof.index))
+    res.tables["flow_04_stratify"] = flow.combine(*flows)
+    res.add_figure("flow", plotting.plot_flow(res.tables["flow_04_stratify"]))
 
     # locked models for other cohorts: every clustering, and each risk model refitted on all cases
     saved = []

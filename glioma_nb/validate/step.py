@@ -9,10 +9,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from glioma_nb import io, plotting, reporting, runs
+from glioma_nb import flow, io, plotting, reporting, runs
 from glioma_nb.results import StepResult
+from glioma_nb.classify.nodes import node_flow
 from glioma_nb.runs import Reference
 from glioma_nb.segment import metrics as seg_metrics
+from glioma_nb.stratify.survival import survival_frame
 from glioma_nb.validate.apply import (
     apply_classifiers,
     apply_clusters,
@@ -179,6 +181,28 @@ def risk_groups_frame(val: Validation, harmonisation: str = "none") -> tuple[pd.
     return d, fs
 
 
+def validation_flows(val: Validation, clinical: pd.DataFrame) -> pd.DataFrame:
+    """The participant flow of the locked models on this cohort (no harmonisation): per node its training-chosen
+    feature set, and each locked risk model; the overlap guard's cases are the first exclusion of every one."""
+    overlap = [("also in the training cohort (overlap guard)", val.excluded)]
+    parts = []
+    preds = val.predictions
+    chosen = val.chosen[val.chosen["harmonisation"] == "none"] if len(val.chosen) else val.chosen
+    for r in chosen.itertuples():
+        p = preds[(preds["node"] == r.node) & (preds["feature_set"] == r.feature_set) & (preds["harmonisation"] == "none")]
+        parts.append(node_flow(f"05 {r.node} ({r.feature_set}, locked)", clinical, r.node, r.feature_set,
+                               p["case_id"], p.loc[p["scored"].astype(bool), "case_id"], before=overlap))
+    cases = clinical["case_id"].astype(str)
+    with_os = set(survival_frame(clinical)["case_id"].astype(str))
+    risks = val.risks[val.risks["harmonisation"] == "none"] if len(val.risks) else val.risks
+    for fs, d in (risks.groupby("feature_set", sort=False) if len(risks) else []):
+        parts.append(flow.analysis_flow(
+            f"05 overall survival, locked risk model ({fs})", cases,
+            [*overlap, ("no overall survival (time or status missing)", [c for c in cases if c not in with_os]),
+             (f"no {fs} features", [c for c in cases if c not in set(d["case_id"].astype(str))])], d["case_id"]))
+    return flow.combine(*parts)
+
+
 @dataclass(repr=False)  # StepResult.__repr__: what the result holds, not every table
 class ValidateResult(StepResult):
     """Tables, figures and metrics of notebook 05 (see :class:`glioma_nb.results.StepResult`); ``val`` is the
@@ -234,6 +258,8 @@ def step(ctx: Any, *, reference_run: str = "", harmonisation: Sequence[str] = ("
             plotting.plot_km(risk_cases, "risk_group", ax=ax, time_unit=unit)
             ax.set_title(f"Validation cohort by locked risk group ({risk_model}, cut at the training median)")
             res.add_figure("risk_groups", fig)
+        res.tables["flow_05_validate"] = validation_flows(val, ctx.clinical)
+        res.add_figure("flow", plotting.plot_flow(res.tables["flow_05_validate"]))
         res.frames["headline"] = reporting.format_headline(headline)
         res.add_figure("headline", plotting.plot_study_forest(headline))
         hashes = runs.verify_unchanged(val.reference)

@@ -49,11 +49,13 @@ def study_runs(study_dir: Path) -> pd.DataFrame:
     rows = []
     for role, entries in (("training", [study["training"]]), ("validation", study.get("validation", []))):
         for e in entries:
-            row = {"role": role, "cohort": e["cohort"], "run": e.get("run_id"), "status": "not started",
+            row = {"role": role, "cohort": paths.display_path(Path(e["cohort"])) if Path(e["cohort"]).is_absolute()
+                   else e["cohort"], "run": e.get("run_id"), "status": "not started",
                    "cases": None, "seconds": None}
             rd = paths.reports_dir() / e["run"] if e.get("run") else None
             if rd is not None and (rd / "manifest.json").exists():
                 m = runs.load_manifest(rd)
-                row.update(status=m["status"], cases=m["cohort_summary"]["n_cases"], seconds=m.get("seconds_total"))
+                row.update(cohort=m["cohort"], status=m["status"], cases=m["cohort_summary"]["n_cases"],
+                           seconds=m.get("seconds_total"))   # the cohort's name, not the YAML path a study may give
             rows.append(row)
     return pd.DataFrame(rows)
