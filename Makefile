@@ -14,7 +14,7 @@ ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
 PYTEST_ARGS ?=
 
-.PHONY: help venv run-all test test-fast imports lab browser check-browser check-models validate synth bench bench-preprocess bench-segment bench-signature bench-scale bench-analysis freeze clean-venv
+.PHONY: help venv run-all test test-fast imports lab browser check-browser check-models validate synth publish bench bench-preprocess bench-segment bench-signature bench-scale bench-analysis freeze clean-venv
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
@@ -26,6 +26,8 @@ help:
 	@echo "make check-browser                       JupyterLab + headless Chromium tests, screenshots under reports/browser/"
 	@echo "make check-models                        nnU-Net folders from nnUNetv2_train (default + ResEnc-M plans) vs nnUNetv2_predict (minutes)"
 	@echo "make validate COHORT=name                check a cohort's files and clinical table"
+	@echo "make publish RUN=<run or study folder>   the citable supplement (RO-Crate zip) under reports/supplements/;"
+	@echo "                                           OUT=file.zip, ARGS=\"--include-models --include-masks\""
 	@echo "make bench                               benchmarks, JSON under bench/results/"
 	@echo "make bench-preprocess                    raw scans -> BraTS space: s/case by step, vs BrainLes (JSON; needs ../shared)"
 	@echo "make bench-segment                       segmentation s/case, memory, held-out Dice (JSON); any model:"
@@ -57,6 +59,12 @@ endif
 
 validate: $(STAMP)
 	$(PY) -m glioma_nb validate --cohort $(COHORT) $(ARGS)
+
+# a run or a study folder as a supplement: RO-Crate zip with index.html, flow, CLEAR / TRIPOD+AI checklists
+RUN ?=
+publish: $(STAMP)
+	@test -n "$(RUN)" || { echo "make publish RUN=<run folder, study folder or run id>"; exit 2; }
+	$(PY) -m glioma_nb publish $(RUN) --out $(or $(OUT),reports/supplements/$(notdir $(patsubst %/,%,$(RUN)))-supplement.zip) $(ARGS)
 
 synth: $(STAMP)
 	$(PY) -m glioma_nb synth $(ARGS)

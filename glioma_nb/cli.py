@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from glioma_nb import STEPS, bench, compute, config, io, paths, provenance, runner, runs, synthetic
+from glioma_nb import STEPS, bench, compute, config, io, paths, provenance, publish, runner, runs, synthetic
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import ValidationError
 from glioma_nb.segment import cv, examples, metrics, models, postprocess, postprocess_cv, registry, train
@@ -174,6 +174,13 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare two run folders' tables and metrics (exit 1 when they differ)")
     c.add_argument("run_a", help="run folder or run id")
     c.add_argument("run_b", help="run folder or run id")
+
+    pu = sub.add_parser("publish", help="a run or study as a citable supplement: an RO-Crate zip with index.html, "
+                        "notebooks, tables, figures, flow and the CLEAR / TRIPOD+AI checklists")
+    pu.add_argument("source", help="run folder, study folder or run id")
+    pu.add_argument("--out", required=True, help="the supplement zip (never overwritten)")
+    pu.add_argument("--include-masks", action="store_true", help="the predicted masks too (mind the data's licence)")
+    pu.add_argument("--include-models", action="store_true", help="the locked model records (joblib) too")
 
     lb = sub.add_parser("lab", help="JupyterLab on notebooks/ (root or not); prints the URL with its token")
     lb.add_argument("--port", type=int, default=8888)
@@ -411,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "synth":
             out = synthetic.generate_cohort(args.out, synthetic.SyntheticSpec(args.n, args.seed, args.resolution))
             print(f"synthetic cohort: {out}")
+        elif args.command == "publish":
+            publish.publish(args.source, args.out, include_masks=args.include_masks, include_models=args.include_models)
         elif args.command == "compare":
             diffs, counts = runs.compare_runs(runs.find_run(args.run_a), runs.find_run(args.run_b))
             print(f"compared {counts['tables']} tables ({counts['tables_byte_identical']} byte-identical) and "
@@ -489,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "segment-postprocess-cv":
             segment_postprocess_cv(args.model, args.out, folds=args.folds, cohort=args.cohort, iterations=args.iterations,
                                device=args.device, argv=list(argv) if argv is not None else sys.argv[1:])
-    except (config.ConfigError, io.CohortError, runs.RunError, FileExistsError, SegmentationError,
+    except (config.ConfigError, io.CohortError, runs.RunError, FileExistsError, SegmentationError, publish.PublishError,
             ValidationError, idc.IdcError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

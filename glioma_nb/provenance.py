@@ -107,6 +107,19 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def requirements_lock() -> str:
+    """Every installed distribution as ``name==version`` lines, sorted (what ``pip freeze`` lists, read from the
+    environment's metadata without running pip): the run's environment, recorded when the run is created."""
+    from importlib import metadata
+
+    seen: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in seen:
+            seen[name.lower()] = f"{name}=={dist.version}"
+    return "".join(f"{line}\n" for _, line in sorted(seen.items()))
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temporary file and rename, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")

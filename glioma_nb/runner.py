@@ -131,6 +131,7 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
         for sub in RUN_SUBDIRS:
             (run_dir / sub).mkdir()
         config_mod.dump_yaml(cfg, run_dir / "params.yaml")
+        (run_dir / runs.REQUIREMENTS_LOCK).write_text(provenance.requirements_lock(), encoding="utf-8")
         report.case_table.to_csv(run_dir / "qc" / "case_table.csv", index=False)
         if isinstance(cohort_obj, pre_pipeline.RawCohort):   # the series scan, so 00 does not read the headers again
             cohort_obj.save(run_dir / "qc" / pre_pipeline.RAW_SCAN)
@@ -428,9 +429,13 @@ class StepContext:
             raise FileExistsError(f"{paths.display_path(out)} exists; outputs of a run are never overwritten")
         return out
 
-    def save_figure(self, fig: Any, name: str, dpi: int = 120) -> Path:
+    def save_figure(self, fig: Any, name: str, dpi: int = 300) -> Path:
+        """``figures/<step>__<name>.png`` at print resolution and the same figure as vector PDF (for a journal's
+        production); returns the PNG's path."""
         out = self.path("figures", f"{self.step}__{name}.png")
         fig.savefig(out, dpi=dpi, bbox_inches="tight")
+        fig.savefig(out.with_suffix(".pdf"), bbox_inches="tight", metadata={"Creator": "glioma-nb", "Producer": None,
+                                                                            "CreationDate": None})
         return out
 
     def save_table(self, df: pd.DataFrame, name: str, index: bool = False) -> Path:

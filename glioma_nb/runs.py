@@ -26,6 +26,9 @@ import pandas as pd
 from glioma_nb import config as config_mod
 from glioma_nb import paths, provenance, records
 
+#: every installed distribution of the run's environment (``name==version``), written when the run is created
+REQUIREMENTS_LOCK = "requirements.lock"
+
 
 class RunError(RuntimeError):
     """A run could not be created, resumed or completed; the message says which step and why."""

@@ -269,3 +269,26 @@ def test_chromium_renders_a_report_and_the_lab_page(lab, synthetic_training_run,
     assert std > 10, "the Lab page renders blank"
     _keep(tmp_path / "lab_04_stratify.png")
     print(f"browser checks: {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium: `make check-browser` installs Debian's "
+                                             "chromium-headless-shell (root) and runs this test")
+def test_chromium_renders_the_supplement_index_with_every_figure(synthetic_training_run, tmp_path):
+    import zipfile
+
+    from glioma_nb.publish import publish
+
+    _, run_dir = synthetic_training_run
+    publish(run_dir, tmp_path / "supplement.zip", progress=False)
+    root = tmp_path / "unzipped"
+    with zipfile.ZipFile(tmp_path / "supplement.zip") as zf:
+        zf.extractall(root)
+    page = (root / "index.html").as_uri()
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          "--virtual-time-budget=20000", "--dump-dom", page], capture_output=True, text=True,
+                         timeout=180).stdout
+    n_images = int(re.search(r'data-images="(\d+)"', dom).group(1))
+    assert n_images >= 10 and 'data-broken-images="0"' in dom, re.findall(r"data-[a-z-]+=\"\d+\"", dom)
+    (h, w), std = _nonblank(_shot(page, tmp_path / "supplement_index.png"))
+    assert std > 20, "the supplement's index renders blank"
+    _keep(tmp_path / "supplement_index.png")

@@ -269,6 +269,18 @@ def test_study_validates_a_locked_training_run_and_its_summary_is_the_notebooks(
     assert any("lacks idh labels" in n for n in notes)
     assert runs.model_hashes(train_dir) == train_hashes
     assert (sdir / "study_summary.html").exists() and (sdir / "figures" / "study_forest.png").exists()
+    # the study's supplement: both runs and the summary under one index, every exclusion of 05 accounted for
+    from glioma_nb.publish import publish
+
+    from test_publish import check_supplement
+
+    publish(sdir, tmp_path / "study.zip", progress=False)
+    got = check_supplement(tmp_path / "study.zip", tmp_path / "unzipped")
+    cohorts = {runs.load_manifest(train_dir)["cohort"], m["cohort"]}
+    assert {f"runs/{c}/05_validate.html" for c in cohorts} | {"study/study_summary.html"} <= got["files"]
+    val_flow = pd.read_csv(vdir / "tables" / "flow_05_validate.csv")
+    assert val_flow["analysis"].str.contains("locked").any() and not val_flow["reason"].fillna("").str.contains(
+        "no reason recorded").any()
 
 
 @requires_shared("tcga-lgg")
