@@ -434,3 +434,14 @@ def test_from_the_manifest_to_05_against_a_local_s3(collection, tmp_path, monkey
     # outside the known roots, same-named files of two scans keep one key each (<external>/<folders>/<name>)
     assert len(hashed) == 302 and all(k.startswith("<external>/") for k in hashed)
     assert len(manifest["inputs"]) == 302 + 2      # and the pinned manifest.csv and the clinical table
+    # its supplement carries the IDC manifest it was downloaded from, and (asked for) the DICOM SEGs
+    from test_publish import check_supplement
+
+    from glioma_nb.publish import publish
+
+    monkeypatch.setattr(provenance, "sha256_file", real)
+    publish(run_dir, tmp_path / "idc.zip", include_masks=True, progress=False)
+    got = check_supplement(tmp_path / "idc.zip", tmp_path / "idc_unzipped", masks=True)
+    prefix = f"runs/{manifest['cohort']}"
+    assert f"{prefix}/idc_manifest.csv" in got["files"] and any(f.endswith("_seg.dcm") for f in got["files"])
+    assert f"{prefix}/idc_manifest.csv" in got["page"]

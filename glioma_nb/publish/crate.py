@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from glioma_nb import config as config_mod
-from glioma_nb import flow, paths, plotting, reporting, runs
+from glioma_nb import flow, paths, plotting, provenance, reporting, runs
 from glioma_nb.publish import checklists
 
 STEP_TITLES = {"00_preprocess": "00 Preprocess: raw scans to BraTS space", "01_segment": "01 Segment",
@@ -190,6 +190,9 @@ def publish(source: str | Path, out: str | Path, *, include_masks: bool = False,
             extra = {**local, str(p.run_dir): "<run>", str(p.run_dir.resolve()): "<run>"}
             for rel in _select(p.run_dir, include_masks, include_models):
                 _copy(p.run_dir / rel, stage / p.prefix / rel, extra)
+            idc_manifest = _idc_manifest(p)
+            if idc_manifest is not None:     # the public cohort's series list, as downloaded (sha256 checked)
+                _copy(idc_manifest, stage / p.prefix / "idc_manifest.csv", extra)
             fl = flow.combine(*[runs.read_table(p.run_dir, f"flow_{s}") for s in
                                 ("01_segment", "03_classify", "04_stratify", "05_validate")])
             fl.to_csv(stage / p.prefix / "flow.csv", index=False)
@@ -235,6 +238,16 @@ def publish(source: str | Path, out: str | Path, *, include_masks: bool = False,
     if progress:
         print(json.dumps(summary, indent=1))
     return summary
+
+
+def _idc_manifest(p: Part) -> Path | None:
+    """An IDC cohort's ``manifest.csv`` when it is still the one the run recorded (same sha256), else None."""
+    rec = p.facts.manifest.get("idc") or {}
+    root = p.facts.params.get("cohort", {}).get("root")
+    if not rec.get("sha256") or not root:
+        return None
+    path = paths.resolve_path(root) / "manifest.csv"
+    return path if path.exists() and provenance.sha256_file(path) == rec["sha256"] else None
 
 
 def _size(folder: Path) -> int:
@@ -356,7 +369,7 @@ def _cohort_row(p: Part) -> dict[str, Any]:
     return {"cohort": m["cohort"], "role": p.role, "cases": p.facts.n_cases, "description": c.get("description", ""),
             "source": cit.get("source", ""), "DOI": cit.get("doi", ""), "licence": cit.get("licence", ""),
             "inputs (sha256 in manifest.json)": len(m.get("inputs", {})),
-            "IDC manifest": (m.get("idc") or {}).get("manifest", "") if isinstance(m.get("idc"), dict) else ""}
+            "IDC manifest": f"{p.prefix}/idc_manifest.csv" if _idc_manifest(p) is not None else ""}
 
 
 def _command(p: Part) -> str:
@@ -380,7 +393,8 @@ def index_page(parts: list[Part], study: dict[str, Any] | None, filled: dict[str
              ("cohorts", "Cohorts"), ("headline", "Headline"), ("flow", "Participant flow"), ("notebooks", "Notebooks"),
              ("figures", "Figures"), ("tables", "Tables"), ("models", "Models"), ("checklists", "Checklists"),
              ("reproduce", "Reproduce"))) + "</nav>"]
-    s += ["<h2 id='cohorts'>Cohorts</h2>", _table_html(pd.DataFrame([_cohort_row(p) for p in parts]))]
+    s += ["<h2 id='cohorts'>Cohorts</h2>", _table_html(pd.DataFrame([_cohort_row(p) for p in parts]),
+                                                       {"IDC manifest": ""})]
     head = pd.concat([headline(p) for p in parts], ignore_index=True)
     s += ["<h2 id='headline'>Headline</h2>",
           "<p>Every metric with its 95% confidence interval (bootstrap); held-out or cross-validated figures only. "
