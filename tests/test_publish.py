@@ -189,3 +189,17 @@ def test_a_machine_name_is_scrubbed_but_a_short_word_is_left_alone(monkeypatch):
     monkeypatch.setattr(crate.platform, "node", lambda: "gpu-node-17.example.org")
     text = f"ran on gpu-node-17.example.org in {paths.project_root()}/reports, per node"
     assert crate._scrub(text, {}) == "ran on <host> in ./reports, per node"
+
+
+@pytest.mark.slow
+def test_a_run_made_before_requirements_lock_gets_the_publish_time_environment_said_so(synthetic_training_run, tmp_path):
+    import shutil
+
+    _, run_dir = synthetic_training_run
+    old = tmp_path / "reports" / run_dir.parent.name / run_dir.name
+    shutil.copytree(run_dir, old)
+    (old / runs.REQUIREMENTS_LOCK).unlink()
+    publish(old, tmp_path / "old.zip", progress=False)
+    got = check_supplement(tmp_path / "old.zip", tmp_path / "x")
+    lock = (got["root"] / f"runs/{runs.load_manifest(old)['cohort']}" / runs.REQUIREMENTS_LOCK).read_text()
+    assert lock.startswith("# publish-time environment") and "\nrocrate==" in lock

@@ -190,6 +190,11 @@ def publish(source: str | Path, out: str | Path, *, include_masks: bool = False,
             extra = {**local, str(p.run_dir): "<run>", str(p.run_dir.resolve()): "<run>"}
             for rel in _select(p.run_dir, include_masks, include_models):
                 _copy(p.run_dir / rel, stage / p.prefix / rel, extra)
+            lock = stage / p.prefix / runs.REQUIREMENTS_LOCK
+            if not lock.exists():            # a run made before the environment was recorded with it
+                lock.write_text("# publish-time environment: this run predates requirements.lock, so its own "
+                                "environment is only\n# what manifest.json's environment names\n"
+                                + provenance.requirements_lock(), encoding="utf-8")
             idc_manifest = _idc_manifest(p)
             if idc_manifest is not None:     # the public cohort's series list, as downloaded (sha256 checked)
                 _copy(idc_manifest, stage / p.prefix / "idc_manifest.csv", extra)
