@@ -203,3 +203,25 @@ def test_a_run_made_before_requirements_lock_gets_the_publish_time_environment_s
     got = check_supplement(tmp_path / "old.zip", tmp_path / "x")
     lock = (got["root"] / f"runs/{runs.load_manifest(old)['cohort']}" / runs.REQUIREMENTS_LOCK).read_text()
     assert lock.startswith("# publish-time environment") and "\nrocrate==" in lock
+
+
+def test_two_cohorts_of_one_collection_share_its_cited_dataset(tmp_path):
+    """TCGA-LGG's sites DU and FG cite the same DOI: one Dataset entity, two runs pointing at it."""
+    from types import SimpleNamespace
+
+    from rocrate.rocrate import ROCrate
+
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "t.csv").write_text("x\n1\n")
+    (tmp_path / "runs" / "b").mkdir(parents=True)
+    (tmp_path / "runs" / "b" / "t.csv").write_text("x\n2\n")
+    cit = {"source": "TCGA-LGG", "doi": "10.7937/K9/TCIA.2016.L4LTD3TK", "licence": "CC BY 3.0", "url": ""}
+    parts = [SimpleNamespace(prefix=f"runs/{c}", role=r, run_dir=Path(f"/x/{c}"), facts=SimpleNamespace(
+        params={"cohort": {"citation": cit, "description": c}}, manifest={"cohort": c, "git": {"commit": "abc"}}))
+        for c, r in (("a", "training"), ("b", "validation"))]
+    rc = ROCrate(tmp_path, init=True)
+    crate._describe(rc, parts, {"name": "s"}, tmp_path)
+    datasets = [e for e in rc.get_entities() if e.id.startswith("https://doi.org/")]
+    actions = [e for e in rc.get_entities() if e.type == "CreateAction"]
+    assert len(datasets) == 1 and len(actions) == 2
+    assert all(a["object"][0].id == datasets[0].id for a in actions)

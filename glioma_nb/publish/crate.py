@@ -289,7 +289,7 @@ def _describe(crate: Any, parts: list[Part], study: dict[str, Any] | None, stage
         cit = c.get("citation") or {}
         doi = (cit.get("doi") or "").split(";")[0].strip()
         cohort_id = f"https://doi.org/{doi}" if doi else f"#cohort-{p.facts.manifest['cohort']}"
-        cohort = crate.add_jsonld({"@id": cohort_id, "@type": "Dataset",
+        cohort = crate.get(cohort_id) or crate.add_jsonld({"@id": cohort_id, "@type": "Dataset",
                                    "name": cit.get("source") or c.get("description") or p.facts.manifest["cohort"],
                                    "description": c.get("description", ""), "license": cit.get("licence", ""),
                                    "identifier": cit.get("doi", ""), "url": cit.get("url", "")})
@@ -400,15 +400,17 @@ def index_page(parts: list[Part], study: dict[str, Any] | None, filled: dict[str
              ("reproduce", "Reproduce"))) + "</nav>"]
     s += ["<h2 id='cohorts'>Cohorts</h2>", _table_html(pd.DataFrame([_cohort_row(p) for p in parts]),
                                                        {"IDC manifest": ""})]
-    head = pd.concat([headline(p) for p in parts], ignore_index=True)
     s += ["<h2 id='headline'>Headline</h2>",
-          "<p>Every metric with its 95% confidence interval (bootstrap); held-out or cross-validated figures only. "
-          "The seed paper's figures come from its own cohorts: context, not a like-for-like benchmark.</p>",
-          _table_html(head)]
+          "<p>Every metric with its 95% confidence interval (bootstrap); held-out or cross-validated figures only; a "
+          "validation run shows the training cross-validation beside the independent cohort. The seed paper's "
+          "figures come from its own cohorts: context, not a like-for-like benchmark.</p>"]
+    for p in parts:
+        s += [f"<h3>{html.escape(p.prefix)} ({p.role})</h3>", _table_html(headline(p).drop(columns="run"))]
     s += ["<h2 id='flow'>Participant flow</h2>",
           "<p>Per analysis: the cases that came in, each one left out with its first reason, and the cases analysed "
-          "(analysed + excluded = in). All runs: <a href='flow.csv'>flow.csv</a>.</p>",
-          _table_html(flow.summary(flows))]
+          "(analysed + excluded = in). All runs: <a href='flow.csv'>flow.csv</a>.</p>"]
+    for p in parts:
+        s += [f"<h3>{html.escape(p.prefix)}</h3>", _table_html(flow.summary(flows[flows["run"] == p.prefix]))]
     for p in parts:
         s.append(f"<figure><img src='{p.prefix}/flow.png' alt='participant flow of {html.escape(p.prefix)}'>"
                  f"<figcaption>Participant flow, {html.escape(p.prefix)} "
