@@ -225,3 +225,19 @@ def test_two_cohorts_of_one_collection_share_its_cited_dataset(tmp_path):
     actions = [e for e in rc.get_entities() if e.type == "CreateAction"]
     assert len(datasets) == 1 and len(actions) == 2
     assert all(a["object"][0].id == datasets[0].id for a in actions)
+
+
+@pytest.mark.slow
+def test_a_zip_cut_short_leaves_nothing_behind(synthetic_training_run, tmp_path, monkeypatch):
+    from rocrate.rocrate import ROCrate
+
+    _, run_dir = synthetic_training_run
+
+    def dies(self, out_path):
+        Path(out_path).write_bytes(b"PK half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ROCrate, "write_zip", dies)
+    with pytest.raises(OSError, match="disk full"):
+        publish(run_dir, tmp_path / "out" / "s.zip", progress=False)
+    assert list((tmp_path / "out").iterdir()) == []

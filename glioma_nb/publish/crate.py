@@ -151,7 +151,10 @@ def parts_of(source: Path) -> tuple[list[Part], dict[str, Any] | None]:
                     raise PublishError(f"study {source.name}: the {role} cohort {e.get('cohort')} has no run yet; "
                                        "finish the study (glioma-nb study --resume) first")
                 rd = paths.reports_dir() / e["run"]
-                out.append(Part(rd, f"runs/{runs.load_manifest(rd)['cohort']}", role))
+                cohort = runs.load_manifest(rd)["cohort"]
+                taken = {p.prefix for p in out}
+                out.append(Part(rd, f"runs/{cohort}" if f"runs/{cohort}" not in taken else f"runs/{cohort}-{rd.name}",
+                                role))
         return out, spec
     raise PublishError(f"{paths.display_path(source)} is neither a run folder (manifest.json) nor a study folder "
                        "(study.json); name a folder under reports/")
@@ -234,8 +237,11 @@ def publish(source: str | Path, out: str | Path, *, include_masks: bool = False,
         crate = ROCrate(stage, init=True)
         _describe(crate, parts, study, stage)
         partial = out.with_name(out.name + ".partial")
-        crate.write_zip(str(partial))
-        os.replace(partial, out)
+        try:
+            crate.write_zip(str(partial))
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)     # a zip cut short is never left beside the supplement
     counts = {k: t["answered_by"].value_counts().to_dict() for k, t in filled.items()}
     summary = {"out": paths.display_path(out), "runs": [p.prefix for p in parts], "mb": round(out.stat().st_size / 1e6, 2),
                "seconds": round(time.perf_counter() - t0, 1), "checklists": counts, "files": n_files,
