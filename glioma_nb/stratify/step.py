@@ -130,15 +130,16 @@ def step(ctx: Any, *, time_unit_report: str = "months", km_groups: Sequence[str]
         res.add_figure("risk_groups", plotting.plot_risk_panels(None))
 
     cases = ctx.clinical["case_id"].astype(str)
-    no_os = [c for c in cases if c not in set(surv["case_id"].astype(str))]
+    with_os = set(surv["case_id"].astype(str))
+    no_os = [c for c in cases if c not in with_os]
     os_reason = "no overall survival (time or status missing)"
     flows = [flow.analysis_flow("04 overall survival (Kaplan-Meier)", cases, [(os_reason, no_os)],
                                 surv["case_id"])]
     if best is not None:
+        with_features = set(risk_feature_sets[best.name].index.astype(str))
         flows.append(flow.analysis_flow(
             f"04 overall survival risk model ({best.name})", cases,
-            [(os_reason, no_os), (f"no {best.name} features", [c for c in cases if c not in
-                                                                 set(risk_feature_sets[best.name].index.astype(str))])],
+            [(os_reason, no_os), (f"no {best.name} features", [c for c in cases if c not in with_features])],
             best.oof.index))
     res.tables["flow_04_stratify"] = flow.combine(*flows)
     res.add_figure("flow", plotting.plot_flow(res.tables["flow_04_stratify"]))

@@ -195,11 +195,13 @@ def validation_flows(val: Validation, clinical: pd.DataFrame) -> pd.DataFrame:
     cases = clinical["case_id"].astype(str)
     with_os = set(survival_frame(clinical)["case_id"].astype(str))
     risks = val.risks[val.risks["harmonisation"] == "none"] if len(val.risks) else val.risks
+    no_os = [c for c in cases if c not in with_os]
     for fs, d in (risks.groupby("feature_set", sort=False) if len(risks) else []):
+        scored = set(d["case_id"].astype(str))
         parts.append(flow.analysis_flow(
             f"05 overall survival, locked risk model ({fs})", cases,
-            [*overlap, ("no overall survival (time or status missing)", [c for c in cases if c not in with_os]),
-             (f"no {fs} features", [c for c in cases if c not in set(d["case_id"].astype(str))])], d["case_id"]))
+            [*overlap, ("no overall survival (time or status missing)", no_os),
+             (f"no {fs} features", [c for c in cases if c not in scored])], d["case_id"]))
     return flow.combine(*parts)
 
 
