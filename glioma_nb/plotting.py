@@ -130,7 +130,8 @@ def plot_region_volumes(case_table: pd.DataFrame, *, ax: plt.Axes | None = None,
 
 def plot_km(surv: pd.DataFrame, group: str | None = None, *, ax: plt.Axes | None = None,
             time_col: str = "time", event_col: str = "event", time_unit: str = "months",
-            at_risk: bool = True, min_group: int = 2) -> plt.Axes:
+            at_risk: bool = True, min_group: int = 2, ylabel: str = "overall survival probability",
+            title: str | None = None) -> plt.Axes:
     """Kaplan-Meier curves (95 % CI bands) per group, with a compact at-risk table under the panel.
 
     The table is an inset axes hung under ``ax`` (so panels of one figure stay aligned and ``tight_layout``
@@ -150,11 +151,12 @@ def plot_km(surv: pd.DataFrame, group: str | None = None, *, ax: plt.Axes | None
         colour = f"C{i}"
         kmf.plot_survival_function(ax=ax, ci_show=True, color=colour)
         rows.append((name, colour, g[time_col].to_numpy(float), g[event_col].to_numpy(int)))
-    ax.set_ylabel("overall survival probability")
+    ax.set_ylabel(ylabel)
     ax.set_xlabel("")
     ax.set_ylim(0, 1.05)
     ax.set_xlim(left=0)
-    ax.set_title(f"Kaplan-Meier by {PRETTY.get(group, group).rstrip(':')}" if group else "Kaplan-Meier, whole cohort")
+    ax.set_title(title or (f"Kaplan-Meier by {PRETTY.get(group, group).rstrip(':')}" if group
+                           else "Kaplan-Meier, whole cohort"))
     if rows:
         ax.legend(loc="best", framealpha=0.85)  # half-transparent: curves stay visible under it
     if at_risk and rows:
@@ -836,5 +838,53 @@ def plot_flow(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
         ax.set_title(textwrap.fill(analysis, 46), fontsize=plt.rcParams["axes.titlesize"] - 1)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- serial scans
+def plot_growth(scans: pd.DataFrame, patients: pd.DataFrame, *, cut: float = 8.0, ax: plt.Axes | None = None,
+                time_unit: str = "years") -> plt.Axes:
+    """Spaghetti plot: mean tumour diameter of each patient's scans over time, coloured by VDE group, with the
+    scan that first showed malignant transformation marked (x)."""
+    ax = ax or plt.subplots(figsize=(7.5, 4.8))[1]
+    colours = {}
+    groups = patients.get("vde_group", pd.Series(dtype=object))
+    per_year = {"days": 365.25, "months": 12.0, "years": 1.0}[time_unit]
+    for pid, g in scans.groupby("patient_id"):
+        grp = groups.get(pid)
+        name = grp if isinstance(grp, str) else "no VDE (one scan)"
+        colour = colours.setdefault(name, {"slow": "#1f77b4", "fast": "#d62728"}.get(name.split(" ")[0], "grey"))
+        g = g.sort_values("days")
+        t = g["years"] * per_year
+        ax.plot(t, g["mtd_mm"], "-o", color=colour, lw=0.9, ms=2.5, alpha=0.75)
+        if pid in patients.index and patients.loc[pid, "event"] == 1:
+            hit = g[g["days"] == patients.loc[pid, "transformation_days"]]
+            ax.plot(hit["years"] * per_year, hit["mtd_mm"], "x", color="k", ms=7, mew=1.6)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", ms=3, label=f"{n} (n={int((groups == n).sum())})")
+               for n, c in colours.items()]
+    handles.append(Line2D([], [], color="k", marker="x", ls="", ms=7, label="malignant transformation"))
+    ax.legend(handles=handles, loc="upper left", framealpha=0.85)
+    ax.set_xlabel(f"time from the first scan ({time_unit})")
+    ax.set_ylabel("mean tumour diameter (mm), (2V)^(1/3)")
+    ax.set_title(f"Tumour growth per patient, coloured by velocity of diametric expansion (cut {cut:g} mm/year)")
+    return ax
+
+
+def plot_vde_recovery(pairs: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Measured against planted VDE (one panel per source of volumes: predicted, reference masks), identity line."""
+    fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(4.2 * max(len(pairs), 1), 4.0), squeeze=False)
+    for ax, (name, d) in zip(axes[0], pairs.items()):
+        ax.scatter(d["planted"], d["measured"], s=14, alpha=0.8)
+        lim = [0, float(np.nanmax([d["planted"].max(), d["measured"].max(), 1.0])) * 1.05]
+        ax.plot(lim, lim, "k--", lw=1, label="identity")
+        ax.set_xlim(lim)
+        ax.set_ylim(min(0, float(d["measured"].min()) * 1.05), lim[1])
+        ax.set_xlabel("planted VDE (mm/year)")
+        ax.set_ylabel("measured VDE (mm/year)")
+        ax.set_title(f"VDE from {name} masks (n={len(d)})")
+        ax.legend(loc="upper left")
     fig.tight_layout()
     return fig

@@ -48,9 +48,9 @@ def cohort_inputs(cfg: Mapping[str, Any], cohort: io.Cohort | pre_pipeline.RawCo
         pinned = paths.resolve_path(cfg["cohort"]["root"]) / "manifest.csv"
         if pinned.exists():
             files.append(pinned)
-    clin = cfg["cohort"]["clinical"].get("file")
-    if clin:
-        files.append(paths.resolve_path(clin, base=io.source_root(cfg)))
+    for table in (cfg["cohort"]["clinical"].get("file"), (cfg["cohort"].get("timepoints") or {}).get("file")):
+        if table:
+            files.append(paths.resolve_path(table, base=io.source_root(cfg)))
     return files
 
 
@@ -115,6 +115,12 @@ def create_run(cohort: str = "synthetic", overrides: Iterable[str] | Mapping[str
             f"a validation run of the raw cohort {cfg['cohort']['name']} reads its preprocessed scans: preprocess "
             f"them first (glioma-nb run --cohort {cfg['cohort']['name']} --steps 00_preprocess --set "
             "validate.reference_run=''), then start the validation run")
+    serial = io.has_timepoints(cfg["cohort"])
+    if serial and ref is None and not explicit and "06_longitudinal" not in steps:
+        steps.append("06_longitudinal")   # serial scans: growth and transformation after the other steps
+    if "06_longitudinal" in steps and not serial:
+        raise config_mod.ConfigError(f"06_longitudinal needs serial scans (cohort.timepoints.file); "
+                                     f"{cfg['cohort']['name']} has one scan per patient")
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise config_mod.ConfigError(f"unknown steps {unknown}; known: {list(STEPS)}")

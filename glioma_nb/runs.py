@@ -74,7 +74,7 @@ def find_run(run: str, cohort: str | None = None, reports: Path | None = None) -
 
 #: what an interactive step reads from its upstream run: the steps that must be completed there
 UPSTREAM_NEEDS = {"00_preprocess": (), "01_segment": (), "02_signature": ("01_segment",), "03_classify": ("02_signature",),
-                  "04_stratify": ("02_signature",), "05_validate": ("02_signature",)}
+                  "04_stratify": ("02_signature",), "05_validate": ("02_signature",), "06_longitudinal": ("01_segment",)}
 
 
 def step_status(manifest: Mapping[str, Any], step: str) -> str | None:

@@ -194,18 +194,25 @@ def _pick_centre(tpl: _Template, row: pd.Series, radius_mm: float, rng: np.rando
     return np.array(np.unravel_index(rng.choice(idx), tpl.shape))
 
 
-def make_case(row: pd.Series, tpl: _Template, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Images (float32, arbitrary units) and the label map of one synthetic case, plus latent facts."""
+def make_case(row: pd.Series, tpl: _Template, rng: np.random.Generator, *, core_r: float | None = None,
+              margin: float | None = None, centre: np.ndarray | None = None, axes: np.ndarray | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Images (float32, arbitrary units) and the label map of one synthetic case, plus latent facts.
+
+    ``core_r``, ``margin`` (mm), ``centre`` (voxel) and ``axes`` replace the drawn size, place and shape: the
+    scans of one patient of a serial cohort share centre, axes and random fields (the same ``rng`` seed) and
+    differ in size (:func:`generate_longitudinal`)."""
     shape = tpl.shape
     vox = float(abs(tpl.affine[0, 0]))
     g, risk = int(row.who_grade), int(row.risk_group)
     idh = int(row.idh_mutant)
-    core_r = {2: rng.uniform(9, 16), 3: rng.uniform(10, 17), 4: rng.uniform(12, 20)}[g]
-    margin = rng.uniform(8, 15) if not idh else rng.uniform(3, 7)
-    margin *= 1.3 if risk else 1.0
+    drawn_r = {2: rng.uniform(9, 16), 3: rng.uniform(10, 17), 4: rng.uniform(12, 20)}[g]
+    drawn_margin = rng.uniform(8, 15) if not idh else rng.uniform(3, 7)
+    core_r = drawn_r if core_r is None else float(core_r)
+    margin = drawn_margin * (1.3 if risk else 1.0) if margin is None else float(margin)
     irregular = (0.25 if not idh else 0.08)
-    centre = _pick_centre(tpl, row, core_r + margin, rng)
-    axes = rng.uniform(0.8, 1.2, 3)
+    centre = _pick_centre(tpl, row, core_r + margin, rng) if centre is None else np.asarray(centre)
+    axes = rng.uniform(0.8, 1.2, 3) if axes is None else np.asarray(axes, dtype=float)
     d = np.zeros(shape, np.float32)
     for k in range(3):
         d += ((np.arange(shape[k]) - centre[k]).reshape([-1 if j == k else 1 for j in range(3)]) * vox / axes[k]) ** 2
@@ -347,5 +354,185 @@ def ensure_cohort_data(cfg: Mapping[str, Any], progress: bool = True) -> None:
         return
     root = cohort_root(cfg)
     s = c["synthetic"]
-    generate_cohort(root, SyntheticSpec(int(s["n_cases"]), int(s["seed"]),
-                                                            int(s["resolution_mm"])), progress=progress)
+    make = generate_longitudinal if s.get("longitudinal") else generate_cohort
+    make(root, SyntheticSpec(int(s["n_cases"]), int(s["seed"]), int(s["resolution_mm"])), progress=progress)
+
+
+# ------------------------------------------------------------------------------------- serial scans
+#: the planted model of the serial cohort (Mandonnet et al. 2003; Pallud et al. 2006 for the 8 mm/year cut)
+SERIAL: dict[str, Any] = {
+    "idh_wildtype_p": 0.3,                # lower-grade gliomas followed by serial MRI: mostly IDH-mutant
+    "codel_p_in_idhmut": 0.4,
+    "d0_mm": (25.0, 40.0),                # mean tumour diameter of the first scan, uniform
+    "vde_median_mm_per_year": 4.0,        # VDE log-normal (median, SD of log), IDH-wt x vde_idhwt_factor
+    "vde_sd_log": 0.55,
+    "vde_idhwt_factor": 1.8,
+    "vde_range": (0.5, 16.0),
+    "max_mtd_mm": 66.0,                   # follow-up stops before the tumour outgrows the template's brain
+    "scans": (3, 6),                      # scans per patient, uniform
+    "span_years": (1.0, 6.0),             # time from the first to the last scan, uniform (before the cap)
+    "core_fraction": 0.6,                 # core radius / whole-tumour radius (the rest is FLAIR abnormality)
+    # malignant transformation: exponential proportional hazards, per year
+    "transformation_rate_per_year": 0.18,  # baseline hazard at VDE = vde_reference, IDH-mutant
+    "vde_reference": 4.0,
+    "transformation_log_hr": {"vde_per_mm_per_year": 0.15, "idh_wildtype": 0.7},
+    # overall survival: Weibull PH from the first scan (shape, scale in days), log HRs
+    "os_shape": 1.3, "os_scale_days": 9000.0,
+    "os_log_hr": {"idh_wildtype": 1.0, "age_per_10y": 0.3, "vde_per_mm_per_year": 0.08},
+}
+
+
+def _serial_patients(n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Patient-level variables of the serial cohort: clinical, planted growth, transformation and survival."""
+    p = SERIAL
+    rows = []
+    for i in range(n):
+        idh = int(rng.random() >= p["idh_wildtype_p"])
+        codel = int(idh and rng.random() < p["codel_p_in_idhmut"])
+        vde = float(np.clip(p["vde_median_mm_per_year"] * (1 if idh else p["vde_idhwt_factor"])
+                            * np.exp(rng.normal(0, p["vde_sd_log"])), *p["vde_range"]))
+        d0 = float(rng.uniform(*p["d0_mm"]))
+        age = float(np.clip(rng.normal(38 if idh else 55, 11), 18, 85))
+        rows.append(dict(patient_id=f"SYNLP-{i:03d}", idh_mutant=idh, codel_1p19q=codel, age=round(age, 1),
+                         sex="M" if rng.random() < 0.55 else "F", kps=int(rng.choice([70, 80, 90, 100],
+                                                                                   p=[0.1, 0.3, 0.4, 0.2])),
+                         resection=str(rng.choice(["GTR", "STR", "biopsy"], p=[0.2, 0.4, 0.4])),
+                         site=str(rng.choice(list(SITES))), vde_mm_per_year=round(vde, 3), d0_mm=round(d0, 2),
+                         n_scans=int(rng.integers(p["scans"][0], p["scans"][1] + 1)),
+                         span_years=float(rng.uniform(*p["span_years"]))))
+    df = pd.DataFrame(rows)
+    b = p["transformation_log_hr"]
+    lp_t = b["vde_per_mm_per_year"] * (df.vde_mm_per_year - p["vde_reference"]) + b["idh_wildtype"] * (1 - df.idh_mutant)
+    df["transformation_lp"] = lp_t
+    df["transformation_latent_days"] = np.round(
+        rng.exponential(1.0, n) / (p["transformation_rate_per_year"] * np.exp(lp_t)) * 365.25, 1)
+    o = p["os_log_hr"]
+    lp_o = (o["idh_wildtype"] * (1 - df.idh_mutant) + o["age_per_10y"] * (df.age - 50) / 10
+            + o["vde_per_mm_per_year"] * (df.vde_mm_per_year - p["vde_reference"]))
+    df["os_lp"] = lp_o
+    df["os_latent_days"] = np.round(p["os_scale_days"] * (-np.log(rng.random(n)) / np.exp(lp_o)) ** (1 / p["os_shape"]), 1)
+    df["censor_days"] = np.round(rng.uniform(6, 12, n) * 365.25, 1)   # administrative, after the scans
+    return df
+
+
+def _serial_timeline(pt: pd.Series, rng: np.random.Generator) -> list[float]:
+    """Scan days of one patient: evenly spread over the span (jittered), capped by size and death."""
+    p = SERIAL
+    cap_years = max((p["max_mtd_mm"] - pt.d0_mm) / pt.vde_mm_per_year, 0.75)
+    span = min(pt.span_years, cap_years) * 365.25
+    k = int(pt.n_scans)
+    days = [0.0] + [span * j / (k - 1) + rng.uniform(-0.15, 0.15) * span / (k - 1) for j in range(1, k - 1)] + [span]
+    days = [round(d) for d in days]
+    return [d for d in days if d < pt.os_latent_days or d == 0]
+
+
+def generate_longitudinal(out_dir: str | os.PathLike[str], spec: SyntheticSpec = SyntheticSpec(n_cases=40),
+                          progress: bool = True) -> Path:
+    """Write a synthetic serial-scan cohort (``n_cases`` patients, 3-6 scans each) to ``out_dir`` atomically.
+
+    Each patient's whole tumour grows linearly in mean diameter (MTD = (2V)^(1/3), Mandonnet et al. 2003) at a
+    planted velocity of diametric expansion (VDE) from a baseline diameter; the scans share the tumour's place,
+    shape and random fields and differ in size. Malignant transformation comes at a latent time drawn from an
+    exponential proportional-hazards model in VDE and IDH status (:data:`SERIAL`); from the first scan after it,
+    the core enhances around necrosis (grade 4 pattern) and the scan's ``grade`` is 3. Overall survival is
+    Weibull PH from the first scan; scans after death are not taken.
+
+    Layout: ``<scan>/<scan>_{t1,t1ce,t2,flair,seg}.nii.gz``; ``timepoints.csv`` (patient_id, case_id, days, visit,
+    grade), ``clinical.csv`` (one row per scan, the patient's values; survival from the first scan),
+    ``truth.csv`` (planted per patient: VDE, baseline MTD, latent and observed transformation), ``scans_truth.csv``
+    (planted MTD per scan) and ``cohort.json`` (spec and the generating model). Reused when complete with the same
+    spec; another spec in the folder is an error.
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    meta_file = out / "cohort.json"
+    spec_d = {**asdict(spec), "longitudinal": True}
+    if meta_file.exists():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("spec") == spec_d:
+            return out
+        raise FileExistsError(f"{out} holds a synthetic cohort with spec {meta.get('spec')}, not {spec_d}; "
+                              "choose another folder or delete it")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not a synthetic cohort; choose an empty folder")
+    rng = np.random.default_rng([spec.seed, 7])
+    patients = _serial_patients(spec.n_cases, rng)
+    tpl = load_template(spec.resolution_mm)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    suffix = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"}
+    tps, clin, scans, truth = [], [], [], []
+    try:
+        for i, pt in tqdm(list(patients.iterrows()), desc="synthetic serial cohort", disable=not progress):
+            days = _serial_timeline(pt, rng)
+            shape_rng = np.random.default_rng([spec.seed, 7, i])
+            axes = shape_rng.uniform(0.85, 1.15, 3)
+            ell = float((8 * np.pi / 3 * np.prod(axes)) ** (1 / 3))   # MTD = r * ell for an ellipsoid of radius r
+            last_r = (pt.d0_mm + pt.vde_mm_per_year * days[-1] / 365.25) / ell
+            base = pd.Series(dict(who_grade=2, risk_group=0, idh_mutant=pt.idh_mutant, codel_1p19q=pt.codel_1p19q,
+                                  site=pt.site))
+            centre = _pick_centre(tpl, base, last_r * 1.1, shape_rng)
+            seed_state = shape_rng.integers(2**31)
+            transformed_at = next((d for d in days if d >= pt.transformation_latent_days), None)
+            for k, d in enumerate(days):
+                mtd = pt.d0_mm + pt.vde_mm_per_year * d / 365.25
+                r = mtd / ell
+                after = transformed_at is not None and d >= transformed_at
+                row = base.copy()
+                row["who_grade"] = 4 if after else 2
+                cid = f"SYNL_{i:03d}_{k}"
+                vox_ml = float(np.prod(np.abs(np.diag(tpl.affine)[:3]))) / 1000.0
+                for _ in range(2):   # the irregular margin and the brain's edge change the volume: one correction
+                    images, _ = make_case(row, tpl, np.random.default_rng([seed_state, k if after else 0]),
+                                          core_r=SERIAL["core_fraction"] * r, margin=(1 - SERIAL["core_fraction"]) * r,
+                                          centre=centre, axes=axes)
+                    drawn = (2 * (images["seg"] > 0).sum() * vox_ml * 1000) ** (1 / 3)
+                    r *= mtd / drawn
+                cdir = tmp / cid
+                cdir.mkdir()
+                for key, arr in images.items():
+                    data, dtype = (arr.astype(np.uint8), np.uint8) if key == "seg" else \
+                        (np.round(arr * 1000).astype(np.int16), np.int16)
+                    img = nib.Nifti1Image(data, tpl.affine)
+                    img.set_data_dtype(dtype)
+                    img.header.set_xyzt_units("mm")
+                    nib.save(img, cdir / f"{cid}_{suffix[key]}.nii.gz")
+                tps.append(dict(patient_id=pt.patient_id, case_id=cid, days=d, visit=k + 1, grade=3 if after else 2))
+                scans.append(dict(patient_id=pt.patient_id, case_id=cid, days=d, planted_mtd_mm=round(mtd, 3),
+                                  transformed=int(after)))
+            last = days[-1]
+            os_t = min(pt.os_latent_days, pt.censor_days)
+            for k, d in enumerate(days):
+                clin.append(dict(case_id=f"SYNL_{i:03d}_{k}", patient_id=pt.patient_id, site=pt.site, age=pt.age,
+                                 sex=pt.sex, kps=pt.kps, histology="oligodendroglioma" if pt.codel_1p19q else "astrocytoma",
+                                 who_grade=2, idh_mutant=pt.idh_mutant, codel_1p19q=pt.codel_1p19q,
+                                 resection=pt.resection, os_days=int(max(1, round(os_t))),
+                                 os_event=int(pt.os_latent_days <= pt.censor_days)))
+            truth.append(dict(patient_id=pt.patient_id, vde_mm_per_year=pt.vde_mm_per_year, d0_mm=pt.d0_mm,
+                              idh_mutant=pt.idh_mutant, n_scans=len(days), last_scan_days=last,
+                              transformation_latent_days=pt.transformation_latent_days,
+                              transformation_observed=int(transformed_at is not None),
+                              transformation_days=transformed_at if transformed_at is not None else last,
+                              transformation_lp=round(float(pt.transformation_lp), 4),
+                              os_latent_days=pt.os_latent_days, os_lp=round(float(pt.os_lp), 4)))
+        pd.DataFrame(tps).to_csv(tmp / "timepoints.csv", index=False)
+        pd.DataFrame(clin).to_csv(tmp / "clinical.csv", index=False)
+        pd.DataFrame(truth).to_csv(tmp / "truth.csv", index=False)
+        pd.DataFrame(scans).to_csv(tmp / "scans_truth.csv", index=False)
+        import nilearn
+        meta = dict(spec=spec_d, generator="glioma_nb.synthetic.generate_longitudinal", nilearn=nilearn.__version__,
+                    numpy=np.__version__, template="MNI152 (nilearn bundled)", serial_model=SERIAL,
+                    transformation_log_hazard_ratios=SERIAL["transformation_log_hr"],
+                    os_log_hazard_ratios=SERIAL["os_log_hr"], sites=SITES)
+        (tmp / "cohort.json").write_text(json.dumps(meta, indent=2))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -112,7 +112,8 @@ def test_notebook_is_output_free_and_thin(step):
 def test_parameters_are_only_where_the_run_is(step, tmp_path):
     """Parameters are written once (configs/base.yaml): the notebook and the runner only say which run."""
     params = _parameters(_nb(step))
-    assert params == COMMON
+    # 06 opens on the serial cohort by default (the only built-in cohort with timepoints)
+    assert params == ({**COMMON, "cohort": "synthetic-longitudinal"} if step == "06_longitudinal" else COMMON)
     cfg = config.resolve_config("synthetic")
     assert set(runner._step_params(cfg, tmp_path, step)) == set(COMMON)
 

@@ -19,7 +19,8 @@ def test_run_all_steps_end_to_end(synthetic_training_run, synthetic_small, tmp_p
     y, run_dir = synthetic_training_run
     fast = FAST_RUN
     assert run_dir.parent == paths.reports_dir() / "synsmall"
-    ran = [s for s in STEPS if s != "00_preprocess"]   # 00 runs for raw cohorts only (tests/test_preprocess.py)
+    # 00 runs for raw cohorts only (tests/test_preprocess.py), 06 for serial ones (tests/test_longitudinal.py)
+    ran = [s for s in STEPS if s not in ("00_preprocess", "06_longitudinal")]
     assert not (run_dir / "00_preprocess.ipynb").exists()
     for step in ran:
         assert (run_dir / f"{step}.ipynb").exists() and (run_dir / f"{step}.html").exists(), step
@@ -85,7 +86,7 @@ def test_a_step_reads_its_parameters_from_the_frozen_config(synthetic_training_r
     """Parameters are written once: what the step ran with is its config section, as frozen in the run."""
     _, run_dir = synthetic_training_run
     frozen = config.load_yaml(run_dir / "params.yaml")
-    for step in STEPS[1:]:   # 00_preprocess: raw cohorts only
+    for step in STEPS[1:-1]:   # 00_preprocess: raw cohorts only; 06_longitudinal: serial cohorts only
         recorded = json.loads((run_dir / "metrics" / f"{step}.json").read_text())["params"]
         assert recorded == json.loads(json.dumps(frozen[step_section(step)])), step
     assert frozen["classify"]["repeats"] == 1  # the run's override (FAST_RUN), not the base default

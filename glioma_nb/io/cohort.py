@@ -40,6 +40,7 @@ from glioma_nb.io.labels import (
     region_masks,
 )
 from glioma_nb.io.qc import CohortError, Problem, QCReport
+from glioma_nb.io.timeline import read_timepoints
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Cohort:
     _case_spacing: dict[str, tuple[float, float, float]] = field(default_factory=dict, repr=False)
     features: dict[str, pd.DataFrame] = field(default_factory=dict)   # precomputed tables (cohort.features)
     feature_files: list[Path] = field(default_factory=list)
+    timepoints: pd.DataFrame | None = None   # serial scans (cohort.timepoints): one row per scan, None without
 
     @property
     def case_ids(self) -> list[str]:
@@ -135,7 +137,8 @@ class Cohort:
 def synthetic_root(cfg: Mapping[str, Any]) -> Path:
     """Default folder of a generated cohort: ``<data>/synthetic/n<N>_seed<S>_<R>mm``."""
     s = cfg["cohort"]["synthetic"]
-    return paths.data_dir() / "synthetic" / f"n{s['n_cases']}_seed{s['seed']}_{s['resolution_mm']}mm"
+    serial = "_serial" if s.get("longitudinal") else ""
+    return paths.data_dir() / "synthetic" / f"n{s['n_cases']}_seed{s['seed']}_{s['resolution_mm']}mm{serial}"
 
 
 def preprocess_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -639,6 +642,7 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
         cohort.clinical = clinical[clinical["case_id"].isin(have)].reset_index(drop=True)
     if cohort.clinical.empty:
         cohort.clinical = pd.DataFrame({"case_id": cohort.case_ids})
+    cohort.timepoints = read_timepoints(c, croot, cohort.case_ids, report, cohort.clinical)
     if table.empty:  # no image checks (layout table, or images=False): one row per case all the same
         table = pd.DataFrame({"case_id": cohort.case_ids})
     table = table.merge(cohort.clinical, on="case_id", how="left")

@@ -62,7 +62,8 @@ Answer = tuple[str, "str | None"] | None
 
 
 def _flow_text(f: Facts) -> Answer:
-    parts = [f.table(f"flow_{s}") for s in ("01_segment", "03_classify", "04_stratify", "05_validate")]
+    parts = [f.table(f"flow_{s}") for s in ("01_segment", "03_classify", "04_stratify", "05_validate",
+                                             "06_longitudinal")]
     parts = [p for p in parts if p is not None and len(p)]
     if not parts:
         return None

@@ -33,7 +33,7 @@ from glioma_nb.publish import checklists
 
 STEP_TITLES = {"00_preprocess": "00 Preprocess: raw scans to BraTS space", "01_segment": "01 Segment",
                "02_signature": "02 Image signature", "03_classify": "03 Classify", "04_stratify": "04 Stratify",
-               "05_validate": "05 Validate"}
+               "05_validate": "05 Validate", "06_longitudinal": "06 Longitudinal: growth and transformation"}
 TEXT_SUFFIXES = {".ipynb", ".html", ".csv", ".json", ".yaml", ".yml", ".md", ".lock", ".txt", ".svg"}
 MODEL_CARDS = Path(__file__).resolve().parent.parent / "segment" / "models"
 
@@ -202,7 +202,7 @@ def publish(source: str | Path, out: str | Path, *, include_masks: bool = False,
             if idc_manifest is not None:     # the public cohort's series list, as downloaded (sha256 checked)
                 _copy(idc_manifest, stage / p.prefix / "idc_manifest.csv", extra)
             fl = flow.combine(*[runs.read_table(p.run_dir, f"flow_{s}") for s in
-                                ("01_segment", "03_classify", "04_stratify", "05_validate")])
+                                ("01_segment", "03_classify", "04_stratify", "05_validate", "06_longitudinal")])
             fl.to_csv(stage / p.prefix / "flow.csv", index=False)
             fig = plotting.plot_flow(fl, title=f"Participant flow: {p.facts.manifest['cohort']}")
             fig.savefig(stage / p.prefix / "flow.png", dpi=300, bbox_inches="tight")
