@@ -14,7 +14,7 @@ ARGS ?=
 # pytest arguments, e.g. make test PYTEST_ARGS="-k config"
 PYTEST_ARGS ?=
 
-.PHONY: help venv run-all test test-fast imports lab browser check-browser check-models validate synth publish bench bench-preprocess bench-segment bench-signature bench-scale bench-analysis freeze clean-venv
+.PHONY: help venv run-all test docs test-fast imports lab browser check-browser check-models validate synth publish bench bench-preprocess bench-segment bench-signature bench-scale bench-analysis freeze clean-venv
 
 help:
 	@echo "make run-all [COHORT=name] [ARGS=...]   run notebooks 01-05 into reports/<cohort>/<run_id>/"
@@ -65,6 +65,12 @@ RUN ?=
 publish: $(STAMP)
 	@test -n "$(RUN)" || { echo "make publish RUN=<run folder, study folder or run id>"; exit 2; }
 	$(PY) -m glioma_nb publish $(RUN) --out $(or $(OUT),reports/supplements/$(notdir $(patsubst %/,%,$(RUN)))-supplement.zip) $(ARGS)
+
+# the documentation site into site/: reference pages generated from the code (CLI, base.yaml, API, model cards,
+# benchmarks, the import contract) and the executed synthetic notebooks (run-all first when there is no run), then
+# mkdocs build --strict: a broken link, a missing page or a failed example fails it
+docs: $(STAMP)
+	MPLBACKEND=Agg $(PY) -m glioma_nb docs $(ARGS)
 
 synth: $(STAMP)
 	$(PY) -m glioma_nb synth $(ARGS)

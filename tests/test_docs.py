@@ -1,0 +1,100 @@
+"""The documentation site (issue 38): the generated reference covers every CLI command and every config key,
+the navigation names only pages that exist, and the site builds strict from a real run's executed notebooks."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from glioma_nb import cli, config, docs, paths
+
+
+def _leaf_paths(d, prefix=""):
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        yield key
+        if isinstance(v, dict) and v:
+            yield from _leaf_paths(v, key)
+
+
+def test_every_cli_command_is_in_the_reference():
+    parser = cli._parser()
+    commands = docs.cli_commands(parser)
+    page = docs.cli_reference(parser)
+    assert {"glioma-nb run", "glioma-nb docs", "glioma-nb publish", "glioma-nb models import",
+            "glioma-nb idc download"} <= set(commands)
+    for c in commands:
+        assert f"## `{c}`" in page, c
+    for flag in ("--cohort", "--set", "--resume", "--include-masks", "--folds"):
+        assert f"`{flag}`" in page, flag
+
+
+def test_every_config_key_is_in_the_reference_with_its_default_and_comment():
+    """The page's own parse of base.yaml (keys, defaults, comments) against the YAML loader's keys."""
+    listed = {k["key"]: k for k in docs.config_keys()}
+    loaded = set(_leaf_paths(config.base_config()))
+    assert loaded == set(listed), (sorted(loaded - set(listed))[:5], sorted(set(listed) - loaded)[:5])
+    page = docs.config_reference()
+    for key in loaded:
+        assert f"| `{key}` |" in page, key
+    assert listed["longitudinal.vde_cut_mm_per_year"]["default"] == "8"
+    assert "Pallud" in listed["longitudinal.vde_cut_mm_per_year"]["comment"]
+    # a comment continued on the lines under the key is kept whole
+    assert "dask-jobqueue's" in listed["compute.slurm.processes"]["comment"]
+
+
+def test_the_navigation_names_only_pages_that_exist_or_are_generated():
+    nav = yaml.safe_load((paths.project_root() / "mkdocs.yml").read_text())["nav"]
+
+    def pages(item):
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            for v in item.values():
+                yield from pages(v)
+        elif isinstance(item, list):
+            for v in item:
+                yield from pages(v)
+
+    generated = {g for g in docs.GENERATED if g.endswith(".md")} | {"notebooks/index.md"}
+    for page in pages(nav):
+        assert (docs.docs_dir() / page).exists() or page in generated, page
+    committed = {str(p.relative_to(docs.docs_dir())) for p in docs.docs_dir().rglob("*.md")} - generated
+    named = set(pages(nav))
+    assert committed <= named, sorted(committed - named)
+
+
+def test_readme_fits_on_a_screen():
+    lines = (paths.project_root() / "README.md").read_text().splitlines()
+    assert len(lines) <= 150
+    assert "make run-all" in "\n".join(lines) and "make test" in "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_the_site_builds_strict_from_a_real_run(synthetic_training_run, tmp_path, monkeypatch):
+    """The docs of this checkout, copied to a temporary folder, with the session's synthetic run as the executed
+    notebooks: mkdocs build --strict succeeds, renders the notebook pages with their figures, and fails on a broken
+    internal link."""
+    _, run_dir = synthetic_training_run
+    root = tmp_path / "project"
+    shutil.copytree(docs.docs_dir(), root / "docs", ignore=shutil.ignore_patterns(*[g for g in docs.GENERATED]))
+    shutil.copy(paths.project_root() / "mkdocs.yml", root / "mkdocs.yml")
+    monkeypatch.setattr(docs, "docs_dir", lambda: root / "docs")
+    monkeypatch.setattr(docs, "latest_run", lambda cohort: run_dir if cohort == "synthetic" else None)
+    made = docs.generate(cli._parser(), run_if_missing=False, run_bench=False, progress=False)
+    assert "04_stratify.md" in made["notebooks"]
+    site = tmp_path / "site"
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site), "--config-file",
+           str(root / "mkdocs.yml")]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (site / "notebooks" / "04_stratify" / "index.html").read_text()
+    assert "Kaplan-Meier" in html and "<img" in html
+    assert (site / "reference" / "cli" / "index.html").exists() and (site / "reference" / "api" / "index.html").exists()
+    page = root / "docs" / "quickstart.md"
+    page.write_text(page.read_text() + "\n[a broken link](no-such-page.md)\n")
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    assert proc.returncode != 0 and "no-such-page.md" in proc.stderr
