@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from glioma_nb import io
 
 PRETTY = {"who_grade": "WHO grade", "cluster": "cluster", "risk_group": "risk:", "molecular_subtype": "molecular subtype", "idh_mutant": "IDH mutant",
-          "codel_1p19q": "1p/19q codeleted", "mgmt_methylated": "MGMT methylated", "site": "site"}
+          "codel_1p19q": "1p/19q codeleted", "mgmt_methylated": "MGMT methylated", "site": "site", "vde_group": "VDE"}
 REGION_COLOURS = {"WT": "#2ca02c", "TC": "#ffbf00", "ET": "#d62728"}
 # one style for every figure: font sizes legible at print width (a panel of about 8 cm), 300 dpi when saved
 RC = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
@@ -859,7 +859,7 @@ def plot_growth(scans: pd.DataFrame, patients: pd.DataFrame, *, cut: float = 8.0
         t = g["years"] * per_year
         ax.plot(t, g["mtd_mm"], "-o", color=colour, lw=0.9, ms=2.5, alpha=0.75)
         if pid in patients.index and patients.loc[pid, "event"] == 1:
-            hit = g[g["days"] == patients.loc[pid, "transformation_days"]]
+            hit = g[g["days"] == patients.loc[pid, "scan_days"]]
             ax.plot(hit["years"] * per_year, hit["mtd_mm"], "x", color="k", ms=7, mew=1.6)
     from matplotlib.lines import Line2D
 

@@ -208,9 +208,9 @@ def step(ctx: Any, *, masks: str = "predicted", vde_cut_mm_per_year: float = 8.0
     if len(metrics_table):
         metrics_table = metrics_table[["outcome", *[c for c in metrics_table.columns if c != "outcome"]]]
     res.tables["longitudinal_risk_models"] = metrics_table
-    res.frames["risk_table"] = (pd.concat([reporting.risk_table(t.drop(columns="outcome")).assign(outcome=o)
-                                           for o, t in metrics_table.groupby("outcome", sort=False)])
-                                if len(metrics_table) else metrics_table)
+    res.frames["risk_table"] = (pd.concat([reporting.risk_table(t.drop(columns="outcome")).pipe(
+        lambda d, o=o: d.insert(0, "outcome", o) or d) for o, t in metrics_table.groupby("outcome", sort=False)],
+        ignore_index=True) if len(metrics_table) else metrics_table)
     res.frames["saved"] = pd.DataFrame(saved)
     res.text["rauch"] = (
         "Rauch et al. (Sci Rep 2023) report, on serial MRI of **349 lower-grade glioma patients that we do not have**, "
@@ -258,6 +258,11 @@ def step(ctx: Any, *, masks: str = "predicted", vde_cut_mm_per_year: float = 8.0
             f"- VDE from **{r.volumes_from}** masks: Pearson r {r.pearson_r:.3f} [{r.r_low:.3f}, {r.r_high:.3f}], bias "
             f"{r.bias_mm_per_year:+.2f} mm/year [{r.bias_low:+.2f}, {r.bias_high:+.2f}] over {r.n} patients"
             for r in rec.itertuples() if pd.notna(getattr(r, "pearson_r", np.nan)))
+        hz = res.tables["hazard_recovery"]
+        res.text["truth"] += "".join(
+            f"\n- HR of transformation, {r.covariate}, from {r.model}: {r.hr:.2f} [{r.hr_low:.2f}, {r.hr_high:.2f}] "
+            f"against the planted {r.planted_hr:.2f} ({'covered' if r.covered else 'not covered'})"
+            for r in hz.itertuples())
     else:
         res.text["truth"] = "Not a synthetic serial cohort: there is no planted truth to compare with."
 
