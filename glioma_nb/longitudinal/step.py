@@ -24,7 +24,7 @@ import pandas as pd
 from glioma_nb import compute, flow, plotting, reporting, runs
 from glioma_nb.classify import features
 from glioma_nb.io import TIME_UNITS_DAYS
-from glioma_nb.longitudinal import growth, truth
+from glioma_nb.longitudinal import growth, locked, truth
 from glioma_nb.longitudinal import transformation as transformation_mod
 from glioma_nb.results import StepResult
 from glioma_nb.stratify import cox, risk, survival
@@ -78,7 +78,7 @@ def step(ctx: Any, *, masks: str = "predicted", vde_cut_mm_per_year: float = 8.0
          transformation: Mapping[str, Any] | None = None, time_unit_report: str = "years",
          risk_sets: Sequence[str] = (), l1_ratio: float = 0.5, outer_splits: int = 3, inner_splits: int = 3,
          repeats: int = 3, min_events: int = 10, min_events_per_variable: float = 5, n_bootstrap: int = 500,
-         n_jobs: int = -1) -> LongitudinalResult:
+         reference_run: str = "", n_jobs: int = -1) -> LongitudinalResult:
     """Everything notebook 06 shows (parameters: ``longitudinal`` in ``configs/base.yaml``)."""
     seed = int(ctx.config["project"]["seed"])
     unit = time_unit_report
@@ -212,6 +212,22 @@ def step(ctx: Any, *, masks: str = "predicted", vde_cut_mm_per_year: float = 8.0
         lambda d, o=o: d.insert(0, "outcome", o) or d) for o, t in metrics_table.groupby("outcome", sort=False)],
         ignore_index=True) if len(metrics_table) else metrics_table)
     res.frames["saved"] = pd.DataFrame(saved)
+
+    # the locked models of a training run applied unchanged to this cohort (longitudinal.reference_run)
+    if reference_run:
+        ref_dir = runs.find_run(reference_run, ctx.config["cohort"]["name"])
+        found = locked.locked_models(ref_dir)
+        if not found:
+            notes.append(f"reference run {ref_dir.name} holds no locked transformation or OS model of notebook 06")
+        table, lnotes = locked.apply_locked(found, sources, outcomes, n_bootstrap=n_bootstrap, random_state=seed)
+        notes += lnotes
+        res.tables["longitudinal_validation"] = table.assign(reference_run=ref_dir.name)
+        res.text["validation"] = (f"The locked models of run **{ref_dir.name}** (cohort "
+                                  f"{runs.load_manifest(ref_dir)['cohort']}) applied unchanged to these patients: "
+                                  f"{len(table)} models.")
+    else:
+        res.text["validation"] = ("No training run named (`longitudinal.reference_run`): these patients are the "
+                                  "training cohort; its locked models above are what another cohort's run applies.")
     res.text["rauch"] = (
         "Rauch et al. (Sci Rep 2023) report, on serial MRI of **349 lower-grade glioma patients that we do not have**, "
         "OS C-index 0.82 (training) / 0.74 (test) post-operative and 0.77 / 0.67 pre-operative, with the likelihood "
@@ -288,6 +304,8 @@ def step(ctx: Any, *, masks: str = "predicted", vde_cut_mm_per_year: float = 8.0
         n_scans=int(len(main)), n_patients=n_pat, masks=masks, n_with_vde=int(with_vde.sum()),
         vde_median_mm_per_year=float(pts["vde_mm_per_year"].median()),
         n_at_risk=int(len(at)), n_transformations=int(at["event"].sum()),
+        **({"validation": res.tables["longitudinal_validation"].round(6).to_dict(orient="records")}
+           if "longitudinal_validation" in res.tables else {}),
         logrank_p_vde_group=lr["p_value"] if lr else None,
         cox=hazards.round(6).to_dict(orient="records"),
         risk_models=reporting.risk_metrics_record(metrics_table.assign(

@@ -223,6 +223,8 @@ def apply_risk_models(ref: Reference, tables: Mapping[str, pd.DataFrame], clinic
     ref_clin = None
     rows, risks, notes = [], [], []
     for rel, rec in ref.models_of("risk"):
+        if "outcome" in rec.meta:   # notebook 06's per-patient transformation / OS models: 06 applies them
+            continue
         fs = rec.meta["feature_set"]
         sets, set_notes = features.assemble_feature_sets(sources, [fs])
         if fs not in sets:
