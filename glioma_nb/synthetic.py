@@ -277,6 +277,50 @@ def make_case(row: pd.Series, tpl: _Template, rng: np.random.Generator, *, core_
     return images, facts
 
 
+# ------------------------------------------------------------------------------------------ writing
+SUFFIX = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"}
+
+
+def _claim(out: Path, spec: dict[str, Any]) -> Path | None:
+    """The temporary folder to build a cohort of ``spec`` in, beside ``out``; None when ``out`` already holds it.
+    A folder holding another cohort or anything else is an error."""
+    meta_file = out / "cohort.json"
+    if meta_file.exists():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("spec") == spec:
+            return None
+        raise FileExistsError(f"{out} holds a synthetic cohort with spec {meta.get('spec')}, not {spec}; "
+                              "choose another folder or delete it")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not a synthetic cohort; choose an empty folder")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _write_case(folder: Path, case_id: str, images: Mapping[str, np.ndarray], affine: np.ndarray) -> None:
+    """``<folder>/<case>/<case>_<suffix>.nii.gz`` for every image (int16, x1000) and the label map (uint8)."""
+    cdir = folder / case_id
+    cdir.mkdir()
+    for key, arr in images.items():
+        data, dtype = (arr.astype(np.uint8), np.uint8) if key == "seg" else (np.round(arr * 1000).astype(np.int16),
+                                                                             np.int16)
+        img = nib.Nifti1Image(data, affine)
+        img.set_data_dtype(dtype)
+        img.header.set_xyzt_units("mm")
+        nib.save(img, cdir / f"{case_id}_{SUFFIX[key]}.nii.gz")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a finished cohort into place (``out`` is absent or empty: checked by :func:`_claim`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+
+
 def generate_cohort(out_dir: str | os.PathLike[str], spec: SyntheticSpec = SyntheticSpec(),
                     progress: bool = True) -> Path:
     """Write a synthetic cohort in the BraTS layout to ``out_dir`` (atomically) and return it.
@@ -288,40 +332,19 @@ def generate_cohort(out_dir: str | os.PathLike[str], spec: SyntheticSpec = Synth
     from tqdm import tqdm
 
     out = Path(out_dir)
-    meta_file = out / "cohort.json"
-    if meta_file.exists():
-        meta = json.loads(meta_file.read_text())
-        if meta.get("spec") == asdict(spec):
-            return out
-        raise FileExistsError(f"{out} holds a synthetic cohort with spec {meta.get('spec')}, not {asdict(spec)}; "
-                              "choose another folder or delete it")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not a synthetic cohort; choose an empty folder")
+    tmp = _claim(out, asdict(spec))
+    if tmp is None:
+        return out
     rng = np.random.default_rng(spec.seed)
     clinical = sample_clinical(spec.n_cases, rng)
     tpl = load_template(spec.resolution_mm)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    suffix = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"}
     facts = []
     try:
         for _, row in tqdm(clinical.iterrows(), total=len(clinical), desc="synthetic cohort", disable=not progress):
             case_rng = np.random.default_rng([spec.seed, int(row.case_id.split("_")[1])])
             images, f = make_case(row, tpl, case_rng)
             facts.append({"case_id": row.case_id, **f})
-            cdir = tmp / row.case_id
-            cdir.mkdir()
-            for key, arr in images.items():
-                if key == "seg":
-                    data, dtype = arr.astype(np.uint8), np.uint8
-                else:
-                    data, dtype = np.round(arr * 1000).astype(np.int16), np.int16
-                img = nib.Nifti1Image(data, tpl.affine)
-                img.set_data_dtype(dtype)
-                img.header.set_xyzt_units("mm")
-                nib.save(img, cdir / f"{row.case_id}_{suffix[key]}.nii.gz")
+            _write_case(tmp, row.case_id, images, tpl.affine)
         public = ["case_id", "patient_id", "site", "age", "sex", "kps", "histology", "who_grade", "idh_mutant",
                   "codel_1p19q", "tertp_mutant", "mgmt_methylated", "resection", "os_days", "os_event"]
         clinical[public].to_csv(tmp / "clinical.csv", index=False)
@@ -336,10 +359,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], spec: SyntheticSpec = Synth
                     subtype_p=SUBTYPE_P, grade_p={k: {str(g): p for g, p in v.items()} for k, v in GRADE_P.items()},
                     tertp_p=TERT_P, mgmt_p=MGMT_P, sites=SITES)
         (tmp / "cohort.json").write_text(json.dumps(meta, indent=2))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.rmdir()  # empty folder (checked above)
-        os.replace(tmp, out)
+        _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -446,24 +466,13 @@ def generate_longitudinal(out_dir: str | os.PathLike[str], spec: SyntheticSpec =
     from tqdm import tqdm
 
     out = Path(out_dir)
-    meta_file = out / "cohort.json"
     spec_d = {**asdict(spec), "longitudinal": True}
-    if meta_file.exists():
-        meta = json.loads(meta_file.read_text())
-        if meta.get("spec") == spec_d:
-            return out
-        raise FileExistsError(f"{out} holds a synthetic cohort with spec {meta.get('spec')}, not {spec_d}; "
-                              "choose another folder or delete it")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not a synthetic cohort; choose an empty folder")
+    tmp = _claim(out, spec_d)
+    if tmp is None:
+        return out
     rng = np.random.default_rng([spec.seed, 7])
     patients = _serial_patients(spec.n_cases, rng)
     tpl = load_template(spec.resolution_mm)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    suffix = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"}
     tps, clin, scans, truth = [], [], [], []
     try:
         for i, pt in tqdm(list(patients.iterrows()), desc="synthetic serial cohort", disable=not progress):
@@ -491,15 +500,7 @@ def generate_longitudinal(out_dir: str | os.PathLike[str], spec: SyntheticSpec =
                                           centre=centre, axes=axes)
                     drawn = (2 * (images["seg"] > 0).sum() * vox_ml * 1000) ** (1 / 3)
                     r *= mtd / drawn
-                cdir = tmp / cid
-                cdir.mkdir()
-                for key, arr in images.items():
-                    data, dtype = (arr.astype(np.uint8), np.uint8) if key == "seg" else \
-                        (np.round(arr * 1000).astype(np.int16), np.int16)
-                    img = nib.Nifti1Image(data, tpl.affine)
-                    img.set_data_dtype(dtype)
-                    img.header.set_xyzt_units("mm")
-                    nib.save(img, cdir / f"{cid}_{suffix[key]}.nii.gz")
+                _write_case(tmp, cid, images, tpl.affine)
                 tps.append(dict(patient_id=pt.patient_id, case_id=cid, days=d, visit=k + 1, grade=3 if after else 2))
                 scans.append(dict(patient_id=pt.patient_id, case_id=cid, days=d, planted_mtd_mm=round(mtd, 3),
                                   transformed=int(after)))
@@ -528,10 +529,7 @@ def generate_longitudinal(out_dir: str | os.PathLike[str], spec: SyntheticSpec =
                     transformation_log_hazard_ratios=SERIAL["transformation_log_hr"],
                     os_log_hazard_ratios=SERIAL["os_log_hr"], sites=SITES)
         (tmp / "cohort.json").write_text(json.dumps(meta, indent=2))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
