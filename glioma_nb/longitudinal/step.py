@@ -128,7 +128,8 @@ def step(ctx: Any, *, masks: str = "predicted", vde_cut_mm_per_year: float = 8.0
     with_vde = pts["vde_mm_per_year"].notna()
     res.text["overview"] = (
         f"{len(main)} scans of {n_pat} patients ({main.groupby('patient_id').size().median():.0f} scans per patient "
-        f"in the median, follow-up {pts['follow_up_years'].median():.1f} years in the median); volumes from the "
+        f"in the median; growth followed over {pts['follow_up_years'].median():.1f} years in the median, up to "
+        f"transformation); volumes from the "
         f"**{masks}** masks. VDE fitted for {int(with_vde.sum())} patients (two or more scans up to transformation): "
         f"median {pts['vde_mm_per_year'].median():.1f} mm/year, {int((pts['vde_mm_per_year'] >= vde_cut_mm_per_year).sum())}"
         f" at or above {vde_cut_mm_per_year:g} mm/year. Transformation ({tsettings['rule']}): "
