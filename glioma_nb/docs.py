@@ -309,10 +309,6 @@ def generate(parser: argparse.ArgumentParser, *, run_if_missing: bool = True, ru
     return {"run": run.name, "notebooks": pages + serial_pages}
 
 
-def nav_notebooks() -> list[str]:
-    return sorted(p.name for p in (docs_dir() / "notebooks").glob("*.md") if p.name != "index.md")
-
-
 def build(parser: argparse.ArgumentParser, *, site: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Generate the pages and build the site with ``mkdocs build --strict``; returns what was built and the seconds."""
     t0 = time.perf_counter()

@@ -313,8 +313,13 @@ def _write_case(folder: Path, case_id: str, images: Mapping[str, np.ndarray], af
         nib.save(img, cdir / f"{case_id}_{SUFFIX[key]}.nii.gz")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move a finished cohort into place (``out`` is absent or empty: checked by :func:`_claim`)."""
+def _publish(tmp: Path, out: Path, meta: Mapping[str, Any]) -> None:
+    """Write ``cohort.json`` (``meta`` with the software versions and the template) and move the finished cohort
+    into place (``out`` is absent or empty: checked by :func:`_claim`)."""
+    import nilearn
+
+    meta = {**meta, "nilearn": nilearn.__version__, "numpy": np.__version__, "template": "MNI152 (nilearn bundled)"}
+    (tmp / "cohort.json").write_text(json.dumps(meta, indent=2))
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         out.rmdir()
@@ -351,15 +356,12 @@ def generate_cohort(out_dir: str | os.PathLike[str], spec: SyntheticSpec = Synth
         truth = clinical[["case_id", "subtype", "risk_group", "linear_predictor", "event_time_days",
                           "censor_time_days"]].merge(pd.DataFrame(facts), on="case_id")
         truth.to_csv(tmp / "truth.csv", index=False)
-        import nilearn
-        meta = dict(spec=asdict(spec), generator="glioma_nb.synthetic", nilearn=nilearn.__version__,
-                    numpy=np.__version__, template="MNI152 (nilearn bundled)",
-                    hazard_model=dict(kind="Weibull proportional hazards", shape=WEIBULL_SHAPE,
-                                      scale_days=WEIBULL_SCALE_DAYS, log_hazard_ratios=HAZARD_LOG_HR),
-                    subtype_p=SUBTYPE_P, grade_p={k: {str(g): p for g, p in v.items()} for k, v in GRADE_P.items()},
-                    tertp_p=TERT_P, mgmt_p=MGMT_P, sites=SITES)
-        (tmp / "cohort.json").write_text(json.dumps(meta, indent=2))
-        _publish(tmp, out)
+        _publish(tmp, out, dict(
+            spec=asdict(spec), generator="glioma_nb.synthetic",
+            hazard_model=dict(kind="Weibull proportional hazards", shape=WEIBULL_SHAPE, scale_days=WEIBULL_SCALE_DAYS,
+                              log_hazard_ratios=HAZARD_LOG_HR),
+            subtype_p=SUBTYPE_P, grade_p={k: {str(g): p for g, p in v.items()} for k, v in GRADE_P.items()},
+            tertp_p=TERT_P, mgmt_p=MGMT_P, sites=SITES))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -523,13 +525,9 @@ def generate_longitudinal(out_dir: str | os.PathLike[str], spec: SyntheticSpec =
         pd.DataFrame(clin).to_csv(tmp / "clinical.csv", index=False)
         pd.DataFrame(truth).to_csv(tmp / "truth.csv", index=False)
         pd.DataFrame(scans).to_csv(tmp / "scans_truth.csv", index=False)
-        import nilearn
-        meta = dict(spec=spec_d, generator="glioma_nb.synthetic.generate_longitudinal", nilearn=nilearn.__version__,
-                    numpy=np.__version__, template="MNI152 (nilearn bundled)", serial_model=SERIAL,
-                    transformation_log_hazard_ratios=SERIAL["transformation_log_hr"],
-                    os_log_hazard_ratios=SERIAL["os_log_hr"], sites=SITES)
-        (tmp / "cohort.json").write_text(json.dumps(meta, indent=2))
-        _publish(tmp, out)
+        _publish(tmp, out, dict(spec=spec_d, generator="glioma_nb.synthetic.generate_longitudinal", serial_model=SERIAL,
+                                transformation_log_hazard_ratios=SERIAL["transformation_log_hr"],
+                                os_log_hazard_ratios=SERIAL["os_log_hr"], sites=SITES))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

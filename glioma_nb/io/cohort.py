@@ -570,12 +570,7 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
     if spec.get("file"):
         cpath = paths.resolve_path(spec["file"], base=croot)
         label = report.show(cpath)
-        try:
-            raw = pd.read_csv(cpath, dtype=str, keep_default_na=False)
-        except FileNotFoundError:
-            report.add(None, cpath, "clinical table not found", "fix cohort.clinical.file")
-        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            report.add(None, cpath, f"clinical table unreadable ({exc})", "save it as a UTF-8 CSV")
+        raw = report.read_csv(cpath, "clinical table", "cohort.clinical.file")
     if raw is not None and spec.get("join"):
         raw = _join_clinical(raw, spec, croot, report, cohort.feature_files)
     if c["layout"] == "table":

@@ -56,6 +56,17 @@ class QCReport:
         shown = self.show(file) if isinstance(file, Path) else file
         self.problems.append(Problem(case, shown, message, fix, severity))
 
+    def read_csv(self, path: Path, what: str, setting: str) -> pd.DataFrame | None:
+        """A cohort's CSV table read as text (every value a string, nothing turned into NaN), or None with the
+        problem reported: ``what`` names the table ("clinical table"), ``setting`` the key that points at it."""
+        try:
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        except FileNotFoundError:
+            self.add(None, path, f"{what} not found", f"fix {setting}")
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            self.add(None, path, f"{what} unreadable ({exc})", "save it as a UTF-8 CSV")
+        return None
+
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]

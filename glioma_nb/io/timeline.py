@@ -46,13 +46,8 @@ def read_timepoints(cohort_cfg: Mapping[str, Any], root: Path, case_ids: Sequenc
         return None
     path = paths.resolve_path(spec["file"], base=root)
     label = report.show(path)
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        report.add(None, path, "timepoints table not found", "fix cohort.timepoints.file")
-        return None
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        report.add(None, path, f"timepoints table unreadable ({exc})", "save it as a UTF-8 CSV")
+    raw = report.read_csv(path, "timepoints table", "cohort.timepoints.file")
+    if raw is None:
         return None
     mapping = {c: (spec.get("columns") or {}).get(c, c) for c in TIMEPOINT_COLUMNS}
     missing = [f"{c} (column {mapping[c]!r})" for c in REQUIRED if mapping[c] not in raw.columns]
