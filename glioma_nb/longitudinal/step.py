@@ -249,7 +249,8 @@ def step(ctx: Any, *, masks: str = "predicted", vde_cut_mm_per_year: float = 8.0
         rec_fits, c_rows = {}, []
         designs = {}
         for src, gr in growths.items():   # the same Cox model of transformation from each source of volumes
-            ev, _ = transformation_mod.transformation_events(scans[src].dropna(subset=["WT_ml"]), **tsettings)
+            ev = events if src == masks else transformation_mod.transformation_events(
+                scans[src].dropna(subset=["WT_ml"]), **tsettings)[0]   # the analysis' own events are reused
             ev = ev[ev["at_risk"]]
             d = pd.DataFrame({"vde_mm_per_year": gr["vde_mm_per_year"]}).reindex(ev.index)
             d["idh_wildtype"] = 1 - planted["idh_mutant"].reindex(ev.index)
