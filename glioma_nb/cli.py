@@ -8,7 +8,7 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from glioma_nb import STEPS, bench, compute, config, docs, io, paths, provenance, publish, runner, runs, synthetic
 from glioma_nb.preprocess import pipeline as pre_pipeline
@@ -86,6 +86,19 @@ def _segment_train_cv(spec: models.ModelSpec, out: Path, folds: int, settings: t
         card = cv.ship(spec, out, "python -m glioma_nb " + " ".join(argv or []))
         print(f"shipped {folds} fold models of {spec.name} with model card {card.name}")
     return res
+
+
+def segment_compare(model: str, out: str, against: str, metric: str = "dice_WT", device: str = "auto") -> Any:
+    """``glioma-nb segment-compare``: a cross-validated spec (its CV folder ``out``) against a shipped model on the
+    cases the shipped model never saw (:func:`cv.compare_with`); prints the paired comparison and the curve."""
+    spec, base = models.load_spec(model), models.load_spec(against)
+    summary, _ = cv.compare_with(spec, Path(out), base, metric=metric, device=models.resolve_device(device))
+    g = cv.curve_gain(cv.training_curve(Path(out)))
+    print(f"{spec.name} (out of fold) vs {base.name} (as shipped), {metric}, on the cases {base.name} never saw:")
+    print(summary.round(4).to_string(index=False))
+    print(f"training curve: fold-mean held-out Dice {g.get('previous', float('nan')):.3f} -> {g['last']:.3f} over the "
+          f"last interval (gain {g['gain']:+.3f} at {g['iteration']:.0f} iterations)")
+    return summary
 
 
 def segment_postprocess_cv(model: str, out: str, folds: int = 2, cohort: str | None = None, iterations: int | None = None,
@@ -290,6 +303,16 @@ def _parser() -> argparse.ArgumentParser:
     ro.add_argument("--out", default="train/rescore", help="folder of the predicted masks (a per-case cache)")
     ro.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
+    cm = sub.add_parser("segment-compare",
+                        help="a cross-validated model spec (its segment-train --folds folder) against a shipped model, on "
+                             "the cases the shipped model never saw: out-of-fold vs shipped scores, paired bootstrap CI "
+                             "(writes <out>/compare_<model>.csv and _summary.csv; the card shows them at --ship)")
+    cm.add_argument("--model", required=True, help="the cross-validated spec (path to its YAML)")
+    cm.add_argument("--out", required=True, help="its segment-train --folds folder (every fold finished)")
+    cm.add_argument("--against", required=True, help="the shipped model it would replace, e.g. flair-wt")
+    cm.add_argument("--metric", default="dice_WT", help="per-case score column (dice_WT, lesion_dice_WT, hd95_WT, ...)")
+    cm.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
     pc = sub.add_parser("segment-postprocess-cv",
                         help="choose a model's post-processing by k-fold CV on its training patients (held-out untouched)")
     pc.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
@@ -491,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 idc_fetch(args.cohort, args.manifest, args.dest, args.scans, args.dry_run, args.reserve_gb, args.workers,
                           args.overrides)
+        elif args.command == "segment-compare":
+            segment_compare(args.model, args.out, args.against, metric=args.metric, device=args.device)
         elif args.command == "segment-rescore":
             spec = models.load_spec(args.model)
             dev = models.resolve_device(args.device)

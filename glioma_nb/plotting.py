@@ -337,6 +337,22 @@ def plot_train_log(log: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes
     return ax
 
 
+def plot_fold_curves(curve: pd.DataFrame) -> plt.Figure:
+    """Cross-validation training curves (:func:`glioma_nb.segment.cv.training_curve`): the training loss and the
+    held-out Dice of each fold model against iterations, with the mean over folds in black."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.0, 3.2), layout="constrained")
+    for f, g in curve.groupby("fold"):
+        a.plot(g["iteration"], g["loss"], lw=1, alpha=0.8, label=f"fold {f}")
+        b.plot(g["iteration"], g["val_dice"], "o-", ms=3, lw=1, alpha=0.8, label=f"fold {f}")
+    m = curve.groupby("iteration")[["loss", "val_dice"]].mean().reset_index()
+    a.plot(m["iteration"], m["loss"], color="black", lw=2, label="mean")
+    b.plot(m["iteration"], m["val_dice"], "o-", color="black", ms=4, lw=2, label="mean")
+    a.set(xlabel="iteration", ylabel="training loss (mean since the last validation)", title="Training loss")
+    b.set(xlabel="iteration", ylabel="held-out Dice (model space)", ylim=(0, 1), title="Fold validation Dice")
+    b.legend(loc="lower right")
+    return fig
+
+
 def plot_node_counts(table: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
     """Stacked bars of labelled positives/negatives per classification node."""
     ax = ax or plt.gca()

@@ -175,6 +175,9 @@ def test_cross_validation_predicts_every_case_once_resumes_and_ships_a_checked_e
     assert set(hashes) == {"toy-net.fold0.pt", "toy-net.fold1.pt"}
     assert hashes["toy-net.fold0.pt"] == models.sha256(out / "fold0" / "weights.pt")
     assert "Out-of-fold metrics" in card and "| fold | trained on |" in card and "--folds 2 --ship" in card
+    # the training curve: each fold's held-out Dice at its validation, and the figure beside the card
+    assert "## Training curve" in card and "| iteration | fold 0 | fold 1 | mean |" in card
+    assert "![training curves](toy-net.curve.png)" in card and (shipped.folder / "toy-net.curve.png").stat().st_size > 5000
     net = models.load_model(shipped)
     assert models.is_ensemble(net) and len(net.members) == 2
     # the ensemble is the mean of the members' sigmoid probabilities
@@ -228,3 +231,82 @@ def test_the_v1_specs_keep_the_v1_recipe_and_ship_beside_themselves(name):
     assert f"--model glioma_nb/segment/models/v1/{name}.yaml" in v1.card_path.read_text()
     v2 = models.load_spec(name)
     assert v2.outputs == "regions" and v2.n_outputs == len(v2.regions)
+
+
+def _log(rows):
+    return pd.DataFrame(rows, columns=["iteration", "loss", "lr", "seconds", "val_dice_wt"])
+
+
+def test_the_training_curve_averages_the_loss_between_validations_and_measures_the_last_gain(tmp_path):
+    nan = float("nan")
+    for f, vals in ((0, (0.4, 0.6)), (1, (0.5, 0.7))):
+        (tmp_path / f"fold{f}").mkdir()
+        _log([[10, 1.0, 0, 1, nan], [20, 0.8, 0, 2, vals[0]], [30, 0.6, 0, 3, nan], [40, 0.2, 0, 4, vals[1]]]
+             ).to_csv(tmp_path / f"fold{f}" / "train_log.csv", index=False)
+    (tmp_path / "fold2").mkdir()     # a fold still training: one validation so far
+    _log([[10, 1.2, 0, 1, nan], [20, 1.0, 0, 2, 0.3]]).to_csv(tmp_path / "fold2" / "train_log.csv", index=False)
+    curve = cv.training_curve(tmp_path)
+    assert curve[curve["fold"] == 0][["iteration", "loss", "val_dice"]].to_numpy().ravel() == \
+        pytest.approx([20, 0.9, 0.4, 40, 0.4, 0.6])
+    assert sorted(curve["fold"].unique()) == [0, 1, 2]
+    # the gain is over the iterations every fold has reached: fold 2 stops it at iteration 20 (one point)
+    assert np.isnan(cv.curve_gain(curve)["gain"])
+    g = cv.curve_gain(curve[curve["fold"] < 2])
+    assert g["last"] == pytest.approx(0.65) and g["previous"] == pytest.approx(0.45) and g["gain"] == pytest.approx(0.2)
+    assert g["iteration"] == 40 and g["previous_iteration"] == 20
+
+
+def _fake_cv(out, dice, cohort="toy"):
+    """A finished cross-validation folder as oof_per_case reads it: the chosen variant/rule and the OOF scores
+    (a second rule with other values, which must not be used)."""
+    out.mkdir(parents=True)
+    (out / "cv.json").write_text(json.dumps({"variant": "plain", "rule": "largest"}))
+    rows = [{"cohort": cohort, "case_id": c, "fold": i % 2, "variant": "plain", "rule": r, "dice_WT": d - (r == "none")}
+            for i, (c, d) in enumerate(dice.items()) for r in ("largest", "none")]
+    pd.DataFrame(rows).to_csv(out / "oof_scores.csv", index=False)
+
+
+def _baseline(tmp_path, dice, cohort="toy"):
+    """A shipped cross-validated baseline: its spec and out-of-fold table (what baseline_scores reads for one)."""
+    d = tmp_path / "base"
+    d.mkdir()
+    (d / "base-net.yaml").write_text(yaml.safe_dump({
+        "name": "base-net", "network": dict(TINY), "modalities": ["flair"], "classes": "wt", "spacing": [2, 2, 2],
+        "patch": [32, 32, 32], "ensemble": 2}))
+    pd.DataFrame([{"cohort": cohort, "case_id": c, "fold": 0, "variant": "plain", "rule": "none", "dice_WT": v}
+                  for c, v in dice.items()]).to_csv(d / "base-net.oof.csv", index=False)
+    return models.load_spec(d / "base-net.yaml")
+
+
+def test_compare_pairs_the_cases_the_baseline_never_saw_and_bootstraps_the_difference(tmp_path):
+    spec = models.ModelSpec(name="new-net", network=dict(TINY), modalities=("flair",), classes="wt",
+                            spacing=(2, 2, 2), patch=(32, 32, 32))
+    rng = np.random.default_rng(1)
+    new = {f"C{i:02d}": round(float(v), 4) for i, v in enumerate(rng.uniform(0.5, 0.9, 12))}   # as oof.csv rounds
+    out = tmp_path / "cv"
+    _fake_cv(out, {**new, "ONLY_NEW": 0.99})
+    # the baseline is 0.1 worse on every case it held out, and has a case the CV never predicted
+    base = _baseline(tmp_path, {**{c: v - 0.1 for c, v in new.items()}, "ONLY_BASE": 0.0})
+    summary, pairs = cv.compare_with(spec, out, base)
+    assert sorted(pairs["case_id"]) == sorted(new)                      # the common cases only
+    row = summary.iloc[0]
+    assert row["n"] == 12 and row["new-net"] == pytest.approx(np.mean(list(new.values())))
+    assert row["difference"] == pytest.approx(0.1) and row["ci_low"] == pytest.approx(0.1)
+    assert row["ci_high"] == pytest.approx(0.1) and bool(row["better"]) and row["cases_better"] == 12
+    assert (out / "compare_base-net.csv").exists() and (out / "compare_base-net_summary.csv").exists()
+    assert "## Against base-net" in cv._compare_section(out) and "+0.100 [+0.100, +0.100]" in cv._compare_section(out)
+
+    # a planted mixed result: better on half the cases by as much as worse on the others -> CI spans 0, not better
+    mixed = {c: v + (0.2 if i % 2 else -0.2) for i, (c, v) in enumerate(new.items())}
+    out2 = tmp_path / "cv2"
+    _fake_cv(out2, new)
+    (tmp_path / "base").rename(tmp_path / "base_old")
+    summary2, _ = cv.compare_with(spec, out2, _baseline(tmp_path, mixed))
+    r2 = summary2.iloc[0]
+    assert r2["difference"] == pytest.approx(0.0, abs=1e-12) and r2["ci_low"] < 0 < r2["ci_high"] and not r2["better"]
+    assert r2["p_bootstrap"] > 0.5
+    with pytest.raises(SegmentationError, match="no per-case 'hd95_WT'"):
+        cv.compare_with(spec, out2, models.load_spec(tmp_path / "base" / "base-net.yaml"), metric="hd95_WT")
+    (tmp_path / "base").rename(tmp_path / "base_mixed")
+    with pytest.raises(SegmentationError, match="no case of base-net"):
+        cv.compare_with(spec, out2, _baseline(tmp_path, {"OTHER": 0.5}))

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import pandas as pd
 from sklearn.model_selection import KFold
 
-from glioma_nb import config, io, provenance
+from glioma_nb import config, io, plotting, provenance, stats
 from glioma_nb.segment import infer, metrics, models, postprocess, train
 from glioma_nb.segment.errors import SegmentationError
 
@@ -218,6 +218,91 @@ def cross_validate(spec: models.ModelSpec, out_dir: Path, k: int, settings: trai
     return result
 
 
+def training_curve(out_dir: Path) -> pd.DataFrame:
+    """Held-out Dice of every fold model at each validation of its training (``fold<i>/train_log.csv``, the rows
+    with a ``val_dice_*`` value), with the mean training loss over the iterations since the previous validation:
+    one row per fold and validation (``fold``, ``iteration``, ``loss``, ``val_dice``)."""
+    rows = []
+    for log_path in sorted(Path(out_dir).glob("fold*/train_log.csv"), key=lambda q: int(q.parent.name[4:])):
+        log = pd.read_csv(log_path)
+        val_col = next((c for c in log.columns if c.startswith("val_dice")), None)
+        if val_col is None:
+            continue
+        window = log["iteration"].searchsorted(log.loc[log[val_col].notna(), "iteration"], side="right")
+        start = 0
+        for end in window:
+            part = log.iloc[start:end]
+            rows.append({"fold": int(log_path.parent.name[4:]), "iteration": int(part["iteration"].iloc[-1]),
+                         "loss": float(part["loss"].mean()), "val_dice": float(part[val_col].iloc[-1])})
+            start = end
+    return pd.DataFrame(rows, columns=["fold", "iteration", "loss", "val_dice"])
+
+
+def curve_gain(curve: pd.DataFrame) -> dict[str, float]:
+    """How far the fold-mean held-out Dice still rose over the last validation interval (folds that reached the
+    last validation only): ``last``, ``previous``, ``gain`` and the iterations they were taken at."""
+    last_it = curve.groupby("fold")["iteration"].max().min()
+    done = curve[curve["iteration"] <= last_it]
+    mean = done.groupby("iteration")["val_dice"].mean()
+    if len(mean) < 2:
+        return {"iteration": float(last_it), "last": float(mean.iloc[-1]) if len(mean) else float("nan"),
+                "previous": float("nan"), "gain": float("nan")}
+    return {"iteration": float(mean.index[-1]), "last": float(mean.iloc[-1]), "previous_iteration": float(mean.index[-2]),
+            "previous": float(mean.iloc[-2]), "gain": float(mean.iloc[-1] - mean.iloc[-2])}
+
+
+def baseline_scores(baseline: models.ModelSpec, out_dir: Path, device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+    """Per-case scores of a shipped model on the cases it never saw, as it segments them (its own rule): a single
+    network's held-out cases (segmented again here into ``out_dir``), or a cross-validated ensemble's out-of-fold
+    table (``<name>.oof.csv``). Columns ``cohort``, ``case_id`` and the metric columns."""
+    if baseline.ensemble:
+        path = baseline.folder / f"{baseline.name}.oof.csv"
+        if not path.exists():
+            raise SegmentationError(f"model {baseline.name} has no out-of-fold table {path.name} to compare with")
+        return pd.read_csv(path)
+    sources = train.sources_from_spec(baseline, progress=progress)
+    if not any(s.held_out for s in sources):
+        raise SegmentationError(f"model {baseline.name} held out no case (train.sources held_out in its spec): "
+                                "there is nothing it never saw to compare on")
+    net = models.load_model(baseline, None, device=device)
+    per_case = train.evaluate_held_out(baseline, net, sources, Path(out_dir), device=device, progress=progress)
+    return per_case[per_case["postprocess"] == baseline.postprocess].drop(columns="postprocess").reset_index(drop=True)
+
+
+def compare_with(spec: models.ModelSpec, out_dir: Path, baseline: models.ModelSpec, metric: str = "dice_WT",
+                 device: str = "cpu", n_boot: int = 2000, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cross-validation in ``out_dir`` against a shipped ``baseline`` on the cases the baseline never saw
+    (:func:`baseline_scores`), each scored for ``spec`` by its out-of-fold prediction (chosen variant and rule):
+    per cohort, both means of ``metric``, the paired difference (spec - baseline) with its paired bootstrap 95% CI
+    and P (cases resampled, both means recomputed; :func:`glioma_nb.stats.paired_bootstrap_difference`) and
+    ``better``: the CI above 0. Writes ``compare_<baseline>.csv`` (per case) and ``compare_<baseline>_summary.csv``
+    into ``out_dir``; returns (summary, per case)."""
+    out_dir = Path(out_dir)
+    oof = oof_per_case(out_dir)
+    base = baseline_scores(baseline, out_dir / "compare" / baseline.name, device=device, progress=progress)
+    for name, t in ((f"{spec.name} out of fold", oof), (baseline.name, base)):
+        if metric not in t.columns:
+            raise SegmentationError(f"{name} has no per-case {metric!r}; metrics there: {metrics.score_columns(t.columns)}")
+    pairs = oof[["cohort", "case_id", "fold", metric]].merge(base[["cohort", "case_id", metric]], on=["cohort", "case_id"],
+                                                            suffixes=("", "_baseline"))
+    pairs = pairs.rename(columns={metric: spec.name, f"{metric}_baseline": baseline.name})
+    if pairs.empty:
+        raise SegmentationError(f"no case of {baseline.name}'s held-out set is in the cross-validation of {spec.name}")
+    rows = []
+    for cohort, g in pairs.groupby("cohort", sort=False):
+        g = g.dropna(subset=[spec.name, baseline.name])
+        a, b = g[spec.name].to_numpy(float), g[baseline.name].to_numpy(float)
+        r = stats.paired_bootstrap_difference(lambda idx: (a[idx].mean(), b[idx].mean()), len(a), n_boot=n_boot)
+        rows.append({"cohort": cohort, "metric": metric, "n": len(a), spec.name: r["a"], baseline.name: r["b"],
+                     "difference": r["difference"], "ci_low": r["difference_low"], "ci_high": r["difference_high"],
+                     "p_bootstrap": r["p_bootstrap"], "better": bool(r["difference_low"] > 0),
+                     "cases_better": int((a > b).sum()), "cases_worse": int((a < b).sum())})
+    summary = pd.DataFrame(rows)
+    pairs.to_csv(out_dir / f"compare_{baseline.name}.csv", index=False)
+    summary.to_csv(out_dir / f"compare_{baseline.name}_summary.csv", index=False)
+    return summary, pairs
+
+
 def read_table(out_dir: Path, name: str) -> pd.DataFrame:
     """One of the tables :func:`cross_validate` writes (``oof_scores``, ``oof_summary``, ``oof_ablation``)."""
     return pd.read_csv(Path(out_dir) / f"{name}.csv")
@@ -267,6 +352,13 @@ def ship(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
                   "mirroring at inference, chosen out of fold by segment-train --folds --ship")
     spec = models.load_spec(spec.path)
     oof_per_case(out_dir).to_csv(spec.folder / f"{spec.name}.oof.csv", index=False)
+    curve = training_curve(out_dir)
+    if len(curve):
+        import matplotlib.pyplot as plt
+
+        fig = plotting.plot_fold_curves(curve)
+        fig.savefig(spec.folder / f"{spec.name}.curve.png", dpi=120)
+        plt.close(fig)
     spec.card_path.write_text(card(spec, out_dir, files, command))
     return spec.card_path
 
@@ -344,6 +436,39 @@ def rescore_shipped(spec: models.ModelSpec, out_dir: Path, device: str = "cpu", 
     new.to_csv(path, index=False)
     rewrite_card_metrics(spec, new)
     return new
+
+
+def _curve_section(spec: models.ModelSpec, out_dir: Path) -> str:
+    """The card's training curve: each fold model's held-out Dice at every validation (a table and the figure
+    :func:`ship` writes beside the card), and how much the fold mean still rose over the last interval."""
+    curve = training_curve(out_dir)
+    if curve.empty:
+        return ""
+    wide = curve.pivot(index="iteration", columns="fold", values="val_dice")
+    wide.columns = [f"fold {c}" for c in wide.columns]
+    wide["mean"] = wide.mean(axis=1)
+    g = curve_gain(curve)
+    fig = spec.folder / f"{spec.name}.curve.png"
+    return (f"## Training curve\nHeld-out Dice of each fold model (its own fold's cases, model space, no "
+            f"post-processing) during training; the fold mean rose {g['gain']:+.3f} over the last interval "
+            f"({g.get('previous', float('nan')):.3f} at {g.get('previous_iteration', float('nan')):.0f} -> {g['last']:.3f} at "
+            f"{g['iteration']:.0f} iterations).\n\n{train.markdown_table(wide.reset_index())}\n\n"
+            + (f"![training curves]({fig.name})\n\n" if fig.exists() else ""))
+
+
+def _compare_section(out_dir: Path) -> str:
+    """The card's comparison with the model it would replace (:func:`compare_with`), when one was made."""
+    parts = []
+    for path in sorted(Path(out_dir).glob("compare_*_summary.csv")):
+        t = pd.read_csv(path)
+        base = path.name[len("compare_"):-len("_summary.csv")]
+        t["difference [95% CI]"] = [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
+                                    zip(t["difference"], t["ci_low"], t["ci_high"])]
+        keep = [c for c in t.columns if c not in ("difference", "ci_low", "ci_high")]
+        parts.append(f"## Against {base} (on the cases {base} never saw)\nEach case scored by this model's out-of-fold "
+                     f"prediction and by {base} as shipped; paired bootstrap over cases (`glioma-nb segment-compare`).\n\n"
+                     f"{train.markdown_table(t[keep])}\n\n")
+    return "".join(parts)
 
 
 def card(spec: models.ModelSpec, out_dir: Path, files: Sequence[tuple[str, float, str]], command: str) -> str:
@@ -424,7 +549,7 @@ Per case:
 
 {train.markdown_table(per_case)}
 
-## Reproduce
+{_curve_section(spec, out_dir)}{_compare_section(out_dir)}## Reproduce
 ```
 {command}
 ```
