@@ -88,7 +88,8 @@ def _segment_train_cv(spec: models.ModelSpec, out: Path, folds: int, settings: t
     return res
 
 
-def segment_compare(model: str, out: str, against: str, metric: str = "dice_WT", device: str = "auto") -> Any:
+def segment_compare(model: str, out: str, against: str, metric: str = "dice_WT", device: str = "auto",
+                    card: bool = False, argv: list[str] | None = None) -> Any:
     """``glioma-nb segment-compare``: a cross-validated spec (its CV folder ``out``) against a shipped model on the
     cases the shipped model never saw (:func:`cv.compare_with`); prints the paired comparison and the curve."""
     spec, base = models.load_spec(model), models.load_spec(against)
@@ -98,6 +99,9 @@ def segment_compare(model: str, out: str, against: str, metric: str = "dice_WT",
     print(summary.round(4).to_string(index=False))
     print(f"training curve: fold-mean held-out Dice {g.get('previous', float('nan')):.3f} -> {g['last']:.3f} over the "
           f"last interval (gain {g['gain']:+.3f} at {g['iteration']:.0f} iterations)")
+    if card:
+        path = cv.write_unshipped_card(spec, Path(out), "python -m glioma_nb " + " ".join(argv or []))
+        print(f"wrote {paths.display_path(path)} (not shipped: no weights copied)")
     return summary
 
 
@@ -312,6 +316,9 @@ def _parser() -> argparse.ArgumentParser:
     cm.add_argument("--against", required=True, help="the shipped model it would replace, e.g. flair-wt")
     cm.add_argument("--metric", default="dice_WT", help="per-case score column (dice_WT, lesion_dice_WT, hd95_WT, ...)")
     cm.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    cm.add_argument("--card", action="store_true",
+                    help="also write the spec's model card beside its YAML (curve, out-of-fold figures, this comparison), "
+                         "without shipping weights: the record of a model that is not shipped")
 
     pc = sub.add_parser("segment-postprocess-cv",
                         help="choose a model's post-processing by k-fold CV on its training patients (held-out untouched)")
@@ -515,7 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 idc_fetch(args.cohort, args.manifest, args.dest, args.scans, args.dry_run, args.reserve_gb, args.workers,
                           args.overrides)
         elif args.command == "segment-compare":
-            segment_compare(args.model, args.out, args.against, metric=args.metric, device=args.device)
+            segment_compare(args.model, args.out, args.against, metric=args.metric, device=args.device, card=args.card,
+                            argv=list(argv) if argv is not None else sys.argv[1:])
         elif args.command == "segment-rescore":
             spec = models.load_spec(args.model)
             dev = models.resolve_device(args.device)

@@ -168,7 +168,14 @@ def test_cross_validation_predicts_every_case_once_resumes_and_ships_a_checked_e
     with pytest.raises(SegmentationError, match="another fold split"):
         cv.train_folds(spec, out, 3, device="cpu", progress=False)
 
+    # a cross-validation that is not shipped still gets its card (no weights, the spec left as it was)
+    before = spec.path.read_text()
+    unshipped = cv.write_unshipped_card(spec, out, "cmd").read_text()
+    assert "**not shipped**" in unshipped and "## Training curve" in unshipped and "Out-of-fold metrics" in unshipped
+    assert spec.path.read_text() == before and not list(spec.folder.glob("*.pt"))
+
     card = cv.ship(spec, out, "python -m glioma_nb segment-train --folds 2 --ship").read_text()
+    assert "not shipped" not in card
     shipped = models.load_spec(spec.path)
     assert shipped.ensemble == 2 and shipped.postprocess == res["rule"]
     hashes = models.card_hashes(shipped.card_path)

@@ -363,6 +363,23 @@ def ship(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
     return spec.card_path
 
 
+def write_unshipped_card(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
+    """The card of a finished cross-validation that is not shipped (the comparison went against it): written
+    beside the spec YAML as ``<name>.md`` with its curve figure, no weights copied and the spec left as it is."""
+    import matplotlib.pyplot as plt
+
+    res = json.loads((Path(out_dir) / "cv.json").read_text())
+    if res.get("partial"):
+        raise SegmentationError(f"{out_dir} holds a partial cross-validation (folds {res['partial']}); finish every fold")
+    curve = training_curve(out_dir)
+    if len(curve):
+        fig = plotting.plot_fold_curves(curve)
+        fig.savefig(spec.folder / f"{spec.name}.curve.png", dpi=120)
+        plt.close(fig)
+    spec.card_path.write_text(card(spec, out_dir, [], command))
+    return spec.card_path
+
+
 def card_summary_rows(summ: pd.DataFrame) -> pd.DataFrame:
     """The out-of-fold summary as a model card shows it (lesion-wise rows named so)."""
     s_rows = summ.assign(ci=[f"[{a:.3f}, {b:.3f}]" for a, b in zip(summ["ci_low"], summ["ci_high"])])
@@ -485,7 +502,9 @@ def card(spec: models.ModelSpec, out_dir: Path, files: Sequence[tuple[str, float
     outputs = (f"{len(spec.regions or ())} sigmoid channels {list(spec.regions or ())} (overlapping regions, each > 0.5), "
                "written as labels: ET enhancing, TC without ET necrosis / non-enhancing core, WT without TC oedema"
                if spec.regions else f"{models.CLASS_SETS[spec.classes]} (softmax)")
-    weights = "\n".join(f"- `{n}`: {s:.1f} MB (float16 state dict, loaded as float32), sha256 {h}" for n, s, h in files)
+    weights = "\n".join(f"- `{n}`: {s:.1f} MB (float16 state dict, loaded as float32), sha256 {h}" for n, s, h in files) \
+        or ("- **not shipped**: the fold models stay in the training folder (see the comparison with the shipped "
+            "model below); this card records the cross-validation")
     by_fold: dict[int, list[str]] = {}
     for r in folds:
         by_fold.setdefault(r["fold"], []).append(f"{r['cohort']}/{r['case_id']}")
