@@ -352,30 +352,29 @@ def ship(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
                   "mirroring at inference, chosen out of fold by segment-train --folds --ship")
     spec = models.load_spec(spec.path)
     oof_per_case(out_dir).to_csv(spec.folder / f"{spec.name}.oof.csv", index=False)
+    _write_curve_figure(spec, out_dir)
+    spec.card_path.write_text(card(spec, out_dir, files, command))
+    return spec.card_path
+
+
+def _write_curve_figure(spec: models.ModelSpec, out_dir: Path) -> None:
+    """``<name>.curve.png`` beside the card: the folds' training curves (:func:`training_curve`)."""
+    import matplotlib.pyplot as plt
+
     curve = training_curve(out_dir)
     if len(curve):
-        import matplotlib.pyplot as plt
-
         fig = plotting.plot_fold_curves(curve)
         fig.savefig(spec.folder / f"{spec.name}.curve.png", dpi=120)
         plt.close(fig)
-    spec.card_path.write_text(card(spec, out_dir, files, command))
-    return spec.card_path
 
 
 def write_unshipped_card(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
     """The card of a finished cross-validation that is not shipped (the comparison went against it): written
     beside the spec YAML as ``<name>.md`` with its curve figure, no weights copied and the spec left as it is."""
-    import matplotlib.pyplot as plt
-
     res = json.loads((Path(out_dir) / "cv.json").read_text())
     if res.get("partial"):
         raise SegmentationError(f"{out_dir} holds a partial cross-validation (folds {res['partial']}); finish every fold")
-    curve = training_curve(out_dir)
-    if len(curve):
-        fig = plotting.plot_fold_curves(curve)
-        fig.savefig(spec.folder / f"{spec.name}.curve.png", dpi=120)
-        plt.close(fig)
+    _write_curve_figure(spec, out_dir)
     spec.card_path.write_text(card(spec, out_dir, [], command))
     return spec.card_path
 
