@@ -509,7 +509,7 @@ def card(spec: models.ModelSpec, out_dir: Path, files: Sequence[tuple[str, float
         by_fold.setdefault(r["fold"], []).append(f"{r['cohort']}/{r['case_id']}")
     fold_lines = "\n".join(f"- fold {f} ({len(v)}): {', '.join(v)}" for f, v in sorted(by_fold.items()))
     fold_rows = pd.DataFrame([{"fold": x["fold"], "trained on": f"{x['device']}" + (" bf16" if x["bf16"] else "")
-                               + (f" x{x['processes']}" if x["processes"] > 1 else "") + (f" ({x['host']})" if x["host"] else ""),
+                               + (f" x{x['processes']}" if x["processes"] > 1 else ""),   # no host name in a card
                                "minutes": x["minutes"], "iterations": x["iterations"], "train cases": x["n_train"],
                                "predicted cases": x["n_val"]} for x in fm])
     fold_rows["minutes"] = [f"{m:.1f}" for m in fold_rows["minutes"]]
