@@ -286,7 +286,7 @@ def test_shipped_ensemble_matches_its_model_card(tmp_path):
 
 
 def test_shipped_single_model_matches_its_model_card(tmp_path, monkeypatch):
-    """flair-wt ships one network (v1: the cross-validated v2 scored lower, see configs/models/flair-wt-v2.yaml)."""
+    """flair-wt ships one network (v1: the cross-validated v2 did not beat it, see configs/models/flair-wt-v2.yaml)."""
     spec = models.load_spec("flair-wt")
     assert spec.ensemble == 0 and spec.weights_path.stat().st_size < 20e6
     assert models.card_sha256(spec.card_path) == models.sha256(spec.weights_path)
