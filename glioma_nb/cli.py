@@ -97,7 +97,7 @@ def segment_compare(model: str, out: str, against: str, metric: str = "dice_WT",
     g = cv.curve_gain(cv.training_curve(Path(out)))
     print(f"{spec.name} (out of fold) vs {base.name} (as shipped), {metric}, on the cases {base.name} never saw:")
     print(summary.round(4).to_string(index=False))
-    print(f"training curve: fold-mean held-out Dice {g.get('previous', float('nan')):.3f} -> {g['last']:.3f} over the "
+    print(f"training curve: fold-mean held-out Dice {g['previous']:.3f} -> {g['last']:.3f} over the "
           f"last interval (gain {g['gain']:+.3f} at {g['iteration']:.0f} iterations)")
     if card:
         path = cv.write_unshipped_card(spec, Path(out), "python -m glioma_nb " + " ".join(argv or []))

@@ -246,7 +246,7 @@ def curve_gain(curve: pd.DataFrame) -> dict[str, float]:
     mean = done.groupby("iteration")["val_dice"].mean()
     if len(mean) < 2:
         return {"iteration": float(last_it), "last": float(mean.iloc[-1]) if len(mean) else float("nan"),
-                "previous": float("nan"), "gain": float("nan")}
+                "previous_iteration": float("nan"), "previous": float("nan"), "gain": float("nan")}
     return {"iteration": float(mean.index[-1]), "last": float(mean.iloc[-1]), "previous_iteration": float(mean.index[-2]),
             "previous": float(mean.iloc[-2]), "gain": float(mean.iloc[-1] - mean.iloc[-2])}
 
@@ -321,6 +321,16 @@ def _set_yaml_key(path: Path, key: str, value: str, comment: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def finished_cv(out_dir: Path, before: str) -> dict[str, Any]:
+    """``cv.json`` of a cross-validation every fold of which was run; a partial one (``--fold``) is refused with
+    the command that finishes it (``before``: what needs it, e.g. "--ship")."""
+    res = json.loads((Path(out_dir) / "cv.json").read_text())
+    if res.get("partial"):
+        raise SegmentationError(f"{out_dir} holds a partial cross-validation (folds {res['partial']}); run every fold "
+                                f"(segment-train --folds without --fold) before {before}")
+    return res
+
+
 def ship(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
     """Copy the fold models of ``out_dir`` into the package as ``<name>.fold<i>.pt``, write the chosen rule and the
     ensemble size into the spec YAML and the whole model card beside it (from ``cv.json`` and the out-of-fold
@@ -328,10 +338,7 @@ def ship(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
     import shutil
 
     out_dir = Path(out_dir)
-    res = json.loads((out_dir / "cv.json").read_text())
-    if res.get("partial"):
-        raise SegmentationError(f"{out_dir} holds a partial cross-validation (folds {res['partial']}); run every fold "
-                                "(segment-train --folds without --fold) before --ship")
+    res = finished_cv(out_dir, "--ship")
     k = int(res["folds"])
     files = []
     for f in range(k):
@@ -371,9 +378,7 @@ def _write_curve_figure(spec: models.ModelSpec, out_dir: Path) -> None:
 def write_unshipped_card(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
     """The card of a finished cross-validation that is not shipped (the comparison went against it): written
     beside the spec YAML as ``<name>.md`` with its curve figure, no weights copied and the spec left as it is."""
-    res = json.loads((Path(out_dir) / "cv.json").read_text())
-    if res.get("partial"):
-        raise SegmentationError(f"{out_dir} holds a partial cross-validation (folds {res['partial']}); finish every fold")
+    finished_cv(out_dir, "its card")
     _write_curve_figure(spec, out_dir)
     spec.card_path.write_text(card(spec, out_dir, [], command))
     return spec.card_path
@@ -467,7 +472,7 @@ def _curve_section(spec: models.ModelSpec, out_dir: Path) -> str:
     fig = spec.folder / f"{spec.name}.curve.png"
     return (f"## Training curve\nHeld-out Dice of each fold model (its own fold's cases, model space, no "
             f"post-processing) during training; the fold mean rose {g['gain']:+.3f} over the last interval "
-            f"({g.get('previous', float('nan')):.3f} at {g.get('previous_iteration', float('nan')):.0f} -> {g['last']:.3f} at "
+            f"({g['previous']:.3f} at {g['previous_iteration']:.0f} -> {g['last']:.3f} at "
             f"{g['iteration']:.0f} iterations).\n\n{train.markdown_table(wide.reset_index())}\n\n"
             + (f"![training curves]({fig.name})\n\n" if fig.exists() else ""))
 
