@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 import yaml
 from conftest import FAST_RUN, SHARED, requires_shared
+from dcmqi_tools import dcmqi_seg
 from test_preprocess import _pose, simulated_native_case
 
 from glioma_nb import cli, config
@@ -190,12 +191,20 @@ def make_collection(root: Path, client, patients=("SYN-001", "SYN-002")) -> pd.D
                                           numbers[m], patient_id=pid, study_uid=study, tags=tags, series_uid=uid)
             rows.append(_upload(client, files[m], pid, study, uid, "MR", f"{descs[m]}: Processed_CaPTk", numbers[m],
                                 "2001-01-0" + str(k + 1)))
-        # the SEG references the T1c in the order GDCM reads it
+        # the SEG references the T1c in the order GDCM reads it: SYN-001's written by dcmqi (as every UPenn-GBM SEG
+        # of the IDC: no SpatialLocationsPreserved), SYN-002's by glioma-nb's write_seg
         t1c_series = dicom.find_series(root / "series" / pid / "t1c")[0]
         grid = sitk.ReadImage(str(nat["t1c"]))
         lab = _lesion_on(grid)
-        seg = dicomseg.write_seg(lab, t1c_series.files, root / "series" / pid / "seg" / "seg.dcm",
-                                 {2: "Edema", 4: "Enhancing tumor"}, description="AI segmentation")
+        (root / "series" / pid / "seg").mkdir(parents=True)
+        if k == 0:
+            seg = dcmqi_seg(lab, grid, root / "series" / pid / "t1c", root / "series" / pid / "seg" / "seg.dcm",
+                            {2: "Edema", 4: "Enhancing tumor"})
+            for aside in (seg.with_suffix(".nii.gz"), seg.with_suffix(".json")):
+                aside.rename(root / "nifti" / pid / aside.name)     # the series folder holds the SEG alone
+        else:
+            seg = dicomseg.write_seg(lab, t1c_series.files, root / "series" / pid / "seg" / "seg.dcm",
+                                     {2: "Edema", 4: "Enhancing tumor"}, description="AI segmentation")
         study = f"1.2.826.0.1.3680043.9.7.{k + 1}.{numbers['t1c']}"     # the SEG sits in its T1c's study
         rows.append(_upload(client, [seg], pid, study, str(pydicom.dcmread(seg).SeriesInstanceUID), "SEG",
                             "AI segmentation", 900, "2001-01-0" + str(k + 1)))

@@ -115,6 +115,27 @@ def test_dicom_round_trip_keeps_geometry_and_intensities(tmp_path):
     assert np.allclose(np.abs(np.array(back.GetDirection())), np.abs(np.array(vol.GetDirection())), atol=1e-4)
 
 
+def test_dicom_series_under_real_long_uids_stay_valid(tmp_path):
+    """A series written under a real UPenn-GBM StudyInstanceUID (63 characters) and SeriesInstanceUID: every
+    instance UID and the frame of reference within DICOM's 64 characters, one frame of reference for the whole
+    series, the same UIDs when written again (dcmqi refused the over-long UIDs this writer used to derive)."""
+    import pydicom
+
+    study = "1.3.6.1.4.1.14519.5.2.1.303922662365557240161187739636975756435"
+    series_uid = "1.3.6.1.4.1.14519.5.2.1.337491152254065288399657726162931889194"
+    vol = sitk.Cast(_native_grid(spacing=(1.0, 1.0, 5.0), size=(16, 16, 5)) + 100, sitk.sitkInt16)
+    heads = []
+    for folder in ("a", "b"):
+        files = dicom.write_series(vol, tmp_path / folder, "AX T1", 2, study_uid=study, series_uid=series_uid)
+        heads.append([pydicom.dcmread(f, stop_before_pixels=True) for f in files])
+    for ds in heads[0]:
+        assert len(ds.SOPInstanceUID) <= 64 and len(ds.FrameOfReferenceUID) <= 64
+        assert ds.StudyInstanceUID == study and ds.SeriesInstanceUID == series_uid
+    assert len({ds.FrameOfReferenceUID for ds in heads[0]}) == 1
+    assert len({ds.SOPInstanceUID for ds in heads[0]}) == 5
+    assert [ds.SOPInstanceUID for ds in heads[0]] == [ds.SOPInstanceUID for ds in heads[1]]
+
+
 def _patient(folder: Path) -> None:
     vol = sitk.Cast(_native_grid(spacing=(1.0, 1.0, 5.0), size=(32, 32, 10)) + 100, sitk.sitkInt16)
     dicom.write_series(vol, folder / "a", "AX T1", 2)

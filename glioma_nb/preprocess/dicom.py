@@ -149,6 +149,15 @@ def assign(case_id: str, series: list[Series], modalities: list[str], patterns: 
     return out
 
 
+def _child_uid(parent: str, n: int) -> str:
+    """``<parent>.<n>``, or where that passes DICOM's 64 characters (real UIDs often have 60+) a UID derived from
+    both: ``2.25.<the decimal of a name-based UUID>`` (DICOM PS3.5 B.2), the same for the same inputs."""
+    import uuid
+
+    uid = f"{parent}.{n}"
+    return uid if len(uid) <= 64 else f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, uid).int}"
+
+
 def _is_uid(text: str) -> bool:
     """A DICOM UID (dotted digits, at least three parts), as opposed to a SeriesNumber."""
     return bool(re.fullmatch(r"\d+(\.\d+){2,}", text))
@@ -209,8 +218,8 @@ def _write_series(img: Any, folder: Path, description: str, series_number: int, 
                 "0008|0008": image_type, "0020|0013": str(k + 1), "0020|0037": orient,
                 "0020|0032": "\\".join(f"{v:.6f}" for v in pos), "0018|0050": f"{img.GetSpacing()[2]:.6f}",
                 "0028|0030": f"{img.GetSpacing()[1]:.6f}\\{img.GetSpacing()[0]:.6f}",
-                "0008|0018": f"{uid}.{k + 1}", "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
-                "0020|0052": f"{study_uid}.1", **extra}
+                "0008|0018": _child_uid(uid, k + 1), "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+                "0020|0052": _child_uid(study_uid, 1), **extra}
         for t, v in tags.items():
             sl.SetMetaData(t, v)
         out = folder / f"{series_number:03d}_{k:04d}.dcm"

@@ -47,6 +47,8 @@ class RawCase:
     seg: Path | None = None          # an IDC scan's reference DICOM SEG (cohort.idc.seg), on seg_on's grid
     seg_on: str = ""                 # the modality whose series the SEG references
     seg_labels: dict[str, int] = field(default_factory=dict)
+    seg_overlap: str = "refuse"      # overlapping segments: refuse | nested (cohort.idc.seg.overlap)
+    seg_tolerance_mm: float = dicomseg.TOLERANCE_MM   # a SEG frame's distance from a source slice (cohort.idc.seg)
     known_sha256: dict[str, str] = field(default_factory=dict)   # file -> sha256 from its IDC download record
 
     @property
@@ -61,7 +63,8 @@ class RawCase:
                for m, s in self.series.items()}
         return {"case_id": self.case_id, "folder": str(self.folder), "files": {m: str(f) for m, f in self.files.items()},
                 "series": ser, "seg": str(self.seg) if self.seg else None, "seg_on": self.seg_on,
-                "seg_labels": self.seg_labels, "known_sha256": self.known_sha256}
+                "seg_labels": self.seg_labels, "seg_overlap": self.seg_overlap,
+                "seg_tolerance_mm": self.seg_tolerance_mm, "known_sha256": self.known_sha256}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RawCase":
@@ -69,6 +72,7 @@ class RawCase:
                                   s["image_type"], list(s["problems"])) for m, s in d["series"].items()}
         return cls(d["case_id"], Path(d["folder"]), {m: Path(f) for m, f in d["files"].items()}, series,
                    list(series.values()), Path(d["seg"]) if d["seg"] else None, d["seg_on"], dict(d["seg_labels"]),
+                   str(d.get("seg_overlap", "refuse")), float(d.get("seg_tolerance_mm", dicomseg.TOLERANCE_MM)),
                    dict(d["known_sha256"]))
 
     def input_files(self) -> list[Path]:
@@ -231,6 +235,14 @@ def _idc_case(case: RawCase, c: Mapping[str, Any], mods: list[str], max_gap: flo
         spec = (c["idc"].get("seg") or {})
         case.seg, case.seg_on = files[0], on
         case.seg_labels = {str(k): int(v) for k, v in (spec.get("labels") or dicomseg.DEFAULT_SEG_LABELS).items()}
+        case.seg_overlap = str(spec.get("overlap", "refuse"))
+        case.seg_tolerance_mm = float(spec.get("tolerance_mm", dicomseg.TOLERANCE_MM))
+        try:   # what can be checked without its pixels: series, instances, geometry, segment names
+            dicomseg.check_seg(case.seg, case.series[on].files, case.seg_labels, case.seg_overlap, case.seg_tolerance_mm)
+        except dicomseg.SegError as exc:
+            report.add(case.case_id, case.seg, f"reference SEG: {exc}", "download the scan again (glioma-nb idc "
+                       f"download resumes), fix cohort.idc.seg, or leave the scan out: cohort.exclude: [{case.case_id}]")
+            return
     cohort.cases.append(case)
 
 
@@ -367,7 +379,8 @@ def _run_case(case: RawCase, out: Path, p: Mapping[str, Any], mods: list[str], s
         nib.save(nib.Nifti1Image(arr.astype(dtype), reg.BRATS_AFFINE), out / f"{case.case_id}_{names[m]}.nii.gz")
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), reg.BRATS_AFFINE), out / f"{case.case_id}_brainmask.nii.gz")
     if case.seg is not None:   # the reference SEG, on its source series' grid, through that series' transform
-        lab = sitk.GetImageFromArray(dicomseg.read_seg(case.seg, case.series[case.seg_on].files, case.seg_labels))
+        lab = sitk.GetImageFromArray(dicomseg.read_seg(case.seg, case.series[case.seg_on].files, case.seg_labels,
+                                                       case.seg_overlap, case.seg_tolerance_mm))
         lab.CopyInformation(native[case.seg_on])
         tx = atlas if case.seg_on == ref else reg.composite(coreg[case.seg_on], atlas)
         seg_arr = reg.to_ijk(reg.resample(lab, tmpl, tx, label=True)).astype(np.uint8)

@@ -38,6 +38,13 @@ MANIFEST_COLUMNS = ["scan_id", "patient_id", "study_date", "modality", "SeriesIn
                     "SeriesNumber", "StudyInstanceUID", "source_series"]
 # report status: complete | incomplete (a structural series missing or unsettled) | absent (in the id table, not in
 # the index) | not selected (cohort.idc.scans) | no reference (cohort.idc.seg.require and no such SEG)
+# cohort.idc.seg: the reference SEG of each scan. series: a pattern on its SeriesDescription; modality: the series
+# it references; require: a scan without one is listed, not downloaded; prefer: patterns to choose among several;
+# labels: segment pattern -> BraTS label value; overlap: segments of different labels that share voxels are refused
+# (refuse) or painted as nested regions, innermost wins (nested); tolerance_mm: how far a SEG frame may lie from a
+# source slice (glioma_nb.sources.dicomseg)
+SEG_KEYS = ("series", "modality", "require", "prefer", "labels", "overlap", "tolerance_mm")
+OVERLAP_RULES = ("refuse", "nested")
 REPORT_COLUMNS = ["scan_id", "patient_id", "study_date", "n_series", "status", "reason", "size_mb", "seg"]
 INDEX_COLUMNS = ["collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "StudyDate",
                  "Modality", "SeriesDescription", "SeriesNumber", "instanceCount", "series_size_MB",
@@ -112,6 +119,11 @@ class IdcSpec:
         spec.scans = scans
         spec.series = {**SERIES_PATTERNS, **(block.get("series") or {})}
         spec.overrides = paths.resolve_path(over, base=paths.configs_dir() / "cohorts") if over else None
+        seg_unknown = sorted(set(spec.seg) - set(SEG_KEYS))
+        if seg_unknown:
+            raise IdcError(f"cohort {name}: unknown keys in cohort.idc.seg: {seg_unknown}; known: {list(SEG_KEYS)}")
+        if str(spec.seg.get("overlap", "refuse")) not in OVERLAP_RULES:
+            raise IdcError(f"cohort {name}: cohort.idc.seg.overlap {spec.seg['overlap']!r}: use one of {list(OVERLAP_RULES)}")
         for key, rx in [("include", spec.include), ("strip", spec.strip), ("pre", spec.pre), *spec.series.items()]:
             try:
                 re.compile(rx)
