@@ -367,6 +367,34 @@ def test_a_contradicting_header_is_reported_not_guessed(collection, tmp_path):
     assert "contradiction in scan SYN-001_20010101" in rec["notes"][0] and "cohort.idc.overrides" in rec["notes"][0]
 
 
+def test_a_bad_seg_is_a_problem_of_its_scan_naming_the_file(collection, tmp_path):
+    """00's check of a downloaded cohort: SYN-002's SEG cut short is that scan's QC problem (the SEG named, the
+    fix said); SYN-001, whose SEG dcmqi wrote, passes the same check."""
+    from glioma_nb.preprocess import pipeline
+
+    table = idc.read_manifest(collection["root"] / "manifest.csv")
+    dest = tmp_path / "dl"
+    for scan, rows in table.groupby("scan_id"):
+        pid = scan.split("_")[0]
+        for r in rows.to_dict("records"):
+            shutil.copytree(collection["root"] / "series" / pid / r["modality"], dest / scan / r["SeriesInstanceUID"])
+        assert dicomseg.check_scan(dest / scan, rows.to_dict("records"))["status"] == "ok"
+    seg = next((dest / "SYN-002_20010102").glob("*/seg.dcm"))
+    seg.write_bytes(seg.read_bytes()[:2000])
+    cfg = config.resolve_config(str(idc_yaml(tmp_path / "c.yaml", dest)), [])
+    raw, report = pipeline.check_raw(cfg)
+    assert [c.case_id for c in raw.cases] == ["SYN-001_20010101"]
+    assert raw.cases[0].seg is not None and raw.cases[0].seg_overlap == "refuse"
+    (problem,) = report.errors
+    assert problem.case == "SYN-002_20010102" and problem.file.endswith("seg.dcm")
+    assert "reference SEG: SEG" in problem.message and "truncated (2000 bytes)" in problem.message
+    assert "cohort.exclude: [SYN-002_20010102]" in problem.fix
+    with pytest.raises(idc.IdcError, match=r"cohort.idc.seg.overlap 'inner': use one of \['refuse', 'nested'\]"):
+        idc.IdcSpec.from_config(config.resolve_config(str(cfg_path := tmp_path / "c.yaml"), ["cohort.idc.seg.overlap=inner"]))
+    with pytest.raises(idc.IdcError, match=r"unknown keys in cohort.idc.seg: \['tolerance'\]"):
+        idc.IdcSpec.from_config(config.resolve_config(str(cfg_path), ["cohort.idc.seg.tolerance=1"]))
+
+
 def test_a_seg_round_trips_on_its_source_grid(tmp_path):
     img = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 1000, (12, 20, 24)).astype(np.int16))
     img.SetSpacing((1.1, 1.2, 3.0))

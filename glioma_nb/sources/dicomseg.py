@@ -257,13 +257,14 @@ def _open_seg(seg_file: Path, pixels: bool) -> Any:
         raise SegError(f"SEG {seg_file}: not a readable DICOM file ({type(exc).__name__}: {exc}); the download "
                        "is incomplete or the file is damaged: download it again (glioma-nb idc download resumes)") from exc
     sop = str(ds.get("SOPClassUID", ""))
-    if sop not in (SEG_STORAGE, LABELMAP_SEG_STORAGE) or "SegmentSequence" not in ds:
+    if sop not in (SEG_STORAGE, LABELMAP_SEG_STORAGE):
         raise SegError(f"SEG {seg_file}: not a DICOM Segmentation (Modality {ds.get('Modality', '?')}, SOP class "
-                       f"{sop or '?'}{', no SegmentSequence' if 'SegmentSequence' not in ds else ''}); point "
-                       "cohort.idc.seg.series at the segmentation series, not an image series")
-    if "PerFrameFunctionalGroupsSequence" not in ds:
-        raise SegError(f"SEG {seg_file}: no per-frame functional groups, so its frames cannot be placed on the "
-                       "source series; the file is damaged or not a multi-frame SEG: download it again")
+                       f"{sop or '?'}); point cohort.idc.seg.series at the segmentation series, not an image series")
+    lacks = [k for k in ("SegmentSequence", "PerFrameFunctionalGroupsSequence") if k not in ds]
+    if lacks:
+        raise SegError(f"SEG {seg_file}: a Segmentation without its {' and '.join(lacks)}, so its segments or "
+                       f"frames cannot be read: the file is truncated ({Path(seg_file).stat().st_size} bytes) or "
+                       "damaged; download it again (glioma-nb idc download resumes)")
     return ds
 
 
