@@ -18,14 +18,14 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from glioma_nb import compute, config, io, paths, provenance, synthetic
+from glioma_nb import compute, config, io, paths, provenance, synthetic, taps
 from glioma_nb.classify import cv as ccv
 from glioma_nb.classify import features as cfeat
 from glioma_nb.preprocess import dicom as pre_dicom
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.preprocess import register as pre_register
 from glioma_nb.segment import infer, kinds, metrics, models, registry, train
-from glioma_nb.signature import handcrafted, network
+from glioma_nb.signature import handcrafted
 from glioma_nb.stratify import clustering, risk
 from glioma_nb.stratify.survival import survival_frame
 
@@ -105,7 +105,7 @@ def _segment_model_bench(model: str, device: str, max_cases: int, cohort_name: s
         cohort = io.load_cohort(cfg, progress=False)
         seen = set(registry.trained_on(seg, cohort.name, cohort.case_ids, cohort.root))
         sources = [(cohort, [c for c in cohort.case_ids if c not in seen][:max_cases])]   # cases it never saw
-        request = network.Request()
+        request = taps.Request()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rows, per_case = [], []
@@ -187,15 +187,15 @@ def _signature_bench(cohort_name: str, device: str, max_cases: int, filters_case
         torch.cuda.reset_peak_memory_stats()
     res: dict[str, object] = {"name": f"signature_{cohort_name}_{device}", "cohort": cohort_name, "device": device,
                               "model": spec.name, "cases": len(ids), "torch_threads": torch.get_num_threads()}
-    requests = {"segmentation_only": None, "segmentation_plus_network_signature": network.Request(),
-                "plus_stability_perturbations": network.Request(perturbations=network.PERTURBATIONS)}
+    requests = {"segmentation_only": None, "segmentation_plus_network_signature": taps.Request(),
+                "plus_stability_perturbations": taps.Request(perturbations=taps.PERTURBATIONS)}
     with tempfile.TemporaryDirectory() as tmp:
         infer.segment_cohort(cohort, spec, net, Path(tmp) / "warm", case_ids=ids[:1], device=device, progress=False)
         for name, req in requests.items():
             table = infer.segment_cohort(cohort, spec, net, Path(tmp) / name, case_ids=ids, device=device,
                                          progress=False, signature=req)
             res[f"{name}_s_per_case"] = round(float(table["seconds"].median()), 3)
-        res["network_signature_features"] = int(infer.load_signature(Path(tmp) / "segmentation_plus_network_signature",
+        res["network_signature_features"] = int(taps.load_signature(Path(tmp) / "segmentation_plus_network_signature",
                                                                      ids)[0].shape[1])
     if device == "cuda":
         res["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -470,7 +470,7 @@ def run_scale_bench(cohort_name: str = "synthetic", n_cases: int = 8, workers: I
     device = models.resolve_device(cfg["project"]["device"])
     seg = registry.load(models.choose_model(cohort.modalities, cfg["segment"]["model"]), device=device)
     perts = tuple(cfg["signature"]["stability"]["perturbations"])
-    req = network.Request(mask="predicted", perturbations=perts, seed=int(cfg["project"]["seed"]))
+    req = taps.Request(mask="predicted", perturbations=perts, seed=int(cfg["project"]["seed"]))
     settings = handcrafted.load_settings(radiomics)
     results = _new_results()
     results.update(cohort=cohort_name, n_cases=len(ids), model=seg.name, device=device, perturbations=list(perts),

@@ -296,3 +296,25 @@ def test_labels_layout_cohort_of_masks_only(tmp_path):
     y.write_text(yaml.safe_dump(cfg))
     _, report = io.check_cohort(config.resolve_config(str(y)), progress=False)
     assert any("a second label map for this case" in p.message for p in report.errors)
+
+
+def test_a_node_is_one_entry_of_nodes_reading_canonical_columns(monkeypatch):
+    """Every node reads canonical clinical columns; a node added to NODES alone (here 'egfr_amp' on a column
+    added to CLINICAL_COLUMNS) is in the label table and the participant flow, with its own exclusion reason."""
+    from glioma_nb.classify import nodes
+    from glioma_nb.io import clinical as clin
+
+    assert all(set(n.columns) <= set(clin.CLINICAL_COLUMNS) for n in nodes.NODES.values())
+    assert nodes.node_columns() == ["who_grade", "idh_mutant", "codel_1p19q", "tertp_mutant", "mgmt_methylated"]
+    monkeypatch.setitem(clin.CLINICAL_COLUMNS, "egfr_amplified", "binary")
+    monkeypatch.setitem(nodes.NODES, "egfr_amp", nodes.Node(
+        "egfr_amp", "EGFR amplified vs not (IDH-wild-type only)", lambda df: pd.to_numeric(df["egfr_amplified"]),
+        lambda df: pd.to_numeric(df["idh_mutant"], errors="coerce") == 0, "molecular", ("egfr_amplified", "idh_mutant"),
+        "not eligible: not IDH-wild-type"))
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(14)], "idh_mutant": [0] * 12 + [1, 1],
+                          "egfr_amplified": [1, 0] * 6 + [1, 1]})
+    assert "egfr_amplified" in nodes.with_node_columns(table.drop(columns="egfr_amplified")).columns
+    row = nodes.node_label_table(table).set_index("node").loc["egfr_amp"]
+    assert (row["eligible"], row["positive"], row["negative"], bool(row["trainable"])) == (12, 6, 6, True)
+    flow = nodes.node_flow("03", table, "egfr_amp", "clinical", table["case_id"], table["case_id"][:12])
+    assert "not eligible: not IDH-wild-type" in set(flow["reason"].dropna())

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glioma_nb import compute, config, io, runner
+from glioma_nb import compute, config, io, runner, taps
 from glioma_nb.config import ConfigError
 from glioma_nb.segment import infer, registry
 from glioma_nb.segment.errors import SegmentationError
-from glioma_nb.signature import handcrafted, network
+from glioma_nb.signature import handcrafted
 
 from conftest import write_brats_cohort
 
@@ -105,7 +105,7 @@ def test_a_2_worker_local_cluster_gives_the_serial_tables_and_a_killed_case_is_r
     cohort, _ = io.check_cohort(cfg, progress=False, images=False)
     ids = cohort.case_ids
     seg = registry.load("brats-4mod", device="cpu")
-    req = network.Request(mask="predicted", perturbations=("erode", "noise"), seed=0)
+    req = taps.Request(mask="predicted", perturbations=("erode", "noise"), seed=0)
     settings = handcrafted.load_settings("mri-3d")
     out = {}
     for spec in ("serial", "local:2"):
@@ -140,8 +140,8 @@ def test_a_2_worker_local_cluster_gives_the_serial_tables_and_a_killed_case_is_r
     pd.testing.assert_frame_equal(serial["table"][["case_id", *vols, "flags"]], local["table"][["case_id", *vols, "flags"]])
     for p in (None, "noise"):                                   # PyRadiomics: bit for bit
         pd.testing.assert_frame_equal(serial["sets"][p], local["sets"][p], check_exact=True)
-    _, sig_s = infer.load_signature(serial["mdir"], ids)
-    _, sig_l = infer.load_signature(local["mdir"], ids)
+    _, sig_s = taps.load_signature(serial["mdir"], ids)
+    _, sig_l = taps.load_signature(local["mdir"], ids)
     # the network signature: equal to float32 rounding. oneDNN's convolutions block differently with torch's 2
     # threads here and 1 thread per worker; deep layers (bottleneck) then differ in the last bits
     pd.testing.assert_frame_equal(sig_s, sig_l, check_exact=False, rtol=1e-5, atol=1e-3)

@@ -9,7 +9,8 @@ import sys
 import pytest
 import yaml
 
-from glioma_nb import cli, config, docs, paths
+from glioma_nb import cli, config, paths
+from glioma_nb.api import docs
 
 
 def _leaf_paths(d, prefix=""):
@@ -21,7 +22,7 @@ def _leaf_paths(d, prefix=""):
 
 
 def test_every_cli_command_is_in_the_reference():
-    parser = cli._parser()
+    parser = cli.parser()
     commands = docs.cli_commands(parser)
     page = docs.cli_reference(parser)
     assert {"glioma-nb run", "glioma-nb docs", "glioma-nb publish", "glioma-nb models import",
@@ -30,6 +31,20 @@ def test_every_cli_command_is_in_the_reference():
         assert f"## `{c}`" in page, c
     for flag in ("--cohort", "--set", "--resume", "--include-masks", "--folds"):
         assert f"`{flag}`" in page, flag
+
+
+def test_every_command_answers_help(capsys):
+    """Each command and sub-command (as the reference lists them) parses --help and prints its usage; a handler
+    exists for every top-level command."""
+    parser, handlers = cli.parser_and_handlers()
+    commands = docs.cli_commands(parser)
+    assert len(commands) >= 25
+    assert {c.split()[1] for c in commands} == set(handlers)
+    for c in commands:
+        with pytest.raises(SystemExit) as done:
+            cli.main([*c.split()[1:], "--help"])
+        assert done.value.code == 0, c
+        assert capsys.readouterr().out.startswith(f"usage: {c}"), c
 
 
 def test_every_config_key_is_in_the_reference_with_its_default_and_comment():
@@ -85,7 +100,7 @@ def test_the_site_builds_strict_from_a_real_run(synthetic_training_run, tmp_path
     shutil.copy(paths.project_root() / "mkdocs.yml", root / "mkdocs.yml")
     monkeypatch.setattr(docs, "docs_dir", lambda: root / "docs")
     monkeypatch.setattr(docs, "latest_run", lambda cohort: run_dir if cohort == "synthetic" else None)
-    made = docs.generate(cli._parser(), run_if_missing=False, run_bench=False, progress=False)
+    made = docs.generate(cli.parser(), run_if_missing=False, run_bench=False, progress=False)
     assert "04_stratify.md" in made["notebooks"]
     site = tmp_path / "site"
     cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site), "--config-file",

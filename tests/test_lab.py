@@ -29,7 +29,8 @@ from PIL import Image
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from glioma_nb import cli, config, paths, records, runs
+from glioma_nb import config, paths, records, runs
+from glioma_nb.api import lab as lab_api
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +119,7 @@ def lab(synthetic_training_run, tmp_path_factory):
     env = {**os.environ, "GLIOMA_NB_REPORTS": str(base / "reports"), "GLIOMA_NB_DATA": str(base / "data"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path_factory.mktemp("jupyter_runtime"))}
     log = open(tmp_path_factory.mktemp("lablog") / "lab.log", "w")
-    argv = cli.lab_argv(port=port, token=token, root_dir=root, browser=False)
+    argv = lab_api.lab_argv(port=port, token=token, root_dir=root, browser=False)
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = Lab(f"http://127.0.0.1:{port}", token, root, proc)
     deadline = time.monotonic() + 120
@@ -159,7 +160,7 @@ def _errors(results: list[list[dict]]) -> str:
 
 
 def test_lab_command_line_is_what_a_container_user_needs():
-    argv = cli.lab_argv(port=8890, token="t0k")
+    argv = lab_api.lab_argv(port=8890, token="t0k")
     assert Path(argv[0]).name == "jupyter" and Path(argv[0]).parent == Path(sys.executable).parent
     assert f"--ServerApp.root_dir={paths.project_root()}" in argv and "--LabApp.default_url=/lab/tree/notebooks" in argv
     assert "--IdentityProvider.token=t0k" in argv and "--ServerApp.port=8890" in argv

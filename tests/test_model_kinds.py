@@ -15,9 +15,8 @@ import torch
 import yaml
 from test_segment import _sphere
 
-from glioma_nb import io
+from glioma_nb import io, taps
 from glioma_nb.segment import SegmentationError, examples, infer, kinds, registry, transforms
-from glioma_nb.signature import network
 
 MODS = ("t1", "t1c", "t2", "flair")
 
@@ -95,7 +94,7 @@ def test_nnunet_folder_segments_exactly_as_nnunet_predictor(made, tmp_path, name
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    seg, out = _ours(made, name, tmp_path, network.Request())      # the signature taps on, as in notebook 01
+    seg, out = _ours(made, name, tmp_path, taps.Request())      # the signature taps on, as in notebook 01
     assert seg.kind == "nnunet-v2" and seg.folds == [str(f) for f in folds] and seg.network_name == "PlainConvUNet"
     pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=False,
                            device=torch.device("cpu"), verbose=False, allow_tqdm=False)
@@ -120,7 +119,7 @@ def test_bundle_folder_segments_exactly_as_its_own_inference_config(made, tmp_pa
     brats_mri_segmentation layout), against `monai.bundle`'s own workflow on the same files."""
     from monai.bundle import ConfigWorkflow
 
-    seg, out = _ours(made, name, tmp_path, network.Request())      # the signature taps on, as in notebook 01
+    seg, out = _ours(made, name, tmp_path, taps.Request())      # the signature taps on, as in notebook 01
     assert seg.kind == "monai-bundle"
     assert seg.network_name == ("UNet" if name == "tiny-bundle" else "SegResNet")
     folder = made["models"] / name / "files"
@@ -181,7 +180,7 @@ def _check_planted(seg, out, cohort, stage, identity=True):
     """Constant channels pool to their planted value with SD 0; with ``identity`` (a stride-1 layer), the identity
     channel pools to the mean of the preprocessed image inside the reference mask on the model grid (the stitching
     of overlapping, mirrored patches is exact for a full-resolution map)."""
-    main, long = infer.load_signature(out, cohort.case_ids)
+    main, long = taps.load_signature(out, cohort.case_ids)
     n = int(sum(c.startswith(f"WT__{stage}__") and c.endswith("__mean") for c in main.columns))
     assert n >= 2
     for k in range(1, n):
@@ -211,13 +210,13 @@ def test_nnunet_signature_planted_activation_columns_and_determinism(made, tmp_p
     (models / "planted" / registry.SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
     seg = registry.load("planted", root=models)
     assert seg.stages() == {"encoder-stages-0-0-convs-0-conv": layer, "encoder-stages-2": "encoder.stages.2"}
-    req = network.Request(mask="reference", perturbations=("erode", "noise"))
+    req = taps.Request(mask="reference", perturbations=("erode", "noise"))
     for out in (tmp_path / "a", tmp_path / "b"):
         infer.segment_cohort(made["cohort"], seg, None, out, progress=False, signature=req, postprocess="none")
     main, long = _check_planted(seg, tmp_path / "a", made["cohort"], "encoder-stages-0-0-convs-0-conv")
-    again, _ = infer.load_signature(tmp_path / "b", made["cohort"].case_ids)
+    again, _ = taps.load_signature(tmp_path / "b", made["cohort"].case_ids)
     pd.testing.assert_frame_equal(main, again)             # deterministic, bit for bit
-    assert list(main.columns) == network.columns(["WT", "TC", "ET"], {"encoder-stages-0-0-convs-0-conv": 8,
+    assert list(main.columns) == taps.columns(["WT", "TC", "ET"], {"encoder-stages-0-0-convs-0-conv": 8,
                                                                       "encoder-stages-2": 32})
     assert set(long.index.get_level_values("perturbation")) == {"none", "erode", "noise"}
     # the default layers of nnU-Net's PlainConvUNet: encoder stages (deepest = bottleneck), decoder stages
@@ -237,12 +236,12 @@ def test_bundle_and_torchscript_signatures_pool_the_planted_activation(made, tmp
     registry.import_model(src, "planted-bundle", modalities="t1,t1c,t2,flair", labels="brats2021",
                           layers=key[: -len(".weight")], dest=tmp_path / "models")
     seg = registry.load("planted-bundle", root=tmp_path / "models")
-    req = network.Request(mask="reference")
+    req = taps.Request(mask="reference")
     infer.segment_cohort(made["cohort"], seg, None, tmp_path / "mb", progress=False, signature=req, postprocess="none")
     main, _ = _check_planted(seg, tmp_path / "mb", made["cohort"], kinds.stage_name(key[: -len(".weight")]),
                              identity=False)
     infer.segment_cohort(made["cohort"], seg, None, tmp_path / "mb2", progress=False, signature=req, postprocess="none")
-    pd.testing.assert_frame_equal(main, infer.load_signature(tmp_path / "mb2", made["cohort"].case_ids)[0])
+    pd.testing.assert_frame_equal(main, taps.load_signature(tmp_path / "mb2", made["cohort"].case_ids)[0])
     assert list(registry.load("tiny-bundle", root=made["models"]).default_stages()) == ["enc1", "enc2", "bottleneck",
                                                                                         "dec2"]
 
@@ -266,10 +265,10 @@ def test_bundle_and_torchscript_signatures_pool_the_planted_activation(made, tmp
     seg = registry.load("planted-ts", root=tmp_path / "models")
     assert seg.classes == "wt"
     infer.segment_cohort(made["cohort"], seg, None, tmp_path / "mt", progress=False, signature=req, postprocess="none")
-    main, _ = infer.load_signature(tmp_path / "mt", made["cohort"].case_ids)
-    assert list(main.columns) == network.columns(["WT"], {"planted": 3})
+    main, _ = taps.load_signature(tmp_path / "mt", made["cohort"].case_ids)
+    assert list(main.columns) == taps.columns(["WT"], {"planted": 3})
     infer.segment_cohort(made["cohort"], seg, None, tmp_path / "mt2", progress=False, signature=req, postprocess="none")
-    pd.testing.assert_frame_equal(main, infer.load_signature(tmp_path / "mt2", made["cohort"].case_ids)[0])
+    pd.testing.assert_frame_equal(main, taps.load_signature(tmp_path / "mt2", made["cohort"].case_ids)[0])
     for k in (1, 2):
         assert np.allclose(main[f"WT__planted__c{k:03d}__mean"], k, atol=1e-5)
 
@@ -286,7 +285,7 @@ def test_segresnet_bundle_signature_in_any_layer_order_pools_the_planted_activat
     for k in range(w.shape[0]):
         w[k, 0, 1, 1, 1] = k + 1.0
     torch.save(state, src / "models" / "model.pt")
-    req = network.Request(mask="reference")
+    req = taps.Request(mask="reference")
     tables = []
     for i, layers in enumerate(("down_layers.1,convInit.conv", "convInit.conv,down_layers.1")):
         registry.import_model(src, f"planted-segresnet{i}", modalities="T1,T1c,T2,FLAIR", labels="regions:tc,wt,et",
@@ -295,9 +294,9 @@ def test_segresnet_bundle_signature_in_any_layer_order_pools_the_planted_activat
         assert seg.modalities == ("t1", "t1c", "t2", "flair") and seg.network_name == "SegResNet"
         infer.segment_cohort(made["cohort"], seg, None, tmp_path / f"s{i}", progress=False, signature=req,
                              postprocess="none")
-        tables.append(infer.load_signature(tmp_path / f"s{i}", made["cohort"].case_ids)[0])
+        tables.append(taps.load_signature(tmp_path / f"s{i}", made["cohort"].case_ids)[0])
     a, b = tables
-    assert list(a.columns) == network.columns(["WT", "TC", "ET"], {"down_layers-1": 16, "convInit-conv": 8})
+    assert list(a.columns) == taps.columns(["WT", "TC", "ET"], {"down_layers-1": 16, "convInit-conv": 8})
     pd.testing.assert_frame_equal(a[b.columns], b)          # the layer order changes nothing
     for cid in made["cohort"].case_ids:
         data = transforms.load_case(made["cohort"], cid, seg, with_label=True)
@@ -337,26 +336,26 @@ def test_tapped_layers_equal_a_direct_forward_hook_when_the_window_is_larger_tha
 
 
 def test_bundle_label_mapping_is_read_from_its_test_run_and_channel_names(made, tmp_path):
-    from glioma_nb.segment import external
+    from glioma_nb.segment.kinds import bundle
 
     def one(lit, values):
         return {"network_channels": len(lit), "channels": 1, "values": values, "lit": lit}
 
     presets = kinds.LABEL_PRESETS
     nested = one({0: [1], 1: [2], 2: [4]}, [0, 1, 2, 4])        # brats_mri_segmentation: TC, WT, ET -> 1/2/4
-    assert external.bundle_outputs(nested, ["Tumor core", "Whole tumor", "Enhancing tumor"]).labels == presets["brats2018"]
-    assert external.bundle_outputs(nested, None).labels == presets["brats2018"]          # 1/2/4 without names
+    assert bundle.bundle_outputs(nested, ["Tumor core", "Whole tumor", "Enhancing tumor"]).labels == presets["brats2018"]
+    assert bundle.bundle_outputs(nested, None).labels == presets["brats2018"]          # 1/2/4 without names
     argmax = one({0: [0], 1: [1], 2: [2], 3: [3]}, [0, 1, 2, 3])                         # softmax classes, argmax
-    assert external.bundle_outputs(argmax, ["background", "NCR", "edema", "enhancing"]).labels == presets["brats2021"]
-    assert external.bundle_outputs(argmax, None) is None                  # 1/2/3 alone could be either convention
-    assert external.bundle_outputs(one({0: [0], 1: [1]}, [0, 1]), None).labels == presets["wt"]
+    assert bundle.bundle_outputs(argmax, ["background", "NCR", "edema", "enhancing"]).labels == presets["brats2021"]
+    assert bundle.bundle_outputs(argmax, None) is None                  # 1/2/3 alone could be either convention
+    assert bundle.bundle_outputs(one({0: [0], 1: [1]}, [0, 1]), None).labels == presets["wt"]
     passing = {"network_channels": 3, "channels": 3, "values": None, "lit": {0: [1, 0, 0], 1: [0, 1, 0], 2: [0, 0, 1]}}
-    assert external.bundle_outputs(passing, ["TC", "WT", "ET"]).regions == ("tc", "wt", "et")
-    assert external.bundle_outputs(passing, None) is None
+    assert bundle.bundle_outputs(passing, ["TC", "WT", "ET"]).regions == ("tc", "wt", "et")
+    assert bundle.bundle_outputs(passing, None) is None
     with pytest.raises(SegmentationError, match="3 channels .*regions:wt,tc cannot fit: it names 2 region"):
-        external.check_bundle_outputs("x", tmp_path, kinds.Outputs(regions=("wt", "tc")), passing, None)
+        bundle.check_bundle_outputs("x", tmp_path, kinds.Outputs(regions=("wt", "tc")), passing, None)
     with pytest.raises(SegmentationError, match=r"brats2018 cannot fit: the channel index .* is never \[4\]"):
-        external.check_bundle_outputs("x", tmp_path, kinds.Outputs.parse("brats2018"), passing, None)
+        bundle.check_bundle_outputs("x", tmp_path, kinds.Outputs.parse("brats2018"), passing, None)
     # a bundle whose metadata names neither channels nor outputs: import asks for both, after a real test run
     with pytest.raises(SegmentationError, match="no input channel_def .*give --modalities"):
         registry.import_model(made["src"] / "bundle", "x", dest=tmp_path / "models")
@@ -368,18 +367,18 @@ def test_bundle_label_mapping_is_read_from_its_test_run_and_channel_names(made, 
 def test_default_layers_of_nnunet_plain_and_residual_encoder_unets():
     from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
-    from glioma_nb.segment import external
+    from glioma_nb.segment.kinds import nnunet
 
     kw = dict(conv_bias=True, norm_op=torch.nn.InstanceNorm3d)
     plain = PlainConvUNet(4, 3, (8, 16, 32), torch.nn.Conv3d, 3, (1, 2, 2), (1, 1, 1), 4, (1, 1), **kw)
     resenc = ResidualEncoderUNet(4, 3, (8, 16, 32), torch.nn.Conv3d, 3, (1, 2, 2), (1, 1, 1), 4, (1, 1), **kw)
     for net in (plain, resenc):
-        stages = external.nnunet_stages(net)
+        stages = nnunet.nnunet_stages(net)
         assert stages == {"enc1": "encoder.stages.0", "enc2": "encoder.stages.1", "bottleneck": "encoder.stages.2",
                           "dec2": "decoder.stages.0", "dec1": "decoder.stages.1"}
         assert set(stages.values()) <= set(dict(net.named_modules()))
     with pytest.raises(SegmentationError, match="no default signature layers for Linear"):
-        external.nnunet_stages(torch.nn.Linear(2, 2), "odd")
+        nnunet.nnunet_stages(torch.nn.Linear(2, 2), "odd")
 
 
 def test_bad_models_are_clear_errors(made, tmp_path):
@@ -496,20 +495,58 @@ def test_locked_validation_refuses_a_registered_model_whose_files_changed(made, 
 
 
 def test_nnunet_label_mappings_from_dataset_json():
-    from glioma_nb.segment import external
+    from glioma_nb.segment.kinds import nnunet
 
     # BraTS 2021 as nnU-Net's Dataset137 converts it: 1 edema, 2 non-enhancing tumour, 3 enhancing
     plain = {"labels": {"background": 0, "edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3}}
-    assert external.nnunet_outputs(plain).labels == {0: "background", 1: "oedema", 2: "necrosis", 3: "enhancing"}
+    assert nnunet.nnunet_outputs(plain).labels == {0: "background", 1: "oedema", 2: "necrosis", 3: "enhancing"}
     # the region-based variant: value i is written where region i is the innermost
     regions = {"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3},
                "regions_class_order": [1, 2, 3]}
-    out = external.nnunet_outputs(regions)
+    out = nnunet.nnunet_outputs(regions)
     assert out.labels == {0: "background", 1: "oedema", 2: "necrosis", 3: "enhancing"} and out.classes == "brats"
     exported = np.array([0, 1, 2, 3])
     assert list(out.from_labels(exported)) == [0, 2, 1, 3]          # internal: 1 necrosis, 2 oedema, 3 enhancing
-    assert external.nnunet_outputs({"labels": {"background": 0, "tumor": 1}}).classes == "wt"
+    assert nnunet.nnunet_outputs({"labels": {"background": 0, "tumor": 1}}).classes == "wt"
     with pytest.raises(SegmentationError, match="no label mapping"):
-        external.nnunet_outputs({"labels": {"background": 0, "liver": 1}})
-    assert external.nnunet_outputs({"labels": {"background": 0, "liver": 1}}, "wt").labels == {0: "background",
+        nnunet.nnunet_outputs({"labels": {"background": 0, "liver": 1}})
+    assert nnunet.nnunet_outputs({"labels": {"background": 0, "liver": 1}}, "wt").labels == {0: "background",
                                                                                               1: "tumour"}
+
+
+def test_a_kind_is_one_registered_class(tmp_path, monkeypatch, capsys):
+    """A new kind is a Segmenter subclass registered by name: detection, the import's entry, building and the
+    example all go through it, and the command line offers it (its choices come from the registry)."""
+    from glioma_nb import cli
+    from glioma_nb.segment.kinds import base
+
+    assert kinds.names() == ("glioma-nb", "nnunet-v2", "monai-bundle", "torchscript")
+    assert kinds.importable() == ("nnunet-v2", "monai-bundle", "torchscript")
+    monkeypatch.setattr(base, "REGISTRY", dict(base.REGISTRY))
+    monkeypatch.setattr(kinds, "REGISTRY", base.REGISTRY)
+
+    @base.register
+    class Toy(kinds.Segmenter):
+        kind, importable = "toy", True
+
+        @classmethod
+        def detect(cls, path):
+            return (path / "toy.txt").exists()
+
+        @classmethod
+        def example(cls, out, **_):
+            out.mkdir(parents=True)
+            (out / "toy.txt").write_text("a toy model")
+            return out
+
+    with pytest.raises(ValueError, match="registered twice"):
+        base.register(Toy)
+    assert "toy" in kinds.importable() and kinds.get("toy") is Toy
+    assert cli.main(["models", "example", "toy", str(tmp_path / "t")]) == 0
+    assert registry.detect_kind(tmp_path / "t") == "toy"
+    with pytest.raises(SegmentationError, match="model kind 'tin' is not one of"):
+        kinds.get("tin")
+    with pytest.raises(SystemExit):
+        cli.main(["models", "example", "tin", str(tmp_path / "u")])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'tin'" in err and "toy" in err.split("choose from")[1]

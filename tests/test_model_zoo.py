@@ -20,7 +20,8 @@ import yaml
 from conftest import SHARED, requires_shared
 
 from glioma_nb import config, io
-from glioma_nb.segment import SegmentationError, external, kinds, registry
+from glioma_nb.segment import SegmentationError, kinds, registry
+from glioma_nb.segment.kinds import bundle
 
 ZOO = SHARED / "model-zoo" / "brats_mri_segmentation"
 pytestmark = [requires_shared("model-zoo/brats_mri_segmentation"), requires_shared("brats18")]
@@ -89,8 +90,8 @@ def test_a_label_mapping_that_cannot_fit_is_refused_naming_the_one_that_fits(zoo
     entry = yaml.safe_load((zoo["models"] / "zoo-brats" / registry.SPEC).read_text())
     probe, fitting = entry["bundle"]["probe"], kinds.Outputs(labels=kinds.LABEL_PRESETS["brats2018"])
     with pytest.raises(SegmentationError, match=r"value\(s\) \[4\] have no meaning.*--labels brats2018 fits"):
-        external.check_bundle_outputs("x", zoo["src"], kinds.Outputs.parse("brats2021"), probe, fitting)
-    external.check_bundle_outputs("x", zoo["src"], kinds.Outputs.parse("1=necrosis,2=oedema,4=enhancing"), probe,
+        bundle.check_bundle_outputs("x", zoo["src"], kinds.Outputs.parse("brats2021"), probe, fitting)
+    bundle.check_bundle_outputs("x", zoo["src"], kinds.Outputs.parse("1=necrosis,2=oedema,4=enhancing"), probe,
                                   fitting)
     # an order against metadata.json is refused (names in any case are read: test_model_kinds imports T1,T1c,...)
     with pytest.raises(SegmentationError, match="disagrees with .*metadata.json, whose input channels are T1c, T1"):

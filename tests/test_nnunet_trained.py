@@ -23,9 +23,8 @@ import pandas as pd
 import pytest
 from conftest import SHARED
 
-from glioma_nb import io
+from glioma_nb import io, taps
 from glioma_nb.segment import examples, infer, registry
-from glioma_nb.signature import network
 
 pytestmark = pytest.mark.skipif(not os.environ.get("GLIOMA_NB_CHECK_MODELS"),
                                 reason="minutes of nnU-Net training: run by `make check-models`")
@@ -122,7 +121,7 @@ def test_folder_from_nnunetv2_train_segments_as_nnunetv2_predict(trained, key, t
     seg = registry.load(f"own-{key}", root=models)
     assert seg.network_name == ("ResidualEncoderUNet" if key == "resenc-m" else "PlainConvUNet")
     out = tmp_path / "masks"
-    infer.segment_cohort(trained["cohort"], seg, None, out, progress=False, signature=network.Request(),
+    infer.segment_cohort(trained["cohort"], seg, None, out, progress=False, signature=taps.Request(),
                          postprocess="none")
     lut = np.array([0, 1, 2, 4], np.uint8)          # dataset labels 1/2/3 -> the cohort's BraTS 2018 values
     for c in trained["cohort"].cases:
@@ -130,6 +129,6 @@ def test_folder_from_nnunetv2_train_segments_as_nnunetv2_predict(trained, key, t
         ours = np.asanyarray(nib.load(out / f"{c.case_id}.nii.gz").dataobj)
         assert ours.shape == theirs.shape
         assert np.array_equal(ours, lut[theirs]), f"{key} {c.case_id}: {(ours != lut[theirs]).sum()} voxels differ"
-    sig, _ = infer.load_signature(out, trained["cohort"].case_ids)
+    sig, _ = taps.load_signature(out, trained["cohort"].case_ids)
     layers = {c.split("__")[1] for c in sig.columns if c.count("__") == 3} - {"volume"}
     assert {"enc1", "bottleneck", "dec1"} <= layers and len(sig) == N_TEST

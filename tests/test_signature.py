@@ -11,8 +11,9 @@ import torch
 from conftest import SHARED, requires_shared
 from test_segment import _cohort, _spec
 
+from glioma_nb import taps
 from glioma_nb.segment import infer
-from glioma_nb.signature import ibsi, network, stability
+from glioma_nb.signature import ibsi, stability
 
 TINY3 = dict(name="unet", channels=[4, 8, 16, 32], strides=[2, 2, 2], num_res_units=1)
 
@@ -24,22 +25,22 @@ def _net(spec):
 
 def test_stages_of_the_shipped_unet_layout():
     net = _net(_spec(network=TINY3))
-    assert list(network.stage_modules(net)) == ["enc1", "enc2", "enc3", "bottleneck", "dec3", "dec2"]
+    assert list(taps.stage_modules(net)) == ["enc1", "enc2", "enc3", "bottleneck", "dec3", "dec2"]
 
 
 def test_network_signature_is_deterministic_and_has_the_documented_columns(tmp_path):
     cohort = _cohort(tmp_path / "c", n=2)
     spec = _spec(network=TINY3)
     net = _net(spec)
-    req = network.Request(mask="reference", perturbations=("erode", "dilate", "noise", "rotate"))
+    req = taps.Request(mask="reference", perturbations=("erode", "dilate", "noise", "rotate"))
     out1, out2 = tmp_path / "m1", tmp_path / "m2"
     infer.segment_cohort(cohort, spec, net, out1, progress=False, signature=req)
     infer.segment_cohort(cohort, spec, net, out2, progress=False, signature=req)
-    main1, long1 = infer.load_signature(out1, cohort.case_ids)
-    main2, _ = infer.load_signature(out2, cohort.case_ids)
+    main1, long1 = taps.load_signature(out1, cohort.case_ids)
+    main2, _ = taps.load_signature(out2, cohort.case_ids)
     pd.testing.assert_frame_equal(main1, main2)       # deterministic, bit for bit
     chans = {"enc1": 4, "enc2": 8, "enc3": 16, "bottleneck": 32, "dec3": 8, "dec2": 4}
-    assert list(main1.columns) == network.columns(["WT"], chans)
+    assert list(main1.columns) == taps.columns(["WT"], chans)
     assert list(main1.index) == ["case0", "case1"] and main1.notna().all().all()
     assert set(long1.index.get_level_values("perturbation")) == {"none", "erode", "dilate", "noise", "rotate"}
     # erosion shrinks and dilation grows the pooled region; noise leaves the mask alone
@@ -52,13 +53,13 @@ def test_network_signature_is_deterministic_and_has_the_documented_columns(tmp_p
     # cached: a second call reuses the signature; another request reruns the case
     again = infer.segment_cohort(cohort, spec, net, out1, progress=False, signature=req)
     assert (again["status"] == "cached").all()
-    other = infer.segment_cohort(cohort, spec, net, out1, progress=False, signature=network.Request(mask="reference"))
+    other = infer.segment_cohort(cohort, spec, net, out1, progress=False, signature=taps.Request(mask="reference"))
     assert (other["status"] == "predicted").all()
     # a signature cached before the tap stitched its own layers (no "stitching" in its key) is made again
     rec = json.loads((out1 / "case0.json").read_text())
     assert rec["signature"].pop("stitching") == 2
     (out1 / "case0.json").write_text(json.dumps(rec))
-    redo = infer.segment_cohort(cohort, spec, net, out1, progress=False, signature=network.Request(mask="reference"))
+    redo = infer.segment_cohort(cohort, spec, net, out1, progress=False, signature=taps.Request(mask="reference"))
     assert redo.set_index("case_id")["status"].to_dict() == {"case0": "predicted", "case1": "cached"}
 
 
@@ -66,17 +67,17 @@ def test_pooling_a_constant_activation_in_a_known_mask():
     mask = np.zeros((16, 16, 8), bool)
     mask[4:12, 4:8, 2:6] = True
     act = torch.full((3, 8, 8, 4), 2.5)          # a stage at half the resolution
-    mean, sd = network.pool(act, mask)
+    mean, sd = taps.pool(act, mask)
     assert np.allclose(mean, 2.5) and np.allclose(sd, 0, atol=1e-6)
     # planted: 7 inside the (downsampled) mask, -1 outside -> the mean inside is 7
     act = torch.full((1, 8, 8, 4), -1.0)
     act[:, 2:6, 2:4, 1:3] = 7.0
-    mean, sd = network.pool(act, mask)
+    mean, sd = taps.pool(act, mask)
     assert mean[0] == pytest.approx(7.0) and sd[0] == pytest.approx(0.0, abs=1e-6)
     # a mask covering half of a stage voxel weighs it by one half
     half = np.zeros((2, 2, 2), bool)
     half[0, :, :] = True
-    m, _ = network.pool(torch.tensor([[[[4.0]]]]), half)
+    m, _ = taps.pool(torch.tensor([[[[4.0]]]]), half)
     assert m[0] == pytest.approx(4.0)
 
 
@@ -85,17 +86,17 @@ def test_an_empty_mask_is_a_clear_error_for_that_case_not_nan_rows(tmp_path):
     empty = cohort.cases[1].label
     img = nib.load(empty)
     nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), empty)
-    with pytest.raises(network.SignatureError, match=r"case case1: the reference label map .* has no WT voxels"):
-        network.case_row({"enc1": torch.zeros(2, 4, 4, 4)}, {"WT": np.zeros((8, 8, 8), bool)}, 0.008, "case1",
+    with pytest.raises(taps.SignatureError, match=r"case case1: the reference label map .* has no WT voxels"):
+        taps.case_row({"enc1": torch.zeros(2, 4, 4, 4)}, {"WT": np.zeros((8, 8, 8), bool)}, 0.008, "case1",
                          "reference label map (tiny grid)")
     spec = _spec(network=TINY3)
     out = tmp_path / "m"
     table = infer.segment_cohort(cohort, spec, _net(spec), out, progress=False,
-                                 signature=network.Request(mask="reference")).set_index("case_id")
+                                 signature=taps.Request(mask="reference")).set_index("case_id")
     assert table.loc["case0", "signature_error"] == ""
     assert "case case1" in table.loc["case1", "signature_error"] and "no WT voxels" in table.loc["case1", "signature_error"]
     assert json.loads((out / "case1.json").read_text())["signature_error"]
-    main, _ = infer.load_signature(out, cohort.case_ids)
+    main, _ = taps.load_signature(out, cohort.case_ids)
     assert list(main.index) == ["case0"] and main.notna().all().all()
 
 
@@ -167,6 +168,6 @@ def test_ibsi_matching_rule():
 def test_erosion_is_in_plane_for_thick_slices():
     mask = np.zeros((9, 9, 3), bool)
     mask[2:7, 2:7, :] = True                     # 3 thick slices: a 3D erosion would keep only the middle one
-    assert network.erode_dilate(mask, "erode").sum() == 9
-    assert network.erode_dilate(mask, "erode", in_plane_axes=(0, 1)).sum() == 27
-    assert network.erode_dilate(mask, "dilate", in_plane_axes=(0, 1))[:, :, 0].sum() == 45
+    assert taps.erode_dilate(mask, "erode").sum() == 9
+    assert taps.erode_dilate(mask, "erode", in_plane_axes=(0, 1)).sum() == 27
+    assert taps.erode_dilate(mask, "dilate", in_plane_axes=(0, 1))[:, :, 0].sum() == 45

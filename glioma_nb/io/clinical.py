@@ -192,7 +192,7 @@ def standardise_clinical(raw: pd.DataFrame, c: Mapping[str, Any], report: QCRepo
             report.add(r["case_id"], file_label, "survival time given but event (death/censored) missing",
                        "fill the event column (1 death, 0 censored)")
     out["molecular_subtype"] = [molecular_subtype(i, c_) for i, c_ in zip(out["idh_mutant"], out["codel_1p19q"])]
-    for col in ("who_grade", "idh_mutant", "codel_1p19q", "tertp_mutant", "mgmt_methylated", "os_event"):
+    for col in (c for c, kind in CLINICAL_COLUMNS.items() if kind in ("grade", "binary")):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("Int64")
     return out.drop_duplicates("case_id").reset_index(drop=True)
 

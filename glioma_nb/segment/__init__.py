@@ -1,6 +1,8 @@
 """Tumour segmentation: MONAI 3D networks, training, cohort inference and overlap metrics.
 
 ``models``      model specifications (``models/<name>.yaml``), the network registry, shipped weights
+``kinds``       every model kind behind one interface, one module per kind registered by name (glioma-nb,
+                nnunet-v2, monai-bundle, torchscript); ``registry``: the user's registered models
 ``transforms``  MONAI dictionary transforms: load a case, orient, resample, crop, normalise, augment
 ``train``       Dice + cross-entropy training with checkpoint/resume and a loss/Dice log
 ``infer``       sliding-window inference with Gaussian blending, masks in the original image space,

@@ -29,7 +29,6 @@ import nibabel as nib
 import numpy as np
 import yaml
 
-from glioma_nb import config, io, synthetic
 from glioma_nb.segment.errors import SegmentationError
 
 CHANNEL_NAMES = {"t1": "T1", "t1c": "T1ce", "t2": "T2", "flair": "FLAIR"}
@@ -137,33 +136,6 @@ def nnunet_model(out: Path, cases: Sequence[Mapping[str, Any]], modalities: Sequ
                 "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 0}
         (out / f"fold_{f}").mkdir()
         torch.save(ckpt, out / f"fold_{f}" / "checkpoint_final.pth")
-    return out
-
-
-def make(kind: str, out: Path, cohort: str = "synthetic", n_cases: int = 8, iterations: int = 300,
-         spacing: str = "2,2,2", patch: str = "64,64,64") -> Path:
-    """``glioma-nb models example``: one example model of ``kind`` in the new folder ``out``. nnU-Net: planned on
-    and fitted to the first ``n_cases`` labelled cases of ``cohort`` (named in ``out/trained_on.json``, which
-    ``models import`` reads so those cases are not scored as unseen)."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise SegmentationError(f"{out} exists and is not empty; give a new folder")
-    if kind == "monai-bundle":      # importable by name alone: its metadata.json names its channels
-        return bundle_model(out, 4, 4, inputs=[CHANNEL_NAMES[m] for m in ("t1", "t1c", "t2", "flair")],
-                            outputs=("background", "necrosis", "edema", "enhancing"))
-    if kind == "torchscript":
-        return torchscript_model(out, ("t1", "t1c", "t2", "flair"), 4)
-    cfg = config.resolve_config(cohort)
-    synthetic.ensure_cohort_data(cfg, progress=False)
-    ch = io.load_cohort(cfg, progress=False)
-    if ch.scheme is None or not set(CHANNEL_NAMES) <= set(ch.modalities):
-        raise SegmentationError(f"cohort {cohort}: the nnU-Net example needs T1, T1c, T2, FLAIR and label maps")
-    used = [c for c in ch.cases if c.label is not None][:n_cases]
-    classes = "brats" if ch.scheme.name in ("brats2018", "brats2021") else "wt"
-    nnunet_model(out, [{"images": c.images, "label": c.label} for c in used], tuple(CHANNEL_NAMES), classes=classes,
-                 scheme=ch.scheme.name, folds=(0,), features=(16, 32, 64, 128), iterations=iterations,
-                 spacing=[float(v) for v in spacing.split(",")], patch=[int(v) for v in patch.split(",")])
-    (out / "trained_on.json").write_text(json.dumps({"cohort": cohort, "cases": [c.case_id for c in used]}, indent=1))
     return out
 
 

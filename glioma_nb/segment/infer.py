@@ -26,7 +26,7 @@ from glioma_nb.segment import kinds, transforms, window
 from glioma_nb.segment import postprocess as post
 from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.segment.models import ModelSpec
-from glioma_nb.signature import network
+from glioma_nb import taps
 
 # Sanity checks of a predicted whole tumour (flags, not errors: the case is kept and listed).
 SANITY = {"min_wt_ml": 1.0, "max_wt_ml": 400.0, "min_largest_component": 0.8}
@@ -59,7 +59,7 @@ def predict_with_signature(model: kinds.Segmenter, data: Mapping[str, Any], requ
                            cohort_scheme: io.LabelScheme | None, overlap: float = 0.5, tta: bool = False,
                            device: str = "cpu", amp: bool = False,
                            postprocess: str = "none") -> tuple[np.ndarray, pd.DataFrame | None, str, list[str]]:
-    """One pass of ``model`` with the network image signature (:mod:`glioma_nb.signature.network`) pooled in the
+    """One pass of ``model`` with the network image signature (:mod:`glioma_nb.taps`) pooled in the
     predicted mask with the ``postprocess`` rule applied (on the model grid) or in the reference label map.
     Returns (classes on the original grid, without the rule; signature rows indexed by perturbation or None;
     the error that prevented the signature or ""; notes)."""
@@ -75,25 +75,25 @@ def predict_with_signature(model: kinds.Segmenter, data: Mapping[str, Any], requ
     rows: dict[str, dict[str, float]] = {}
     kw = dict(overlap=overlap, tta=tta, device=device, amp=amp)
     try:
-        rows["none"] = network.case_row(p.maps, masks, voxel_ml, cid, desc)
+        rows["none"] = taps.case_row(p.maps, masks, voxel_ml, cid, desc)
         for kind in request.perturbations:
             if kind in ("erode", "dilate"):
                 through = [a for a in range(len(p.spacing)) if a not in p.axial][0]
                 thick = p.spacing[through] > 1.5 * min(p.spacing[a] for a in p.axial)
-                pmasks = {r: network.erode_dilate(m, kind, in_plane_axes=p.axial if thick else None)
+                pmasks = {r: taps.erode_dilate(m, kind, in_plane_axes=p.axial if thick else None)
                           for r, m in masks.items()}
-                rows[kind] = network.case_row(p.maps, pmasks, voxel_ml, cid, f"{kind}d {desc}")
+                rows[kind] = taps.case_row(p.maps, pmasks, voxel_ml, cid, f"{kind}d {desc}")
                 continue
             img = np.asarray(p.image, dtype=np.float32)
             if kind == "noise":
-                img, pmasks = network.add_noise(img, request.seed), masks
+                img, pmasks = taps.add_noise(img, request.seed), masks
             else:
-                img = network.rotate(img, order=1, axes=p.axial)
-                pmasks = {r: network.rotate(m.astype(np.uint8), order=0, axes=p.axial).astype(bool)
+                img = taps.rotate(img, order=1, axes=p.axial)
+                pmasks = {r: taps.rotate(m.astype(np.uint8), order=0, axes=p.axial).astype(bool)
                           for r, m in masks.items()}
             pmaps = model.stage_maps(img, stages, **kw)   # as the signature's own pass
-            rows[kind] = network.case_row(pmaps, pmasks, voxel_ml, cid, f"{desc}, {kind}")
-    except network.SignatureError as exc:
+            rows[kind] = taps.case_row(pmaps, pmasks, voxel_ml, cid, f"{desc}, {kind}")
+    except taps.SignatureError as exc:
         return p.classes, None, str(exc), p.notes
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "perturbation"
@@ -146,7 +146,7 @@ def segment_cohort(cohort: io.Cohort, spec: Any, net: Any, out_dir: Path, *,
 
     Columns: case_id, status (predicted | cached), seconds, predicted region volumes (mL), flags.
     Every case is checked for the model's modalities before any is run. With ``signature`` (a
-    :class:`glioma_nb.signature.network.Request`), the network image signature is pooled in the same
+    :class:`glioma_nb.signature.taps.Request`), the network image signature is pooled in the same
     pass and cached as ``<case>.signature.parquet`` (rows by perturbation); a case whose cached
     signature was made with another request is run again. A case whose signature fails (empty
     tumour) keeps its mask and gets ``signature_error``. ``postprocess`` (default: the spec's) is the
@@ -180,7 +180,7 @@ def segment_cohort(cohort: io.Cohort, spec: Any, net: Any, out_dir: Path, *,
             rec = json.loads(jpath.read_text())
             same_rule = rec.get("postprocess", "none") == rule and rec.get("model", spec.name) == spec.name
             if same_rule and (signature is None or (rec.get("signature") == signature.key() and
-                                                    (signature_path(out_dir, cid).exists() or rec.get("signature_error")))):
+                                                    (taps.signature_path(out_dir, cid).exists() or rec.get("signature_error")))):
                 rows[cid] = {**rec, "postprocess": rule, "status": "cached"}   # records before rules: none
     todo = [c for c in ids if c not in rows]
     done = executor.map(segment_case, todo, desc=f"segment ({spec.name})", progress=progress, gpu=device != "cpu",
@@ -211,7 +211,7 @@ def segment_case(cid: str, *, cohort: io.Cohort, spec: kinds.Segmenter, out_dir:
         classes, table, err, notes = predict_with_signature(spec, data, signature, cohort.scheme, overlap=overlap,
                                                             tta=tta, device=device, amp=amp, postprocess=rule)
         extra = {"signature": signature.key(), "signature_error": err}
-        spath = signature_path(out_dir, cid)
+        spath = taps.signature_path(out_dir, cid)
         if table is not None:
             tmp = spath.with_name(spath.name + ".tmp")
             table.to_parquet(tmp)
@@ -231,19 +231,3 @@ def segment_case(cid: str, *, cohort: io.Cohort, spec: kinds.Segmenter, out_dir:
     tmp.write_text(json.dumps(rec, indent=1))
     tmp.replace(jpath)
     return {**rec, "status": "predicted"}
-
-
-def signature_path(out_dir: Path, case_id: str) -> Path:
-    return Path(out_dir) / f"{case_id}.signature.parquet"
-
-
-def load_signature(out_dir: Path, case_ids: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The cached network signatures of ``case_ids``: (the signature, one row per case, index case_id;
-    every row of every case in long form with a ``perturbation`` level). Cases without one are left out."""
-    parts = {cid: pd.read_parquet(signature_path(out_dir, cid)) for cid in case_ids
-             if signature_path(out_dir, cid).exists()}
-    if not parts:
-        return pd.DataFrame(), pd.DataFrame()
-    long = pd.concat(parts, names=["case_id", "perturbation"])
-    main = long.xs("none", level="perturbation")
-    return main, long

@@ -34,17 +34,12 @@ import yaml
 
 from glioma_nb import paths
 from glioma_nb.provenance import sha256_file
-from glioma_nb.segment import external, kinds, models
+from glioma_nb.segment import kinds, models
+from glioma_nb.segment.kinds import bundle
 from glioma_nb.segment.errors import SegmentationError
+from glioma_nb.segment.kinds.base import MODALITY_ALIASES, normalised_modalities, split_list
 
-KINDS = ("glioma-nb", "nnunet-v2", "monai-bundle", "torchscript")
 SPEC = "model.yaml"
-MODALITY_ALIASES = {
-    "t1": ("t1", "t1n", "t1w", "t1-native", "t1 native", "native t1", "t1_pre", "t1pre"),
-    "t1c": ("t1c", "t1ce", "t1gd", "t1-gd", "t1-ce", "t1 contrast", "t1post", "t1_post", "t1-post", "t1c+", "t1wce"),
-    "t2": ("t2", "t2w", "t2-weighted"),
-    "flair": ("flair", "t2f", "t2-flair", "t2 flair", "t2flair"),
-}
 
 
 def models_dir() -> Path:
@@ -53,43 +48,9 @@ def models_dir() -> Path:
     return Path(env).expanduser().resolve() if env else paths.project_root() / "models"
 
 
-def modality_of(name: str) -> str | None:
-    key = str(name).strip().lower().replace("_", "-")
-    return next((m for m, names in MODALITY_ALIASES.items() if key in names or key.replace("-", " ") in names), None)
-
-
 def detect_kind(path: Path) -> str:
-    """The kind of a model folder or file (see the module docstring)."""
-    p = Path(path)
-    if p.is_dir() and (p / "plans.json").exists() and (p / "dataset.json").exists():
-        return "nnunet-v2"
-    if p.is_dir() and any((p / "configs" / f"inference.{e}").exists() for e in ("json", "yaml", "yml")):
-        return "monai-bundle"
-    if p.suffix in (".yaml", ".yml") or (p.is_dir() and list(p.glob("*.y*ml"))):
-        return "torchscript"
-    raise SegmentationError(f"{p}: not a model this can import: an nnU-Net v2 trained-model folder has dataset.json and "
-                            "plans.json, a MONAI bundle has configs/inference.json, a TorchScript model a YAML beside "
-                            "its module; or give --kind")
-
-
-def _normalised(mods: list[str] | None) -> list[str] | None:
-    """Modality names in the registry's spelling (``T1c``, ``T1ce``, ``FLAIR`` -> t1c, t1c, flair); unknown ones kept."""
-    return None if mods is None else [modality_of(m) or m for m in mods]
-
-
-def _torchscript_yaml(path: Path) -> Path:
-    if path.is_file():
-        return path
-    found = sorted(path.glob("*.y*ml"))
-    if len(found) != 1:
-        raise SegmentationError(f"{path}: a TorchScript model folder needs exactly one YAML (found {[f.name for f in found]})")
-    return found[0]
-
-
-def _split(text: Any) -> list[str] | None:
-    if text is None or text == "":
-        return None
-    return [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t) for t in text]
+    """The kind of a model folder or file (the first registered kind that recognises it)."""
+    return kinds.detect(Path(path))
 
 
 def import_model(path: str | Path, name: str, kind: str | None = None, modalities: Any = None, labels: Any = None,
@@ -104,8 +65,8 @@ def import_model(path: str | Path, name: str, kind: str | None = None, modalitie
         raise SegmentationError(f"model name {name!r}: use letters, digits, - _ . and not a shipped model's name "
                                 f"({models.available_models()})")
     kind = kind or detect_kind(src)
-    if kind not in KINDS[1:]:
-        raise SegmentationError(f"--kind {kind!r}: one of {list(KINDS[1:])}")
+    if kind not in kinds.importable():
+        raise SegmentationError(f"--kind {kind!r}: one of {list(kinds.importable())}")
     root = Path(dest or models_dir())
     target = root / name
     if target.exists():
@@ -113,42 +74,17 @@ def import_model(path: str | Path, name: str, kind: str | None = None, modalitie
                                 "that folder first")
     entry: dict[str, Any] = {"name": name, "kind": kind, "imported_from": str(src),
                              "imported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    mods = _normalised(_split(modalities))
-    if kind == "nnunet-v2":
-        ds = json.loads((src / "dataset.json").read_text())
-        channels = ds.get("channel_names") or ds.get("modality") or {}
-        if mods is None:
-            guessed = [modality_of(channels[k]) for k in sorted(channels, key=int)]
-            if None in guessed:
-                raise SegmentationError(f"{src / 'dataset.json'}: channel names {channels} are not all recognised "
-                                        "modalities; give --modalities in channel order (e.g. t1,t1c,t2,flair)")
-            mods = guessed
-        entry["outputs"] = external.nnunet_outputs(ds, labels).to_dict()
-        entry["nnunet"] = {"folds": _split(folds), "checkpoint": checkpoint or "checkpoint_final.pth",
-                           "mirroring": True, "tile_step_size": 0.5}   # nnUNetPredictor's defaults
-    elif kind == "monai-bundle":
-        mods, entry["outputs"], entry["bundle"] = _bundle_entry(src, name, mods, labels, spacing)
-    else:
-        yml = _torchscript_yaml(src)
-        raw = yaml.safe_load(yml.read_text()) or {}
-        missing = [k for k in ("module", "spacing", "patch") if k not in raw]
-        if missing or ("modalities" not in raw and mods is None) or ("outputs" not in raw and labels is None):
-            raise SegmentationError(f"{yml}: a TorchScript model's YAML needs module, spacing, patch, modalities and "
-                                    f"outputs (missing {missing + [k for k in ('modalities', 'outputs') if k not in raw]}); "
-                                    "see `glioma-nb models --help`")
-        mods = mods or _normalised(list(raw["modalities"]))
-        entry["outputs"] = kinds.Outputs.parse(labels if labels is not None else raw["outputs"]).to_dict()
-        entry["torchscript"] = {k: raw[k] for k in ("module", "spacing", "patch", "orientation", "normalise",
-                                                    "activation", "feature_outputs") if k in raw}
-        src = yml.parent
+    fields, mods, src = kinds.get(kind).import_entry(src, name, normalised_modalities(split_list(modalities)), labels,
+                                                     {"folds": folds, "checkpoint": checkpoint, "spacing": spacing})
+    entry.update(fields)
     bad = [m for m in mods if m not in MODALITY_ALIASES]
     if bad:
         raise SegmentationError(f"modalities {mods}: {bad} not one of {list(MODALITY_ALIASES)}")
     entry["modalities"] = mods
-    entry["layers"] = _split(layers) or "default"
+    entry["layers"] = split_list(layers) or "default"
     if trained_on:
         cohort, _, cases = str(trained_on).partition(":")
-        entry["trained_on"] = {"cohort": cohort, "cases": _split(cases) or []}
+        entry["trained_on"] = {"cohort": cohort, "cases": split_list(cases) or []}
     elif (src / "trained_on.json").exists():
         entry["trained_on"] = json.loads((src / "trained_on.json").read_text())
     tmp = root / f".{name}.importing"
@@ -170,69 +106,11 @@ def import_model(path: str | Path, name: str, kind: str | None = None, modalitie
     return target / SPEC
 
 
-def bundle_metadata(folder: Path) -> tuple[list[str] | None, list[str] | None]:
-    """The input and output channel names of a MONAI bundle (``network_data_format`` of
-    ``configs/metadata.json``, ``channel_def`` in channel order); None where it does not say."""
-    meta = Path(folder) / "configs" / "metadata.json"
-    fmt = (json.loads(meta.read_text()) if meta.exists() else {}).get("network_data_format") or {}
-
-    def names(part: str) -> list[str] | None:
-        first = next(iter((fmt.get(part) or {}).values()), {}) or {}
-        ch = first.get("channel_def") or {}
-        return [str(ch[k]) for k in sorted(ch, key=int)] if ch else None
-    return names("inputs"), names("outputs")
-
-
-def _bundle_entry(src: Path, name: str, mods: list[str] | None, labels: Any,
-                  spacing: Any) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
-    """A MONAI bundle's modalities, label mapping and settings: the input channels from its ``metadata.json``
-    (or ``--modalities``, which must agree with it), and the mapping from a test run of the bundle
-    (:meth:`external.BundleSegmenter.probe`) with its output channel names: chosen when ``labels`` is not
-    given, else checked (a mapping that cannot fit is refused, naming the one that fits)."""
-    import tempfile
-
-    inputs, outputs = bundle_metadata(src)
-    meta = src / "configs" / "metadata.json"
-    read = [modality_of(n) for n in inputs or []]
-    if mods is None:
-        if not inputs or None in read:
-            raise SegmentationError(f"{meta}: " + (f"input channel names {inputs} are not all recognised modalities"
-                                                   if inputs else "no input channel_def under network_data_format")
-                                    + "; give --modalities in channel order (e.g. t1c,t1,t2,flair)")
-        mods = [str(m) for m in read]
-    elif inputs and None not in read and mods != read:
-        raise SegmentationError(f"--modalities {','.join(mods)} disagrees with {meta}, whose input channels are "
-                                f"{', '.join(inputs)}; leave --modalities out to use them, or correct metadata.json")
-    settings = {"config": None, "weights": "models/model.pt",
-                "spacing": [float(s) for s in _split(spacing)] if spacing else None}
-    given = kinds.Outputs.parse(labels) if labels is not None else None
-    seg = external.BundleSegmenter(name, src, mods,
-                                   given or kinds.Outputs(labels=kinds.LABEL_PRESETS["brats2021"]),
-                                   config=None, weights=settings["weights"], spacing=settings["spacing"])
-    seg.check_channels()
-    with tempfile.TemporaryDirectory(prefix="glioma-nb-probe-") as work:
-        probe = seg.probe(len(mods), Path(work))
-    fitting = external.bundle_outputs(probe, outputs)
-    if given is None:
-        if fitting is None:
-            raise SegmentationError(f"model {name}: bundle {src} returns {external.returns_text(probe)} after its "
-                                    f"postprocessing, and the output channel names in {meta} "
-                                    f"({outputs or 'none: no channel_def'}) do not say what they mean; give --labels "
-                                    "(a preset: brats2018, brats2021, "
-                                    "wt; value=meaning pairs such as 1=necrosis,2=oedema,4=enhancing; or "
-                                    "regions:tc,wt,et)")
-        given = fitting
-    else:
-        external.check_bundle_outputs(name, src, given, probe, fitting)
-    settings["probe"] = probe
-    return mods, given.to_dict(), settings
-
-
 def card_skeleton(entry: dict[str, Any], seg: kinds.Segmenter) -> str:
     files = "\n".join(f"| `{f}` | `{h}` |" for f, h in entry["files"].items())
     probe = (entry.get("bundle") or {}).get("probe")
     ran = (f"\n- Test run at import (a synthetic case through its preprocessing, inferer and postprocessing): the network "
-           f"returns {probe['network_channels']} channel(s); the postprocessing {external.returns_text(probe)}; each "
+           f"returns {probe['network_channels']} channel(s); the postprocessing {bundle.returns_text(probe)}; each "
            f"network channel alone becomes {probe['lit']}" if probe else "")
     return f"""# {entry['name']} ({entry['kind']})
 
@@ -295,26 +173,11 @@ def verify(entry: dict[str, Any], folder: Path) -> None:
 
 
 def _build(entry: dict[str, Any], folder: Path, device: str) -> kinds.Segmenter:
-    files = folder / "files"
-    outputs = kinds.Outputs.parse(entry.get("outputs"))
-    common = dict(layers=entry.get("layers", "default"), device=device)
     kind = entry["kind"]
-    if kind == "nnunet-v2":
-        nn = entry.get("nnunet") or {}
-        seg: kinds.Segmenter = external.NnUNetSegmenter(entry["name"], files, entry["modalities"], outputs,
-                                                        folds=nn.get("folds"), checkpoint=nn.get("checkpoint",
-                                                        "checkpoint_final.pth"), mirroring=nn.get("mirroring", True),
-                                                        tile_step_size=nn.get("tile_step_size", 0.5), **common)
-    elif kind == "monai-bundle":
-        b = entry.get("bundle") or {}
-        seg = external.BundleSegmenter(entry["name"], files, entry["modalities"], outputs, config=b.get("config"),
-                                       weights=b.get("weights", "models/model.pt"), spacing=b.get("spacing"), **common)
-    elif kind == "torchscript":
-        t = dict(entry.get("torchscript") or {})
-        seg = external.TorchScriptSegmenter(entry["name"], files / t.pop("module"), entry["modalities"], outputs,
-                                            **t, **common)
-    else:
-        raise SegmentationError(f"{folder / SPEC}: kind {kind!r} is not one of {list(KINDS[1:])}")
+    if kind not in kinds.importable():
+        raise SegmentationError(f"{folder / SPEC}: kind {kind!r} is not one of {list(kinds.importable())}")
+    seg = kinds.get(kind).from_entry(entry, folder / "files", kinds.Outputs.parse(entry.get("outputs")),
+                                     layers=entry.get("layers", "default"), device=device)
     seg.path = folder / SPEC
     seg.trained_on = entry.get("trained_on")
     seg.fingerprint = fingerprint(entry)

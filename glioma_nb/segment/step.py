@@ -22,7 +22,7 @@ from glioma_nb.segment import infer, kinds, metrics, models, registry
 from glioma_nb.segment import postprocess as post
 from glioma_nb.segment import train as seg_train
 from glioma_nb.segment.errors import SegmentationError
-from glioma_nb.signature.network import Request
+from glioma_nb.taps import Request
 from glioma_nb.sources import dicomseg
 
 _RULE_WORDS = {"largest": "only the largest connected component of the tumour is kept",

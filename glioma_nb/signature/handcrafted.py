@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from glioma_nb import compute, io, paths
-from glioma_nb.signature import network
+from glioma_nb import taps
 from glioma_nb.signature.volumetric import MaskSource, robust_normalise  # noqa: F401 (MaskSource re-exported)
 
 
@@ -121,15 +121,15 @@ def case_features(cohort: io.Cohort, case_id: str, settings: Mapping[str, Any],
               for m in cohort.modalities}
     region_masks = io.region_masks(lab, scheme)
     if perturbation in ("erode", "dilate"):
-        region_masks = {r: network.erode_dilate(m, perturbation, in_plane_axes=(0, 1) if two_d else None) for r, m in region_masks.items()}
+        region_masks = {r: taps.erode_dilate(m, perturbation, in_plane_axes=(0, 1) if two_d else None) for r, m in region_masks.items()}
     elif perturbation == "noise":
         rng = np.random.default_rng(seed)     # one stream across the modalities
-        arrays = {m: network.add_noise(a, rng, sd=0.05) for m, a in arrays.items()}
+        arrays = {m: taps.add_noise(a, rng, sd=0.05) for m, a in arrays.items()}
     elif perturbation == "rotate":
-        arrays = {m: network.rotate(a, order=1) for m, a in arrays.items()}
-        region_masks = {r: network.rotate(m.astype(np.uint8), order=0).astype(bool) for r, m in region_masks.items()}
+        arrays = {m: taps.rotate(a, order=1) for m, a in arrays.items()}
+        region_masks = {r: taps.rotate(m.astype(np.uint8), order=0).astype(bool) for r, m in region_masks.items()}
     elif perturbation is not None:
-        raise ValueError(f"unknown perturbation {perturbation!r}; known: {list(network.PERTURBATIONS)}")
+        raise ValueError(f"unknown perturbation {perturbation!r}; known: {list(taps.PERTURBATIONS)}")
     tex_ex, shape_ex = _extractors(settings)
     # PyRadiomics refuses a mask of at most minimumROISize voxels (imageoperations.checkMask: roiSize <= minSize)
     min_size = int((settings.get("setting") or {}).get("minimumROISize") or 0)

@@ -24,12 +24,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from glioma_nb import compute, io, paths, plotting, records
+from glioma_nb import compute, io, paths, plotting, records, taps
 from glioma_nb.results import StepResult
-from glioma_nb.segment import infer
 from glioma_nb.signature import handcrafted, location, volumetric
 from glioma_nb.signature.handcrafted import to_sitk
-from glioma_nb.signature.network import SignatureError
+from glioma_nb.taps import SignatureError
 from glioma_nb.signature.stability import MIN_CASES, StabilityFilter
 from glioma_nb.signature.volumetric import robust_normalise
 
@@ -291,7 +290,7 @@ def _network_tables(case_ids: Sequence[str], mask_dir: Path, mask: str
     if pooled_in and pooled_in != {mask}:
         raise SignatureError(f"01_segment pooled the network signature in the {sorted(pooled_in)} mask, but "
                              f"signature.mask is {mask}; run 01_segment again with the same signature.mask")
-    main, long = infer.load_signature(mask_dir, case_ids)
+    main, long = taps.load_signature(mask_dir, case_ids)
     note = "" if not main.empty else ("no network signature: 01_segment pooled none in this run "
                                       "(segment.model none, or signature.network was false when it ran)")
     return main, long, errs, note

@@ -58,8 +58,7 @@ def apply_classifiers(ref: Reference, sources: Mapping[str, pd.DataFrame], clini
     exclude = set(exclude)
     train_cv = ref.table("classification_results")
     train_cv = train_cv.set_index(["node", "feature_set"]) if train_cv is not None and len(train_cv) else None
-    clin = clinical.reindex(columns=list(dict.fromkeys(["case_id", *clinical.columns, "who_grade", "idh_mutant",
-                                                         "codel_1p19q", "tertp_mutant", "mgmt_methylated"])))
+    clin = nodes.with_node_columns(clinical)
     rows, preds, notes = [], [], []
     for rel, rec in ref.models_of("classifier"):
         node_name, fs = rec.meta["node"], rec.meta["feature_set"]

@@ -1,5 +1,10 @@
 """Network image signature (IS): the segmentation network's own activations pooled inside the tumour.
 
+The one place of the signature's network side, below both stages that use it: 01_segment
+(:mod:`glioma_nb.segment`) taps and pools it in its own pass and caches it per case
+(:func:`signature_path`); 02_signature (:mod:`glioma_nb.signature`) reads the cached tables only
+(:func:`load_signature`). Neither stage imports the other.
+
 Forward hooks on the U-Net's encoder stages (``enc1`` .. ``encN``), its bottleneck and its decoder
 stages (``decN`` .. ``dec2``; the last decoder stage is the class logits and is left out) record every
 stage's output during the segmentation pass itself: the sliding window stitches each stage map at its
@@ -28,9 +33,11 @@ each run one more pass. Rows are indexed by perturbation (``none`` is the signat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
 STATS = ("mean", "sd")
@@ -175,3 +182,20 @@ def add_noise(image: np.ndarray, seed: int | np.random.Generator, sd: float = NO
     rng = np.random.default_rng(seed)
     img = np.asarray(image, dtype=np.float32)
     return np.where(img != 0, img + rng.normal(0, sd, img.shape).astype(np.float32), 0).astype(np.float32)
+
+
+def signature_path(out_dir: Path, case_id: str) -> Path:
+    """Where 01_segment caches one case's signature (every perturbation's row): ``<case>.signature.parquet``."""
+    return Path(out_dir) / f"{case_id}.signature.parquet"
+
+
+def load_signature(out_dir: Path, case_ids: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cached network signatures of ``case_ids``: (the signature, one row per case, index case_id;
+    every row of every case in long form with a ``perturbation`` level). Cases without one are left out."""
+    parts = {cid: pd.read_parquet(signature_path(out_dir, cid)) for cid in case_ids
+             if signature_path(out_dir, cid).exists()}
+    if not parts:
+        return pd.DataFrame(), pd.DataFrame()
+    long = pd.concat(parts, names=["case_id", "perturbation"])
+    main = long.xs("none", level="perturbation")
+    return main, long

@@ -38,10 +38,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from glioma_nb.segment import models, transforms, window
+from glioma_nb import taps
+from glioma_nb.segment import transforms, window
 from glioma_nb.segment.errors import SegmentationError
-from glioma_nb.segment.models import ModelSpec
-from glioma_nb.signature import network as sig_network
 
 MEANINGS = ("background", "necrosis", "oedema", "enhancing", "tumour")
 INTERNAL = {"background": 0, "necrosis": 1, "oedema": 2, "enhancing": 3, "tumour": 1}
@@ -181,9 +180,37 @@ class Pass:
 
 
 class Segmenter:
-    """One interface over every model kind (see the module docstring)."""
+    """One interface over every model kind (see the module docstring). A kind is a subclass in its own module of
+    :mod:`glioma_nb.segment.kinds`, registered by name with :func:`register`; besides running, it says how a
+    folder of its kind is recognised (:meth:`detect`), what ``glioma-nb models import`` records of it
+    (:meth:`import_entry`), how it is built from that record (:meth:`from_entry`) and how its example is made
+    (:meth:`example`)."""
 
     kind = ""
+    importable = False     # glioma-nb models import takes this kind (the shipped specs are not imported)
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        """Is ``path`` (a folder or a file) a model of this kind?"""
+        return False
+
+    @classmethod
+    def import_entry(cls, src: Path, name: str, modalities: list[str] | None, labels: Any,
+                     options: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], Path]:
+        """What ``glioma-nb models import`` records of a model of this kind: (its entry's fields besides the
+        common ones, its modalities in channel order, the folder whose files are copied). ``options``: the
+        import's ``folds``, ``checkpoint``, ``spacing``."""
+        raise SegmentationError(f"models of kind {cls.kind!r} are not imported")
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any], files: Path, outputs: "Outputs", **common: Any) -> "Segmenter":
+        """A registered model of this kind, from its entry (``model.yaml``) and the folder of its files."""
+        raise SegmentationError(f"models of kind {cls.kind!r} are not registered models")
+
+    @classmethod
+    def example(cls, out: Path, **options: Any) -> Path:
+        """A small example model of this kind in the new folder ``out`` (``glioma-nb models example``)."""
+        raise SegmentationError(f"there is no example model of kind {cls.kind!r}")
 
     def __init__(self, name: str, modalities: Sequence[str], classes: str, spacing: Sequence[float],
                  postprocess: str = "none", description: str = "", layers: Sequence[str] | str = "default") -> None:
@@ -271,12 +298,12 @@ def first_conv_channels(net: Any) -> int | None:
 
 
 def monai_stages(net: Any, name: str = "") -> dict[str, str]:
-    """The default signature layers of a MONAI UNet / SegResNet (:func:`glioma_nb.signature.network.stage_modules`)
+    """The default signature layers of a MONAI UNet / SegResNet (:func:`glioma_nb.taps.stage_modules`)
     as stage name -> module name."""
     names = {id(m): n for n, m in net.named_modules()}
     try:
-        return {s: names[id(m)] for s, m in sig_network.stage_modules(net).items()}
-    except sig_network.SignatureError:
+        return {s: names[id(m)] for s, m in taps.stage_modules(net).items()}
+    except taps.SignatureError:
         raise SegmentationError(f"model {name}: no default signature layers for {type(net).__name__} "
                                 "(MONAI UNet and SegResNet have them); list them in the model's layers") from None
 
@@ -335,44 +362,81 @@ class WindowSegmenter(Segmenter):
         return maps
 
 
-class GliomaNbSegmenter(WindowSegmenter):
-    """The shipped specs (:class:`~glioma_nb.segment.models.ModelSpec`) and their MONAI networks."""
+def _spacing_of(data: Mapping[str, Any]) -> np.ndarray:
+    """Voxel sizes (mm) along the image's voxel axes (X, Y, Z) from the loaded case's affine."""
+    return np.linalg.norm(np.asarray(data["image"].affine)[:3, :3], axis=0)
 
-    kind = "glioma-nb"
 
-    def __init__(self, spec: ModelSpec, net: Any, weights_note: str = "") -> None:
-        if spec.regions:
-            outputs = Outputs(regions=spec.regions)
-        else:
-            outputs = Outputs(labels=dict(LABEL_PRESETS["brats2021" if spec.classes == "brats" else "wt"]))
-        super().__init__(spec.name, spec.modalities, outputs, spec.spacing, spec.patch, net, spec,
-                         postprocess=spec.postprocess, description=spec.description)
-        self.activation = "sigmoid" if spec.regions else "softmax"
-        self.spec = spec
-        self.postprocess_cv = spec.postprocess_cv
-        self.path, self.weights_note = spec.path, weights_note
-        self.network_name = str(spec.network.get("name", "unet"))
+def spacing_note(name: str, model_spacing: Sequence[float], image_spacing: Sequence[float]) -> list[str]:
+    """A note when the case's voxel size differs from the model's (the model's preprocessing resamples); the
+    case is named by the record it goes into (``masks/<case>.json``), so notes of many cases can be counted."""
+    m, i = np.sort(np.asarray(model_spacing, float)), np.sort(np.asarray(image_spacing, float))
+    if len(m) == len(i) and np.allclose(m, i, rtol=0.05):
+        return []
+    return [f"voxel size {' x '.join(f'{v:.2g}' for v in image_spacing)} mm differs from model "
+            f"{name}'s {' x '.join(f'{v:.2g}' for v in model_spacing)} mm; resampled by the model's preprocessing"]
 
-    def run(self, data: Mapping[str, Any], stages: Sequence[str] | None = None, *, overlap: float = 0.5,
-            tta: bool = False, device: str = "cpu", amp: bool = False) -> Pass:
-        """As :meth:`WindowSegmenter.run`, mirrored whenever the spec says so (``tta: true``, chosen out of fold)."""
-        return super().run(data, stages, overlap=overlap, tta=tta or self.spec.tta, device=device, amp=amp)
 
-    def default_stages(self) -> dict[str, str]:
-        if models.is_ensemble(self.net):   # the first fold model's layers (see models.Ensemble)
-            return {s: f"members.0.{m}" for s, m in monai_stages(self.net.members[0], self.name).items()}
-        return monai_stages(self.net, self.name)
+# ------------------------------------------------------------------------------------------------ nnU-Net v2
 
-    def stage_maps(self, image: np.ndarray, stages: Sequence[str], *, overlap: float = 0.5, tta: bool = False,
-                   device: str = "cpu", amp: bool = False) -> dict[str, Any]:
-        """As :meth:`WindowSegmenter.stage_maps`; an ensemble runs only the member whose layers are tapped."""
-        tta = tta or self.spec.tta
-        if not models.is_ensemble(self.net):
-            return super().stage_maps(image, stages, overlap=overlap, tta=tta, device=device, amp=amp)
-        import torch
 
-        taps = {s: m.removeprefix("members.0.") for s, m in (self.taps(stages) or {}).items()}
-        _, maps = window.sliding_window(self.net.members[0], torch.from_numpy(np.ascontiguousarray(image)), self.patch,
-                                        stages=taps, activation=self.activation, overlap=overlap, tta=tta,
-                                        device=device, amp=amp)
-        return maps
+# BraTS's nested regions (whole tumour > tumour core > enhancing) by name, for region-based nnU-Net datasets and
+# bundles with region channels; INNERMOST: the class a region's value means where it is the innermost region
+_CORE_NAMES = ("tumor core", "tumour core", "tc", "core")
+_REGION_BY_MEANING = {"tumour": "wt", "necrosis": "tc", "enhancing": "et"}
+INNERMOST = {"wt": "oedema", "tc": "necrosis", "et": "enhancing"}
+
+
+def region_of(name: Any) -> str | None:
+    """The BraTS region (wt, tc, et) a label or channel name means (``Tumor core`` -> tc, ``whole tumour`` -> wt,
+    ``enhancing tumor`` -> et), or None."""
+    if str(name).strip().lower().replace("_", " ") in _CORE_NAMES:
+        return "tc"
+    return _REGION_BY_MEANING.get(meaning_of(name) or "")
+
+
+def outputs_text(outputs: Outputs) -> str:
+    """``outputs`` as a ``--labels`` argument (a preset name where it is one)."""
+    if outputs.regions is not None:
+        return "regions:" + ",".join(outputs.regions)
+    preset = next((k for k, v in LABEL_PRESETS.items() if v == outputs.labels), None)
+    return preset or ",".join(f"{k}={v}" for k, v in sorted((outputs.labels or {}).items()) if v != "background")
+
+
+# --------------------------------------------------------------------------------------------- the registry
+#: model kind -> its Segmenter class (filled by :func:`register` as the kind modules are imported)
+REGISTRY: dict[str, type[Segmenter]] = {}
+
+
+def register(cls: type[Segmenter]) -> type[Segmenter]:
+    """Class decorator: ``cls`` is the model kind named ``cls.kind``."""
+    if not cls.kind or cls.kind in REGISTRY:
+        raise ValueError(f"{cls.__name__}: kind {cls.kind!r} is empty or registered twice")
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+# modality names as models spell them (dataset.json channel names, metadata.json channel_def, --modalities)
+MODALITY_ALIASES = {
+    "t1": ("t1", "t1n", "t1w", "t1-native", "t1 native", "native t1", "t1_pre", "t1pre"),
+    "t1c": ("t1c", "t1ce", "t1gd", "t1-gd", "t1-ce", "t1 contrast", "t1post", "t1_post", "t1-post", "t1c+", "t1wce"),
+    "t2": ("t2", "t2w", "t2-weighted"),
+    "flair": ("flair", "t2f", "t2-flair", "t2 flair", "t2flair"),
+}
+
+
+def modality_of(name: str) -> str | None:
+    key = str(name).strip().lower().replace("_", "-")
+    return next((m for m, names in MODALITY_ALIASES.items() if key in names or key.replace("-", " ") in names), None)
+
+
+def normalised_modalities(mods: list[str] | None) -> list[str] | None:
+    """Modality names in the registry's spelling (``T1c``, ``T1ce``, ``FLAIR`` -> t1c, t1c, flair); unknown ones kept."""
+    return None if mods is None else [modality_of(m) or m for m in mods]
+
+
+def split_list(text: Any) -> list[str] | None:
+    """A comma-separated text or a list as a list of strings (None for nothing)."""
+    if text is None or text == "":
+        return None
+    return [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t) for t in text]
