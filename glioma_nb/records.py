@@ -11,6 +11,7 @@ kind from its file name.
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,12 @@ def data_hash(X: pd.DataFrame, y: pd.Series | None = None) -> str:
     if y is not None:
         h.update(np.ascontiguousarray(pd.Series(y).reindex(Xs.index).to_numpy(dtype=float)).tobytes())
     return h.hexdigest()
+
+
+def safe_name(name: str) -> str:
+    """A feature-set or model name as part of a record name (and its file name): runs of anything but letters,
+    digits, ``_ . -`` become one ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 
 
 def make(kind: str, name: str, payload: Any, *, X: pd.DataFrame | None = None, y: pd.Series | None = None,

@@ -8,12 +8,61 @@ shows each where its cell displays it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping, Protocol
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from glioma_nb import records
+from glioma_nb import compute, records
+
+
+class StepContext(Protocol):
+    """What a stage's ``step(ctx, **params)`` reads and writes of its run; the runner's
+    :class:`glioma_nb.runner.StepContext` (what a notebook opens) is the one that exists."""
+
+    step: str
+    run_dir: Path
+    config: dict[str, Any]
+    cohort: Any                      # io.Cohort; 00_preprocess: the raw cohort
+    case_table: pd.DataFrame
+    problems: pd.DataFrame
+    params: dict[str, Any]
+    upstream: Path | None
+    metrics: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (``project.seed``)."""
+        ...
+
+    @property
+    def executor(self) -> compute.Executor:
+        """Where per-case work runs (``compute.executor``)."""
+        ...
+
+    @property
+    def clinical(self) -> pd.DataFrame:
+        """The cohort's canonical clinical table."""
+        ...
+
+    @property
+    def inputs(self) -> Path:
+        """The run whose tables this step reads (itself, or an interactive run's upstream)."""
+        ...
+
+    @property
+    def output_dir(self) -> Path:
+        """Where this step writes (the run, or a scratch folder when the run is read-only here)."""
+        ...
+
+    def path(self, kind: str, name: str) -> Path: ...
+
+    def save_table(self, df: pd.DataFrame, name: str, index: bool = False) -> Path: ...
+
+    def save_feature_tables(self, tables: Mapping[str, pd.DataFrame]) -> None: ...
+
+    def feature_tables(self) -> dict[str, pd.DataFrame]: ...
 
 
 @dataclass

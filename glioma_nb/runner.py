@@ -377,7 +377,8 @@ def run(cohort: str = "synthetic", overrides: Iterable[str] = (), steps: Iterabl
 # ----------------------------------------------------------------------------------- inside notebooks
 @dataclass
 class StepContext:
-    """What a notebook step works with: its run folder, frozen config, cohort and QC tables.
+    """What a notebook step works with: its run folder, frozen config, cohort and QC tables (the
+    :class:`glioma_nb.results.StepContext` protocol that every step is typed against).
 
     Open it with :func:`open_step`; finish with :meth:`finish`, which writes ``metrics/<step>.json``.
     """
@@ -396,6 +397,11 @@ class StepContext:
     _t0: float = field(default_factory=time.perf_counter)
     _scratch: Path | None = None
     _executor: compute.Executor | None = None
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (``project.seed``): every random choice of a step starts from it."""
+        return int(self.config["project"]["seed"])
 
     @property
     def executor(self) -> compute.Executor:

@@ -117,7 +117,8 @@ def _serial_tiny(tmp_path, timepoints: pd.DataFrame):
     return y
 
 
-def test_timeline_problems_are_reported_by_scan_with_the_fix_and_refuse_the_run(tmp_path):
+def test_timeline_problems_are_reported_by_scan_with_the_fix_and_refuse_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLIOMA_NB_REPORTS", str(tmp_path / "reports"))  # not the worker's: others run "tiny" too
     tp = pd.DataFrame({"patient_id": ["P1", "P1", "P2", "P2", "P3", "P3", "P4"],
                        "scan": ["C00", "C01", "C02", "C03", "C04", "C04", "C05"],
                        "day": [0, 0, 0, -30, 0, 100, 12], "visit": [1, 2, 1, 2, 1, 2, 1]})
@@ -135,7 +136,7 @@ def test_timeline_problems_are_reported_by_scan_with_the_fix_and_refuse_the_run(
     assert all(f for f in df["fix"]) and not report.ok
     with pytest.raises(io.CohortError, match="duplicate scans"):
         runner.create_run(str(y), progress=False)
-    assert not (paths.reports_dir() / "tiny").exists() or not any((paths.reports_dir() / "tiny").iterdir())
+    assert not (tmp_path / "reports" / "tiny").exists() or not any((tmp_path / "reports" / "tiny").iterdir())
 
 
 def test_a_clean_timeline_adds_06_and_06_needs_one(tmp_path):

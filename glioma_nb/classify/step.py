@@ -4,7 +4,7 @@ and the seed paper's summary, as a :class:`ClassifyResult` the notebook only dis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -12,7 +12,7 @@ import pandas as pd
 from glioma_nb import compute, flow, plotting, reporting
 from glioma_nb.classify import cns5, cv, features
 from glioma_nb.classify import nodes as nodes_mod
-from glioma_nb.results import StepResult
+from glioma_nb.results import StepContext, StepResult
 
 
 @dataclass(repr=False)  # StepResult.__repr__: what the result holds, not every table
@@ -32,7 +32,7 @@ class ClassifyResult(StepResult):
                              "features": {k: v.shape[1] for k, v in self.sets.items()}}).rename_axis("feature set")
 
 
-def step(ctx: Any, *, min_class_size: int = 5, nodes: Sequence[str] = (), feature_sets: Sequence[str] = (),
+def step(ctx: StepContext, *, min_class_size: int = 5, nodes: Sequence[str] = (), feature_sets: Sequence[str] = (),
          baseline: str = "clinical", classifier: str = "logreg_l2", selection: str = "univariate",
          k_features: int = 10, outer_splits: int = 5, inner_splits: int = 3, repeats: int = 3,
          n_permutations: int = 100, permutation: str = "auto", n_bootstrap: int = 1000,
@@ -41,7 +41,7 @@ def step(ctx: Any, *, min_class_size: int = 5, nodes: Sequence[str] = (), featur
     """Nested CV of every node x feature set (with permutation and DeLong tests), final models refitted on all
     cases, figures, the end-to-end CNS5 diagnosis and the average accuracies (parameters: ``classify`` in
     ``configs/base.yaml``)."""
-    seed = int(ctx.config["project"]["seed"])
+    seed = ctx.seed
     pairs = cv.parse_pairs(list(compare), "classify.compare")  # a malformed comparison fails before any fitting
     res = ClassifyResult()
     node_table = nodes_mod.node_label_table(ctx.clinical, min_class_size=min_class_size)

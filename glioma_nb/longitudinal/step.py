@@ -13,7 +13,6 @@ planted VDE and hazard ratios from predicted and from reference masks.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -21,12 +20,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from glioma_nb import compute, flow, plotting, reporting, runs
+from glioma_nb import compute, flow, plotting, records, reporting, runs
 from glioma_nb.classify import features
 from glioma_nb.io import TIME_UNITS_DAYS
 from glioma_nb.longitudinal import growth, locked, truth
 from glioma_nb.longitudinal import transformation as transformation_mod
-from glioma_nb.results import StepResult
+from glioma_nb.results import StepContext, StepResult
 from glioma_nb.stratify import cox, risk, survival
 
 #: Rauch et al. (Sci Rep 2023) report these on 349 serial-MRI LGG patients we do not have
@@ -41,10 +40,6 @@ class LongitudinalResult(StepResult):
     scans: pd.DataFrame = field(default_factory=pd.DataFrame)
     patients: pd.DataFrame = field(default_factory=pd.DataFrame)
     risk_results: dict[str, risk.RiskResult] = field(default_factory=dict)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 
 
 def scan_volumes(ctx: Any) -> dict[str, pd.DataFrame]:
@@ -74,13 +69,13 @@ def _baseline(frame: pd.DataFrame, base_case: pd.Series) -> pd.DataFrame:
     return rows
 
 
-def step(ctx: Any, *, masks: str = "predicted", vde_cut_mm_per_year: float = 8.0,
+def step(ctx: StepContext, *, masks: str = "predicted", vde_cut_mm_per_year: float = 8.0,
          transformation: Mapping[str, Any] | None = None, time_unit_report: str = "years",
          risk_sets: Sequence[str] = (), l1_ratio: float = 0.5, outer_splits: int = 3, inner_splits: int = 3,
          repeats: int = 3, min_events: int = 10, min_events_per_variable: float = 5, n_bootstrap: int = 500,
          reference_run: str = "", n_jobs: int = -1) -> LongitudinalResult:
     """Everything notebook 06 shows (parameters: ``longitudinal`` in ``configs/base.yaml``)."""
-    seed = int(ctx.config["project"]["seed"])
+    seed = ctx.seed
     unit = time_unit_report
     per_day = 1.0 / TIME_UNITS_DAYS[unit]
     tp = ctx.cohort.timepoints
@@ -199,7 +194,7 @@ def step(ctx: Any, *, masks: str = "predicted", vde_cut_mm_per_year: float = 8.0
             metrics_tables.append(table.assign(outcome=outcome))
         for name in results:
             X = sets[name].loc[lambda d: d.index.isin(surv.index)]
-            rec = risk.final_risk_record(X, surv, name=f"{outcome}__{_safe(name)}", feature_set=name, outcome=outcome,
+            rec = risk.final_risk_record(X, surv, name=f"{outcome}__{records.safe_name(name)}", feature_set=name, outcome=outcome,
                                          cohort=ctx.cohort.name, cv_metrics=results[name].metrics, l1_ratio=l1_ratio,
                                          inner_splits=inner_splits, random_state=seed)
             res.models[rec.name] = rec

@@ -19,7 +19,7 @@ from glioma_nb import compute, io, paths
 from glioma_nb.preprocess import pipeline
 from glioma_nb.preprocess import qc as pqc
 from glioma_nb.preprocess.register import PreprocessError
-from glioma_nb.results import StepResult
+from glioma_nb.results import StepContext, StepResult
 
 
 @dataclass(repr=False)
@@ -46,7 +46,7 @@ def _one_case(case_id: str, *, cases: dict[str, Any], out_root: Path, settings: 
     return pipeline.preprocess_case(cases[case_id], out_root, settings, seed)
 
 
-def step(ctx: Any, reference: str = "t1c", n_qc_cases: int = 4, progress: bool = True,
+def step(ctx: StepContext, reference: str = "t1c", n_qc_cases: int = 4, progress: bool = True,
          **_: Any) -> PreprocessResult:
     """Preprocess every case of the raw cohort ``ctx.cohort`` (a :class:`pipeline.RawCohort`)."""
     cfg = ctx.config
@@ -54,7 +54,7 @@ def step(ctx: Any, reference: str = "t1c", n_qc_cases: int = 4, progress: bool =
     res.out_root = io.preprocessed_root(cfg)
     res.out_root.mkdir(parents=True, exist_ok=True)
     settings = pipeline.settings_of(cfg)
-    seed = int(cfg["project"]["seed"])
+    seed = ctx.seed
     rows = []
     cases = {case.case_id: case for case in ctx.cohort.cases}
     done = getattr(ctx, "executor", compute.SERIAL).map(

@@ -17,7 +17,7 @@ import pandas as pd
 from glioma_nb import compute, flow, plotting, records
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.preprocess import qc as pre_qc
-from glioma_nb.results import StepResult
+from glioma_nb.results import StepContext, StepResult
 from glioma_nb.segment import infer, kinds, metrics, models, registry
 from glioma_nb.segment import postprocess as post
 from glioma_nb.segment import train as seg_train
@@ -154,7 +154,7 @@ def signature_request(config: Mapping[str, Any]) -> Any:
     return Request(mask=sig.get("mask", "predicted"), perturbations=perts, seed=int(config["project"]["seed"]))
 
 
-def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool = False,
+def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", train: bool = False,
          train_iterations: int = 300, held_out_fraction: float = 0.25, overlap: float = 0.5,
          tta: bool = False, postprocess: str = "model", n_overlay_cases: int = 4,
          export_dicom_seg: bool = False, progress: bool = True) -> SegmentResult:
@@ -180,10 +180,10 @@ def step(ctx: Any, *, model: str = "auto", weights: str = "shipped", train: bool
         _check_modalities(cohort, spec)
         if cohort.scheme is None:
             raise SegmentationError(f"cohort {cohort.name} has no label maps: segment.train needs them")
-        tr, held_out = seg_train.split_by_patient(cohort, held_out_fraction, seed=int(ctx.config["project"]["seed"]))
+        tr, held_out = seg_train.split_by_patient(cohort, held_out_fraction, seed=ctx.seed)
         out = ctx.output_dir / "models" / f"segment__{spec.name}"
         settings = seg_train.TrainSettings.from_spec(spec, iterations=train_iterations,
-                                                 seed=int(ctx.config["project"]["seed"]))
+                                                 seed=ctx.seed)
         settings.val_every = max(train_iterations // 4, 10)
         seg_train.train(spec, [seg_train.TrainSource(cohort, tr, held_out)], out, settings, device=device, progress=progress)
         seg: kinds.Segmenter = kinds.GliomaNbSegmenter(

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from glioma_nb import compute, io, paths, plotting, records, taps
-from glioma_nb.results import StepResult
+from glioma_nb.results import StepContext, StepResult
 from glioma_nb.signature import handcrafted, location, volumetric
 from glioma_nb.signature.handcrafted import to_sitk
 from glioma_nb.taps import SignatureError
@@ -126,7 +126,7 @@ def feature_family(column: str) -> str:
     return "other"
 
 
-def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: str = "predicted",
+def step(ctx: StepContext, *, intensity_percentiles: Sequence[float] = (1, 99), mask: str = "predicted",
          network: bool = True, radiomics: str | None = None, location_features: bool = False, n_jobs: int = 1,
          stability: Mapping[str, Any] | None = None, filter_from: str | None = None, feature_map: bool = True,
          progress: bool = True) -> SignatureResult:
@@ -170,7 +170,7 @@ def step(ctx: Any, *, intensity_percentiles: Sequence[float] = (1, 99), mask: st
             ctx.path("logs", "radiomics_settings.yaml").write_text(handcrafted.settings_path(radiomics).read_text())
             t0 = time.perf_counter()
             perts = [] if filter_from else perturbations   # a filter taken from another run needs no re-extraction
-            seed = int(ctx.config["project"]["seed"])
+            seed = ctx.seed
             sets = handcrafted.cohort_feature_sets(cohort, settings, [None, *perts], intensity_percentiles,
                                                    n_jobs=n_jobs, progress=progress, masks_from=masks_from,
                                                    seeds=[seed, *(seed + i for i in range(len(perts)))],

@@ -4,9 +4,8 @@ as a :class:`StratifyResult` the notebook only displays.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -14,7 +13,7 @@ import pandas as pd
 from glioma_nb import compute, flow, plotting, records, reporting
 from glioma_nb.classify import cv, features
 from glioma_nb.io import TIME_UNITS_DAYS
-from glioma_nb.results import StepResult
+from glioma_nb.results import StepContext, StepResult
 from glioma_nb.stratify import clustering, cox, risk, survival, truth
 from glioma_nb.stratify import subgroups as subgroups_mod
 from glioma_nb.stratify.clustering import SubgroupClusters
@@ -30,11 +29,7 @@ class StratifyResult(StepResult):
     saved: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
-
-
-def step(ctx: Any, *, time_unit_report: str = "months", km_groups: Sequence[str] = (),
+def step(ctx: StepContext, *, time_unit_report: str = "months", km_groups: Sequence[str] = (),
          subgroups: Sequence[str] = ("all",), cluster_features: str = "all", k: int | None = None, k_max: int = 4,
          n_resamples: int = 100, subsample: float = 0.8, pca_variance: float = 0.8, cluster_method: str = "kmeans",
          adjust_for: Sequence[str] = (), min_events_per_variable: float = 5, risk_sets: Sequence[str] = (),
@@ -42,7 +37,7 @@ def step(ctx: Any, *, time_unit_report: str = "months", km_groups: Sequence[str]
          horizons_years: Sequence[float] = (1, 2, 5), calibration_years: float = 2, risk_split: str = "median",
          n_bootstrap: int = 500, compare: Sequence[str] = (), n_jobs: int = -1) -> StratifyResult:
     """Everything notebook 04 shows (parameters: ``stratify`` in ``configs/base.yaml``)."""
-    seed = int(ctx.config["project"]["seed"])
+    seed = ctx.seed
     pairs = cv.parse_pairs(list(compare), "stratify.compare")  # malformed: fail before fitting anything
     years = TIME_UNITS_DAYS["years"] / TIME_UNITS_DAYS[time_unit_report]  # one year in the reporting unit
     res = StratifyResult()
@@ -149,7 +144,7 @@ def step(ctx: Any, *, time_unit_report: str = "months", km_groups: Sequence[str]
     for name, r in clusters.items():
         if r.model is None:
             continue
-        rec = records.make("clusters", f"clusters__{_safe(name)}", r.model, features=list(r.model.feature_names_in_),
+        rec = records.make("clusters", f"clusters__{records.safe_name(name)}", r.model, features=list(r.model.feature_names_in_),
                            subgroup=r.subgroup.name, query=r.subgroup.query, k=r.model.best_k_, labels=r.labels,
                            cohort=ctx.cohort.name)
         res.models[rec.name] = rec
@@ -157,7 +152,7 @@ def step(ctx: Any, *, time_unit_report: str = "months", km_groups: Sequence[str]
                       "k": r.model.best_k_, "features": len(r.model.feature_names_in_)})
     for name in risk_results:
         X = risk_feature_sets[name].loc[lambda d: d.index.isin(surv_by_case.index)]
-        rec = risk.final_risk_record(X, surv_by_case, name=f"risk__{_safe(name)}", feature_set=name,
+        rec = risk.final_risk_record(X, surv_by_case, name=f"risk__{records.safe_name(name)}", feature_set=name,
                                      cohort=ctx.cohort.name, cv_metrics=risk_results[name].metrics,
                                      l1_ratio=l1_ratio, inner_splits=inner_splits, random_state=seed)
         res.models[rec.name] = rec

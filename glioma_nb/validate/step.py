@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from glioma_nb import flow, io, plotting, reporting, runs
-from glioma_nb.results import StepResult
+from glioma_nb.results import StepContext, StepResult
 from glioma_nb.classify.nodes import node_flow
 from glioma_nb.runs import Reference
 from glioma_nb.segment import metrics as seg_metrics
@@ -81,7 +81,7 @@ def validate_locked(ctx: Any, reference_run: str, harmonisation: Sequence[str] =
     if bad or "none" not in harmonisation:
         raise ValueError(f"validate.harmonisation must list none (always reported) and optionally combat, got {list(harmonisation)}")
     ref = runs.load_reference(reference_run)
-    seed = int(ctx.config["project"]["seed"])
+    seed = ctx.seed
     notes = list(ref.notes)
     overlap = runs.read_table(ctx.run_dir, "overlap", "qc", dtype={"validation_case": str, "training_case": str})
     if overlap is None:
@@ -213,7 +213,7 @@ class ValidateResult(StepResult):
     val: Validation | None = None
 
 
-def step(ctx: Any, *, reference_run: str = "", harmonisation: Sequence[str] = ("none", "combat"),
+def step(ctx: StepContext, *, reference_run: str = "", harmonisation: Sequence[str] = ("none", "combat"),
          n_bootstrap: int = 1000, smd_threshold: float = 0.5) -> ValidateResult:
     """Notebook 05: the run's steps and provenance and, in a validation run, every locked model of the
     reference run applied to this cohort (parameters: ``validate`` in ``configs/base.yaml``)."""
