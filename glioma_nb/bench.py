@@ -20,7 +20,7 @@ import pandas as pd
 
 from glioma_nb import compute, config, io, paths, provenance, synthetic, taps
 from glioma_nb.classify import cv as ccv
-from glioma_nb.classify import features as cfeat
+from glioma_nb.io import features as cfeat
 from glioma_nb.preprocess import dicom as pre_dicom
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.preprocess import register as pre_register

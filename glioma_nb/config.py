@@ -177,6 +177,17 @@ def with_overrides(cfg: Mapping[str, Any], overrides: Iterable[str] | Mapping[st
     return deep_merge(cfg, over)
 
 
+def parse_pairs(pairs: list[str], what: str) -> list[tuple[str, str]]:
+    """``["a vs b", ...]`` -> [(a, b), ...]; anything else is an error naming the setting."""
+    out = []
+    for item in pairs:
+        a, sep, b = str(item).partition(" vs ")
+        if not sep or not a.strip() or not b.strip():
+            raise ValueError(f"{what}: {item!r} is not a comparison; write it as 'feature set a vs feature set b'")
+        out.append((a.strip(), b.strip()))
+    return out
+
+
 def config_hash(cfg: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON form of a configuration."""
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str).encode()

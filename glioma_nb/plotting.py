@@ -1,6 +1,8 @@
 """Plot functions: ``f(data, *, ax=None, **kw) -> Axes`` (or a Figure for multi-panel plots).
 
-They never save or show; the notebook displays and ``StepContext.save_figure`` saves.
+They never save or show; the notebook displays and ``StepContext.save_figure`` saves. Importing this module
+changes nothing global: the house style (:data:`RC`) is applied by :func:`use_style` (``runner.open_step`` calls
+it for every notebook) or within ``with style():`` where a figure is made outside a notebook.
 """
 from __future__ import annotations
 
@@ -24,7 +26,18 @@ REGION_COLOURS = {"WT": "#2ca02c", "TC": "#ffbf00", "ET": "#d62728"}
 RC = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
       "legend.fontsize": 7.5, "legend.title_fontsize": 7.5, "figure.titlesize": 11, "savefig.dpi": 300,
       "axes.spines.top": False, "axes.spines.right": False}
-plt.rcParams.update(RC)
+
+
+def use_style() -> None:
+    """Apply the house style to this process's matplotlib (a notebook's figures)."""
+    plt.rcParams.update(RC)
+
+
+def style() -> Any:
+    """The house style as a context (``with plotting.style(): ...``), leaving matplotlib as it was after."""
+    return plt.rc_context(RC)
+
+
 # a feature set keeps its colour and line style in every figure (the line style tells the sets apart in
 # greyscale); a set not named here gets the next free colour of the default cycle
 FEATURE_SET_STYLE = {
@@ -338,7 +351,7 @@ def plot_train_log(log: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes
 
 
 def plot_fold_curves(curve: pd.DataFrame) -> plt.Figure:
-    """Cross-validation training curves (:func:`glioma_nb.segment.cv.training_curve`): the training loss and the
+    """Cross-validation training curves (:func:`glioma_nb.zoo.cv.training_curve`): the training loss and the
     held-out Dice of each fold model against iterations, with the mean over folds in black."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.0, 3.2), layout="constrained")
     for f, g in curve.groupby("fold"):

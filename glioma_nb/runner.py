@@ -26,7 +26,7 @@ import pandas as pd
 import papermill as pm
 from nbconvert import HTMLExporter
 
-from glioma_nb import STEPS, compute, io, paths, provenance, runs, step_section, synthetic
+from glioma_nb import STEPS, compute, io, paths, plotting, provenance, runs, step_section, synthetic
 from glioma_nb import config as config_mod
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import RunError, find_run, load_manifest, read_feature_tables, scrub_text
@@ -582,6 +582,7 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
     problems = runs.read_table(rd, "problems", "qc")
     seed_everything(int(cfg["project"]["seed"]))
     pd.set_option("display.max_columns", 60)  # reports show whole case tables, not "..." columns
+    plotting.use_style()
     return StepContext(step, rd, cfg, cohort_obj, case_table, problems, dict(cfg.get(step_section(step)) or {}),
                        upstream=up, read_only=read_only)
 

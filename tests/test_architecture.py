@@ -34,6 +34,9 @@ def test_import_contracts_hold():
     ("io/qc.py", "from glioma_nb import runner"),                 # low layer -> orchestration
     ("classify/cv.py", "from glioma_nb.classify import step"),   # stage compute -> its step
     ("stats.py", "from glioma_nb.stratify import survival"),      # low layer -> stage compute
+    ("stratify/cox.py", "from glioma_nb.classify import cv"),     # one stage -> another (independent: "|")
+    ("validate/apply.py", "from glioma_nb.longitudinal import growth"),   # one applier -> the other
+    ("segment/infer.py", "from glioma_nb.zoo import cv"),         # the stage -> the model workshop above it
 ])
 def test_an_upward_import_breaks_the_contract(tmp_path, module, upward):
     pkg = tmp_path / "glioma_nb"
@@ -69,3 +72,14 @@ def test_imports_sit_at_the_top_of_files():
                     elif isinstance(sub, ast.Import) and any(a.name.startswith("glioma_nb") for a in sub.names):
                         late.append(f"{f.relative_to(ROOT)}:{sub.lineno}")
     assert late == []
+
+
+def test_importing_plotting_changes_no_global_style():
+    """The house style is applied by use_style / style(), never by an import (a user's notebook keeps its own)."""
+    code = ("import matplotlib as m\nbefore = dict(m.rcParams)\nimport glioma_nb.plotting as p\n"
+            "assert dict(m.rcParams) == before, 'import changed rcParams'\n"
+            "with p.style():\n    assert m.rcParams['font.size'] == p.RC['font.size']\n"
+            "assert dict(m.rcParams) == before, 'style() leaked'\np.use_style()\n"
+            "assert m.rcParams['axes.titlesize'] == p.RC['axes.titlesize']\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -117,14 +117,15 @@ def test_the_shipped_out_of_fold_table_rescored_keeps_its_masks_and_takes_the_of
 
     import pandas as pd
 
-    from glioma_nb.segment import cv, models
+    from glioma_nb.segment import models
+    from glioma_nb.zoo import ship
 
     shipped = models.load_spec("brats-4mod")
     for f in [shipped.path, shipped.card_path, shipped.folder / "brats-4mod.oof.csv", *shipped.weights_paths]:
         shutil.copy(f, tmp_path / f.name)
     spec = models.load_spec(tmp_path / "brats-4mod.yaml")
     old = pd.read_csv(tmp_path / "brats-4mod.oof.csv")
-    new = cv.rescore_shipped(spec, tmp_path / "masks", device="cpu", progress=False)
+    new = ship.rescore(spec, tmp_path / "masks", device="cpu", progress=False)
     assert list(new["case_id"]) == list(old["case_id"]) and (new["fold"] == old["fold"]).all()
     for r in ("WT", "TC", "ET"):
         np.testing.assert_allclose(new[f"dice_{r}"], old[f"dice_{r}"], atol=1e-4)
@@ -141,7 +142,8 @@ def test_the_flair_wt_card_rescored_keeps_its_dice_and_takes_the_official_hd95(t
     give the card's Dice again, case by case; the card's metric section is rewritten, the rest kept."""
     import shutil
 
-    from glioma_nb.segment import models, train
+    from glioma_nb.segment import models
+    from glioma_nb.zoo import ship
 
     shipped = models.load_spec("flair-wt")
     for f in [shipped.path, shipped.card_path, *shipped.weights_paths]:
@@ -151,7 +153,7 @@ def test_the_flair_wt_card_rescored_keeps_its_dice_and_takes_the_official_hd95(t
     rows = [line.split("|") for line in before.split("Per case:")[1].splitlines() if line.startswith("| Brats18")
             or line.startswith("| TCGA")]
     old_dice = {r[1].strip(): float(r[2]) for r in rows}
-    per_case = train.rescore_held_out(spec, tmp_path / "masks", device="cpu", progress=False)
+    per_case = ship.rescore(spec, tmp_path / "masks", device="cpu", progress=False)
     raw = per_case[per_case["postprocess"] == "none"].set_index("case_id")
     assert set(raw.index) == set(old_dice)
     np.testing.assert_allclose([raw.loc[c, "dice_WT"] for c in old_dice], list(old_dice.values()), atol=5e-4)

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from conftest import planted_table
 
-from glioma_nb import records, stats
-from glioma_nb.classify import cns5, cv, features, pipelines
+from glioma_nb import config, records, stats
+from glioma_nb.classify import cns5, cv, pipelines
+from glioma_nb.io import features
 
 
 def _table(n=80, p=20, signal=1.5, seed=0):
@@ -240,7 +241,7 @@ def test_untrainable_nodes_are_skipped_with_a_reason():
 @pytest.mark.slow
 def test_synthetic_cohort_planted_idh_signal_and_permuted_labels(synthetic_40):
     """The planted subtype effects are found from the volumetric features; permuting IDH removes them."""
-    from glioma_nb import config, io
+    from glioma_nb import io
     from glioma_nb.signature import volumetric
 
     cohort = io.load_cohort(config.resolve_config(str(synthetic_40)), progress=False)
@@ -262,12 +263,12 @@ def test_compare_sets_pairs_feature_sets_on_the_same_patients():
     ids = [f"c{i}" for i in range(n)]
     oof = pd.concat([pd.DataFrame({"case_id": ids, "y": y, "prob": p, "node": "idh", "feature_set": fs})
                      for fs, p in [("good", y * 0.5 + rng.random(n) * 0.6), ("noise", rng.random(n))]])
-    table = cv.compare_sets(oof, cv.parse_pairs(["good vs noise", "good vs absent"], "classify.compare"),
+    table = cv.compare_sets(oof, config.parse_pairs(["good vs noise", "good vs absent"], "classify.compare"),
                             n_bootstrap=200)
     assert len(table) == 1 and table.loc[0, "n"] == n and table.loc[0, "difference_low"] > 0.2
     assert table.loc[0, "p_delong"] < 0.001
     with pytest.raises(ValueError, match="classify.compare: 'good - noise' is not a comparison"):
-        cv.parse_pairs(["good - noise"], "classify.compare")
+        config.parse_pairs(["good - noise"], "classify.compare")
 
 
 def test_labels_layout_cohort_of_masks_only(tmp_path):

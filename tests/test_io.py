@@ -451,7 +451,7 @@ def test_survival_event_rule_and_an_event_column_are_not_both_allowed(tmp_path):
 
 
 def test_feature_families_are_column_subsets_left_out_of_all():
-    from glioma_nb.classify import features
+    from glioma_nb.io import features
     from glioma_nb.signature.step import feature_families
 
     t = pd.DataFrame({"FLAIR_ET_a": [1.0, 2], "T1_ET_a": [3.0, 4], "FLAIR_ED_a": [5.0, 6]}, index=["x", "y"])

@@ -338,7 +338,7 @@ def test_shipped_flair_model_segments_a_held_out_real_case(tmp_path):
     cohort, report = io.check_cohort(config.resolve_config("tcga-lgg-dev"), progress=False, images=False)
     spec = models.load_spec("flair-wt")
     case_id = "TCGA_DU_5851_19950428"
-    assert case_id not in models.trained_on(spec, "tcga-lgg-dev", cohort.case_ids)
+    assert case_id not in models.training_cases(spec.train["sources"], "tcga-lgg-dev", cohort.case_ids)
     table = infer.segment_cohort(cohort, spec, models.load_model(spec), tmp_path, case_ids=[case_id], progress=False)
     assert table.loc[0, "status"] == "predicted"
     assert metrics.cohort_scores(cohort, tmp_path, [case_id]).loc[0, "dice_WT"] > 0.5
@@ -346,7 +346,8 @@ def test_shipped_flair_model_segments_a_held_out_real_case(tmp_path):
 
 # --- post-processing: rules, CV choice, inference --------------------------------------------------
 
-from glioma_nb.segment import postprocess, postprocess_cv  # noqa: E402
+from glioma_nb.segment import postprocess  # noqa: E402
+from glioma_nb.zoo import evaluate, postprocess_cv, ship  # noqa: E402
 
 
 def test_postprocess_rules_keep_the_right_components():
@@ -462,12 +463,12 @@ def test_model_card_reports_held_out_dice_with_and_without_the_rule(tmp_path, mo
         "n_parameters": 1, "train_cases": ["toy/x"], "held_out_cases": ["toy/case0", "toy/case1"], "iterations": 10,
         "settings": {"batch_cases": 1, "samples_per_case": 2, "lr": 0.1, "weight_decay": 0.0, "seed": 0},
         "device": "cpu", "bf16": False, "seconds": 6.0}))
-    per_case = train.evaluate_held_out(spec, Threshold(), [train.TrainSource(cohort, [], cohort.case_ids)], out,
+    per_case = evaluate.evaluate_held_out(spec, Threshold(), [train.TrainSource(cohort, [], cohort.case_ids)], out,
                                        progress=False)
     assert sorted(per_case["postprocess"].unique()) == ["largest", "none"] and len(per_case) == 4
     wide = per_case.pivot(index="case_id", columns="postprocess", values="dice_WT")
     assert (wide["largest"] > wide["none"] + 0.05).all()
-    card = train.ship(spec, out, per_case, "train-cmd").read_text()
+    card = ship.ship(spec, out, "train-cmd", per_case=per_case).read_text()
     assert "`largest`" in card and "2-fold cross-validation on 46 training patients" in card and "cv-cmd" in card
     assert "| toy | none | WT | Dice |" in card and "| toy | largest | WT | Dice |" in card
     assert "dice_WT (largest)" in card      # per case: raw and post-processed side by side

@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from glioma_nb import io
-from glioma_nb.segment import cv, kinds, models, postprocess, train, transforms
+from glioma_nb.segment import kinds, models, postprocess, train, transforms
+from glioma_nb.zoo import cards, cv, ship
 from glioma_nb.segment.errors import SegmentationError
 
 TINY = dict(name="unet", channels=[4, 8, 16], strides=[2, 2], num_res_units=1)
@@ -170,11 +171,11 @@ def test_cross_validation_predicts_every_case_once_resumes_and_ships_a_checked_e
 
     # a cross-validation that is not shipped still gets its card (no weights, the spec left as it was)
     before = spec.path.read_text()
-    unshipped = cv.write_unshipped_card(spec, out, "cmd").read_text()
+    unshipped = cards.write_unshipped_card(spec, out, "cmd").read_text()
     assert "**not shipped**" in unshipped and "## Training curve" in unshipped and "Out-of-fold metrics" in unshipped
     assert spec.path.read_text() == before and not list(spec.folder.glob("*.pt"))
 
-    card = cv.ship(spec, out, "python -m glioma_nb segment-train --folds 2 --ship").read_text()
+    card = ship.ship(spec, out, "python -m glioma_nb segment-train --folds 2 --ship").read_text()
     assert "not shipped" not in card
     shipped = models.load_spec(spec.path)
     assert shipped.ensemble == 2 and shipped.postprocess == res["rule"]
@@ -221,7 +222,7 @@ def test_the_cli_runs_a_partial_cross_validation_that_cannot_be_shipped(cv_setup
     assert res["partial"] == [0] and res["n_cases"] == len(json.loads((out / "fold0" / "train_summary.json")
                                                                       .read_text())["held_out_cases"])
     with pytest.raises(SegmentationError, match="partial cross-validation"):
-        cv.ship(spec, out, "cmd")
+        ship.ship(spec, out, "cmd")
     assert cli.main([*base, "--fold", "2"]) != 0
     assert cli.main([*base, "--fold", "1", "--ship"]) != 0
 
@@ -301,7 +302,7 @@ def test_compare_pairs_the_cases_the_baseline_never_saw_and_bootstraps_the_diffe
     assert row["difference"] == pytest.approx(0.1) and row["ci_low"] == pytest.approx(0.1)
     assert row["ci_high"] == pytest.approx(0.1) and bool(row["better"]) and row["cases_better"] == 12
     assert (out / "compare_base-net.csv").exists() and (out / "compare_base-net_summary.csv").exists()
-    assert "## Against base-net" in cv._compare_section(out) and "+0.100 [+0.100, +0.100]" in cv._compare_section(out)
+    assert "## Against base-net" in cards._compare_section(out) and "+0.100 [+0.100, +0.100]" in cards._compare_section(out)
 
     # a planted mixed result: better on half the cases by as much as worse on the others -> CI spans 0, not better
     mixed = {c: v + (0.2 if i % 2 else -0.2) for i, (c, v) in enumerate(new.items())}

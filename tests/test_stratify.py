@@ -207,6 +207,26 @@ def test_cv_risk_model_finds_a_planted_signal_and_not_noise():
     assert noise.metrics["c_harrell_low"] < 0.5 < noise.metrics["c_harrell_high"] + 0.05
 
 
+def test_tuned_coxnet_is_a_scikit_learn_estimator():
+    """clone / get_params / set_params as for any estimator; score is Harrell's C of predict (scikit-survival's)."""
+    from sklearn.base import clone
+    from sksurv.metrics import concordance_index_censored
+    from sksurv.util import Surv
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 4))
+    surv = _exp_survival(80, np.array([1.0, 0, 0, 0]), X, seed=4)
+    y = Surv.from_arrays(surv["event"].astype(bool), surv["time"])
+    est = risk.TunedCoxnet(l1_ratio=0.9, inner_splits=3, random_state=2)
+    twin = clone(est).set_params(inner_splits=4)
+    assert twin.get_params()["l1_ratio"] == 0.9 and twin.get_params()["inner_splits"] == 4
+    assert not hasattr(twin, "best_alpha_") and est.get_params()["inner_splits"] == 3
+    est.fit(X, y)
+    c = concordance_index_censored(surv["event"].astype(bool), surv["time"], est.predict(X))[0]
+    assert est.score(X, y) == pytest.approx(c) and c > 0.65
+    assert np.array_equal(clone(est).fit(X, y).predict(X), est.predict(X))      # same params, same model
+
+
 def test_risk_model_refuses_too_few_events():
     X = pd.DataFrame({"a": np.arange(30.0)}, index=[f"c{i}" for i in range(30)])
     surv = pd.DataFrame({"time": np.arange(1, 31.0), "event": [1] * 8 + [0] * 22}, index=X.index)

@@ -11,7 +11,8 @@ import yaml
 from conftest import planted_table, requires_shared, synthetic_yaml, write_brats_cohort
 
 from glioma_nb import config, io, paths, records, reporting, runner, runs
-from glioma_nb.classify import cv, features
+from glioma_nb.classify import cv
+from glioma_nb.io import features
 from glioma_nb.validate import apply, harmonise, overlap, study
 from glioma_nb.validate.reference import VALIDATION_STEPS
 
@@ -292,7 +293,7 @@ def test_site_subsets_know_which_patients_the_segmentation_weights_saw():
     for name in ("tcga-lgg-dev", "tcga-lgg-du", "tcga-lgg-fg"):
         c, report = io.check_cohort(config.resolve_config(name), progress=False, images=False)  # test_io reads them
         assert report.ok
-        seen[name] = models.trained_on(spec, "renamed-" + name, c.case_ids, c.root)  # by data folder, not name
+        seen[name] = models.training_cases(spec.train["sources"], "renamed-" + name, c.case_ids, c.root)  # by data folder, not name
     assert len(seen["tcga-lgg-dev"]) == 46 and seen["tcga-lgg-du"] | seen["tcga-lgg-fg"] <= seen["tcga-lgg-dev"]
     assert (len(seen["tcga-lgg-du"]), len(seen["tcga-lgg-fg"])) == (34, 11)
 

@@ -36,7 +36,7 @@ API_MODULES = ("glioma_nb.preprocess.step", "glioma_nb.segment.step", "glioma_nb
                "glioma_nb.classify.step", "glioma_nb.stratify.step", "glioma_nb.validate.step",
                "glioma_nb.longitudinal.step", "glioma_nb.results", "glioma_nb.runner", "glioma_nb.io.cohort",
                "glioma_nb.io.timeline", "glioma_nb.records", "glioma_nb.stats", "glioma_nb.flow", "glioma_nb.api.cohorts",
-               "glioma_nb.api.idc", "glioma_nb.api.zoo", "glioma_nb.taps", "glioma_nb.segment.kinds")
+               "glioma_nb.api.idc", "glioma_nb.api.zoo", "glioma_nb.zoo.ship", "glioma_nb.taps", "glioma_nb.segment.kinds")
 
 
 def docs_dir() -> Path:

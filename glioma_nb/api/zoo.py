@@ -13,8 +13,10 @@ from typing import Any, Sequence
 import pandas as pd
 
 from glioma_nb import paths
-from glioma_nb.segment import cv, metrics, models, postprocess, postprocess_cv, train
+from glioma_nb.segment import metrics, models, postprocess, train
 from glioma_nb.segment.errors import SegmentationError
+from glioma_nb.zoo import cards, cv, evaluate, postprocess_cv
+from glioma_nb.zoo import ship as shipping
 
 
 def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
@@ -53,10 +55,10 @@ def segment_train(model: str, out: str, iterations: int | None = None, device: s
     if ship:
         dev = models.resolve_device(device)
         net = models.load_model(spec, Path(out) / "weights.pt", device=dev)
-        per_case = train.evaluate_held_out(spec, net, sources, Path(out), device=dev)
+        per_case = evaluate.evaluate_held_out(spec, net, sources, Path(out), device=dev)
         per_case.to_csv(Path(out) / "held_out_scores.csv", index=False)
         command = "python -m glioma_nb " + " ".join(argv or [])
-        card = train.ship(spec, Path(out), per_case, command)
+        card = shipping.ship(spec, Path(out), command, per_case=per_case)
         print(f"shipped {spec.weights_path.name} with model card {card.name}")
     return summary
 
@@ -80,7 +82,7 @@ def _segment_train_cv(spec: models.ModelSpec, out: Path, folds: int, settings: t
           + (f" (folds {only} only)" if only is not None else "") + f"; chosen {res['variant']}, post-processing {res['rule']}")
     print(summary.round(3).to_string(index=False))
     if ship:
-        card = cv.ship(spec, out, "python -m glioma_nb " + " ".join(argv or []))
+        card = shipping.ship(spec, out, "python -m glioma_nb " + " ".join(argv or []))
         print(f"shipped {folds} fold models of {spec.name} with model card {card.name}")
     return res
 
@@ -97,7 +99,7 @@ def segment_compare(model: str, out: str, against: str, metric: str = "dice_WT",
     print(f"training curve: fold-mean held-out Dice {g['previous']:.3f} -> {g['last']:.3f} over the "
           f"last interval (gain {g['gain']:+.3f} at {g['iteration']:.0f} iterations)")
     if card:
-        path = cv.write_unshipped_card(spec, Path(out), "python -m glioma_nb " + " ".join(argv or []))
+        path = cards.write_unshipped_card(spec, Path(out), "python -m glioma_nb " + " ".join(argv or []))
         print(f"wrote {paths.display_path(path)} (not shipped: no weights copied)")
     return summary
 
@@ -107,7 +109,7 @@ def segment_postprocess_cv(model: str, out: str, folds: int = 2, cohort: str | N
     """``glioma-nb segment-postprocess-cv``: the out-of-fold Dice of every post-processing rule and the
     rule chosen (``<out>/oof_scores.csv``, ``<out>/postprocess_choice.json``)."""
     spec = models.load_spec(model)
-    oof = postprocess_cv.cross_validate(spec, Path(out), folds=folds, cohort=cohort, iterations=iterations, device=device)
+    oof = postprocess_cv.cross_validate_rules(spec, Path(out), folds=folds, cohort=cohort, iterations=iterations, device=device)
     rule, summary = postprocess.choose(oof)
     meta = {"model": spec.name, "folds": folds, "iterations": iterations or spec.train.get("iterations"),
             "cases": int(oof["case_id"].nunique()), "command": "python -m glioma_nb " + " ".join(argv or [])}
@@ -123,11 +125,10 @@ def segment_rescore(model: str, out: str = "train/rescore", device: str = "auto"
     rewrites the card's metric tables. Returns the per-case scores."""
     spec = models.load_spec(model)
     dev = models.resolve_device(device)
+    new = shipping.rescore(spec, Path(out) / spec.name, device=dev)
     if spec.ensemble:
-        new = cv.rescore_shipped(spec, Path(out) / spec.name, device=dev)
         print(f"{spec.name}: {len(new)} out-of-fold cases scored again; wrote {spec.name}.oof.csv and its card")
     else:
-        new = train.rescore_held_out(spec, Path(out) / spec.name, device=dev)
         print(f"{spec.name}: {new['case_id'].nunique()} held-out cases scored again; rewrote its card")
     for keys, part in new.groupby(["cohort", *(["postprocess"] if "postprocess" in new else [])], sort=False):
         print(keys)

@@ -426,17 +426,6 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
                     models)
 
 
-def parse_pairs(pairs: list[str], what: str) -> list[tuple[str, str]]:
-    """``["a vs b", ...]`` -> [(a, b), ...]; anything else is an error naming the setting."""
-    out = []
-    for item in pairs:
-        a, sep, b = str(item).partition(" vs ")
-        if not sep or not a.strip() or not b.strip():
-            raise ValueError(f"{what}: {item!r} is not a comparison; write it as 'feature set a vs feature set b'")
-        out.append((a.strip(), b.strip()))
-    return out
-
-
 def compare_sets(oof: pd.DataFrame, pairs: list[tuple[str, str]], *, n_bootstrap: int = 1000,
                  random_state: int = 0) -> pd.DataFrame:
     """Paired comparison of two feature sets of a node: difference in out-of-fold AUC (a - b) on the cases

@@ -9,8 +9,9 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from glioma_nb import compute, flow, plotting, reporting
-from glioma_nb.classify import cns5, cv, features
+from glioma_nb import compute, config, flow, plotting, reporting
+from glioma_nb.classify import cns5, cv
+from glioma_nb.io import features
 from glioma_nb.classify import nodes as nodes_mod
 from glioma_nb.results import StepContext, StepResult
 
@@ -42,7 +43,7 @@ def step(ctx: StepContext, *, min_class_size: int = 5, nodes: Sequence[str] = ()
     cases, figures, the end-to-end CNS5 diagnosis and the average accuracies (parameters: ``classify`` in
     ``configs/base.yaml``)."""
     seed = ctx.seed
-    pairs = cv.parse_pairs(list(compare), "classify.compare")  # a malformed comparison fails before any fitting
+    pairs = config.parse_pairs(list(compare), "classify.compare")  # a malformed comparison fails before any fitting
     res = ClassifyResult()
     node_table = nodes_mod.node_label_table(ctx.clinical, min_class_size=min_class_size)
     res.tables["classification_nodes"] = node_table

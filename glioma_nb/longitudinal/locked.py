@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from glioma_nb import provenance, records
-from glioma_nb.classify import features
+from glioma_nb.io import features
 from glioma_nb.stratify import survival
 
 #: the outcomes notebook 06 fits models of (the ``outcome`` of a record's meta)

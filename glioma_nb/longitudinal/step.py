@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from glioma_nb import compute, flow, plotting, records, reporting, runs
-from glioma_nb.classify import features
+from glioma_nb.io import features
 from glioma_nb.io import TIME_UNITS_DAYS
 from glioma_nb.longitudinal import growth, locked, truth
 from glioma_nb.longitudinal import transformation as transformation_mod

@@ -204,10 +204,11 @@ def publish(source: str | Path, out: str | Path, *, include_masks: bool = False,
             fl = flow.combine(*[runs.read_table(p.run_dir, f"flow_{s}") for s in
                                 ("01_segment", "03_classify", "04_stratify", "05_validate", "06_longitudinal")])
             fl.to_csv(stage / p.prefix / "flow.csv", index=False)
-            fig = plotting.plot_flow(fl, title=f"Participant flow: {p.facts.manifest['cohort']}")
-            fig.savefig(stage / p.prefix / "flow.png", dpi=300, bbox_inches="tight")
-            fig.savefig(stage / p.prefix / "flow.pdf", bbox_inches="tight",
-                        metadata={"Creator": "glioma-nb", "Producer": None, "CreationDate": None})
+            with plotting.style():
+                fig = plotting.plot_flow(fl, title=f"Participant flow: {p.facts.manifest['cohort']}")
+                fig.savefig(stage / p.prefix / "flow.png", dpi=300, bbox_inches="tight")
+                fig.savefig(stage / p.prefix / "flow.pdf", bbox_inches="tight",
+                            metadata={"Creator": "glioma-nb", "Producer": None, "CreationDate": None})
             plt.close(fig)
             flows.append(fl.assign(run=p.prefix))
             for key, (_, items) in checklists.CHECKLISTS.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -331,12 +331,15 @@ def same_data(cohort_name: str, root: Path | None) -> bool:
     return root is not None and _cohort_data_root(cohort_name) == Path(root).resolve()
 
 
-def trained_on(spec: ModelSpec, cohort_name: str, case_ids: list[str], root: Path | None = None) -> set[str]:
-    """Which of ``case_ids`` (of cohort ``cohort_name``, data in ``root``) the shipped weights of
-    ``spec`` were trained on. A cohort is the training cohort when it has its name or reads the same
-    data folder (e.g. a site subset that ``extends`` it)."""
+def training_cases(sources: Sequence[Mapping[str, Any]], cohort_name: str, case_ids: list[str],
+                   root: Path | None = None) -> set[str]:
+    """Which of ``case_ids`` (of cohort ``cohort_name``, data in ``root``) the training ``sources`` cover (a spec's
+    ``train.sources``, or a registered model's ``trained_on``: ``{cohort, cases, held_out}``). A cohort is the
+    training cohort when it has its name or reads the same data folder (e.g. a site subset that ``extends`` it);
+    ``cases: all`` means every case but the held-out ones. :func:`glioma_nb.segment.registry.trained_on` asks it
+    for any model."""
     out: set[str] = set()
-    for src in spec.train.get("sources", []):
+    for src in sources:
         same = src.get("cohort") == cohort_name or (
             root is not None and _cohort_data_root(src.get("cohort", "")) == Path(root).resolve())
         if not same:

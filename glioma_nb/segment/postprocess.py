@@ -13,7 +13,7 @@ A rule is applied to the whole tumour (every non-background class) of a predicte
 Rules combine with ``+`` (``largest+et_min:0.5``): the whole-tumour rule first, then ET.
 
 The rule a model uses is ``postprocess`` in its spec (``models/<name>.yaml``). It is not picked by
-looking at the held-out patients: :func:`postprocess_cv.cross_validate` trains ``k`` fold models on the spec's
+looking at the held-out patients: :func:`glioma_nb.zoo.postprocess_cv.cross_validate_rules` trains ``k`` fold models on the spec's
 *training* patients only (the held-out patients are neither trained on nor predicted), segments each
 fold's validation patients without post-processing, and :func:`choose` keeps a rule only when it
 raises the mean out-of-fold whole-tumour Dice over ``none`` (nnU-Net's criterion; Isensee et al. 2021).

@@ -211,13 +211,10 @@ def trained_on(seg: kinds.Segmenter, cohort_name: str, case_ids: list[str], root
     """The cases of a cohort a model's weights saw: a shipped model's spec, or a registered model's ``trained_on``
     (a cohort reading the same data folder counts as the same cohort)."""
     if isinstance(seg, kinds.GliomaNbSegmenter):
-        return sorted(models.trained_on(seg.spec, cohort_name, case_ids, root))
-    t = seg.trained_on or {}
-    if not t:
-        return []
-    fake = models.ModelSpec(name=seg.name, network={}, modalities=seg.modalities, classes=seg.classes,
-                            spacing=(1.0, 1.0, 1.0), patch=(1, 1, 1), train={"sources": [t]})
-    return sorted(models.trained_on(fake, cohort_name, case_ids, root))
+        sources = seg.spec.train.get("sources", [])
+    else:
+        sources = [seg.trained_on] if seg.trained_on else []
+    return sorted(models.training_cases(sources, cohort_name, case_ids, root))
 
 
 def available(modalities: Sequence[str] | None = None, root: Path | None = None) -> list[str]:

@@ -20,7 +20,6 @@ import csv
 import json
 import os
 import platform
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,8 +31,8 @@ import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 from tqdm import tqdm
 
-from glioma_nb import config, io, provenance, synthetic
-from glioma_nb.segment import infer, metrics, models, transforms, window
+from glioma_nb import config, io, synthetic
+from glioma_nb.segment import metrics, models, transforms, window
 from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.segment.models import ModelSpec
 
@@ -475,141 +474,3 @@ def _write_log(log: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
-def evaluate_held_out(spec: ModelSpec, net: Any, sources: Sequence[TrainSource], out_dir: Path,
-                      device: str = "cpu", overlap: float = 0.5, progress: bool = True) -> pd.DataFrame:
-    """Segment every held-out case in its original space and score it against its label map: one row
-    per case without post-processing (``postprocess`` none) and, when the spec has a rule, one with it."""
-    rows = []
-    for src in sources:
-        if not src.held_out:
-            continue
-        mask_dir = Path(out_dir) / "held_out_masks" / src.cohort.name
-        table = infer.segment_cohort(src.cohort, spec, net, mask_dir, case_ids=src.held_out, overlap=overlap,
-                                     device=device, progress=progress, postprocess="none")
-        for rule in dict.fromkeys(["none", spec.postprocess]):
-            scores = metrics.cohort_scores(src.cohort, mask_dir, src.held_out, postprocess=rule)
-            rows.append(table.drop(columns="postprocess", errors="ignore").merge(scores, on="case_id")
-                        .assign(cohort=src.cohort.name, postprocess=rule))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-
-
-def ship(spec: ModelSpec, out_dir: Path, per_case: pd.DataFrame, command: str) -> Path:
-    """Copy ``out_dir/weights.pt`` into the package and write the model card beside it (``per_case``:
-    :func:`evaluate_held_out`, one row per case and rule)."""
-    out_dir = Path(out_dir)
-    summary = json.loads((out_dir / "train_summary.json").read_text())
-    shutil.copyfile(out_dir / "weights.pt", spec.weights_path)
-    sha = models.sha256(spec.weights_path)
-    size_mb = spec.weights_path.stat().st_size / 1e6
-    if size_mb > 20:
-        raise SegmentationError(f"{spec.weights_path.name} is {size_mb:.1f} MB; shipped weights must stay under 20 MB")
-    cv = spec.postprocess_cv
-    post_line = (f"`{spec.postprocess}` (`postprocess` in the model spec)" +
-                 (f", chosen by {cv.get('folds')}-fold cross-validation on {cv.get('cases')} training patients of "
-                  f"{cv.get('cohort')} only (fold models of {cv.get('iterations')} iterations; the held-out patients "
-                  f"were neither trained on nor predicted): mean out-of-fold WT Dice {cv.get('dice')}. "
-                  f"Reproduce: `{cv.get('command')}`" if cv else ""))
-
-    vers = provenance.package_versions(["torch", "monai"])
-    text = f"""# Model card: {spec.name}
-
-{spec.description}
-
-## Weights
-- file: `glioma_nb/segment/models/{spec.name}.pt` ({size_mb:.1f} MB, float16 state dict, loaded as float32)
-- sha256: {sha}
-- network: `{spec.network}` ({summary['n_parameters']:,} parameters)
-- inputs: {list(spec.modalities)} (channels in this order), resampled to {list(spec.spacing)} mm (RAS),
-  cropped to non-zero voxels, z-scored per channel over non-zero voxels; patch {list(spec.patch)}
-- outputs: {models.CLASS_SETS[spec.classes]} (softmax)
-
-## Training data (../shared/data only)
-{_case_lines(summary['train_cases'])}
-
-## Held out (never trained on; scored for the log only, no checkpoint selection)
-{_case_lines(summary['held_out_cases'])}
-
-## Parameters
-- {summary['iterations']} iterations, batch {summary['settings']['batch_cases']} case(s) x {summary['settings']['samples_per_case']} patches,
-  AdamW lr {summary['settings']['lr']} (poly decay), weight decay {summary['settings']['weight_decay']}, Dice + cross-entropy, seed {summary['settings']['seed']}
-- augmentation: label-balanced patches, flips on 3 axes, rotation/scaling (p 0.3), intensity scale/shift, noise
-- trained on {summary['device']}{' (bf16 autocast)' if summary['bf16'] else ''} in {summary['seconds'] / 60:.1f} min; torch {vers.get('torch')}, monai {vers.get('monai')}
-
-## Post-processing
-{post_line}
-
-{held_out_section(spec, per_case)}
-## Reproduce
-```
-{command}
-```
-The run is seeded; on another machine (or on GPU) floating-point differences give slightly different
-weights and a different sha256, with metrics within noise.
-"""
-    spec.card_path.write_text(text)
-    return spec.card_path
-
-
-def held_out_section(spec: ModelSpec, per_case: pd.DataFrame, note: str = "") -> str:
-    """The ``## Held-out metrics`` section of a model card (``per_case``: :func:`evaluate_held_out`): BraTS's
-    metrics, global and lesion-wise, per cohort and post-processing, and the per-case table."""
-    table = []
-    for (cohort, rule), part in per_case.groupby(["cohort", "postprocess"], sort=False):
-        for r in metrics.summarise(part).itertuples():
-            label = f"lesion-wise {r.metric}" if r.level == "lesion-wise" else r.metric
-            table.append(f"| {cohort} | {rule} | {r.region} | {label} | {r.mean:.3f} | [{r.ci_low:.3f}, "
-                         f"{r.ci_high:.3f}] | {r.median:.3f} | {r.n} |")
-    wide = per_case[[c for c in per_case.columns if c in ("cohort", "case_id")]
-                    + metrics.score_columns(per_case.columns, metrics.CARD_METRICS)
-                    + ["postprocess"]]
-    if spec.postprocess != "none":   # one row per case: the raw scores and those with the rule
-        raw, post = (wide[wide["postprocess"] == r].drop(columns="postprocess") for r in ("none", spec.postprocess))
-        wide = raw.merge(post, on=["cohort", "case_id"], suffixes=("", f" ({spec.postprocess})"))
-    else:
-        wide = wide.drop(columns="postprocess")
-    return f"""## Held-out metrics (original image space; sliding window, overlap 0.5, no TTA; 95% bootstrap CI over cases)
-Rows `none` are the network's masks; rows with a rule are the same masks post-processed (what inference writes).
-{note}
-| cohort | post-processing | region | metric | mean | 95% CI | median | n |
-|---|---|---|---|---|---|---|---|
-{chr(10).join(table)}
-
-Per case:
-
-{markdown_table(wide)}
-"""
-
-
-def rescore_held_out(spec: ModelSpec, out_dir: Path, device: str = "cpu", progress: bool = True) -> pd.DataFrame:
-    """Score a shipped single-network model's held-out cases again with today's metrics (the shipped weights,
-    the spec's held-out lists) and rewrite its card's ``## Held-out metrics`` section; the rest of the card is
-    left as it was made."""
-    if spec.ensemble:
-        raise SegmentationError(f"model {spec.name} is a cross-validated ensemble: use its out-of-fold table")
-    text = spec.card_path.read_text()
-    head, sep, rest = text.partition("## Held-out metrics")
-    _, sep2, tail = rest.partition("\n## Reproduce")
-    if not (sep and sep2):
-        raise SegmentationError(f"{spec.card_path.name} has not the layout train.ship writes; regenerate it with --ship")
-    net = models.load_model(spec, None, device=device)
-    per_case = evaluate_held_out(spec, net, sources_from_spec(spec, progress=progress), Path(out_dir), device=device,
-                                 progress=progress)
-    note = (f"Scored again with BraTS's official metrics (`glioma-nb segment-rescore --model {spec.name}`: the "
-            "shipped weights, the same held-out cases; HD95 as brats-evaluation computes it).\n")
-    spec.card_path.write_text(head + held_out_section(spec, per_case, note) + "\n## Reproduce" + tail)
-    return per_case
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """A DataFrame as a Markdown table (numbers to 3 decimals)."""
-    fmt = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
-    return "\n".join(["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns),
-                      *("| " + " | ".join(r) + " |" for r in fmt)])
-
-
-def _case_lines(ids: list[str]) -> str:
-    by: dict[str, list[str]] = {}
-    for x in ids:
-        cohort, cid = x.split("/", 1)
-        by.setdefault(cohort, []).append(cid)
-    return "\n".join(f"- {cohort} ({len(v)}): {', '.join(v)}" for cohort, v in by.items()) or "- none"

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator
 from sklearn.feature_selection import VarianceThreshold
 from sklearn.impute import SimpleImputer
 from sklearn.model_selection import StratifiedKFold
@@ -78,31 +79,34 @@ def _fit_path(X: np.ndarray, y: np.ndarray, l1_ratio: float, alphas: np.ndarray)
     raise ValueError("Coxnet failed for every penalty (numerical error); try fewer features")
 
 
-class TunedCoxnet:
+class TunedCoxnet(BaseEstimator):
     """Elastic-net Cox model (scikit-survival Coxnet after median imputation and scaling) whose penalty
     is chosen by an inner cross-validation stratified by event, scored by Harrell's C.
 
     Each inner fold fits the whole penalty path once, so tuning costs ``inner_splits + 1`` path fits
-    instead of one fit per penalty and fold. ``predict`` gives the linear predictor (higher = worse).
+    instead of one fit per penalty and fold. ``predict`` gives the linear predictor (higher = worse),
+    ``score`` Harrell's C as scikit-survival's estimators do; a scikit-learn estimator (``get_params``,
+    ``clone``), with ``y`` the structured (event, time) array of ``sksurv.util.Surv``.
     """
 
     def __init__(self, l1_ratio: float = 0.5, inner_splits: int = 3, alphas: np.ndarray = COXNET_ALPHAS,
                  random_state: int = 0) -> None:
         self.l1_ratio = l1_ratio
         self.inner_splits = inner_splits
-        self.alphas = np.asarray(alphas, dtype=float)
+        self.alphas = alphas
         self.random_state = random_state
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "TunedCoxnet":
         from sksurv.metrics import concordance_index_censored
 
         X = np.asarray(X, dtype=float)
+        alphas_all = np.asarray(self.alphas, dtype=float)
         event, time = y[y.dtype.names[0]], y[y.dtype.names[1]]
-        scores = np.full((self.inner_splits, len(self.alphas)), np.nan)
+        scores = np.full((self.inner_splits, len(alphas_all)), np.nan)
         cv = StratifiedKFold(self.inner_splits, shuffle=True, random_state=self.random_state)
         for i, (tr, va) in enumerate(cv.split(X, event.astype(int))):
             try:
-                pipe, alphas = _fit_path(X[tr], y[tr], self.l1_ratio, self.alphas)
+                pipe, alphas = _fit_path(X[tr], y[tr], self.l1_ratio, alphas_all)
             except ValueError:
                 continue
             for j, a in enumerate(alphas):
@@ -111,17 +115,23 @@ class TunedCoxnet:
                 except ValueError:  # no comparable pair in this validation fold
                     pass
         valid = ~np.isnan(scores).all(axis=0)
-        mean = np.full(len(self.alphas), -np.inf)
+        mean = np.full(len(alphas_all), -np.inf)
         mean[valid] = np.nanmean(scores[:, valid], axis=0)
         if not valid.any():
             raise ValueError("every penalty failed in the inner folds (Coxnet did not converge); "
                              "try fewer features or a larger penalty")
         best = int(np.argmax(mean))  # alphas run from strong to weak: ties keep the sparser model
-        self.best_alpha_ = float(self.alphas[best])
+        self.best_alpha_ = float(alphas_all[best])
         self.best_score_ = float(mean[best])
         self.inner_scores_ = scores
-        self.pipeline_, _ = _fit_path(X, y, self.l1_ratio, self.alphas[: best + 1])
+        self.pipeline_, _ = _fit_path(X, y, self.l1_ratio, alphas_all[: best + 1])
         return self
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> float:
+        """Harrell's C of :meth:`predict` on (event, time) ``y``."""
+        from sksurv.metrics import concordance_index_censored
+
+        return float(concordance_index_censored(y[y.dtype.names[0]], y[y.dtype.names[1]], self.predict(X))[0])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.pipeline_.predict(np.asarray(X, dtype=float), alpha=self.best_alpha_)

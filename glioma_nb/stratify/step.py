@@ -10,9 +10,8 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from glioma_nb import compute, flow, plotting, records, reporting
-from glioma_nb.classify import cv, features
-from glioma_nb.io import TIME_UNITS_DAYS
+from glioma_nb import compute, config, flow, plotting, records, reporting
+from glioma_nb.io import TIME_UNITS_DAYS, features
 from glioma_nb.results import StepContext, StepResult
 from glioma_nb.stratify import clustering, cox, risk, survival, truth
 from glioma_nb.stratify import subgroups as subgroups_mod
@@ -38,7 +37,7 @@ def step(ctx: StepContext, *, time_unit_report: str = "months", km_groups: Seque
          n_bootstrap: int = 500, compare: Sequence[str] = (), n_jobs: int = -1) -> StratifyResult:
     """Everything notebook 04 shows (parameters: ``stratify`` in ``configs/base.yaml``)."""
     seed = ctx.seed
-    pairs = cv.parse_pairs(list(compare), "stratify.compare")  # malformed: fail before fitting anything
+    pairs = config.parse_pairs(list(compare), "stratify.compare")  # malformed: fail before fitting anything
     years = TIME_UNITS_DAYS["years"] / TIME_UNITS_DAYS[time_unit_report]  # one year in the reporting unit
     res = StratifyResult()
     notes = res.notes  # every analysis that could not be done, with its reason

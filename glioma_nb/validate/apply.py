@@ -11,7 +11,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from glioma_nb import io, stats
-from glioma_nb.classify import cns5, cv, features, nodes
+from glioma_nb.classify import cns5, cv, nodes
+from glioma_nb.io import features
 from glioma_nb.runs import Reference, ValidationError
 from glioma_nb.segment import metrics as seg_metrics
 from glioma_nb.stratify import clustering, subgroups, survival

@@ -67,7 +67,7 @@ def check_bundle_outputs(name: str, folder: Path, given: Outputs, probe: Mapping
     why = ""
     if probe["channels"] == 1:
         if given.regions is not None:
-            why = f"region channels need one output channel per region, and its postprocessing makes a label map"
+            why = "region channels need one output channel per region, and its postprocessing makes a label map"
         else:
             unmapped = sorted(set(probe["values"] or []) - set(given.labels or {}) - {0})   # 0: background
             if unmapped:

@@ -19,9 +19,10 @@ from typing import Any, Sequence
 import pandas as pd
 from sklearn.model_selection import KFold
 
-from glioma_nb import config, io, plotting, provenance, stats
+from glioma_nb import stats
 from glioma_nb.segment import infer, metrics, models, postprocess, train
 from glioma_nb.segment.errors import SegmentationError
+from glioma_nb.zoo import evaluate
 
 VARIANTS = {"plain": False, "tta": True}   # out-of-fold masks without / with mirroring (8 flips)
 TTA_MIN_GAIN = 0.005   # mirroring costs 8 passes: it is chosen only when it raises the mean out-of-fold Dice this much
@@ -265,7 +266,7 @@ def baseline_scores(baseline: models.ModelSpec, out_dir: Path, device: str = "cp
         raise SegmentationError(f"model {baseline.name} held out no case (train.sources held_out in its spec): "
                                 "there is nothing it never saw to compare on")
     net = models.load_model(baseline, None, device=device)
-    per_case = train.evaluate_held_out(baseline, net, sources, Path(out_dir), device=device, progress=progress)
+    per_case = evaluate.evaluate_held_out(baseline, net, sources, Path(out_dir), device=device, progress=progress)
     return per_case[per_case["postprocess"] == baseline.postprocess].drop(columns="postprocess").reset_index(drop=True)
 
 
@@ -308,19 +309,6 @@ def read_table(out_dir: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(Path(out_dir) / f"{name}.csv")
 
 
-
-def _set_yaml_key(path: Path, key: str, value: str, comment: str) -> None:
-    """Rewrite the top-level line ``key: ...`` of a spec YAML (appended when absent), keeping the rest as written."""
-    lines = path.read_text().splitlines()
-    new = f"{key}: {value}" + (f"     # {comment}" if comment else "")
-    at = [i for i, ln in enumerate(lines) if ln.startswith(f"{key}:")]
-    if at:
-        lines[at[0]] = new
-    else:
-        lines.insert(next((i for i, ln in enumerate(lines) if ln.startswith("train:")), len(lines)), new)
-    path.write_text("\n".join(lines) + "\n")
-
-
 def finished_cv(out_dir: Path, before: str) -> dict[str, Any]:
     """``cv.json`` of a cross-validation every fold of which was run; a partial one (``--fold``) is refused with
     the command that finishes it (``before``: what needs it, e.g. "--ship")."""
@@ -329,95 +317,6 @@ def finished_cv(out_dir: Path, before: str) -> dict[str, Any]:
         raise SegmentationError(f"{out_dir} holds a partial cross-validation (folds {res['partial']}); run every fold "
                                 f"(segment-train --folds without --fold) before {before}")
     return res
-
-
-def ship(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
-    """Copy the fold models of ``out_dir`` into the package as ``<name>.fold<i>.pt``, write the chosen rule and the
-    ensemble size into the spec YAML and the whole model card beside it (from ``cv.json`` and the out-of-fold
-    tables; nothing in it is written by hand)."""
-    import shutil
-
-    out_dir = Path(out_dir)
-    res = finished_cv(out_dir, "--ship")
-    k = int(res["folds"])
-    files = []
-    for f in range(k):
-        src = out_dir / f"fold{f}" / "weights.pt"
-        dst = spec.folder / f"{spec.name}.fold{f}.pt"
-        size = src.stat().st_size / 1e6
-        if size > 20:
-            raise SegmentationError(f"{src} is {size:.1f} MB; shipped weights must stay under 20 MB per fold")
-        shutil.copyfile(src, dst)
-        files.append((dst.name, size, models.sha256(dst)))
-    for old in [spec.weights_path, *spec.folder.glob(f"{spec.name}.fold*.pt")]:
-        if old.exists() and old.name not in {f[0] for f in files}:
-            old.unlink()
-    assert spec.path is not None
-    _set_yaml_key(spec.path, "postprocess", res["rule"], "chosen out of fold by segment-train --folds --ship")
-    _set_yaml_key(spec.path, "ensemble", str(k), "fold models shipped by segment-train --folds --ship")
-    _set_yaml_key(spec.path, "tta", "true" if res["variant"] == "tta" else "false",
-                  "mirroring at inference, chosen out of fold by segment-train --folds --ship")
-    spec = models.load_spec(spec.path)
-    oof_per_case(out_dir).to_csv(spec.folder / f"{spec.name}.oof.csv", index=False)
-    _write_curve_figure(spec, out_dir)
-    spec.card_path.write_text(card(spec, out_dir, files, command))
-    return spec.card_path
-
-
-def _write_curve_figure(spec: models.ModelSpec, out_dir: Path) -> None:
-    """``<name>.curve.png`` beside the card: the folds' training curves (:func:`training_curve`)."""
-    import matplotlib.pyplot as plt
-
-    curve = training_curve(out_dir)
-    if len(curve):
-        fig = plotting.plot_fold_curves(curve)
-        fig.savefig(spec.folder / f"{spec.name}.curve.png", dpi=120)
-        plt.close(fig)
-
-
-def write_unshipped_card(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
-    """The card of a finished cross-validation that is not shipped (the comparison went against it): written
-    beside the spec YAML as ``<name>.md`` with its curve figure, no weights copied and the spec left as it is."""
-    finished_cv(out_dir, "its card")
-    _write_curve_figure(spec, out_dir)
-    spec.card_path.write_text(card(spec, out_dir, [], command))
-    return spec.card_path
-
-
-def card_summary_rows(summ: pd.DataFrame) -> pd.DataFrame:
-    """The out-of-fold summary as a model card shows it (lesion-wise rows named so)."""
-    s_rows = summ.assign(ci=[f"[{a:.3f}, {b:.3f}]" for a, b in zip(summ["ci_low"], summ["ci_high"])])
-    s_rows["metric"] = [f"{lv} {m}" if lv == "lesion-wise" else m
-                        for lv, m in zip(s_rows.get("level", pd.Series("global", index=s_rows.index)), s_rows["metric"])]
-    return s_rows[["cohort", "region", "metric", "mean", "ci", "median", "n", "n_missing"]]
-
-
-def card_per_case(per_case: pd.DataFrame) -> pd.DataFrame:
-    """The per-case out-of-fold table of a model card: global Dice/HD95 and lesion-wise Dice/HD95 per region."""
-    keep = metrics.score_columns(per_case.columns, metrics.CARD_METRICS)
-    return per_case[["cohort", "case_id", "fold", *keep]]
-
-
-def rewrite_card_metrics(spec: models.ModelSpec, oof: pd.DataFrame) -> None:
-    """Replace the out-of-fold metric tables of a shipped card (from ``## Out-of-fold metrics`` to the ablation,
-    and the per-case table) with those of ``oof`` (:func:`rescore_shipped`), made by the code :func:`card` uses;
-    the rest of the card (recipe, choice, ablation, reproduce) is left as it was made."""
-    text = spec.card_path.read_text()
-    head, _, rest = text.partition("## Out-of-fold metrics")
-    title, _, rest = rest.partition("\n")
-    _, sep, rest = rest.partition("Ablation of the inference steps")
-    ablation, _, tail = rest.partition("Per case:")
-    _, _, tail = tail.partition("\n## ")
-    if not (sep and tail):
-        raise SegmentationError(f"{spec.card_path.name} has not the layout cv.card writes; regenerate it with --ship")
-    summ = pd.concat([metrics.summarise(g.drop(columns=["cohort", "case_id", "fold", "variant", "rule"]))
-                      .assign(cohort=co) for co, g in oof.groupby("cohort", sort=False)], ignore_index=True)
-    note = ("Scored again with BraTS's official metrics (`glioma-nb segment-rescore --model "
-            f"{spec.name}`: the shipped fold models, the same masks; HD95 as brats-evaluation computes it).")
-    spec.card_path.write_text(
-        f"{head}## Out-of-fold metrics{title}\n{note}\n\n{train.markdown_table(card_summary_rows(summ))}\n\n"
-        f"Ablation of the inference steps{ablation}Per case:\n\n"
-        f"{train.markdown_table(card_per_case(oof.drop(columns=['variant', 'rule'])))}\n\n## {tail}")
 
 
 def oof_per_case(out_dir: Path) -> pd.DataFrame:
@@ -429,155 +328,3 @@ def oof_per_case(out_dir: Path) -> pd.DataFrame:
     return chosen[["cohort", "case_id", "fold", "variant", "rule", *cols]].round(4).reset_index(drop=True)
 
 
-def rescore_shipped(spec: models.ModelSpec, out_dir: Path, device: str = "cpu", progress: bool = True) -> pd.DataFrame:
-    """Score a shipped cross-validated model's out-of-fold cases again with today's metrics: each case of
-    ``<name>.oof.csv`` segmented anew by the shipped fold model that never saw it (its ``fold``), with the chosen
-    variant and rule, into ``out_dir`` (a per-case cache); returns the new table and writes it over
-    ``<name>.oof.csv`` (git keeps the old one). The masks are those of the original cross-validation, up to
-    floating point: the fold weights are the ones shipped."""
-    path = spec.folder / f"{spec.name}.oof.csv"
-    if not spec.ensemble or not path.exists():
-        raise SegmentationError(f"model {spec.name} has no shipped out-of-fold table ({path.name}): it was not shipped "
-                                "from a cross-validation")
-    old = pd.read_csv(path)
-    rows = []
-    for cohort_name, part in old.groupby("cohort", sort=False):
-        cohort = io.load_cohort(config.resolve_config(cohort_name), progress=False)
-        for (fold, variant, rule), g in part.groupby(["fold", "variant", "rule"], sort=True):
-            net = models.load_model(spec, spec.weights_paths[int(fold)], device=device)
-            mask_dir = Path(out_dir) / variant / cohort_name
-            infer.segment_cohort(cohort, spec, net, mask_dir, case_ids=list(g["case_id"]), tta=VARIANTS[variant],
-                                 device=device, progress=progress, postprocess="none")
-            s = metrics.cohort_scores(cohort, mask_dir, list(g["case_id"]), postprocess=rule)
-            rows.append(s.assign(cohort=cohort_name, fold=int(fold), variant=variant, rule=rule))
-    new = pd.concat(rows, ignore_index=True)
-    cols = metrics.score_columns(new.columns)
-    new = new[["cohort", "case_id", "fold", "variant", "rule", *cols]].round(4)
-    new = new.set_index(["cohort", "case_id"]).loc[list(zip(old["cohort"], old["case_id"]))].reset_index()
-    new.to_csv(path, index=False)
-    rewrite_card_metrics(spec, new)
-    return new
-
-
-def _curve_section(spec: models.ModelSpec, out_dir: Path) -> str:
-    """The card's training curve: each fold model's held-out Dice at every validation (a table and the figure
-    :func:`ship` writes beside the card), and how much the fold mean still rose over the last interval."""
-    curve = training_curve(out_dir)
-    if curve.empty:
-        return ""
-    wide = curve.pivot(index="iteration", columns="fold", values="val_dice")
-    wide.columns = [f"fold {c}" for c in wide.columns]
-    wide["mean"] = wide.mean(axis=1)
-    g = curve_gain(curve)
-    fig = spec.folder / f"{spec.name}.curve.png"
-    return (f"## Training curve\nHeld-out Dice of each fold model (its own fold's cases, model space, no "
-            f"post-processing) during training; the fold mean rose {g['gain']:+.3f} over the last interval "
-            f"({g['previous']:.3f} at {g['previous_iteration']:.0f} -> {g['last']:.3f} at "
-            f"{g['iteration']:.0f} iterations).\n\n{train.markdown_table(wide.reset_index())}\n\n"
-            + (f"![training curves]({fig.name})\n\n" if fig.exists() else ""))
-
-
-def _compare_section(out_dir: Path) -> str:
-    """The card's comparison with the model it would replace (:func:`compare_with`), when one was made."""
-    parts = []
-    for path in sorted(Path(out_dir).glob("compare_*_summary.csv")):
-        t = pd.read_csv(path)
-        base = path.name[len("compare_"):-len("_summary.csv")]
-        t["difference [95% CI]"] = [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
-                                    zip(t["difference"], t["ci_low"], t["ci_high"])]
-        keep = [c for c in t.columns if c not in ("difference", "ci_low", "ci_high")]
-        parts.append(f"## Against {base} (on the cases {base} never saw)\nEach case scored by this model's out-of-fold "
-                     f"prediction and by {base} as shipped; paired bootstrap over cases (`glioma-nb segment-compare`).\n\n"
-                     f"{train.markdown_table(t[keep])}\n\n")
-    return "".join(parts)
-
-
-def card(spec: models.ModelSpec, out_dir: Path, files: Sequence[tuple[str, float, str]], command: str) -> str:
-    """The model card of a cross-validated, ensemble-shipped spec."""
-    out_dir = Path(out_dir)
-    res = json.loads((out_dir / "cv.json").read_text())
-    summ = read_table(out_dir, "oof_summary")
-    abl = read_table(out_dir, "oof_ablation")
-    folds = json.loads((out_dir / "folds.json").read_text())["cases"]
-    fm = res["fold_models"]
-    st = fm[0]["settings"]
-    variant, rule = res["variant"], res["rule"]
-    vers = provenance.package_versions(["torch", "monai"])
-    outputs = (f"{len(spec.regions or ())} sigmoid channels {list(spec.regions or ())} (overlapping regions, each > 0.5), "
-               "written as labels: ET enhancing, TC without ET necrosis / non-enhancing core, WT without TC oedema"
-               if spec.regions else f"{models.CLASS_SETS[spec.classes]} (softmax)")
-    weights = "\n".join(f"- `{n}`: {s:.1f} MB (float16 state dict, loaded as float32), sha256 {h}" for n, s, h in files) \
-        or ("- **not shipped**: the fold models stay in the training folder (see the comparison with the shipped "
-            "model below); this card records the cross-validation")
-    by_fold: dict[int, list[str]] = {}
-    for r in folds:
-        by_fold.setdefault(r["fold"], []).append(f"{r['cohort']}/{r['case_id']}")
-    fold_lines = "\n".join(f"- fold {f} ({len(v)}): {', '.join(v)}" for f, v in sorted(by_fold.items()))
-    fold_rows = pd.DataFrame([{"fold": x["fold"], "trained on": f"{x['device']}" + (" bf16" if x["bf16"] else "")
-                               + (f" x{x['processes']}" if x["processes"] > 1 else ""),   # no host name in a card
-                               "minutes": x["minutes"], "iterations": x["iterations"], "train cases": x["n_train"],
-                               "predicted cases": x["n_val"]} for x in fm])
-    fold_rows["minutes"] = [f"{m:.1f}" for m in fold_rows["minutes"]]
-    s_rows = card_summary_rows(summ)
-    per_case = card_per_case(oof_per_case(out_dir))
-    ch = res["choice"]["variants"]
-    rules = pd.DataFrame(ch[variant]["summary"]).sort_values("mean", ascending=False).head(8)
-    n_cases = res["n_cases"]
-    text = f"""# Model card: {spec.name}
-
-{spec.description}
-
-## Weights (an ensemble of {res['folds']} fold models)
-{weights}
-- network: `{spec.network}` ({fm[0]['n_parameters']:,} parameters per fold model)
-- inputs: {list(spec.modalities)} (channels in this order), resampled to {list(spec.spacing)} mm (RAS),
-  cropped to non-zero voxels, z-scored per channel over non-zero voxels; patch {list(spec.patch)}
-- outputs: {outputs}
-- ensemble: the mean of the fold models' sigmoid/softmax probabilities (nnU-Net's fold ensemble); the network
-  image signature is tapped from fold model 0 alone (the folds' channels do not correspond)
-- loading checks every file's sha256 against this card
-
-## Training data (../shared/data only): {n_cases} cases, {res['folds']}-fold cross-validation by patient
-Every case was predicted once by the fold model that never saw it (out of fold); the figures below are those
-predictions. The shipped ensemble has seen every case: score it only on other data.
-{fold_lines}
-
-## Recipe
-- {st['iterations']} iterations per fold, batch {st['batch_cases']} case(s) x {st['samples_per_case']} patches,
-  AdamW lr {st['lr']} (poly decay, exponent 0.9), weight decay {st['weight_decay']}, seed {st['seed']}
-- loss: {'batch soft Dice + binary cross-entropy on the region channels' if spec.regions else 'Dice + cross-entropy'}
-  {f"with deep supervision at {st['deep_supervision']} lower decoder resolutions (weights 1, 1/2, 1/4 normalised; heads dropped after training)" if st.get('deep_supervision') else ''}
-- patches: {'centre class drawn uniformly among the classes present (background, necrosis/core, oedema, enhancing)' if st.get('crop') == 'classes' else 'two thirds centred on tumour'}
-- augmentation: {'nnU-Net default (rotation, scaling, noise, blur, brightness, contrast, simulated low resolution, gamma, mirroring)' if st.get('augmentation') == 'nnunet' else 'flips, rotation/scaling, intensity scale/shift, noise'}
-- {'bfloat16 autocast' if st.get('bf16') else 'float32'}; torch {vers.get('torch')}, monai {vers.get('monai')}
-
-{train.markdown_table(fold_rows)}
-
-## Inference and post-processing (chosen on the out-of-fold predictions only)
-- test-time mirroring (8 flips): {'on (`tta: true` in the model spec: inference always mirrors)' if variant == 'tta' else 'off (`segment.tta: true` turns it on)'}; out-of-fold mean Dice over regions
-  {', '.join(f"{v} {ch[v]['none']:.3f}" for v in ch)} (no rule)
-- post-processing `{rule}` (`postprocess` in the model spec): the best of {len(ch[variant]['summary'])} rules by mean
-  out-of-fold Dice over regions; a rule is kept only when it beats `none`. Top rules:
-
-{train.markdown_table(rules[['rule', 'mean', 'median', 'improved', 'worsened', 'n']])}
-
-## Out-of-fold metrics ({variant}, `{rule}`; original image space; 95% bootstrap CI over cases)
-{train.markdown_table(s_rows)}
-
-Ablation of the inference steps (mean out-of-fold Dice):
-
-{train.markdown_table(abl)}
-
-Per case:
-
-{train.markdown_table(per_case)}
-
-{_curve_section(spec, out_dir)}{_compare_section(out_dir)}## Reproduce
-```
-{command}
-```
-Fold models are checkpointed and skipped once finished, so the command resumes, and folds may be trained on
-other machines (`--fold i`) and copied into the folder. On another machine (or on GPU) floating-point
-differences give slightly different weights and sha256s, with metrics within noise.
-"""
-    return text

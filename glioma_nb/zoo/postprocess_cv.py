@@ -23,7 +23,7 @@ def fold_split(case_ids: Sequence[str], k: int, seed: int = 0) -> list[list[str]
     return [sorted(ids[te].tolist()) for _, te in KFold(k, shuffle=True, random_state=seed).split(ids)]
 
 
-def cross_validate(spec: Any, out_dir: Path, folds: int = 2, cohort: str | None = None, iterations: int | None = None,
+def cross_validate_rules(spec: Any, out_dir: Path, folds: int = 2, cohort: str | None = None, iterations: int | None = None,
                    device: str = "auto", progress: bool = True) -> pd.DataFrame:
     """Train ``folds`` models on the training patients of ``cohort`` (default: the spec's last
     source) minus one fold each, segment that fold without post-processing and score every rule.
