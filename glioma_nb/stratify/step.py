@@ -5,7 +5,7 @@ as a :class:`StratifyResult` the notebook only displays.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -39,10 +39,36 @@ def step(ctx: StepContext, *, time_unit_report: str = "months", km_groups: Seque
     seed = ctx.seed
     pairs = config.parse_pairs(list(compare), "stratify.compare")  # malformed: fail before fitting anything
     years = TIME_UNITS_DAYS["years"] / TIME_UNITS_DAYS[time_unit_report]  # one year in the reporting unit
-    res = StratifyResult()
-    notes = res.notes  # every analysis that could not be done, with its reason
     unit = time_unit_report
+    res = StratifyResult()   # res.notes: every analysis that could not be done, with its reason
+    summary, clin_hazards = _survival(ctx, res, unit, km_groups, min_events_per_variable)
+    image_sources = ctx.feature_tables()
+    res.tables["subgroups"] = subgroups_mod.subgroup_table(ctx.clinical, list(subgroups))
+    cluster_summary = _clusters(
+        ctx, res, image_sources, cluster_features, subgroups, unit=unit, k=k, k_max=k_max, n_resamples=n_resamples,
+        subsample=subsample, variance=pca_variance, method=cluster_method, adjust_for=list(adjust_for),
+        horizon=calibration_years * years, min_events_per_variable=min_events_per_variable, random_state=seed)
+    n_recovered = _truth(ctx, res, unit)
+    risk_feature_sets, risk_metrics, best = _risk_models(
+        ctx, res, image_sources, risk_sets, pairs, unit=unit, horizon=calibration_years * years, risk_split=risk_split,
+        l1_ratio=l1_ratio, outer_splits=outer_splits, inner_splits=inner_splits, repeats=repeats, random_state=seed,
+        n_bootstrap=n_bootstrap, min_events=min_events, horizons=[h * years for h in horizons_years], n_jobs=n_jobs)
+    _flow(ctx, res, risk_feature_sets, best)
+    _locked_models(ctx, res, risk_feature_sets, l1_ratio=l1_ratio, inner_splits=inner_splits, random_state=seed)
+    surv = res.surv
+    res.metrics = dict(
+        n_with_survival=len(surv), n_events=int(surv["event"].sum()),
+        logrank_p={r.grouping: r.logrank_p for r in summary.drop_duplicates("grouping").itertuples()},
+        clinical_cox=reporting.risk_metrics_record(clin_hazards.rename(columns={"covariate": "feature_set"})),
+        clusters=reporting.cluster_metrics(cluster_summary), risk_models=reporting.risk_metrics_record(risk_metrics),
+        simulated_hr_recovered=n_recovered, notes=res.notes)
+    return res
 
+
+# ----------------------------------------------------------------------------------- the sections of 04
+def _survival(ctx: StepContext, res: StratifyResult, unit: str, km_groups: Sequence[str],
+              min_events_per_variable: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Overall survival: Kaplan-Meier by each grouping, the clinical Cox model. Returns (KM summary, hazards)."""
     surv = res.surv = survival.survival_frame(ctx.clinical, unit=unit)
     res.text["survival"] = (f"{len(surv)} of {len(ctx.clinical)} cases have survival data; "
                             f"{int(surv['event'].sum())} deaths observed; survival declared in "
@@ -54,26 +80,26 @@ def step(ctx: StepContext, *, time_unit_report: str = "months", km_groups: Seque
     clin_cox = cox.clinical_cox(surv, min_events_per_variable=min_events_per_variable)
     clin_hazards = cox.hazard_table({"clinical Cox": clin_cox})
     res.tables["cox_clinical"] = clin_hazards
-    notes += [f"clinical Cox: {n}" for n in clin_cox.notes]
+    res.notes += [f"clinical Cox: {n}" for n in clin_cox.notes]
     res.text["clinical_cox"] = reporting.fit_sentence(clin_cox)
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(clin_hazards), 2) + 1.5))
     plotting.plot_forest(clin_hazards, ax=ax, title="Clinical Cox model: hazard ratios (95% CI)")
     res.add_figure("clinical_forest", fig)
+    return summary, clin_hazards
 
-    res.tables["subgroups"] = subgroups_mod.subgroup_table(ctx.clinical, list(subgroups))
 
-    # consensus clusters of the image features within each subgroup
-    image_sources = ctx.feature_tables()
+def _clusters(ctx: StepContext, res: StratifyResult, image_sources: dict[str, pd.DataFrame], cluster_features: str,
+              subgroups: Sequence[str], *, unit: str, **kw: Any) -> pd.DataFrame:
+    """Consensus clusters of the image features within each subgroup, their survival and Cox models
+    (``kw``: :func:`clustering.cluster_subgroups`). Returns the cluster summary."""
     cluster_sets, cluster_notes = features.assemble_feature_sets(image_sources, [cluster_features])
     cluster_X = cluster_sets.get(cluster_features)
-    notes += cluster_notes
+    res.notes += cluster_notes
     res.text["cluster_features"] = ("\n".join(f"- {n}" for n in cluster_notes) or
                                     f"Clustered features: **{cluster_features}** "
                                     f"({0 if cluster_X is None else cluster_X.shape[1]} columns)")
-    clusters = res.clusters = clustering.cluster_subgroups(
-        ctx.clinical, cluster_X, list(subgroups), time_unit=unit, k=k, k_max=k_max, n_resamples=n_resamples,
-        subsample=subsample, variance=pca_variance, method=cluster_method, adjust_for=list(adjust_for),
-        horizon=calibration_years * years, min_events_per_variable=min_events_per_variable, random_state=seed)
+    clusters = res.clusters = clustering.cluster_subgroups(ctx.clinical, cluster_X, list(subgroups), time_unit=unit,
+                                                           **kw)
     cluster_summary = clustering.cluster_table(clusters)
     res.tables["clusters_summary"] = cluster_summary
     res.add_figure("consensus", plotting.plot_consensus(clusters))
@@ -81,40 +107,47 @@ def step(ctx: StepContext, *, time_unit_report: str = "months", km_groups: Seque
     res.tables["clusters_km"] = clustering.cluster_details(clusters)
     hazards = cox.hazard_table(clustering.cluster_cox_fits(clusters))
     res.tables["cox_hazard_ratios"] = hazards
-    notes += clustering.cluster_notes(clusters)
+    res.notes += clustering.cluster_notes(clusters)
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(hazards), 2) + 1.5))
     plotting.plot_forest(hazards, ax=ax, title="Cox hazard ratios of the clusters (95% CI)")
     res.add_figure("cluster_forest", fig)
     res.tables["paper_comparison"] = clustering.paper_comparison(cluster_summary)
+    return cluster_summary
 
-    # planted truth (synthetic cohorts only)
+
+def _truth(ctx: StepContext, res: StratifyResult, unit: str) -> int:
+    """The planted truth of a synthetic cohort against what was found; returns how many simulated HRs were recovered."""
     log_hr, latent = truth.synthetic_truth(ctx.cohort.root)
     recovery = truth.truth_recovery(ctx.clinical, log_hr, unit) if log_hr else pd.DataFrame()
-    agreement = truth.cluster_truth_agreement(clusters, latent) if latent is not None else pd.DataFrame()
+    agreement = truth.cluster_truth_agreement(res.clusters, latent) if latent is not None else pd.DataFrame()
     res.text["truth"], n_recovered = reporting.truth_summary(recovery)
     res.frames.update(truth_recovery=recovery, truth_agreement=agreement)
+    return n_recovered
 
-    # cross-validated penalised Cox risk models
-    surv_by_case = surv.set_index("case_id")
+
+def _risk_models(ctx: StepContext, res: StratifyResult, image_sources: dict[str, pd.DataFrame],
+                 risk_sets: Sequence[str], pairs: list[tuple[str, str]], *, unit: str, horizon: float,
+                 risk_split: str, random_state: int, n_bootstrap: int, **kw: Any
+                 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, risk.RiskResult | None]:
+    """Cross-validated penalised Cox risk models of each feature set (``kw``: :func:`risk.evaluate_risk_models`),
+    their paired comparisons, and the best one's risk groups and calibration. Returns (feature sets, metrics, best)."""
+    surv_by_case = res.surv.set_index("case_id")
     risk_sources = risk.survival_sources(ctx.clinical, image_sources)
     risk_feature_sets, risk_notes = features.assemble_feature_sets(risk_sources, list(risk_sets))
     with getattr(ctx, "executor", compute.SERIAL).joblib():   # compute.executor: the folds on its Dask workers
         risk_results, risk_metrics, fit_notes = risk.evaluate_risk_models(
-            risk_feature_sets, surv_by_case, l1_ratio=l1_ratio, outer_splits=outer_splits, inner_splits=inner_splits,
-            repeats=repeats, random_state=seed, n_bootstrap=n_bootstrap, min_events=min_events,
-            horizons=[h * years for h in horizons_years], n_jobs=n_jobs)
+            risk_feature_sets, surv_by_case, random_state=random_state, n_bootstrap=n_bootstrap, **kw)
     res.risk_results = risk_results
-    notes += risk_notes + fit_notes
+    res.notes += risk_notes + fit_notes
     res.text["risk_notes"] = "\n".join(f"- {n}" for n in risk_notes + fit_notes)
     res.tables.update(risk_models=risk_metrics, risk_oof=risk.oof_table(risk_results))
     if pairs:
         res.tables["risk_comparisons"] = survival.compare_risks(
-            {n: r.oof for n, r in risk_results.items()}, pairs, n_bootstrap=n_bootstrap, random_state=seed)
+            {n: r.oof for n, r in risk_results.items()}, pairs, n_bootstrap=n_bootstrap, random_state=random_state)
     res.frames["risk_table"] = reporting.risk_table(risk_metrics)
     best = risk.best_risk_model(risk_results, risk_metrics)
     res.text["best_risk"] = (f"Risk groups and calibration below use **{best.name}** (highest Harrell C)." if best
                              else "No risk model could be fitted: see the notes above.")
-    horizon = calibration_years * years
     if best is not None:
         groups, lr = risk.risk_group_frame(best, risk_split)
         res.add_figure("risk_groups", plotting.plot_risk_panels(
@@ -122,7 +155,13 @@ def step(ctx: StepContext, *, time_unit_report: str = "months", km_groups: Seque
             horizon=horizon, time_unit=unit))
     else:
         res.add_figure("risk_groups", plotting.plot_risk_panels(None))
+    return risk_feature_sets, risk_metrics, best
 
+
+def _flow(ctx: StepContext, res: StratifyResult, risk_feature_sets: dict[str, pd.DataFrame],
+          best: risk.RiskResult | None) -> None:
+    """The participant flow of 04: who has overall survival, and who the best risk model could score."""
+    surv = res.surv
     cases = ctx.clinical["case_id"].astype(str)
     with_os = set(surv["case_id"].astype(str))
     no_os = [c for c in cases if c not in with_os]
@@ -138,31 +177,27 @@ def step(ctx: StepContext, *, time_unit_report: str = "months", km_groups: Seque
     res.tables["flow_04_stratify"] = flow.combine(*flows)
     res.add_figure("flow", plotting.plot_flow(res.tables["flow_04_stratify"]))
 
-    # locked models for other cohorts: every clustering, and each risk model refitted on all cases
+
+def _locked_models(ctx: StepContext, res: StratifyResult, risk_feature_sets: dict[str, pd.DataFrame], *,
+                   l1_ratio: float, inner_splits: int, random_state: int) -> None:
+    """Locked models for other cohorts: every clustering, and each risk model refitted on all cases."""
+    surv_by_case = res.surv.set_index("case_id")
     saved = []
-    for name, r in clusters.items():
+    for name, r in res.clusters.items():
         if r.model is None:
             continue
-        rec = records.make("clusters", f"clusters__{records.safe_name(name)}", r.model, features=list(r.model.feature_names_in_),
-                           subgroup=r.subgroup.name, query=r.subgroup.query, k=r.model.best_k_, labels=r.labels,
-                           cohort=ctx.cohort.name)
+        rec = records.make("clusters", f"clusters__{records.safe_name(name)}", r.model,
+                           features=list(r.model.feature_names_in_), subgroup=r.subgroup.name,
+                           query=r.subgroup.query, k=r.model.best_k_, labels=r.labels, cohort=ctx.cohort.name)
         res.models[rec.name] = rec
         saved.append({"model": f"{rec.name}.joblib", "kind": "consensus clusters", "subgroup": name,
                       "k": r.model.best_k_, "features": len(r.model.feature_names_in_)})
-    for name in risk_results:
+    for name in res.risk_results:
         X = risk_feature_sets[name].loc[lambda d: d.index.isin(surv_by_case.index)]
         rec = risk.final_risk_record(X, surv_by_case, name=f"risk__{records.safe_name(name)}", feature_set=name,
-                                     cohort=ctx.cohort.name, cv_metrics=risk_results[name].metrics,
-                                     l1_ratio=l1_ratio, inner_splits=inner_splits, random_state=seed)
+                                     cohort=ctx.cohort.name, cv_metrics=res.risk_results[name].metrics,
+                                     l1_ratio=l1_ratio, inner_splits=inner_splits, random_state=random_state)
         res.models[rec.name] = rec
         saved.append({"model": f"{rec.name}.joblib", "kind": "Coxnet risk model", "subgroup": "all", "k": "",
                       "features": len(rec.features)})
     res.saved = pd.DataFrame(saved)
-
-    res.metrics = dict(
-        n_with_survival=len(surv), n_events=int(surv["event"].sum()),
-        logrank_p={r.grouping: r.logrank_p for r in summary.drop_duplicates("grouping").itertuples()},
-        clinical_cox=reporting.risk_metrics_record(clin_hazards.rename(columns={"covariate": "feature_set"})),
-        clusters=reporting.cluster_metrics(cluster_summary), risk_models=reporting.risk_metrics_record(risk_metrics),
-        simulated_hr_recovered=n_recovered, notes=notes)
-    return res
