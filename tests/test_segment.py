@@ -449,6 +449,27 @@ def test_inference_applies_the_spec_rule_and_reruns_a_case_cached_with_another(t
                                 progress=False).loc[0, "status"] == "cached"
 
 
+def test_weights_over_20_mb_are_refused_before_anything_is_copied(tmp_path, monkeypatch):
+    """A cross-validation whose second fold model is too big leaves the package as it was (fold 0 not copied);
+    so does a single network that is too big."""
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path / "pkg")
+    (tmp_path / "pkg").mkdir()
+    out = tmp_path / "cv"
+    for f, mb in ((0, 1), (1, 21)):
+        (out / f"fold{f}").mkdir(parents=True)
+        (out / f"fold{f}" / "weights.pt").write_bytes(bytes(mb * 1_000_000))
+    (out / "cv.json").write_text(json.dumps({"folds": 2, "variant": "plain", "rule": "none", "n_cases": 4}))
+    with pytest.raises(SegmentationError, match=r"fold1/weights.pt is 21.0 MB; .* under 20 MB per fold"):
+        ship.ship(_spec(), out, "cmd")
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "weights.pt").write_bytes(bytes(21_000_000))
+    (single / "train_summary.json").write_text("{}")
+    with pytest.raises(SegmentationError, match=r"weights.pt is 21.0 MB; shipped weights must stay under 20 MB"):
+        ship.ship(_spec(), single, "cmd", per_case=pd.DataFrame())
+    assert list((tmp_path / "pkg").iterdir()) == []
+
+
 def test_model_card_reports_held_out_dice_with_and_without_the_rule(tmp_path, monkeypatch):
     cohort = _blob_cohort(tmp_path / "c", n=2)
     monkeypatch.setattr(models, "MODELS_DIR", tmp_path / "pkg")

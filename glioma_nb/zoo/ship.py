@@ -22,11 +22,11 @@ from glioma_nb.zoo import cards, cv, evaluate
 
 def ship(spec: models.ModelSpec, out_dir: Path, command: str, per_case: pd.DataFrame | None = None) -> Path:
     """Ship what ``out_dir`` holds and write the model card: a finished cross-validation (``cv.json``) as its fold
-    models, else the single network ``weights.pt`` scored on its held-out cases (``per_case``:
-    :func:`glioma_nb.zoo.evaluate.evaluate_held_out`; read from ``held_out_scores.csv`` when not given).
+    models, else (or when ``per_case`` is given) the single network ``weights.pt`` scored on its held-out cases
+    (``per_case``: :func:`glioma_nb.zoo.evaluate.evaluate_held_out`; read from ``held_out_scores.csv`` when not given).
     ``command`` is what the card says reproduces it. Returns the card's path."""
     out_dir = Path(out_dir)
-    if (out_dir / "cv.json").exists():
+    if per_case is None and (out_dir / "cv.json").exists():
         return _ship_folds(spec, out_dir, command)
     if per_case is None:
         scores = out_dir / "held_out_scores.csv"
@@ -77,15 +77,16 @@ def _ship_folds(spec: models.ModelSpec, out_dir: Path, command: str) -> Path:
     out_dir = Path(out_dir)
     res = cv.finished_cv(out_dir, "--ship")
     k = int(res["folds"])
-    files = []
-    for f in range(k):
-        src = out_dir / f"fold{f}" / "weights.pt"
-        dst = spec.folder / f"{spec.name}.fold{f}.pt"
+    sources = [out_dir / f"fold{f}" / "weights.pt" for f in range(k)]
+    for src in sources:   # every fold checked before any is copied: a refused ensemble leaves the package as it was
         size = src.stat().st_size / 1e6
         if size > 20:
             raise SegmentationError(f"{src} is {size:.1f} MB; shipped weights must stay under 20 MB per fold")
+    files = []
+    for f, src in enumerate(sources):
+        dst = spec.folder / f"{spec.name}.fold{f}.pt"
         shutil.copyfile(src, dst)
-        files.append((dst.name, size, models.sha256(dst)))
+        files.append((dst.name, src.stat().st_size / 1e6, models.sha256(dst)))
     for old in [spec.weights_path, *spec.folder.glob(f"{spec.name}.fold*.pt")]:
         if old.exists() and old.name not in {f[0] for f in files}:
             old.unlink()
