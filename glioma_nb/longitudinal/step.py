@@ -21,8 +21,7 @@ import numpy as np
 import pandas as pd
 
 from glioma_nb import compute, flow, plotting, records, reporting, runs
-from glioma_nb.io import features
-from glioma_nb.io import TIME_UNITS_DAYS
+from glioma_nb.io import TIME_UNITS_DAYS, features
 from glioma_nb.longitudinal import growth, locked, truth
 from glioma_nb.longitudinal import transformation as transformation_mod
 from glioma_nb.results import StepContext, StepResult
@@ -78,15 +77,72 @@ def step(ctx: StepContext, *, masks: str = "predicted", vde_cut_mm_per_year: flo
     seed = ctx.seed
     unit = time_unit_report
     per_day = 1.0 / TIME_UNITS_DAYS[unit]
-    tp = ctx.cohort.timepoints
-    if tp is None:
+    if ctx.cohort.timepoints is None:
         raise ValueError(f"cohort {ctx.cohort.name} has no serial scans: set cohort.timepoints.file (a table of "
                          "patient_id, case_id, days) to run 06_longitudinal")
     if masks not in ("predicted", "reference"):
         raise ValueError(f"longitudinal.masks must be predicted or reference, got {masks!r}")
-    res = LongitudinalResult()
-    notes = res.notes
+    res = LongitudinalResult()   # res.notes: every analysis that could not be done, with its reason
     tsettings = transformation_mod.settings(transformation or {})
+    g = _growth(ctx, res, masks, tsettings, vde_cut_mm_per_year, unit)
+    at, km_data, lr = _transformation_km(res, g.pts, per_day, unit)
+    surv_os, hazards = _cox(res, g, at, unit, min_events_per_variable)
+    cv = dict(l1_ratio=l1_ratio, outer_splits=outer_splits, inner_splits=inner_splits, repeats=repeats,
+              random_state=seed, n_bootstrap=n_bootstrap, min_events=min_events, n_jobs=n_jobs)
+    sources, outcomes, metrics_table = _risk_models(ctx, res, g, at, surv_os, risk_sets, **cv)
+    _locked(ctx, res, reference_run, sources, outcomes, n_bootstrap=n_bootstrap, random_state=seed)
+    res.text["rauch"] = RAUCH_NOTE
+    planted = _truth(ctx, res, g, tsettings, per_day, min_events_per_variable=min_events_per_variable, cv=cv)
+    _flow(res, g.pts, at, km_data, surv_os)
+    pts, main = g.pts, g.main
+    res.metrics = dict(
+        n_scans=int(len(main)), n_patients=len(pts), masks=g.masks,
+        n_with_vde=int(pts["vde_mm_per_year"].notna().sum()),
+        vde_median_mm_per_year=float(pts["vde_mm_per_year"].median()),
+        n_at_risk=int(len(at)), n_transformations=int(at["event"].sum()),
+        **({"validation": res.tables["longitudinal_validation"].round(6).to_dict(orient="records")}
+           if "longitudinal_validation" in res.tables else {}),
+        logrank_p_vde_group=lr["p_value"] if lr else None,
+        cox=hazards.round(6).to_dict(orient="records"),
+        risk_models=reporting.risk_metrics_record(metrics_table.assign(
+            feature_set=metrics_table["outcome"] + ":" + metrics_table["feature_set"])) if len(metrics_table) else {},
+        **({"vde_recovery": res.tables["vde_recovery"].round(6).to_dict(orient="records"),
+            "hazard_recovery": res.tables["hazard_recovery"].round(6).to_dict(orient="records"),
+            "transformation_cindex_by_source": res.tables["transformation_cindex_by_source"].round(6).to_dict(
+                orient="records")}
+           if planted is not None else {}),
+        notes=res.notes)
+    return res
+
+
+RAUCH_NOTE = (
+    "Rauch et al. (Sci Rep 2023) report, on serial MRI of **349 lower-grade glioma patients that we do not have**, "
+    "OS C-index 0.82 (training) / 0.74 (test) post-operative and 0.77 / 0.67 pre-operative, with the likelihood "
+    "of malignant transformation and the growth velocity. The figures above are this cohort's, not theirs. To "
+    "reproduce theirs one needs their cohort (or one like it): serial pre- and post-operative MRI per patient "
+    "with the scan dates, the dates and grades of re-operations, overall survival, and the clinical covariates "
+    "(age, KPS, extent of resection, IDH and 1p/19q), laid out as a serial cohort (`cohort.timepoints`).")
+
+
+# ----------------------------------------------------------------------------------- the sections of 06
+@dataclass
+class _Growth:
+    """What the growth section found and the later sections use."""
+
+    masks: str                              # the volumes' source used (predicted or reference)
+    scans: dict[str, pd.DataFrame]          # per scan, by source of volumes
+    main: pd.DataFrame                      # the scans of ``masks``
+    events: pd.DataFrame                    # transformation per patient (from ``main``)
+    growths: dict[str, pd.DataFrame]        # per patient growth, by source of volumes
+    pts: pd.DataFrame                       # per patient: growth of ``masks``, events, VDE group, baseline clinical
+    clin_base: pd.DataFrame                 # the clinical row of each patient's first scan
+
+
+def _growth(ctx: StepContext, res: LongitudinalResult, masks: str, tsettings: dict[str, Any], vde_cut: float,
+            unit: str) -> _Growth:
+    """Volumes per scan, transformation events, growth (VDE) per patient up to transformation; the overview text
+    and the growth figure."""
+    notes = res.notes
     volumes = scan_volumes(ctx)
     if masks not in volumes:
         have = sorted(volumes)
@@ -96,7 +152,7 @@ def step(ctx: StepContext, *, masks: str = "predicted", vde_cut_mm_per_year: flo
         notes.append(f"no {masks} masks in this run (01_segment did not run or wrote none): the volumes come from "
                      f"the {have[0]} masks")
         masks = have[0]
-    labelled = _per_scan_labels(tp, ctx.clinical, tsettings["grade_column"])
+    labelled = _per_scan_labels(ctx.cohort.timepoints, ctx.clinical, tsettings["grade_column"])
     scans = {src: growth.scan_table(labelled, v, src) for src, v in volumes.items()}
     main = res.scans = scans[masks]
     lacking = main.loc[main["WT_ml"].isna(), "case_id"].tolist()
@@ -107,33 +163,34 @@ def step(ctx: StepContext, *, masks: str = "predicted", vde_cut_mm_per_year: flo
     notes += tnotes
     until = events["scan_days"].fillna(events["last_scan_days"])   # growth up to transformation, or all follow-up
     growths = {src: growth.patient_growth(s.dropna(subset=["WT_ml"]), until) for src, s in scans.items()}
-    g = growths[masks]
-    pts = g.join(events.rename(columns={"days": "transformation_days", "event": "event"}), how="left")
-    pts["vde_group"] = growth.vde_group(pts["vde_mm_per_year"], vde_cut_mm_per_year)
-    base_case = pts["baseline_case"]
+    pts = growths[masks].join(events.rename(columns={"days": "transformation_days", "event": "event"}), how="left")
+    pts["vde_group"] = growth.vde_group(pts["vde_mm_per_year"], vde_cut)
     clin_base = _baseline(ctx.clinical.assign(case_id=ctx.clinical["case_id"].astype(str)).set_index("case_id"),
-                          base_case)
+                          pts["baseline_case"])
     for col in ("idh_mutant", "codel_1p19q", "age"):
         if col in clin_base:
             pts[col] = pd.to_numeric(clin_base[col], errors="coerce")
     res.patients = pts
     res.tables["longitudinal_scans"] = main
     res.tables["longitudinal_patients"] = pts.reset_index()
-    n_pat = len(pts)
     with_vde = pts["vde_mm_per_year"].notna()
     res.text["overview"] = (
-        f"{len(main)} scans of {n_pat} patients ({main.groupby('patient_id').size().median():.0f} scans per patient "
-        f"in the median; growth followed over {pts['follow_up_years'].median():.1f} years in the median, up to "
-        f"transformation); volumes from the "
-        f"**{masks}** masks. VDE fitted for {int(with_vde.sum())} patients (two or more scans up to transformation): "
-        f"median {pts['vde_mm_per_year'].median():.1f} mm/year, {int((pts['vde_mm_per_year'] >= vde_cut_mm_per_year).sum())}"
-        f" at or above {vde_cut_mm_per_year:g} mm/year. Transformation ({tsettings['rule']}): "
-        f"{int(pts.loc[pts['at_risk'], 'event'].sum())} of {int(pts['at_risk'].sum())} patients at risk.")
+        f"{len(main)} scans of {len(pts)} patients ({main.groupby('patient_id').size().median():.0f} scans per "
+        f"patient in the median; growth followed over {pts['follow_up_years'].median():.1f} years in the median, up "
+        f"to transformation); volumes from the **{masks}** masks. VDE fitted for {int(with_vde.sum())} patients (two "
+        f"or more scans up to transformation): median {pts['vde_mm_per_year'].median():.1f} mm/year, "
+        f"{int((pts['vde_mm_per_year'] >= vde_cut).sum())} at or above {vde_cut:g} mm/year. Transformation "
+        f"({tsettings['rule']}): {int(pts.loc[pts['at_risk'], 'event'].sum())} of {int(pts['at_risk'].sum())} "
+        "patients at risk.")
     fig, ax = plt.subplots(figsize=(8, 5))
-    plotting.plot_growth(main.dropna(subset=["WT_ml"]), pts, cut=vde_cut_mm_per_year, ax=ax, time_unit=unit)
+    plotting.plot_growth(main.dropna(subset=["WT_ml"]), pts, cut=vde_cut, ax=ax, time_unit=unit)
     res.add_figure("growth", fig)
+    return _Growth(masks, scans, main, events, growths, pts, clin_base)
 
-    # time to transformation: Kaplan-Meier by VDE group, log-rank
+
+def _transformation_km(res: LongitudinalResult, pts: pd.DataFrame, per_day: float, unit: str
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any] | None]:
+    """Time to transformation: Kaplan-Meier by VDE group, log-rank. Returns (patients at risk, KM data, log-rank)."""
     at = pts[pts["at_risk"]].copy()
     at["time"] = at["transformation_days"] * per_day
     km_data = at.dropna(subset=["vde_group"])
@@ -149,13 +206,18 @@ def step(ctx: StepContext, *, masks: str = "predicted", vde_cut_mm_per_year: flo
     lr = survival.logrank(km_data, "vde_group") if len(km_data) else None
     res.text["transformation_km"] = (f"Log-rank P between the VDE groups: {lr['p_value']:.3g}." if lr else
                                      "Log-rank test not possible (a VDE group is empty or has fewer than 2 patients).")
+    return at, km_data, lr
 
-    # Cox models on VDE and IDH status: transformation and OS
+
+def _cox(res: LongitudinalResult, g: _Growth, at: pd.DataFrame, unit: str, min_events_per_variable: float
+         ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cox models on VDE and IDH status, of time to transformation and of OS. Returns (OS frame, hazard table)."""
+    pts = g.pts
     design = pd.DataFrame(index=pts.index)
     design["vde_mm_per_year"] = pts["vde_mm_per_year"]
     if "idh_mutant" in pts and pts["idh_mutant"].nunique() > 1:
         design["idh_wildtype"] = 1 - pts["idh_mutant"]
-    surv_os = survival.survival_frame(clin_base.rename_axis("patient").reset_index(), unit=unit)
+    surv_os = survival.survival_frame(g.clin_base.rename_axis("patient").reset_index(), unit=unit)
     surv_os = surv_os.set_index("patient")[["time", "event"]] if len(surv_os) else pd.DataFrame(columns=["time", "event"])
     fits = {"time to transformation": cox.fit_cox(at[["time", "event"]], design.loc[at.index],
                                                   min_events_per_variable=min_events_per_variable),
@@ -164,15 +226,23 @@ def step(ctx: StepContext, *, masks: str = "predicted", vde_cut_mm_per_year: flo
     hazards = cox.hazard_table(fits)
     res.tables["longitudinal_cox"] = hazards
     for name, f in fits.items():
-        notes += [f"Cox model of {name}: {n}" for n in f.notes]
+        res.notes += [f"Cox model of {name}: {n}" for n in f.notes]
     res.text["cox"] = "\n\n".join(f"**{name}**: " + reporting.fit_sentence(f) for name, f in fits.items())
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(hazards), 2) + 1.6))
     plotting.plot_forest(hazards, ax=ax, title="Cox models on VDE (per mm/year) and IDH status: HR (95% CI)")
     res.add_figure("forest", fig)
+    return surv_os, hazards
 
-    # cross-validated penalised Cox models on baseline feature sets (and the growth set)
+
+def _risk_models(ctx: StepContext, res: LongitudinalResult, g: _Growth, at: pd.DataFrame, surv_os: pd.DataFrame,
+                 risk_sets: Sequence[str], **cv: Any
+                 ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], pd.DataFrame]:
+    """Cross-validated penalised Cox models of transformation and OS on baseline feature sets (and the growth set),
+    each refitted on every patient as a locked model. Returns (sources, outcomes, metrics table)."""
+    pts, notes = g.pts, res.notes
+    base_case = pts["baseline_case"]
     image = {n: _baseline(t, base_case) for n, t in ctx.feature_tables().items()}
-    sources = risk.survival_sources(clin_base.rename_axis("case_id").reset_index(), image)
+    sources = risk.survival_sources(g.clin_base.rename_axis("case_id").reset_index(), image)
     vol_cols = [c for c in pts.columns if c.startswith("baseline_") and c.endswith(("_ml", "_mm"))]
     sources["baseline_volume"] = pts[vol_cols].astype(float)
     sources["growth"] = pts[["vde_mm_per_year"]].astype(float)
@@ -185,18 +255,17 @@ def step(ctx: StepContext, *, masks: str = "predicted", vde_cut_mm_per_year: flo
             notes.append(f"{outcome}: no patient with this outcome; no risk model")
             continue
         with getattr(ctx, "executor", compute.SERIAL).joblib():
-            results, table, fit_notes = risk.evaluate_risk_models(
-                sets, surv, l1_ratio=l1_ratio, outer_splits=outer_splits, inner_splits=inner_splits, repeats=repeats,
-                random_state=seed, n_bootstrap=n_bootstrap, min_events=min_events, n_jobs=n_jobs)
+            results, table, fit_notes = risk.evaluate_risk_models(sets, surv, **cv)
         notes += [f"{outcome}: {n}" for n in fit_notes]
         res.risk_results.update({f"{outcome}:{k}": v for k, v in results.items()})
         if len(table):
             metrics_tables.append(table.assign(outcome=outcome))
         for name in results:
             X = sets[name].loc[lambda d: d.index.isin(surv.index)]
-            rec = risk.final_risk_record(X, surv, name=f"{outcome}__{records.safe_name(name)}", feature_set=name, outcome=outcome,
-                                         cohort=ctx.cohort.name, cv_metrics=results[name].metrics, l1_ratio=l1_ratio,
-                                         inner_splits=inner_splits, random_state=seed)
+            rec = risk.final_risk_record(X, surv, name=f"{outcome}__{records.safe_name(name)}", feature_set=name,
+                                         outcome=outcome, cohort=ctx.cohort.name, cv_metrics=results[name].metrics,
+                                         l1_ratio=cv["l1_ratio"], inner_splits=cv["inner_splits"],
+                                         random_state=cv["random_state"])
             res.models[rec.name] = rec
             saved.append({"model": f"{rec.name}.joblib", "outcome": outcome, "feature_set": name,
                           "features": len(rec.features)})
@@ -208,80 +277,85 @@ def step(ctx: StepContext, *, masks: str = "predicted", vde_cut_mm_per_year: flo
         lambda d, o=o: d.insert(0, "outcome", o) or d) for o, t in metrics_table.groupby("outcome", sort=False)],
         ignore_index=True) if len(metrics_table) else metrics_table)
     res.frames["saved"] = pd.DataFrame(saved)
+    return sources, outcomes, metrics_table
 
-    # the locked models of a training run applied unchanged to this cohort (longitudinal.reference_run)
-    if reference_run:
-        ref_dir = runs.find_run(reference_run, ctx.config["cohort"]["name"])
-        found = locked.locked_models(ref_dir)
-        if not found:
-            notes.append(f"reference run {ref_dir.name} holds no locked transformation or OS model of notebook 06")
-        table, lnotes = locked.apply_locked(found, sources, outcomes, n_bootstrap=n_bootstrap, random_state=seed)
-        notes += lnotes
-        res.tables["longitudinal_validation"] = table.assign(reference_run=ref_dir.name)
-        res.text["validation"] = (f"The locked models of run **{ref_dir.name}** (cohort "
-                                  f"{runs.load_manifest(ref_dir)['cohort']}) applied unchanged to these patients: "
-                                  f"{len(table)} models.")
-    else:
+
+def _locked(ctx: StepContext, res: LongitudinalResult, reference_run: str, sources: dict[str, pd.DataFrame],
+            outcomes: dict[str, pd.DataFrame], *, n_bootstrap: int, random_state: int) -> None:
+    """The locked models of a training run (``longitudinal.reference_run``) applied unchanged to this cohort."""
+    if not reference_run:
         res.text["validation"] = ("No training run named (`longitudinal.reference_run`): these patients are the "
                                   "training cohort; its locked models above are what another cohort's run applies.")
-    res.text["rauch"] = (
-        "Rauch et al. (Sci Rep 2023) report, on serial MRI of **349 lower-grade glioma patients that we do not have**, "
-        "OS C-index 0.82 (training) / 0.74 (test) post-operative and 0.77 / 0.67 pre-operative, with the likelihood "
-        "of malignant transformation and the growth velocity. The figures above are this cohort's, not theirs. To "
-        "reproduce theirs one needs their cohort (or one like it): serial pre- and post-operative MRI per patient "
-        "with the scan dates, the dates and grades of re-operations, overall survival, and the clinical covariates "
-        "(age, KPS, extent of resection, IDH and 1p/19q), laid out as a serial cohort (`cohort.timepoints`).")
+        return
+    ref_dir = runs.find_run(reference_run, ctx.config["cohort"]["name"])
+    found = locked.locked_models(ref_dir)
+    if not found:
+        res.notes.append(f"reference run {ref_dir.name} holds no locked transformation or OS model of notebook 06")
+    table, lnotes = locked.apply_locked(found, sources, outcomes, n_bootstrap=n_bootstrap, random_state=random_state)
+    res.notes += lnotes
+    res.tables["longitudinal_validation"] = table.assign(reference_run=ref_dir.name)
+    res.text["validation"] = (f"The locked models of run **{ref_dir.name}** (cohort "
+                              f"{runs.load_manifest(ref_dir)['cohort']}) applied unchanged to these patients: "
+                              f"{len(table)} models.")
 
-    # planted truth (synthetic serial cohort)
+
+def _truth(ctx: StepContext, res: LongitudinalResult, g: _Growth, tsettings: dict[str, Any], per_day: float, *,
+           min_events_per_variable: float, cv: dict[str, Any]) -> pd.DataFrame | None:
+    """On the synthetic serial cohort, the planted VDE and hazard ratios recovered from each source of volumes
+    (and from the planted VDE itself). Returns the planted truth (None for a real cohort)."""
     planted, log_hr = truth.serial_truth(ctx.cohort.root)
-    if planted is not None:
-        measured = {src: gr["vde_mm_per_year"] for src, gr in growths.items()}
-        res.tables["vde_recovery"] = truth.vde_recovery(measured, planted["vde_mm_per_year"], n_bootstrap=n_bootstrap,
-                                                        random_state=seed)
-        res.add_figure("vde_recovery", plotting.plot_vde_recovery(
-            {src: pd.concat([v.rename("measured"), planted["vde_mm_per_year"].rename("planted")], axis=1).dropna()
-             for src, v in measured.items()}))
-        rec_fits, c_rows = {}, []
-        designs = {}
-        for src, gr in growths.items():   # the same Cox model of transformation from each source of volumes
-            ev = events if src == masks else transformation_mod.transformation_events(
-                scans[src].dropna(subset=["WT_ml"]), **tsettings)[0]   # the analysis' own events are reused
-            ev = ev[ev["at_risk"]]
-            d = pd.DataFrame({"vde_mm_per_year": gr["vde_mm_per_year"]}).reindex(ev.index)
-            d["idh_wildtype"] = 1 - planted["idh_mutant"].reindex(ev.index)
-            designs[f"{src} masks"] = (d, pd.DataFrame({"time": ev["days"] * per_day, "event": ev["event"]}))
-        d0, s0 = designs[f"{masks} masks"]   # the analysis' own events, with the planted VDE: no measurement error
-        designs["planted VDE (no measurement error)"] = (
-            d0.assign(vde_mm_per_year=planted["vde_mm_per_year"].reindex(d0.index)), s0)
-        for name, (d, s) in designs.items():
-            rec_fits[name] = cox.fit_cox(s, d, min_events_per_variable=min_events_per_variable)
-            X = d.dropna()
-            try:   # the growth model's cross-validated C-index from each source (Coxnet, as the risk models)
-                r = risk.cv_risk_model(X, s.loc[X.index], name=name, l1_ratio=l1_ratio, outer_splits=outer_splits,
-                                       inner_splits=inner_splits, repeats=repeats, random_state=seed,
-                                       n_bootstrap=n_bootstrap, min_events=min_events, n_jobs=n_jobs)
-                c_rows.append({"volumes_from": name, **{k: r.metrics.get(k) for k in (
-                    "n", "events", "c_harrell", "c_harrell_low", "c_harrell_high", "c_uno", "c_uno_low", "c_uno_high")}})
-            except ValueError as exc:
-                c_rows.append({"volumes_from": name, "n": len(X), "note": str(exc)})
-        res.tables["hazard_recovery"] = truth.hazard_recovery(cox.hazard_table(rec_fits), log_hr)
-        res.tables["transformation_cindex_by_source"] = pd.DataFrame(c_rows)
-        rec = res.tables["vde_recovery"]
-        res.text["truth"] = "\n".join(
-            f"- VDE from **{r.volumes_from}** masks: Pearson r {r.pearson_r:.3f} [{r.r_low:.3f}, {r.r_high:.3f}], bias "
-            f"{r.bias_mm_per_year:+.2f} mm/year [{r.bias_low:+.2f}, {r.bias_high:+.2f}] over {r.n} patients"
-            for r in rec.itertuples() if pd.notna(getattr(r, "pearson_r", np.nan)))
-        hz = res.tables["hazard_recovery"]
-        res.text["truth"] += "".join(
-            f"\n- HR of transformation, {r.covariate}, from {r.model}: {r.hr:.2f} [{r.hr_low:.2f}, {r.hr_high:.2f}] "
-            f"against the planted {r.planted_hr:.2f} ({'covered' if r.covered else 'not covered'})"
-            for r in hz.itertuples())
-    else:
+    if planted is None:
         res.text["truth"] = "Not a synthetic serial cohort: there is no planted truth to compare with."
+        return None
+    n_bootstrap, seed = cv["n_bootstrap"], cv["random_state"]
+    measured = {src: gr["vde_mm_per_year"] for src, gr in g.growths.items()}
+    res.tables["vde_recovery"] = truth.vde_recovery(measured, planted["vde_mm_per_year"], n_bootstrap=n_bootstrap,
+                                                    random_state=seed)
+    res.add_figure("vde_recovery", plotting.plot_vde_recovery(
+        {src: pd.concat([v.rename("measured"), planted["vde_mm_per_year"].rename("planted")], axis=1).dropna()
+         for src, v in measured.items()}))
+    rec_fits, c_rows = {}, []
+    designs = {}
+    for src, gr in g.growths.items():   # the same Cox model of transformation from each source of volumes
+        ev = g.events if src == g.masks else transformation_mod.transformation_events(
+            g.scans[src].dropna(subset=["WT_ml"]), **tsettings)[0]   # the analysis' own events are reused
+        ev = ev[ev["at_risk"]]
+        d = pd.DataFrame({"vde_mm_per_year": gr["vde_mm_per_year"]}).reindex(ev.index)
+        d["idh_wildtype"] = 1 - planted["idh_mutant"].reindex(ev.index)
+        designs[f"{src} masks"] = (d, pd.DataFrame({"time": ev["days"] * per_day, "event": ev["event"]}))
+    d0, s0 = designs[f"{g.masks} masks"]   # the analysis' own events, with the planted VDE: no measurement error
+    designs["planted VDE (no measurement error)"] = (
+        d0.assign(vde_mm_per_year=planted["vde_mm_per_year"].reindex(d0.index)), s0)
+    for name, (d, s) in designs.items():
+        rec_fits[name] = cox.fit_cox(s, d, min_events_per_variable=min_events_per_variable)
+        X = d.dropna()
+        try:   # the growth model's cross-validated C-index from each source (Coxnet, as the risk models)
+            r = risk.cv_risk_model(X, s.loc[X.index], name=name, **cv)
+            c_rows.append({"volumes_from": name, **{k: r.metrics.get(k) for k in (
+                "n", "events", "c_harrell", "c_harrell_low", "c_harrell_high", "c_uno", "c_uno_low", "c_uno_high")}})
+        except ValueError as exc:
+            c_rows.append({"volumes_from": name, "n": len(X), "note": str(exc)})
+    res.tables["hazard_recovery"] = truth.hazard_recovery(cox.hazard_table(rec_fits), log_hr)
+    res.tables["transformation_cindex_by_source"] = pd.DataFrame(c_rows)
+    rec = res.tables["vde_recovery"]
+    res.text["truth"] = "\n".join(
+        f"- VDE from **{r.volumes_from}** masks: Pearson r {r.pearson_r:.3f} [{r.r_low:.3f}, {r.r_high:.3f}], bias "
+        f"{r.bias_mm_per_year:+.2f} mm/year [{r.bias_low:+.2f}, {r.bias_high:+.2f}] over {r.n} patients"
+        for r in rec.itertuples() if pd.notna(getattr(r, "pearson_r", np.nan)))
+    hz = res.tables["hazard_recovery"]
+    res.text["truth"] += "".join(
+        f"\n- HR of transformation, {r.covariate}, from {r.model}: {r.hr:.2f} [{r.hr_low:.2f}, {r.hr_high:.2f}] "
+        f"against the planted {r.planted_hr:.2f} ({'covered' if r.covered else 'not covered'})"
+        for r in hz.itertuples())
+    return planted
 
-    # participant flow (patients)
+
+def _flow(res: LongitudinalResult, pts: pd.DataFrame, at: pd.DataFrame, km_data: pd.DataFrame,
+          surv_os: pd.DataFrame) -> None:
+    """The participant flow of 06 (patients)."""
     patients = list(pts.index.astype(str))
     single = list(pts.index[pts["n_scans"] < 2].astype(str))
+    with_vde = pts["vde_mm_per_year"].notna()
     flows = [flow.analysis_flow("06 growth (VDE)", patients, [("fewer than two scans with a volume", single)],
                                 pts.index[with_vde].astype(str))]
     reasons = [(why, list(pts.index[pts["why_not"] == why].astype(str)))
@@ -296,22 +370,3 @@ def step(ctx: StepContext, *, masks: str = "predicted", vde_cut_mm_per_year: flo
                                     surv_os.index.astype(str)))
     res.tables["flow_06_longitudinal"] = flow.combine(*flows)
     res.add_figure("flow", plotting.plot_flow(res.tables["flow_06_longitudinal"]))
-
-    res.metrics = dict(
-        n_scans=int(len(main)), n_patients=n_pat, masks=masks, n_with_vde=int(with_vde.sum()),
-        vde_median_mm_per_year=float(pts["vde_mm_per_year"].median()),
-        n_at_risk=int(len(at)), n_transformations=int(at["event"].sum()),
-        **({"validation": res.tables["longitudinal_validation"].round(6).to_dict(orient="records")}
-           if "longitudinal_validation" in res.tables else {}),
-        logrank_p_vde_group=lr["p_value"] if lr else None,
-        cox=hazards.round(6).to_dict(orient="records"),
-        risk_models=reporting.risk_metrics_record(metrics_table.assign(
-            feature_set=metrics_table["outcome"] + ":" + metrics_table["feature_set"])) if len(metrics_table) else {},
-        **({"vde_recovery": res.tables["vde_recovery"].round(6).to_dict(orient="records"),
-            "hazard_recovery": res.tables["hazard_recovery"].round(6).to_dict(orient="records"),
-            "transformation_cindex_by_source": res.tables["transformation_cindex_by_source"].round(6).to_dict(
-                orient="records")}
-           if planted is not None else {}),
-        notes=notes)
-    return res
-
