@@ -142,7 +142,7 @@ def card_per_case(per_case: pd.DataFrame) -> pd.DataFrame:
 
 def _curve_section(spec: models.ModelSpec, out_dir: Path) -> str:
     """The card's training curve: each fold model's held-out Dice at every validation (a table and the figure
-    :func:`ship` writes beside the card), and how much the fold mean still rose over the last interval."""
+    :func:`write_curve_figure` writes beside the card), and how much the fold mean still rose over the last interval."""
     curve = training_curve(out_dir)
     if curve.empty:
         return ""
@@ -287,8 +287,8 @@ def write_unshipped_card(spec: models.ModelSpec, out_dir: Path, command: str) ->
 
 def rewrite_oof_metrics(spec: models.ModelSpec, oof: pd.DataFrame) -> None:
     """Replace the out-of-fold metric tables of a shipped card (from ``## Out-of-fold metrics`` to the ablation,
-    and the per-case table) with those of ``oof`` (:func:`glioma_nb.zoo.ship.rescore`), made by the code :func:`ensemble_card` uses;
-    the rest of the card (recipe, choice, ablation, reproduce) is left as it was made."""
+    and the per-case table) with those of ``oof`` (:func:`glioma_nb.zoo.ship.rescore`), made by the code
+    :func:`ensemble_card` uses; the rest of the card (recipe, choice, ablation, reproduce) is left as it was made."""
     text = spec.card_path.read_text()
     head, _, rest = text.partition("## Out-of-fold metrics")
     title, _, rest = rest.partition("\n")
@@ -296,7 +296,8 @@ def rewrite_oof_metrics(spec: models.ModelSpec, oof: pd.DataFrame) -> None:
     ablation, _, tail = rest.partition("Per case:")
     _, _, tail = tail.partition("\n## ")
     if not (sep and tail):
-        raise SegmentationError(f"{spec.card_path.name} has not the layout zoo.cards.ensemble_card writes; regenerate it with --ship")
+        raise SegmentationError(f"{spec.card_path.name} has not the layout zoo.cards.ensemble_card writes; "
+                                "regenerate it with --ship")
     summ = pd.concat([metrics.summarise(g.drop(columns=["cohort", "case_id", "fold", "variant", "rule"]))
                       .assign(cohort=co) for co, g in oof.groupby("cohort", sort=False)], ignore_index=True)
     note = ("Scored again with BraTS's official metrics (`glioma-nb segment-rescore --model "

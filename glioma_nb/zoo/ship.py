@@ -109,7 +109,7 @@ def _rescore_folds(spec: models.ModelSpec, out_dir: Path, device: str = "cpu", p
     ``<name>.oof.csv`` (git keeps the old one). The masks are those of the original cross-validation, up to
     floating point: the fold weights are the ones shipped."""
     path = spec.folder / f"{spec.name}.oof.csv"
-    if not spec.ensemble or not path.exists():
+    if not path.exists():
         raise SegmentationError(f"model {spec.name} has no shipped out-of-fold table ({path.name}): it was not shipped "
                                 "from a cross-validation")
     old = pd.read_csv(path)
@@ -136,12 +136,10 @@ def _rescore_single(spec: models.ModelSpec, out_dir: Path, device: str = "cpu", 
     """Score a shipped single-network model's held-out cases again with today's metrics (the shipped weights,
     the spec's held-out lists) and rewrite its card's ``## Held-out metrics`` section; the rest of the card is
     left as it was made."""
-    if spec.ensemble:
-        raise SegmentationError(f"model {spec.name} is a cross-validated ensemble: use its out-of-fold table")
     head, tail = cards.split_held_out(spec)
     net = models.load_model(spec, None, device=device)
-    per_case = evaluate.evaluate_held_out(spec, net, train.sources_from_spec(spec, progress=progress), Path(out_dir), device=device,
-                                 progress=progress)
+    per_case = evaluate.evaluate_held_out(spec, net, train.sources_from_spec(spec, progress=progress), Path(out_dir),
+                                          device=device, progress=progress)
     note = (f"Scored again with BraTS's official metrics (`glioma-nb segment-rescore --model {spec.name}`: the "
             "shipped weights, the same held-out cases; HD95 as brats-evaluation computes it).\n")
     spec.card_path.write_text(head + cards.held_out_section(spec, per_case, note) + tail)
