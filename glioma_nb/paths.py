@@ -4,6 +4,8 @@
 ``GLIOMA_NB_SHARED``  shared real data (default: ``<home>/../shared/data``)
 ``GLIOMA_NB_DATA``    generated data such as the synthetic cohort (default: ``<home>/data``)
 ``GLIOMA_NB_REPORTS`` run folders (default: ``run.reports_dir`` of the config, relative to home)
+``GLIOMA_NB_CACHE``   derived files worth keeping between runs, such as converted networks (default:
+                      ``$XDG_CACHE_HOME/glioma-nb``, else ``~/.cache/glioma-nb``)
 """
 from __future__ import annotations
 
@@ -36,6 +38,14 @@ def shared_data_dir() -> Path:
 def data_dir() -> Path:
     env = os.environ.get("GLIOMA_NB_DATA")
     return Path(env).resolve() if env else project_root() / "data"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("GLIOMA_NB_CACHE")
+    if env:
+        return Path(env).resolve()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "glioma-nb"
 
 
 def reports_dir(configured: str | None = None) -> Path:

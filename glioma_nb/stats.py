@@ -14,7 +14,6 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
-from sklearn.metrics import roc_curve
 
 
 def _check(y: np.ndarray, *scores: np.ndarray) -> None:
@@ -232,6 +231,36 @@ def percentile_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     return float(lo), float(hi)
 
 
+def roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of a binary ROC curve, the points ``sklearn.metrics.roc_curve`` returns (its defaults:
+    ``drop_intermediate``, the curve from (0, 0)), without its input validation, which costs a millisecond a call
+    and dominates a bootstrap of thousands of curves (the test compares the two)."""
+    y = np.asarray(y, dtype=np.float64)
+    score = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-score, kind="stable")
+    s, t = score[order], y[order]
+    idx = np.r_[np.flatnonzero(np.diff(s)), t.size - 1]
+    tps = np.cumsum(t)[idx]
+    fps = 1 + idx.astype(np.float64) - tps
+    if fps.shape[0] > 2:
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        fps, tps = fps[keep], tps[keep]
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
+    tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
+    return fpr, tpr
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve of 0/1 labels ``y``: ``sklearn.metrics.roc_auc_score``'s number, to the bit (the
+    trapezoids of :func:`roc_points`), at a fraction of its cost in bootstraps and permutation tests."""
+    y = np.asarray(y)
+    if y.size == 0 or np.all(y == y.flat[0]):
+        raise ValueError("Only one class is present in y_true. ROC AUC score is not defined in that case.")
+    fpr, tpr = roc_points(y, score)
+    return float(np.trapezoid(tpr, fpr))
+
+
 def roc_band(y: np.ndarray, prob: np.ndarray, n_boot: int = 500, grid: int = 101,
              random_state: int | None = 0) -> pd.DataFrame:
     """ROC curve on a fixed FPR grid with a stratified-bootstrap 95% band of the TPR."""
@@ -240,7 +269,7 @@ def roc_band(y: np.ndarray, prob: np.ndarray, n_boot: int = 500, grid: int = 101
     fpr_grid = np.linspace(0, 1, grid)
 
     def tpr_at(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
-        fpr, tpr, _ = roc_curve(yy, pp)
+        fpr, tpr = roc_points(yy, pp)
         return np.interp(fpr_grid, fpr, tpr)
 
     rng = np.random.default_rng(random_state)

@@ -189,10 +189,32 @@ def signature_path(out_dir: Path, case_id: str) -> Path:
     return Path(out_dir) / f"{case_id}.signature.parquet"
 
 
+def write_signature(table: pd.DataFrame, path: Path) -> None:
+    """One case's signature rows (index ``perturbation``) as Parquet, whole or not at all, stored transposed:
+    a ``feature`` column and one column per perturbation (a Parquet file of thousands of columns takes half a
+    second per case to write; :func:`read_signature` turns it back)."""
+    t = table.T
+    t.index = t.index.astype(str).rename("feature")
+    t.columns = t.columns.astype(str)
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    t.reset_index().to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def read_signature(path: Path) -> pd.DataFrame:
+    """One case's signature rows, index ``perturbation``, columns in the network's order (:func:`write_signature`)."""
+    t = pd.read_parquet(path)
+    if "feature" not in t.columns:      # written by pandas as rows (a cache of an earlier version)
+        return t
+    out = t.set_index("feature").T
+    out.index.name, out.columns.name = "perturbation", None
+    return out.astype(np.float64)
+
+
 def load_signature(out_dir: Path, case_ids: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The cached network signatures of ``case_ids``: (the signature, one row per case, index case_id;
     every row of every case in long form with a ``perturbation`` level). Cases without one are left out."""
-    parts = {cid: pd.read_parquet(signature_path(out_dir, cid)) for cid in case_ids
+    parts = {cid: read_signature(signature_path(out_dir, cid)) for cid in case_ids
              if signature_path(out_dir, cid).exists()}
     if not parts:
         return pd.DataFrame(), pd.DataFrame()

@@ -31,6 +31,17 @@ def requires_shared(sub: str = "") -> pytest.MarkDecorator:
     return pytest.mark.skipif(not target.exists(), reason=f"shared data not present: {target} (CI has it)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _converted_networks(tmp_path_factory: pytest.TempPathFactory):
+    """OpenVINO conversions (glioma_nb.segment.backend) are cached in the session's folder, shared by its
+    pytest-xdist workers, never in the user's cache."""
+    base = tmp_path_factory.getbasetemp()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GLIOMA_NB_CACHE", str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cache"))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs and generated data of a test never land in the project's reports/ or data/."""

@@ -550,3 +550,25 @@ def test_a_kind_is_one_registered_class(tmp_path, monkeypatch, capsys):
         cli.main(["models", "example", "tin", str(tmp_path / "u")])
     err = capsys.readouterr().err
     assert "invalid choice: 'tin'" in err and "toy" in err.split("choose from")[1]
+
+
+@pytest.mark.parametrize("name", ["tiny-nnunet", "tiny-nnunet-regions", "tiny-bundle", "tiny-bundle-regions", "tiny-ts"])
+def test_every_kind_segments_alike_in_openvino_and_in_torch(made, tmp_path, name):
+    """segment.backend openvino: the network's forward pass in OpenVINO, the kind's own window, mirroring, folds and
+    post-processing unchanged; masks and the signature of the same pass as in torch."""
+    out = {}
+    for b in ("torch", "openvino"):
+        seg = registry.load(name, root=made["models"])
+        seg.backend = b
+        out[b] = tmp_path / b
+        table = infer.segment_cohort(made["cohort"], seg, None, out[b], progress=False, signature=taps.Request(),
+                                     postprocess="none")
+        assert set(table["backend"]) == {b}, table["backend"].tolist()
+    for case in made["cohort"].cases:
+        a = _internal(out["torch"] / f"{case.case_id}.nii.gz")
+        o = _internal(out["openvino"] / f"{case.case_id}.nii.gz")
+        assert np.mean(a != o) <= 1e-4
+        sa = taps.read_signature(taps.signature_path(out["torch"], case.case_id))
+        so = taps.read_signature(taps.signature_path(out["openvino"], case.case_id))
+        assert list(sa.columns) == list(so.columns)
+        np.testing.assert_allclose(so.to_numpy(), sa.to_numpy(), rtol=1e-3, atol=1e-4)   # activations are O(0.1-1)

@@ -132,3 +132,24 @@ def test_paired_bootstrap_difference_of_aucs():
     same = stats.paired_bootstrap_difference(lambda i: (roc_auc_score(y[i], good[i]),) * 2, 200, strata=y, n_boot=100)
     assert same["difference"] == 0 and same["difference_low"] == 0 == same["difference_high"]
     assert same["p_bootstrap"] == 1.0
+
+
+def test_roc_points_and_auc_are_sklearns_to_the_bit_with_ties():
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(3)
+    checked = 0
+    for i in range(400):
+        n = int(rng.integers(3, 70))
+        y = rng.integers(0, 2, n)
+        if y.min() == y.max():
+            continue
+        s = np.round(rng.random(n), int(rng.integers(1, 4))) if i % 2 else rng.normal(size=n)   # ties, and none
+        fpr, tpr, _ = roc_curve(y, s)
+        f2, t2 = stats.roc_points(y, s)
+        assert np.array_equal(fpr, f2) and np.array_equal(tpr, t2)
+        assert stats.auc(y, s) == roc_auc_score(y, s)
+        checked += 1
+    assert checked > 300
+    with pytest.raises(ValueError, match="Only one class"):
+        stats.auc(np.ones(5), np.arange(5.0))

@@ -96,7 +96,7 @@ def fixed_cv_auc(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None = None,
         outer = FastStratifiedGroupKFold(n_splits=outer_splits, shuffle=True, random_state=random_state)
         for train, test in outer.split(Xa, ya, ga):
             prob[test] = clone(pipe).fit(Xa[train], ya[train]).predict_proba(Xa[test])[:, 1]
-    return float(roc_auc_score(ya, prob))
+    return stats.auc(ya, prob)
 
 
 #: ``permutation="auto"``: above this many cases x features a nested re-run per permutation is too dear
@@ -192,7 +192,7 @@ def threshold_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -
 
 def _metric_fns() -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
 
-    return {"auc": lambda y, p: roc_auc_score(y, p),
+    return {"auc": stats.auc,
             **{m: (lambda y, p, m=m: threshold_metrics(y, p)[m])
                for m in ("accuracy", "balanced_accuracy", "sensitivity", "specificity")}}
 
@@ -446,7 +446,7 @@ def compare_sets(oof: pd.DataFrame, pairs: list[tuple[str, str]], *, n_bootstrap
             if y.min() == y.max():
                 continue
             r = stats.paired_bootstrap_difference(
-                lambda i, y=y, sa=sa, sb=sb: (roc_auc_score(y[i], sa[i]), roc_auc_score(y[i], sb[i])), len(y),
+                lambda i, y=y, sa=sa, sb=sb: (stats.auc(y[i], sa[i]), stats.auc(y[i], sb[i])), len(y),
                 strata=y, n_boot=n_bootstrap, random_state=random_state)
             dl = stats.delong_test(y, sa, sb)
             rows.append({"node": node, "set_a": a, "set_b": b, "n": int(len(y)), "n_pos": int(y.sum()),

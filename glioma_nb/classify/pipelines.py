@@ -17,7 +17,7 @@ from sklearn.feature_selection import (
 )
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from glioma_nb import stats
 from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -149,7 +149,7 @@ class PrefitSearch:
     def _score(clf: Any, Z: np.ndarray, y: np.ndarray) -> float:
 
         s = clf.decision_function(Z) if hasattr(clf, "decision_function") else clf.predict_proba(Z)[:, 1]
-        return float(roc_auc_score(y, s))
+        return stats.auc(y, s)
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> "PrefitSearch":
         X_given, X, y = X, np.asarray(X, dtype=float), np.asarray(y)

@@ -213,9 +213,7 @@ def segment_case(cid: str, *, cohort: io.Cohort, spec: kinds.Segmenter, out_dir:
         extra = {"signature": signature.key(), "signature_error": err}
         spath = taps.signature_path(out_dir, cid)
         if table is not None:
-            tmp = spath.with_name(spath.name + ".tmp")
-            table.to_parquet(tmp)
-            tmp.replace(spath)
+            taps.write_signature(table, spath)
         elif spath.exists():
             spath.unlink()
     flags = sanity_flags(classes, voxel_ml)
@@ -225,7 +223,7 @@ def segment_case(cid: str, *, cohort: io.Cohort, spec: kinds.Segmenter, out_dir:
     hdr.set_data_dtype(np.uint8)
     _write_atomic_nifti(nib.Nifti1Image(label, src.affine, hdr), mpath)
     rec = {"case_id": cid, "model": spec.name, "kind": spec.kind, "scheme": scheme.name,
-           "seconds": round(time.perf_counter() - t0, 2), "postprocess": rule,
+           "seconds": round(time.perf_counter() - t0, 2), "backend": spec.backend_used(), "postprocess": rule,
            **region_volumes(label, scheme, voxel_ml), "flags": "; ".join(flags), "notes": " | ".join(notes), **extra}
     tmp = jpath.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(rec, indent=1))

@@ -18,6 +18,7 @@ from glioma_nb import compute, flow, plotting, records
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.preprocess import qc as pre_qc
 from glioma_nb.results import StepContext, StepResult
+from glioma_nb.segment import backend as seg_backend
 from glioma_nb.segment import infer, kinds, metrics, models, registry
 from glioma_nb.segment import postprocess as post
 from glioma_nb.segment import train as seg_train
@@ -88,6 +89,13 @@ class SegmentResult(StepResult):
                         self.spec.postprocess_cv or getattr(getattr(self.spec, "spec", None), "ensemble", 0))
                     else ").")) +
                 " Masks: `masks/<case>.nii.gz` in each image's own voxel grid and affine.")
+        if n and "backend" in self.cases:
+            used = self.cases["backend"].fillna("").astype(str).replace("", "not recorded (cached before backends)")
+            text += " Network forward pass: " + "; ".join(
+                f"**{b}** ({k} of {n} cases)" for b, k in used.value_counts().items()) + (
+                " (OpenVINO conversions are checked against torch before use: "
+                f"outputs within {seg_backend.MAX_RELATIVE:g} of their range, at most {seg_backend.MAX_DISAGREEMENT:g} "
+                "of the voxels changing class)." if used.str.startswith("openvino").any() else ".")
         notes = pd.Series([x for v in self.cases.get("notes", pd.Series(dtype=object)).fillna("")
                            for x in str(v).split(" | ") if x], dtype=object).value_counts()
         if len(notes):
@@ -156,11 +164,12 @@ def signature_request(config: Mapping[str, Any]) -> Any:
 
 def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", train: bool = False,
          train_iterations: int = 300, held_out_fraction: float = 0.25, overlap: float = 0.5,
-         tta: bool = False, postprocess: str = "model", n_overlay_cases: int = 4,
+         tta: bool = False, backend: str = "auto", postprocess: str = "model", n_overlay_cases: int = 4,
          export_dicom_seg: bool = False, progress: bool = True) -> SegmentResult:
     """Segment the cohort of a notebook step context (see the module docstring). ``postprocess``:
     ``model`` (the rule of the model spec) or a :mod:`~glioma_nb.segment.postprocess` rule. ``export_dicom_seg``:
-    a raw DICOM cohort's native-space masks are also written as DICOM SEG referencing the reference series."""
+    a raw DICOM cohort's native-space masks are also written as DICOM SEG referencing the reference series.
+    ``backend``: the network's forward pass (:mod:`glioma_nb.segment.backend`: auto, torch, openvino)."""
     cohort = ctx.cohort
     if model == "none" or not cohort.modalities:
         why = ("segment.model is none" if model == "none" else "the cohort has no images (layout: table)")
@@ -171,6 +180,7 @@ def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", tra
         raise SegmentationError(f"cohort {cohort.name} has modalities {list(cohort.modalities)}; no shipped model "
                                 f"takes a subset of them ({models.available_models()}); set segment.model")
     device = models.resolve_device(ctx.config["project"]["device"])
+    backend_name = seg_backend.resolve(backend, device)
     train_log, held_out, record = None, [], None
     if train:
         if registry.is_registered(name):
@@ -198,6 +208,7 @@ def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", tra
     else:
         seg = registry.load(name, device=device, weights=weights)
         _check_modalities(cohort, seg)
+    seg.backend = backend_name
     rule = seg.postprocess if postprocess == "model" else postprocess
     try:
         post.parse_rule(rule)

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from glioma_nb import taps
-from glioma_nb.segment import transforms, window
+from glioma_nb.segment import backend, transforms, window
 from glioma_nb.segment.errors import SegmentationError
 
 MEANINGS = ("background", "necrosis", "oedema", "enhancing", "tumour")
@@ -224,6 +224,25 @@ class Segmenter:
         self.fingerprint = ""                             # registered models: sha256 over their files' hashes
         self.network_name = ""
         self.patch: tuple[int, ...] = ()
+        self.backend = "torch"                            # the network's forward pass: torch | openvino (backend)
+        self._accelerated: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def forward_module(self, net: Any, taps: Mapping[str, str] | None = None, slot: str = "net") -> Any:
+        """What to call for the torch module ``net`` (``slot`` names it among the model's networks: a fold, a
+        member): ``net`` itself, or with ``backend`` openvino its OpenVINO stand-in (:func:`backend.accelerate`)
+        whose modules ``taps`` (stage -> module name) fire forward hooks; one stand-in per slot and taps."""
+        if self.backend != "openvino":
+            return net
+        key = (slot, tuple(sorted(set((taps or {}).values()))))
+        if key not in self._accelerated:
+            self._accelerated[key] = backend.accelerate(net, key[1], f"model {self.name} ({slot})")
+        return self._accelerated[key]
+
+    def backend_used(self) -> str:
+        """What the network ran in so far: ``torch``, ``openvino``, or ``torch (why OpenVINO was not used)``."""
+        if self.backend != "openvino":
+            return self.backend
+        return backend.describe([s for a in self._accelerated.values() for s in backend.statuses(a)]) or "openvino"
 
     def modules(self) -> dict[str, Any]:
         """Every tappable layer by name (``named_modules`` of the network)."""
@@ -335,7 +354,9 @@ class WindowSegmenter(Segmenter):
         return self.net
 
     def _window(self, image: Any, stages: Mapping[str, str] | None, **kw: Any) -> Any:
-        return window.sliding_window(self.net, image, self.patch, stages=stages, activation=self.activation,
+        hooked = {s: m for s, m in (stages or {}).items() if s not in self.feature_outputs}
+        return window.sliding_window(self.forward_module(self.net, hooked), image, self.patch, stages=stages,
+                                     activation=self.activation,
                                      outputs={s: i for s, i in self.feature_outputs.items() if stages and s in stages},
                                      **kw)
 

@@ -180,7 +180,8 @@ class BundleSegmenter(Segmenter):
         from monai.inferers import SlidingWindowInferer
 
         x = torch.as_tensor(image)[None].to(self.device)
-        tap = window.TapModule(self.net, stages) if stages else None
+        net = self.forward_module(self.net, stages)
+        tap = window.TapModule(net, stages) if stages else None
         windowed = isinstance(self.inferer, SlidingWindowInferer)
         if tap is not None and windowed:      # MONAI passes each window's coordinates to the tap (with_coord)
             tap.begin(x.shape[2:], self.inferer.roi_size, self.inferer.mode, self.inferer.sigma_scale)
@@ -189,7 +190,7 @@ class BundleSegmenter(Segmenter):
             if windowed:
                 self.inferer.with_coord = tap is not None
             with torch.inference_mode():
-                out = self.inferer(x, tap or self.net)
+                out = self.inferer(x, tap or net)
             maps = tap.maps() if tap is not None else {}
         finally:
             if windowed:

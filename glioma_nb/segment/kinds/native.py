@@ -48,7 +48,8 @@ class GliomaNbSegmenter(WindowSegmenter):
         import torch
 
         taps = {s: m.removeprefix("members.0.") for s, m in (self.taps(stages) or {}).items()}
-        _, maps = window.sliding_window(self.net.members[0], torch.from_numpy(np.ascontiguousarray(image)), self.patch,
+        _, maps = window.sliding_window(self.forward_module(self.net.members[0], taps, slot="fold 0"),
+                                        torch.from_numpy(np.ascontiguousarray(image)), self.patch,
                                         stages=taps, activation=self.activation, overlap=overlap, tta=tta,
                                         device=device, amp=amp)
         return maps

@@ -265,9 +265,14 @@ class NnUNetSegmenter(Segmenter):
         logits, maps = None, {}
         try:
             with torch.inference_mode():
-                for params in pred.list_of_parameters:
+                for i, params in enumerate(pred.list_of_parameters):
                     pred.network.load_state_dict(params)
-                    out = pred.predict_sliding_window_return_logits(data).to("cpu")
+                    net = pred.network
+                    pred.network = self.forward_module(net, stages, slot=f"fold {i}")   # the fold's OpenVINO stand-in
+                    try:
+                        out = pred.predict_sliding_window_return_logits(data).to("cpu")
+                    finally:
+                        pred.network = net
                     logits = out if logits is None else logits + out
                     if stages:
                         _, revert = pad_nd_image(data[:1], pred.configuration_manager.patch_size, "constant",
