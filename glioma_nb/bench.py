@@ -8,13 +8,14 @@ ratios within one file, never absolute numbers across machines (the CI machine i
 from __future__ import annotations
 
 import dataclasses
-
+import json
 import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -150,11 +151,12 @@ def _segment_model_bench(model: str, device: str, max_cases: int, cohort_name: s
 
 
 def run_segment_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), max_cases: int = 20,
-                      out_dir: str = "bench/results", cohort: str = "brats18-dev") -> Path:
+                      out_dir: str = "bench/results", cohort: str = "brats18-dev", backend_cases: int = 12) -> Path:
     """``make bench-segment``: per model (shipped or registered, any kind), inference seconds per case (load,
     preprocess, sliding window, inversion to the original grid) and peak memory on CPU and on GPU when present,
     plus Dice (shipped models: their held-out shared cases; registered models: the first cases of ``cohort`` that
-    their ``trained_on`` does not list). Each model/device runs in its own process."""
+    their ``trained_on`` does not list). Each model/device runs in its own process. With ``backend_cases``, each
+    model's torch / OpenVINO comparison on that many cases of ``cohort`` (:func:`_backend_bench`) joins the file."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -169,7 +171,141 @@ def run_segment_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), max_c
             results["benchmarks"].append(res)
             print(f"{res['name']}: {res['seconds_per_case_median']} s/case (median of {res['cases']}), "
                   f"peak RSS {res['peak_rss_mb']} MB", flush=True)
+        if backend_cases:
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+                res = pool.submit(_backend_bench, model, cohort, backend_cases).result()
+            results["benchmarks"].append(res)
+            print(say_backends(res), flush=True)
     return _write_results(results, out_dir, "segment")
+
+
+def _label_dice(a: np.ndarray, b: np.ndarray, scheme: io.LabelScheme) -> dict[str, float]:
+    """Dice per region of two label maps in one scheme (both empty: 1)."""
+    ra, rb = io.region_masks(a, scheme), io.region_masks(b, scheme)
+    out = {}
+    for r in ra:
+        n = int(ra[r].sum() + rb[r].sum())
+        out[r] = 1.0 if n == 0 else 2.0 * int((ra[r] & rb[r]).sum()) / n
+    return out
+
+
+def _signature_difference(dirs: dict[str, Path], ids: list[str]) -> dict[str, object]:
+    """How far the OpenVINO signatures are from torch's: per column, the largest |difference| over the cases and
+    rows (perturbations), relative to the column's largest |torch value| over them; the worst column named."""
+    a = pd.concat({c: taps.read_signature(taps.signature_path(dirs["torch"], c)) for c in ids
+                   if taps.signature_path(dirs["torch"], c).exists()})
+    b = pd.concat({c: taps.read_signature(taps.signature_path(dirs["openvino"], c)) for c in ids
+                   if taps.signature_path(dirs["openvino"], c).exists()})
+    if a.empty or not a.index.equals(b.index) or list(a.columns) != list(b.columns):
+        return {"compared": False, "why": "the two backends' signature tables differ in cases, rows or columns"}
+    diff = (a - b).abs().max()
+    scale = a.abs().max()
+    rel = (diff / scale.where(scale > 0)).fillna(0.0)
+    worst = str(rel.idxmax())
+    return {"compared": True, "columns": int(a.shape[1]), "rows": int(a.shape[0]),
+            "max_relative_difference": float(rel.max()), "worst_column": worst,
+            "worst_column_abs_difference": float(diff[worst]), "worst_column_scale": float(scale[worst]),
+            "columns_over_1e-3": int((rel > 1e-3).sum()), "median_relative_difference": float(rel.median())}
+
+
+def _backend_bench(model: str, cohort_name: str, max_cases: int, models_root: str | None = None) -> dict[str, object]:
+    """Both backends of one registered or shipped model in this process, on the first ``max_cases`` of
+    ``cohort_name`` (:func:`compare_backends`)."""
+    cfg = config.resolve_config(cohort_name)
+    synthetic.ensure_cohort_data(cfg, progress=False)
+    cohort = io.load_cohort(cfg, progress=False)
+    root = Path(models_root) if models_root else None
+    out = compare_backends(cohort, lambda: registry.load(model, root=root) if root else registry.load(model),
+                           cohort.case_ids[:max_cases])
+    return {"name": f"backends_{model}", "model": model, **out}
+
+
+def compare_backends(cohort: io.Cohort, load: Any, ids: list[str]) -> dict[str, object]:
+    """torch, then OpenVINO, of the segmenter ``load()`` makes, on cases ``ids`` of ``cohort``: seconds per case of
+    notebook 01's pass with the network signature and the main job's stability perturbations (the OpenVINO
+    conversion timed apart: the first case of a cold cache pays it); the masks' Dice per region and voxel
+    disagreement between the two; the signature's largest relative difference, in each backend's own predicted
+    mask (end to end: a voxel that changes class moves a small region's mean) and, where the cohort has label
+    maps, in the reference mask (the network's outputs alone)."""
+    import torch
+
+    from glioma_nb.segment import backend
+
+    perts = tuple(config.base_config()["signature"]["stability"]["perturbations"])
+    out: dict[str, Any] = {"cohort": cohort.name, "cases": len(ids), "openvino": backend.available(),
+                           "torch_threads": torch.get_num_threads(), "perturbations": list(perts)}
+    masks = {"predicted": taps.Request(perturbations=perts)}
+    if cohort.scheme is not None:
+        masks["reference"] = taps.Request(mask="reference")
+    with tempfile.TemporaryDirectory() as tmp:
+        for which, request in masks.items():
+            dirs: dict[str, Path] = {}
+            for name in ("torch", "openvino"):
+                seg = load()
+                seg.backend = name
+                dirs[name] = Path(tmp) / which / name
+                t0 = time.perf_counter()
+                table = infer.segment_cohort(cohort, seg, None, dirs[name], case_ids=ids, signature=request,
+                                             progress=False)
+                wall = time.perf_counter() - t0
+                secs = table["seconds"].to_numpy(dtype=float)
+                out[f"{which}_{name}"] = {
+                    "seconds_per_case_median": round(float(np.median(secs)), 3),
+                    "seconds_per_case_mean_after_first": round(float(np.mean(secs[1:] if len(secs) > 1 else secs)), 3),
+                    "first_case_seconds": round(float(secs[0]), 3), "wall_seconds": round(wall, 1),
+                    "backend_used": sorted(set(table["backend"].astype(str)))}
+                out.setdefault("kind", seg.kind)
+                out.setdefault("network", seg.network_name)
+            t, o = out[f"{which}_torch"], out[f"{which}_openvino"]
+            out[f"{which}_speedup_median"] = round(t["seconds_per_case_median"] / o["seconds_per_case_median"], 2)
+            if which == "predicted":
+                dice: dict[str, list[float]] = {}
+                disagreement = []
+                for c in ids:
+                    la = np.asarray(nib.load(infer.mask_path(dirs["torch"], c)).dataobj)
+                    lb = np.asarray(nib.load(infer.mask_path(dirs["openvino"], c)).dataobj)
+                    disagreement.append(float(np.mean(la != lb)))
+                    scheme = io.LABEL_SCHEMES[json.loads((dirs["torch"] / f"{c}.json").read_text())["scheme"]]
+                    for r, d in _label_dice(la, lb, scheme).items():
+                        dice.setdefault(r, []).append(d)
+                out["mask_dice_min"] = {r: round(min(v), 6) for r, v in dice.items()}
+                out["mask_dice_mean"] = {r: round(float(np.mean(v)), 6) for r, v in dice.items()}
+                out["voxel_disagreement_max"] = max(disagreement)
+                out["voxel_disagreement_mean"] = float(np.mean(disagreement))
+            out[f"signature_{which}_mask"] = _signature_difference(dirs, ids)
+    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return out
+
+
+def run_backend_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), cohort: str = "brats18-dev",
+                      max_cases: int = 12, out_dir: str = "bench/results", models_root: str | None = None,
+                      cohorts: dict[str, str] | None = None, cases: dict[str, int] | None = None) -> Path:
+    """``make bench-segment BACKENDS=1`` / ``glioma-nb bench-segment --backends``: torch against OpenVINO per model
+    (each in its own process, both backends in that process): s/case, their ratio, and the faithfulness figures
+    (:func:`_backend_bench`). ``cohorts`` / ``cases``: a cohort / a number of cases for some models."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    results = _new_results()
+    for model in models_:
+        co, n = (cohorts or {}).get(model, cohort), (cases or {}).get(model, max_cases)
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            res = pool.submit(_backend_bench, model, co, n, models_root).result()
+        results["benchmarks"].append(res)
+        print(say_backends(res), flush=True)
+    return _write_results(results, out_dir, "backends")
+
+
+def say_backends(res: dict[str, Any]) -> str:
+    """One line of a backend comparison (:func:`compare_backends`)."""
+    p = res["predicted_torch"], res["predicted_openvino"]
+    return (f"{res.get('model', res.get('network'))} on {res['cases']} {res['cohort']} cases: torch "
+            f"{p[0]['seconds_per_case_median']} s/case, OpenVINO {p[1]['seconds_per_case_median']} s/case "
+            f"({res['predicted_speedup_median']}x; {p[1]['backend_used']}); mask Dice min {res['mask_dice_min']}, "
+            f"voxel disagreement max {res['voxel_disagreement_max']:.2g}; signature max relative difference "
+            f"{res['signature_predicted_mask'].get('max_relative_difference')} (predicted masks)"
+            + (f", {res['signature_reference_mask'].get('max_relative_difference')} (reference masks)"
+               if "signature_reference_mask" in res else ""))
 
 
 def _signature_bench(cohort_name: str, device: str, max_cases: int, filters_cases: int) -> dict[str, object]:

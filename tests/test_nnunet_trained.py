@@ -132,3 +132,22 @@ def test_folder_from_nnunetv2_train_segments_as_nnunetv2_predict(trained, key, t
     sig, _ = taps.load_signature(out, trained["cohort"].case_ids)
     layers = {c.split("__")[1] for c in sig.columns if c.count("__") == 3} - {"volume"}
     assert {"enc1", "bottleneck", "dec1"} <= layers and len(sig) == N_TEST
+
+
+@pytest.mark.parametrize("key", list(PLANNERS))
+def test_folder_from_nnunetv2_train_runs_alike_in_openvino(trained, key, tmp_path):
+    """segment.backend openvino on nnU-Net's own folders (PlainConvUNet, ResidualEncoderUNet): both backends in
+    this process on the held-out cases, s/case and the faithfulness figures printed (and kept in minutes.json's
+    folder as backends-<key>.json)."""
+    from glioma_nb import bench
+
+    models = tmp_path / "models"
+    registry.import_model(trained["folders"][key], f"own-{key}", dest=models)
+    res = bench.compare_backends(trained["cohort"], lambda: registry.load(f"own-{key}", root=models),
+                                 trained["cohort"].case_ids)
+    res["model"] = f"nnU-Net {key}"
+    (trained["root"] / f"backends-{key}.json").write_text(json.dumps(res, indent=1))
+    print("\n" + bench.say_backends(res))
+    assert res["predicted_openvino"]["backend_used"] == ["openvino"]
+    assert min(res["mask_dice_min"].values()) >= 0.999 and res["voxel_disagreement_max"] <= 1e-4
+    assert res["signature_reference_mask"]["max_relative_difference"] <= 1e-3

@@ -526,3 +526,20 @@ def test_scores_figure_shows_the_out_of_fold_points_of_a_cross_validated_model()
     plain = plotting.plot_segmentation_scores(scores)
     assert "out of fold (CV)" not in [t.get_text() for t in plain.axes[0].get_legend().get_texts()]
     assert "box: out of fold" not in plain.axes[0].get_title()
+
+
+def test_training_on_the_cpu_takes_bf16_where_the_cpu_has_it_unless_told_float32(tmp_path):
+    """segment-train's default (bf16=None): bfloat16 autocast where the CPU has AVX512-BF16 / AMX, said in the
+    summary the model card is written from; --fp32 (bf16=False) keeps float32."""
+    from glioma_nb.cli import parser as build_parser
+
+    cohort = _cohort(tmp_path / "c", n=2)
+    src = [train.TrainSource(cohort, ["case0", "case1"])]
+    settings = train.TrainSettings(iterations=2, samples_per_case=1, val_every=100, checkpoint_every=100)
+    auto = train.train(_spec(), src, tmp_path / "auto", settings, device="cpu", bf16=None, progress=False)
+    fp32 = train.train(_spec(), src, tmp_path / "fp32", settings, device="cpu", bf16=False, progress=False)
+    assert auto["bf16"] is train.cpu_bf16_supported() and fp32["bf16"] is False
+    parser = build_parser()
+    assert parser.parse_args(["segment-train", "--model", "flair-wt", "--out", "x"]).bf16 is None
+    assert parser.parse_args(["segment-train", "--model", "flair-wt", "--out", "x", "--fp32"]).bf16 is False
+    assert parser.parse_args(["segment-train", "--model", "flair-wt", "--out", "x", "--bf16"]).bf16 is True

@@ -30,12 +30,13 @@ def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
             "-m", "glioma_nb", *rest]
 
 
-def segment_train(model: str, out: str, iterations: int | None = None, device: str = "auto", bf16: bool = False,
+def segment_train(model: str, out: str, iterations: int | None = None, device: str = "auto", bf16: bool | None = None,
                   ship: bool = False, argv: list[str] | None = None, nproc: int = 1, folds: int | None = None,
                   fold: list[int] | None = None) -> dict | int:
     """``glioma-nb segment-train``: train a model spec on its shared-data split; optionally ship it. ``nproc`` > 1
     runs the same command under torchrun in that many processes (DDP; see :func:`train.train`). ``folds``: k-fold
-    cross-validation over all the spec's cases (:func:`cv.cross_validate`; ``fold``: train only these folds)."""
+    cross-validation over all the spec's cases (:func:`cv.cross_validate`; ``fold``: train only these folds). ``bf16``:
+    None (bfloat16 autocast where the CPU has it, said in the card), True, or False (float32)."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         cmd = torchrun_command(nproc, argv or [])
         print("running: " + " ".join(cmd[1:]), flush=True)
@@ -64,7 +65,7 @@ def segment_train(model: str, out: str, iterations: int | None = None, device: s
 
 
 def _segment_train_cv(spec: models.ModelSpec, out: Path, folds: int, settings: train.TrainSettings, device: str,
-                      bf16: bool, ship: bool, only: list[int] | None, argv: list[str] | None) -> dict:
+                      bf16: bool | None, ship: bool, only: list[int] | None, argv: list[str] | None) -> dict:
     if only is not None:
         bad = [f for f in only if not 0 <= f < folds]
         if bad:

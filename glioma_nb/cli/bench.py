@@ -27,6 +27,13 @@ def add(sub: Any) -> dict[str, Any]:
     bs.add_argument("--cohort", default="brats18-dev", help="the cohort a registered model is timed and scored on")
     bs.add_argument("--max-cases", type=int, default=20, help="held-out cases per cohort and model")
     bs.add_argument("--out", default="bench/results")
+    bs.add_argument("--backends", choices=["also", "only", "no"], default="also",
+                    help="torch against OpenVINO in one process per model (on the CPU): s/case of 01's pass with the "
+                         "signature and its perturbations, the ratio, mask Dice / voxel disagreement and signature "
+                         "differences (on --backend-cases cases of --cohort): also (default; in the same JSON), only "
+                         "(backends_<time>.json), no")
+    bs.add_argument("--backend-cases", type=int, default=12, help="cases of the backend comparison")
+    bs.add_argument("--models-root", default=None, help="registered models folder (default: GLIOMA_NB_MODELS)")
 
     bsig = sub.add_parser("bench-signature", help="network signature and PyRadiomics s/case, CPU and GPU (JSON)")
     bsig.add_argument("--cohorts", nargs="+", default=["brats18-dev", "tcga-lgg-dev", "synthetic"])
@@ -52,7 +59,11 @@ def add(sub: Any) -> dict[str, Any]:
     return {"bench": lambda a, _: _written(bench.run_foundation_bench(a.cohorts, a.out)),
             "bench-preprocess": lambda a, _: _written(bench.run_preprocess_bench(a.cohort, a.out, a.variants, a.model,
                                                                                  not a.no_dicom)),
-            "bench-segment": lambda a, _: _written(bench.run_segment_bench(a.models, a.max_cases, a.out, cohort=a.cohort)),
+            "bench-segment": lambda a, _: _written(
+                bench.run_backend_bench(a.models, a.cohort, a.backend_cases, a.out, a.models_root)
+                if a.backends == "only" else
+                bench.run_segment_bench(a.models, a.max_cases, a.out, cohort=a.cohort,
+                                        backend_cases=a.backend_cases if a.backends == "also" else 0)),
             "bench-signature": lambda a, _: _written(bench.run_signature_bench(a.cohorts, a.max_cases, a.filters_cases,
                                                                                a.out, a.devices)),
             "bench-scale": lambda a, _: _written(bench.run_scale_bench(a.cohort, a.n_cases, a.workers, a.radiomics,

@@ -48,7 +48,11 @@ def add(sub: Any) -> dict[str, Any]:
     t.add_argument("--out", required=True, help="training folder (checkpoint, log, weights); resumed when it exists")
     t.add_argument("--iterations", type=int, help="override train.iterations of the spec")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (opt-in)")
+    prec = t.add_mutually_exclusive_group()
+    prec.add_argument("--bf16", dest="bf16", action="store_const", const=True, default=None,
+                      help="bfloat16 autocast on the CPU (the default where the CPU has AVX512-BF16 / AMX; said in the "
+                           "model card)")
+    prec.add_argument("--fp32", dest="bf16", action="store_const", const=False, help="float32 on the CPU")
     t.add_argument("--nproc", type=int, default=1,
                    help="train in N processes with torchrun DDP (one per GPU with --device cuda, gloo on CPU); the "
                         "global batch (batch_cases x samples_per_case patches) and the learning rate stay those of one "

@@ -152,9 +152,6 @@ class Converted:
                 self.check: dict[str, float] = {}
                 self.fired: list[str] = list(self.taps)      # the tapped layers in the order the network runs them
 
-            def __getstate__(self) -> dict[str, Any]:   # sent to Dask workers: compiled models stay behind
-                return dict(self.__dict__)
-
             def named_modules(self, memo: Any = None, prefix: str = "", remove_duplicate: bool = True) -> Iterator:
                 yield prefix, self
                 for n, p in self.proxies.items():

@@ -10,7 +10,8 @@ the final weights are those of the last iteration (no selection on held-out case
 
 GPU: CUDA with bfloat16 autocast where the GPU has it (Ampere and later; float16 with a gradient
 scaler otherwise: float16 activations overflowed to NaN within 250 iterations on an H100); CPU
-otherwise, with bfloat16 autocast as an opt-in (``bf16=True``). A loss that stays non-finite for
+otherwise, with bfloat16 autocast where the CPU has it (AVX512-BF16 / AMX) when ``bf16`` is None (``glioma-nb
+segment-train`` asks for that by default; ``--fp32`` keeps float32), or ``bf16=True`` / a spec's ``train.bf16``. A loss that stays non-finite for
 ``MAX_NONFINITE`` iterations stops the run with an error (the last good checkpoint is kept).
 """
 from __future__ import annotations
@@ -320,7 +321,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
 
 
 def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settings: TrainSettings | None = None,
-          device: str = "auto", bf16: bool = False, progress: bool = True,
+          device: str = "auto", bf16: bool | None = False, progress: bool = True,
           stop_at: int | None = None) -> dict[str, Any]:
     """Train ``spec`` on ``sources`` into ``out_dir`` (resumes a checkpoint found there).
 
@@ -363,6 +364,8 @@ def train(spec: ModelSpec, sources: Sequence[TrainSource], out_dir: Path, settin
     cuda_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and not cuda_bf16)
     aug = transforms.augment(spec, s.samples_per_case, crop=s.crop, augmentation=s.augmentation)
+    if bf16 is None:      # auto: where the CPU runs bfloat16 natively (0.55 s vs 0.95 s per brats-4mod iteration here)
+        bf16 = s.bf16 or (device == "cpu" and cpu_bf16_supported())
     bf16 = bf16 or s.bf16
     if bf16 and device == "cpu" and not cpu_bf16_supported():
         warnings.warn(f"model {spec.name}: this CPU has no bfloat16 instructions (AVX512-BF16 / AMX); training in "

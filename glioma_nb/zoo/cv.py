@@ -70,7 +70,7 @@ def _check_assignment(out_dir: Path, assign: dict[tuple[str, str], int], k: int)
 
 
 def train_folds(spec: models.ModelSpec, out_dir: Path, k: int, settings: train.TrainSettings | None = None,
-                device: str = "auto", bf16: bool = False, progress: bool = True,
+                device: str = "auto", bf16: bool | None = False, progress: bool = True,
                 only: Sequence[int] | None = None) -> tuple[list[train.TrainSource], dict[tuple[str, str], int]]:
     """Train the fold models that are not finished (``only``: these folds). Returns the sources and assignment."""
     sources = train.sources_from_spec(spec, progress=progress)
@@ -184,7 +184,7 @@ def ablation(table: pd.DataFrame, choice: dict[str, Any]) -> pd.DataFrame:
 
 
 def cross_validate(spec: models.ModelSpec, out_dir: Path, k: int, settings: train.TrainSettings | None = None,
-                   device: str = "auto", bf16: bool = False, progress: bool = True,
+                   device: str = "auto", bf16: bool | None = False, progress: bool = True,
                    variants: Sequence[str] = tuple(VARIANTS), only: Sequence[int] | None = None) -> dict[str, Any]:
     """``segment-train --folds K``: train the unfinished fold models, predict and score out of fold, choose the
     variant and rule. Writes ``oof_scores.csv``, ``oof_summary.csv``, ``oof_ablation.csv`` and ``cv.json`` (the

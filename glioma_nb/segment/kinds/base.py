@@ -227,6 +227,12 @@ class Segmenter:
         self.backend = "torch"                            # the network's forward pass: torch | openvino (backend)
         self._accelerated: dict[tuple[str, tuple[str, ...]], Any] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a Dask worker without the OpenVINO stand-ins (each process converts or reads the cache)."""
+        state = dict(self.__dict__)
+        state["_accelerated"] = {}
+        return state
+
     def forward_module(self, net: Any, taps: Mapping[str, str] | None = None, slot: str = "net") -> Any:
         """What to call for the torch module ``net`` (``slot`` names it among the model's networks: a fold, a
         member): ``net`` itself, or with ``backend`` openvino its OpenVINO stand-in (:func:`backend.accelerate`)
