@@ -25,7 +25,7 @@ from glioma_nb.io import features as cfeat
 from glioma_nb.preprocess import dicom as pre_dicom
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.preprocess import register as pre_register
-from glioma_nb.segment import infer, kinds, metrics, models, registry, train
+from glioma_nb.segment import backend, infer, kinds, metrics, models, registry, train
 from glioma_nb.signature import handcrafted
 from glioma_nb.stratify import clustering, risk
 from glioma_nb.stratify.survival import survival_frame
@@ -228,8 +228,6 @@ def compare_backends(cohort: io.Cohort, load: Any, ids: list[str]) -> dict[str, 
     mask (end to end: a voxel that changes class moves a small region's mean) and, where the cohort has label
     maps, in the reference mask (the network's outputs alone)."""
     import torch
-
-    from glioma_nb.segment import backend
 
     perts = tuple(config.base_config()["signature"]["stability"]["perturbations"])
     out: dict[str, Any] = {"cohort": cohort.name, "cases": len(ids), "openvino": backend.available(),

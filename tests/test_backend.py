@@ -127,15 +127,17 @@ def test_a_network_that_does_not_convert_runs_in_torch_and_says_why():
 
 
 def test_a_conversion_that_differs_from_torch_is_not_used(monkeypatch):
+    """torch runs instead, and its tapped layers still reach the signature's hooks."""
     monkeypatch.setattr(backend, "MAX_RELATIVE", -1.0)      # no conversion can pass: it must not be used
     net = _unet()
+    stages = _taps(net)
     x = torch.randn(1, 4, 32, 32, 32)
-    conv = backend.accelerate(net, [], "strict")
+    conv = backend.accelerate(net, list(stages.values()), "strict")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with torch.inference_mode():
-            got = conv(x)
-    with torch.inference_mode():
-        assert torch.equal(got, net(x))
+        got, acts = _run(conv, x, stages)
+    ref, ref_acts = _run(net, x, stages)
+    assert torch.equal(got, ref)
+    assert set(acts) == set(stages) and all(torch.equal(acts[s], ref_acts[s]) for s in stages)
     assert conv.status.startswith("torch (the OpenVINO conversion differs from torch")
     assert not backend.cache_root().exists() or not any(backend.cache_root().iterdir())

@@ -60,7 +60,8 @@ def zoo(tmp_path_factory):
     mp.setenv("GLIOMA_NB_REPORTS", str(root / "reports"))
     try:
         run_dir = runner.run("brats18-dev", [
-            "segment.model=zoo-brats", f"cohort.exclude=[{', '.join(c for c in cohort.case_ids if c not in cases)}]",
+            "segment.model=zoo-brats", "segment.backend=torch",   # compared voxel for voxel with MONAI's torch run
+            f"cohort.exclude=[{', '.join(c for c in cohort.case_ids if c not in cases)}]",
             "cohort.clinical.require_all_cases=false", "segment.n_overlay_cases=1", "signature.radiomics=null", "signature.location_features=false",
             "signature.stability.perturbations=[]", "signature.feature_map=false"],
             steps=["01_segment", "02_signature"], progress=False)

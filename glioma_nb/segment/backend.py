@@ -37,6 +37,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from glioma_nb import paths
+from glioma_nb.segment import models
 from glioma_nb.segment.errors import SegmentationError
 
 BACKENDS = ("torch", "openvino", "auto")
@@ -114,6 +115,9 @@ class _Tapped:
                 for h in self.handles:
                     h.remove()
 
+            def fired_order(self) -> list[str]:
+                return [n for n in self.acts if n in self.names]
+
         return Tapped()
 
 
@@ -163,7 +167,7 @@ class Converted:
                 if key is None or (key and key not in _COMPILED):   # new shape, or a new process (a Dask worker)
                     key = self._prepare(x)
                 if not key:
-                    return self.net(x)
+                    return self._torch(x)
                 compiled = _COMPILED[key][0]
                 res = compiled({0: x.detach().float().contiguous().cpu().numpy()})
                 outs = [torch.from_numpy(np.array(res[o])) for o in compiled.outputs]
@@ -173,6 +177,19 @@ class Converted:
                 return outs[0] if k == 1 and not self._tuple else tuple(outs[:k])
 
             _tuple = False
+
+            def _torch(self, x: Any) -> Any:
+                """The torch module itself, its tapped layers handed to the stand-ins as OpenVINO's would be."""
+                if not self.taps:
+                    return self.net(x)
+                tapped = _Tapped(self.net, self.taps)
+                try:
+                    out = tapped.net(x)
+                finally:
+                    tapped.close()
+                for n in tapped.fired_order():
+                    self.proxies[n](tapped.acts[n])
+                return out
 
             def _prepare(self, x: Any) -> str:
                 shape = tuple(int(s) for s in x.shape)
@@ -317,8 +334,6 @@ def accelerate(net: Any, taps: Sequence[str] = (), label: str = "") -> Any:
     """``net`` with its forward pass in OpenVINO (see the module docstring): a :class:`Converted` stand-in whose
     modules named ``taps`` fire forward hooks with the layer outputs; an ensemble of fold models member by member
     (the taps, ``members.0.*``, are the first member's)."""
-    from glioma_nb.segment import models
-
     if models.is_ensemble(net):
         mine = [t.removeprefix("members.0.") for t in taps if t.startswith("members.0.")]
         if len(mine) != len(list(taps)):
