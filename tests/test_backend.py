@@ -140,4 +140,15 @@ def test_a_conversion_that_differs_from_torch_is_not_used(monkeypatch):
     assert torch.equal(got, ref)
     assert set(acts) == set(stages) and all(torch.equal(acts[s], ref_acts[s]) for s in stages)
     assert conv.status.startswith("torch (the OpenVINO conversion differs from torch")
-    assert not backend.cache_root().exists() or not any(backend.cache_root().iterdir())
+    # no model is cached, only the refusal: a later process does not spend the conversion again
+    assert [p.name.endswith(".refused.json") for p in backend.cache_root().iterdir()] == [True]
+    import openvino
+
+    monkeypatch.setattr(backend, "_COMPILED", {})
+    with monkeypatch.context() as m:
+        m.setattr(openvino, "convert_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("converted")))
+        again = backend.accelerate(net, list(stages.values()), "strict")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _run(again, x, stages)
+    assert "remembered from an earlier conversion" in again.status

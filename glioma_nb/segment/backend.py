@@ -18,7 +18,8 @@ existing code calls as it calls the module:
   output's largest difference relative to the torch output's range must be at most :data:`MAX_RELATIVE`, and
   the argmax (several channels) or the sign of the logit (one channel) may disagree in at most
   :data:`MAX_DISAGREEMENT` of the voxels. A network that fails the check, or does not convert at all, runs in
-  torch, and :attr:`Converted.status` says why (the case records and 01's text say so).
+  torch, and :attr:`Converted.status` says why (the case records and 01's text say so); a refusal is remembered in
+  the cache (``<key>.refused.json``), so no later process spends the conversion again.
 
 OpenVINO runs in float32 (``INFERENCE_PRECISION_HINT``: a CPU with bf16 would otherwise run bf16) on as many
 threads as torch uses (``torch.get_num_threads()``; pytest workers pin one).
@@ -263,6 +264,9 @@ def _compile(conv: Any, x: Any) -> str:
     shape = tuple(int(s) for s in x.shape)
     key = _cache_key(conv, shape, version)
     folder = cache_root() / key
+    refused = folder.with_name(folder.name + ".refused.json")
+    if refused.exists():       # converted before and found to differ: not tried again
+        raise _NotFaithful(json.loads(refused.read_text())["why"] + " (remembered from an earlier conversion)")
     with _LOCK:
         if key not in _COMPILED and (folder / "meta.json").exists() and (folder / "model.xml").exists():
             _COMPILED[key] = (_compile_model(str(folder / "model.xml")), json.loads((folder / "meta.json").read_text()))
@@ -285,10 +289,35 @@ def _compile(conv: Any, x: Any) -> str:
         tapped.close()
     n_taps = len(fired)
     n_outputs = len(ref) - n_taps
+    try:
+        check, compiled = _check(model, ref, xin, fired, n_outputs)
+    except _NotFaithful as exc:
+        _remember_refusal(folder.with_name(folder.name + ".refused.json"), str(exc), conv, shape, version)
+        raise
+    meta = {"n_outputs": n_outputs, "tuple": is_tuple, "shape": list(shape), "taps": conv.taps, "fired": fired,
+            "openvino": version, "weights_sha256": conv.sha, "module": conv.label, "check": check}
+    _save(model, folder, meta)
+    with _LOCK:
+        _COMPILED[key] = (compiled, meta)
+    conv.n_outputs, conv._tuple, conv.check, conv.fired = n_outputs, is_tuple, check, fired
+    return key
+
+
+def _remember_refusal(path: Path, why: str, conv: Any, shape: tuple[int, ...], version: str) -> None:
+    """A conversion that did not match torch, remembered so that no later process spends minutes on it again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"why": why, "weights_sha256": conv.sha, "shape": list(shape), "openvino": version,
+                               "module": conv.label}, indent=1))
+    tmp.replace(path)
+
+
+def _check(model: Any, ref: Sequence[Any], xin: Any, fired: list[str], n_outputs: int) -> tuple[dict[str, float], Any]:
+    """The compiled model and how far it is from torch's outputs ``ref`` on ``xin``; :class:`_NotFaithful` when
+    it is too far (:data:`MAX_RELATIVE`, :data:`MAX_DISAGREEMENT`)."""
     compiled = _compile_model(model)
     res = compiled({0: xin.numpy()})
     got = [np.array(res[o]) for o in compiled.outputs]
-    check: dict[str, float] = {}
     worst = 0.0
     for i, (r, g) in enumerate(zip(ref, got)):
         rn = r.float().numpy()
@@ -301,15 +330,7 @@ def _compile(conv: Any, x: Any) -> str:
     dis = _agreement(ref[0].float().numpy(), got[0])
     if dis > MAX_DISAGREEMENT:
         raise _NotFaithful(f"{dis:.2g} of the voxels change class (at most {MAX_DISAGREEMENT:g})")
-    check = {"max_relative": worst, "disagreement": dis}
-    meta = {"n_outputs": n_outputs, "tuple": is_tuple, "shape": list(shape), "taps": conv.taps, "fired": fired,
-            "openvino": version,
-            "weights_sha256": conv.sha, "module": conv.label, "check": check}
-    _save(model, folder, meta)
-    with _LOCK:
-        _COMPILED[key] = (compiled, meta)
-    conv.n_outputs, conv._tuple, conv.check, conv.fired = n_outputs, is_tuple, check, fired
-    return key
+    return {"max_relative": worst, "disagreement": dis}, compiled
 
 
 def _save(model: Any, folder: Path, meta: Mapping[str, Any]) -> None:
