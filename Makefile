@@ -75,7 +75,8 @@ docs: $(STAMP)
 synth: $(STAMP)
 	$(PY) -m glioma_nb synth $(ARGS)
 
-# pytest exits 5 when it collects nothing; make treats that as a failure, as it must.
+# pytest exits 5 when it collects nothing; make treats that as a failure, as it must. The 20 slowest tests are listed
+# at the end (--durations=20): where the suite's time goes.
 # TEST_WORKERS pytest-xdist processes (the session's training run is made once and copied to the others:
 # tests/conftest.py), each with one BLAS/OpenMP thread (two workers of two threads each on two cores spin
 # against each other); TEST_WORKERS=0 runs them in this process with the default threads.
@@ -83,7 +84,7 @@ TEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 XDIST_ENV = $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
 test: $(STAMP)
-	MPLBACKEND=Agg $(XDIST_ENV) $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+	MPLBACKEND=Agg $(XDIST_ENV) $(PY) -m pytest $(XDIST) --durations=20 $(PYTEST_ARGS)
 
 # the layer contracts alone (tests/test_architecture.py runs them inside make test as well)
 imports: $(STAMP)
