@@ -167,7 +167,8 @@ def test_ddp_on_2_cpu_processes_gives_the_weights_of_one_process_with_the_same_g
     spec_yaml.write_text(yaml.safe_dump({**TINY_BRATS, "train": {
         "iterations": 4, "batch_cases": 2, "samples_per_case": 2, "lr": 0.002, "seed": 0, "val_every": 100,
         "checkpoint_every": 2, "sources": [{"cohort": str(cohort_yaml), "cases": ["C00", "C01", "C02"], "held_out": []}]}}))
-    args = ["segment-train", "--model", str(spec_yaml), "--device", "cpu", "--fp32"]   # the reductions, not bf16's rounding
+    # --fp32: DDP's reductions are under test, not bf16's rounding (which segment-train takes by default here)
+    args = ["segment-train", "--model", str(spec_yaml), "--device", "cpu", "--fp32"]
     assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
     assert cli.main([*args, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0     # torchrun, 2 processes
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)

@@ -552,7 +552,8 @@ def test_a_kind_is_one_registered_class(tmp_path, monkeypatch, capsys):
     assert "invalid choice: 'tin'" in err and "toy" in err.split("choose from")[1]
 
 
-@pytest.mark.parametrize("name", ["tiny-nnunet", "tiny-nnunet-regions", "tiny-bundle", "tiny-bundle-regions", "tiny-ts"])
+@pytest.mark.parametrize("name", ["tiny-nnunet", "tiny-nnunet-regions", "tiny-bundle", "tiny-bundle-regions",
+                                  "tiny-ts"])
 def test_every_kind_segments_alike_in_openvino_and_in_torch(made, tmp_path, name):
     """segment.backend openvino: the network's forward pass in OpenVINO, the kind's own window, mirroring, folds and
     post-processing unchanged; masks and the signature of the same pass as in torch."""

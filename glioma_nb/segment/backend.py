@@ -206,7 +206,8 @@ class Converted:
                 except Exception as exc:   # noqa: BLE001 - any conversion failure falls back to torch, said
                     key = ""
                     first = str(exc).strip().splitlines()
-                    why = next((ln for ln in first if "No conversion rule" in ln), first[0] if first else type(exc).__name__)
+                    why = next((ln for ln in first if "No conversion rule" in ln),
+                               first[0] if first else type(exc).__name__)
                     self._say(f"torch (does not convert to OpenVINO: {why.strip()[:200]})")
                 else:
                     self._say("openvino")

@@ -11,8 +11,8 @@ the final weights are those of the last iteration (no selection on held-out case
 GPU: CUDA with bfloat16 autocast where the GPU has it (Ampere and later; float16 with a gradient
 scaler otherwise: float16 activations overflowed to NaN within 250 iterations on an H100); CPU
 otherwise, with bfloat16 autocast where the CPU has it (AVX512-BF16 / AMX) when ``bf16`` is None (``glioma-nb
-segment-train`` asks for that by default; ``--fp32`` keeps float32), or ``bf16=True`` / a spec's ``train.bf16``. A loss that stays non-finite for
-``MAX_NONFINITE`` iterations stops the run with an error (the last good checkpoint is kept).
+segment-train`` asks for that by default; ``--fp32`` keeps float32), or ``bf16=True`` / a spec's ``train.bf16``.
+A loss that stays non-finite for ``MAX_NONFINITE`` iterations stops the run with an error (the last good checkpoint is kept).
 """
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 time-dependent AUC and the integrated Brier score (lifelines and scikit-survival do the statistics)."""
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
