@@ -282,7 +282,7 @@ def _compile(conv: Any, x: Any) -> str:
     tapped = _Tapped(conv.net, conv.taps)
     try:
         with torch.inference_mode():
-                ref = tapped(xin)
+            ref = tapped(xin)
         is_tuple, fired = bool(tapped.was_tuple), list(tapped.fired)
         with torch.no_grad():
             model = ov.convert_model(tapped, example_input=xin, input=[shape])
