@@ -180,13 +180,11 @@ def run_segment_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), max_c
 
 
 def _label_dice(a: np.ndarray, b: np.ndarray, scheme: io.LabelScheme) -> dict[str, float]:
-    """Dice per region of two label maps in one scheme (both empty: 1)."""
+    """Dice per region of two label maps in one scheme (:func:`metrics.region_scores`; a region both leave empty
+    agrees: 1)."""
     ra, rb = io.region_masks(a, scheme), io.region_masks(b, scheme)
-    out = {}
-    for r in ra:
-        n = int(ra[r].sum() + rb[r].sum())
-        out[r] = 1.0 if n == 0 else 2.0 * int((ra[r] & rb[r]).sum()) / n
-    return out
+    dice = {r: metrics.region_scores(ra[r], rb[r], (1.0,) * a.ndim, hd95=False)[0] for r in ra}
+    return {r: 1.0 if np.isnan(d) else d for r, d in dice.items()}
 
 
 def _signature_difference(dirs: dict[str, Path], ids: list[str]) -> dict[str, object]:
@@ -276,19 +274,16 @@ def compare_backends(cohort: io.Cohort, load: Any, ids: list[str]) -> dict[str, 
 
 
 def run_backend_bench(models_: Iterable[str] = ("brats-4mod", "flair-wt"), cohort: str = "brats18-dev",
-                      max_cases: int = 12, out_dir: str = "bench/results", models_root: str | None = None,
-                      cohorts: dict[str, str] | None = None, cases: dict[str, int] | None = None) -> Path:
-    """``make bench-segment BACKENDS=1`` / ``glioma-nb bench-segment --backends``: torch against OpenVINO per model
-    (each in its own process, both backends in that process): s/case, their ratio, and the faithfulness figures
-    (:func:`_backend_bench`). ``cohorts`` / ``cases``: a cohort / a number of cases for some models."""
+                      max_cases: int = 12, out_dir: str = "bench/results", models_root: str | None = None) -> Path:
+    """``glioma-nb bench-segment --backends only``: torch against OpenVINO per model (each in its own process, both
+    backends in that process): s/case, their ratio, and the faithfulness figures (:func:`_backend_bench`)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     results = _new_results()
     for model in models_:
-        co, n = (cohorts or {}).get(model, cohort), (cases or {}).get(model, max_cases)
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-            res = pool.submit(_backend_bench, model, co, n, models_root).result()
+            res = pool.submit(_backend_bench, model, cohort, max_cases, models_root).result()
         results["benchmarks"].append(res)
         print(say_backends(res), flush=True)
     return _write_results(results, out_dir, "backends")

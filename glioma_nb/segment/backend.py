@@ -82,7 +82,7 @@ def weights_sha256(net: Any) -> str:
     for name, t in net.state_dict().items():
         a = t.detach().cpu().contiguous()
         h.update(f"{name}|{tuple(a.shape)}|{a.dtype}|".encode())
-        h.update(a.numpy().tobytes() if a.dtype.is_floating_point or a.dtype.is_signed else bytes(a.numpy()))
+        h.update(a.numpy().tobytes())
     return h.hexdigest()
 
 
