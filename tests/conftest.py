@@ -31,6 +31,27 @@ def requires_shared(sub: str = "") -> pytest.MarkDecorator:
     return pytest.mark.skipif(not target.exists(), reason=f"shared data not present: {target} (CI has it)")
 
 
+#: session and module fixtures that take tens of seconds to minutes, most expensive first. Under pytest-xdist each
+#: worker builds its own copy of a fixture it needs; ``make test`` runs ``--dist loadgroup``, and the hook below sends
+#: every test on one of these to one worker (the first of them it uses names the group). The training run is not
+#: among them: it is built once for both workers, in the background (``pytest_collection_finish``).
+EXPENSIVE_FIXTURES = ("zoo", "synthetic_40", "serial_cohort", "simulated", "made", "collection", "upenn_all")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-xdist 3.8's loadgroup names a test's group by suffixing ``item._nodeid``, which pytest 9 no longer
+    reads (a node's id is ``item._id``): its own ``xdist_group`` marker groups nothing here. The suffix is set on
+    ``_id`` instead, the way its scheduler (``LoadGroupScheduling``: the scope after the last "@") reads it."""
+    if not getattr(config.option, "loadgroup", False):   # set on each worker from --dist loadgroup
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        used = [f for f in EXPENSIVE_FIXTURES if f in getattr(item, "fixturenames", ())]
+        if used and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{used[0]}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _converted_networks(tmp_path_factory: pytest.TempPathFactory):
     """OpenVINO conversions (glioma_nb.segment.backend) are cached in the session's folder, shared by its
@@ -139,34 +160,79 @@ FAST_RUN = ["segment.n_overlay_cases=2", "classify.n_permutations=5", "classify.
             "stratify.n_resamples=20", "stratify.repeats=1", "stratify.n_bootstrap=50"]
 
 
-@pytest.fixture(scope="session")
-def synthetic_training_run(synthetic_small, tmp_path_factory):
-    """A complete run (all five steps, fast settings) of the 12-case synthetic cohort, made once per
-    session: the end-to-end runner test checks it, the validation tests lock its models. Under pytest-xdist
-    (``make test`` runs 2 workers) the first worker that needs it makes it, under a file lock, and every other
-    worker gets a copy of the finished run folder in its own reports folder (same run id)."""
-    from glioma_nb import runner
+TRAINING_RUN = "synthetic_training_run"
 
-    def make() -> tuple[Path, Path]:
-        base = tmp_path_factory.mktemp("trainrun")
-        y = synthetic_yaml(synthetic_small, base / "synsmall.yaml")
-        mp = pytest.MonkeyPatch()  # the session-wide reports folder (the autouse fixture is per test)
-        mp.setenv("GLIOMA_NB_REPORTS", str(tmp_path_factory.getbasetemp() / "reports"))
-        mp.setenv("GLIOMA_NB_DATA", str(tmp_path_factory.getbasetemp() / "data"))
-        try:
-            return y, runner.run(str(y), FAST_RUN, progress=False)
-        finally:
-            mp.undo()
 
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return make()
-    shared = tmp_path_factory.getbasetemp().parent        # the session's folder, above every worker's
-    record = shared / "synthetic_training_run.json"
-    with FileLock(str(shared / "synthetic_training_run.lock")):
+def shared_training_run(shared: Path) -> dict[str, str]:
+    """The 12-case synthetic cohort (seed 7, as ``synthetic_small``) and its complete run (all five steps, fast
+    settings), made once in ``shared`` under a file lock; returns ``{"yaml", "run_dir"}``. A failed build leaves no
+    record, and the next caller builds it again and fails with the real error."""
+    from glioma_nb import runner, synthetic
+
+    record = shared / f"{TRAINING_RUN}.json"
+    with FileLock(str(shared / f"{TRAINING_RUN}.lock")):
         if not record.exists():
-            y, run_dir = make()
+            base = shared / "trainrun"
+            if base.exists():
+                shutil.rmtree(base)         # what a killed build left
+            root = synthetic.generate_cohort(base / "syn" / "n12", synthetic.SyntheticSpec(n_cases=12, seed=7),
+                                             progress=False)
+            y = synthetic_yaml(root, base / "synsmall.yaml")
+            mp = pytest.MonkeyPatch()
+            mp.setenv("GLIOMA_NB_REPORTS", str(base / "reports"))
+            mp.setenv("GLIOMA_NB_DATA", str(base / "data"))
+            try:
+                run_dir = runner.run(str(y), FAST_RUN, progress=False)
+            finally:
+                mp.undo()
             record.write_text(json.dumps({"yaml": str(y), "run_dir": str(run_dir)}))
-    made = json.loads(record.read_text())
+    return json.loads(record.read_text())
+
+
+def _session_folder(config: pytest.Config) -> Path:
+    """The session's folder: above every pytest-xdist worker's own, or the session's own without workers."""
+    base = config._tmp_path_factory.getbasetemp()
+    return base.parent if hasattr(config, "workerinput") else base
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The first pytest-xdist worker whose tests need the training run starts building it in a background process
+    (tests/build_training_run.py), so that no worker waits minutes for it on a lock: the tests that use it are
+    spread over both workers and reach it after it is made (about 3 minutes of the suite's first 5)."""
+    config = session.config
+    if not hasattr(config, "workerinput") or not any(TRAINING_RUN in getattr(i, "fixturenames", ())
+                                                     for i in session.items):
+        return
+    shared = _session_folder(config)
+    try:
+        fd = os.open(shared / f"{TRAINING_RUN}.started", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return                                   # the other worker started it
+    os.close(fd)
+    import subprocess
+    import sys
+
+    log = open(shared / f"{TRAINING_RUN}.log", "w")
+    config._training_run_builder = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("build_training_run.py")), str(shared)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(Path(__file__).parent.parent))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    builder = getattr(session.config, "_training_run_builder", None)
+    if builder is not None and builder.poll() is None:   # an interrupted session leaves no build behind
+        builder.kill()
+        builder.wait()
+
+
+@pytest.fixture(scope="session")
+def synthetic_training_run(tmp_path_factory, pytestconfig):
+    """A complete run (all five steps, fast settings) of a 12-case synthetic cohort, made once per session: the
+    end-to-end runner test checks it, the validation tests lock its models. Under pytest-xdist (``make test`` runs
+    2 workers) it is built in the background from the start of the session (``pytest_collection_finish``); each
+    worker waits on its lock and gets a copy of the finished run folder in its own reports folder (same run id).
+    Returns the cohort's YAML and the run folder."""
+    made = shared_training_run(_session_folder(pytestconfig))
     src = Path(made["run_dir"])
     own = tmp_path_factory.getbasetemp() / "reports" / src.parent.name / src.name
     if not own.exists():

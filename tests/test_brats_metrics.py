@@ -76,6 +76,7 @@ def test_anisotropic_voxels_are_measured_in_millimetres_along_the_right_axes():
 
 
 @requires_shared("brats18")
+@pytest.mark.check
 def test_the_shipped_models_brats18_masks_score_as_the_official_evaluation_scores_them(tmp_path):
     """(b) of the fixture: the 12 brats18 cases as the shipped brats-4mod segments them in notebook 01, scored
     against their expert labels (BraTS 2018 label 4 read as 2023's 3)."""
@@ -109,6 +110,7 @@ def test_the_shipped_models_brats18_masks_score_as_the_official_evaluation_score
 
 
 @requires_shared("brats18")
+@pytest.mark.check
 def test_the_shipped_out_of_fold_table_rescored_keeps_its_masks_and_takes_the_official_hd95(tmp_path, monkeypatch):
     """segment-rescore on a copy of brats-4mod: each case segmented again by its shipped fold model gives the
     same masks (every Dice as the shipped table's, to its 4 decimals), scored with every BraTS metric; the card's
@@ -137,6 +139,7 @@ def test_the_shipped_out_of_fold_table_rescored_keeps_its_masks_and_takes_the_of
 
 
 @requires_shared("tcga-lgg")
+@pytest.mark.check
 def test_the_flair_wt_card_rescored_keeps_its_dice_and_takes_the_official_hd95(tmp_path):
     """segment-rescore on a copy of flair-wt (a held-out card): the shipped weights on the spec's held-out cases
     give the card's Dice again, case by case; the card's metric section is rewritten, the rest kept."""

@@ -413,6 +413,7 @@ def test_a_seg_round_trips_on_its_source_grid(tmp_path):
         dicomseg.read_seg(out, series.files, {"edema": 2})
 
 
+@pytest.mark.check
 def test_from_the_manifest_to_05_against_a_local_s3(collection, tmp_path, monkeypatch):
     """The whole path on the synthetic collection: download (CLI) -> header check -> 00 (the SEG mapped to BraTS
     space with its T1c's transform) -> 01 scored against it -> 02 -> 05."""

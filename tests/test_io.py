@@ -327,6 +327,7 @@ def test_shared_brats18_dev_validates():
 
 @requires_shared("tcga-lgg")
 @pytest.mark.shared_data
+@pytest.mark.check
 def test_shared_tcga_lgg_dev_validates_with_geometry_override():
     cohort, report = io.check_cohort(config.resolve_config("tcga-lgg-dev"), progress=False)
     assert report.ok, report.format()

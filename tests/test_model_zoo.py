@@ -24,7 +24,7 @@ from glioma_nb.segment import SegmentationError, kinds, registry
 from glioma_nb.segment.kinds import bundle
 
 ZOO = SHARED / "model-zoo" / "brats_mri_segmentation"
-pytestmark = [requires_shared("model-zoo/brats_mri_segmentation"), requires_shared("brats18")]
+pytestmark = [requires_shared("model-zoo/brats_mri_segmentation"), requires_shared("brats18"), pytest.mark.check]
 FILES = {"t1c": "t1ce", "t1": "t1", "t2": "t2", "flair": "flair"}      # brats18 file names of the channel_def order
 
 

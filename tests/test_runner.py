@@ -15,7 +15,7 @@ from glioma_nb import STEPS, cli, config, paths, provenance, runner, runs, step_
 
 
 @pytest.mark.slow
-def test_run_all_steps_end_to_end(synthetic_training_run, synthetic_small, tmp_path):
+def test_run_all_steps_end_to_end(synthetic_training_run, tmp_path):
     y, run_dir = synthetic_training_run
     fast = FAST_RUN
     assert run_dir.parent == paths.reports_dir() / "synsmall"
@@ -51,7 +51,8 @@ def test_run_all_steps_end_to_end(synthetic_training_run, synthetic_small, tmp_p
         shown = cell.outputs[-1]["data"]["text/plain"]
         assert shown.endswith(")") and "Result(tables=[" in shown and len(shown) < 2500, (step, shown[:300])
     # shared reports leak no local paths
-    leaks = [str(paths.project_root()), str(Path.home()), str(synthetic_small), str(y.parent), str(tmp_path), str(run_dir)]
+    cohort_root = config.load_yaml(y)["cohort"]["root"]
+    leaks = [str(paths.project_root()), str(Path.home()), cohort_root, str(y.parent), str(tmp_path), str(run_dir)]
     for f in list(run_dir.glob("*.ipynb")) + list(run_dir.glob("*.html")):
         text = f.read_text()
         for leak in leaks:
@@ -326,3 +327,32 @@ def test_a_completed_run_reopened_is_read_only_and_its_placeholders_resolve(tiny
     monkeypatch.chdir(rd.parent)  # a report copied out of its run folder cannot find its run
     with pytest.raises(runs.RunError, match="not a run folder"):
         runner.open_step("02_signature", run_dir="<run>")
+
+
+def test_a_step_seeds_torch_when_it_first_imports_it_and_a_step_without_torch_never_loads_it():
+    """open_step seeds python, numpy and torch; torch is seeded on its first import (03-05 never import it: 1.6 s
+    of every such kernel's start), with the step's seed, as if it had been imported to be seeded."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from glioma_nb import explore, runner
+from glioma_nb.classify import step
+from glioma_nb.stratify import step
+from glioma_nb.validate import step
+print(sorted(m for m in ("torch", "nbformat", "papermill", "nbconvert") if m in sys.modules))
+runner.seed_everything(123)
+assert "torch" not in sys.modules
+import torch
+a = torch.rand(3)
+torch.manual_seed(123)
+assert torch.equal(a, torch.rand(3)), "not seeded on import"
+runner.seed_everything(5)
+b = torch.rand(2)
+torch.manual_seed(5)
+assert torch.equal(b, torch.rand(2)), "not seeded when already imported"
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"   # nor papermill and nbformat (1.5 s: jsonschema's IRI grammar)

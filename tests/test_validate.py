@@ -110,6 +110,7 @@ def test_overlap_guard_finds_a_copied_scan_under_another_id(synthetic_small, tmp
 
 @requires_shared("tcga-lgg")
 @requires_shared("brats18")
+@pytest.mark.check
 def test_overlap_guard_finds_the_known_brats18_tcga_duplicates():
     brats = io.load_cohort(config.resolve_config("brats18-dev"), progress=False)
     tcga = io.load_cohort(config.resolve_config("tcga-lgg-dev"), progress=False)

@@ -187,18 +187,21 @@ def cv_risk_model(X: pd.DataFrame, surv: pd.DataFrame, *, name: str = "model", l
     notes: list[str] = []
     chosen = []
 
-    def one(train: np.ndarray, test: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-        model = TunedCoxnet(l1_ratio, inner_splits, random_state=seed).fit(Xa[train], y[train])
+    def one(train: np.ndarray, test: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float] | ValueError:
+        try:
+            model = TunedCoxnet(l1_ratio, inner_splits, random_state=seed).fit(Xa[train], y[train])
+        except ValueError as exc:   # returned, not raised: an exception in a joblib worker kills the process pool,
+            return exc              # and the next model would wait seconds for new processes
         fns = model.predict_survival_function(Xa[test])
         curves = np.vstack([fn(np.clip(times, fn.domain[0], fn.domain[1])) for fn in fns])
         return model.predict(Xa[test]), curves, model.best_alpha_
 
     tasks = [(r, train, test) for r in range(repeats)
              for train, test in StratifiedKFold(outer_splits, shuffle=True, random_state=random_state + r).split(Xa, ev)]
-    try:
-        outs = Parallel(n_jobs=n_jobs)(delayed(one)(train, test, random_state + r) for r, train, test in tasks)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from exc
+    outs = Parallel(n_jobs=n_jobs)(delayed(one)(train, test, random_state + r) for r, train, test in tasks)
+    failed = [o for o in outs if isinstance(o, ValueError)]
+    if failed:
+        raise ValueError(f"{name}: {failed[0]}") from failed[0]
     cols = {r: np.full(len(X), np.nan) for r in range(repeats)}
     for (r, _, test), (risk, curves, alpha) in zip(tasks, outs):
         cols[r][test] = risk
