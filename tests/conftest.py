@@ -38,14 +38,38 @@ def requires_shared(sub: str = "") -> pytest.MarkDecorator:
 EXPENSIVE_FIXTURES = ("zoo", "synthetic_40", "serial_cohort", "simulated", "made", "collection", "upenn_all")
 
 
+#: tests that take 20 s or more (``make test`` lists the slowest) without the training run: scheduled first
+LONG_TESTS = ("test_a_2_worker_local_cluster_gives_the_serial_tables_and_a_killed_case_is_redone",
+              "test_failed_step_is_recorded_and_resume_continues", "test_segment_notebook_trains_when_asked",
+              "test_a_raw_cohort_run_preprocesses_first_and_later_steps_read_brats_space",
+              "test_a_wrong_series_is_flagged_not_passed", "test_grid_in_parallel_equals_serial_and_resumes_from_its_cache",
+              "test_ddp_on_2_cpu_processes_gives_the_weights_of_one_process_with_the_same_global_batch",
+              "test_every_pinned_package_imports_in_a_fresh_interpreter")
+
+
+def _order(item: pytest.Item) -> int:
+    """Longest first, so that two workers end together: the long tests and the expensive fixtures' groups while the
+    training run is built in the background, then the tests on the training run (the study first: 2 minutes), then
+    the rest, seconds each, which fill in whatever time one worker has left."""
+    names = getattr(item, "fixturenames", ())
+    if TRAINING_RUN in names:
+        return 1 if "study" in item.name else 2
+    if item.originalname in LONG_TESTS or any(f in names for f in EXPENSIVE_FIXTURES):
+        return 0
+    return 3
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """pytest-xdist 3.8's loadgroup names a test's group by suffixing ``item._nodeid``, which pytest 9 no longer
-    reads (a node's id is ``item._id``): its own ``xdist_group`` marker groups nothing here. The suffix is set on
-    ``_id`` instead, the way its scheduler (``LoadGroupScheduling``: the scope after the last "@") reads it."""
+    """Under ``--dist loadgroup`` (make test): the tests in the order of :func:`_order` (every worker collects the
+    same order), and the tests on one expensive fixture in one group. pytest-xdist 3.8's loadgroup names a test's
+    group by suffixing ``item._nodeid``, which pytest 9 no longer reads (a node's id is ``item._id``): its own
+    ``xdist_group`` marker groups nothing here. The suffix is set on ``_id`` instead, the way its scheduler
+    (``LoadGroupScheduling``: the scope after the last "@") reads it."""
     if not getattr(config.option, "loadgroup", False):   # set on each worker from --dist loadgroup
         return
     from _pytest.nodeid import NodeId
 
+    items[:] = sorted(items, key=_order)
     for item in items:
         used = [f for f in EXPENSIVE_FIXTURES if f in getattr(item, "fixturenames", ())]
         if used and "@" not in item.nodeid:
@@ -53,12 +77,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _converted_networks(tmp_path_factory: pytest.TempPathFactory):
+def _converted_networks(pytestconfig: pytest.Config):
     """OpenVINO conversions (glioma_nb.segment.backend) are cached in the session's folder, shared by its
     pytest-xdist workers, never in the user's cache."""
-    base = tmp_path_factory.getbasetemp()
     mp = pytest.MonkeyPatch()
-    mp.setenv("GLIOMA_NB_CACHE", str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cache"))
+    mp.setenv("GLIOMA_NB_CACHE", str(_session_folder(pytestconfig) / "cache"))
     yield
     mp.undo()
 
@@ -213,8 +236,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     import sys
 
     log = open(shared / f"{TRAINING_RUN}.log", "w")
+    env = {**os.environ, "GLIOMA_NB_CACHE": str(shared / "cache")}   # the workers' cache, never the user's
     config._training_run_builder = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("build_training_run.py")), str(shared)],
+        [sys.executable, str(Path(__file__).with_name("build_training_run.py")), str(shared)], env=env,
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(Path(__file__).parent.parent))
 
 
