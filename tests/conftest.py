@@ -38,13 +38,18 @@ def requires_shared(sub: str = "") -> pytest.MarkDecorator:
 EXPENSIVE_FIXTURES = ("zoo", "synthetic_40", "serial_cohort", "simulated", "made", "collection", "upenn_all")
 
 
-#: tests that take 20 s or more (``make test`` lists the slowest) without the training run: scheduled first
+#: tests that take 20 s or more (``make test`` and ``make check`` list the slowest) without the training run or an
+#: expensive fixture: scheduled first
 LONG_TESTS = ("test_a_2_worker_local_cluster_gives_the_serial_tables_and_a_killed_case_is_redone",
               "test_failed_step_is_recorded_and_resume_continues", "test_segment_notebook_trains_when_asked",
               "test_a_raw_cohort_run_preprocesses_first_and_later_steps_read_brats_space",
               "test_a_wrong_series_is_flagged_not_passed", "test_grid_in_parallel_equals_serial_and_resumes_from_its_cache",
               "test_ddp_on_2_cpu_processes_gives_the_weights_of_one_process_with_the_same_global_batch",
-              "test_every_pinned_package_imports_in_a_fresh_interpreter")
+              "test_every_pinned_package_imports_in_a_fresh_interpreter",
+              # make check's (-m check)
+              "test_the_shipped_models_brats18_masks_score_as_the_official_evaluation_scores_them",
+              "test_the_shipped_out_of_fold_table_rescored_keeps_its_masks_and_takes_the_official_hd95",
+              "test_the_flair_wt_card_rescored_keeps_its_dice_and_takes_the_official_hd95")
 
 
 def _order(item: pytest.Item) -> int:
