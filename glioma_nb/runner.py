@@ -199,8 +199,49 @@ def export_html(notebook: Path, html: Path) -> None:
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    body, _ = HTMLExporter().from_notebook_node(nb, resources={"metadata": {"name": notebook_title(nb, notebook)}})
     html.write_text(body, encoding="utf-8")
+
+
+def move_stderr(notebook: Path, log: Path) -> int:
+    """Move the executed notebook's stderr (per-case progress bars, library warnings) into ``log``, each block under
+    the number of the cell that wrote it: the report keeps what a reader needs, the log what a developer does. An
+    error of a failed cell is not stderr and stays. Returns the number of blocks moved."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    moved: dict[int, str] = {}
+    n = 0
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        keep = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                moved[i] = moved.get(i, "") + out.get("text", "")
+                n += 1
+            else:
+                keep.append(out)
+        cell["outputs"] = keep
+    if moved:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as fh:
+            for i, text in moved.items():   # a progress bar redraws with \r: its last state is what it said
+                lines = [line.rstrip("\r").split("\r")[-1] for line in text.split("\n")]
+                fh.write(f"--- {notebook.name}, cell {i}\n" + "\n".join(line for line in lines if line.strip()) + "\n")
+        nbformat.write(nb, notebook)
+    return n
+
+
+def notebook_title(nb: Any, path: Path) -> str:
+    """The notebook's own title: its first markdown heading ("03 Classify: histology and molecular subtype"), else
+    the file's name; the executed report's ``<title>`` (nbconvert would say "Notebook")."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return Path(path).stem
 
 
 def _step_params(cfg: Mapping[str, Any], run_dir: Path, step: str) -> dict[str, Any]:
@@ -281,6 +322,7 @@ def execute(run_dir: Path, progress: bool = True) -> Path:
         if out_nb.exists():
             if scrub:
                 out_nb.write_text(scrub_text(out_nb.read_text(encoding="utf-8"), extra), encoding="utf-8")
+            move_stderr(out_nb, run_dir / "logs" / f"{step}.stderr.log")
             if cfg["run"]["export_html"]:
                 try:
                     export_html(out_nb, out_html)

@@ -33,6 +33,19 @@ def test_every_cli_command_is_in_the_reference():
         assert f"`{flag}`" in page, flag
 
 
+def test_every_option_and_argument_says_what_it_means():
+    """The CLI reference is generated from the parser: an option without help would be an empty row there."""
+    import argparse
+
+    parser = cli.parser()
+    empty = [f"{name} {' '.join(a.option_strings) or a.dest}" for name, sub in docs._subcommands(parser)
+             for a in sub._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+             and not (a.help or "").strip()]
+    assert not empty, empty
+    page = docs.cli_reference(parser)
+    assert "path of a cohort YAML" in page and "random seed of the cohort" in page
+
+
 def test_every_command_answers_help(capsys):
     """Each command and sub-command (as the reference lists them) parses --help and prints its usage; a handler
     exists for every top-level command."""

@@ -71,7 +71,7 @@ def test_all_problems_are_collected_in_one_report(tiny_cohort):
     assert "unreadable t2 image" in text
     assert "case C02: tiny/C02/C02_t1ce.nii.gz: t1c shape (20, 20, 10) != t1 shape (24, 28, 16)" in text
     assert "label values [3] are not in scheme brats2018 [0, 1, 2, 4]" in text
-    assert "the values look like scheme 'brats2021'" in text
+    assert "the values look like scheme 'brats2023'" in text   # BraTS 2023+'s 1/2/3
     assert "negative survival time" in text
     assert "case C99:" in text and "clinical row has no images" in text
     assert len(report.errors) >= 6
@@ -482,3 +482,82 @@ def test_shared_upenn_gbm_cohorts():
     assert report.ok, report.format()
     assert corrected.features["captk"].shape == (232, 1728) == corrected.features["captk_auto"].shape
     assert set(corrected.case_ids) <= set(cohort.case_ids)
+
+
+def _brats2023_cohort(tmp_path: Path, layout: str = "brats2023", scheme: str = "brats2023") -> Path:
+    """Two cases named as BraTS 2023+ and the BraTS orchestrator name them (BraTS-GLI-00000-000-t1n.nii.gz, -t1c,
+    -t2w, -t2f, -seg), labels 1 NCR, 2 ED, 3 ET (the conftest sphere with its enhancing shell relabelled 4 -> 3)."""
+    root = tmp_path / "BraTS2023-GLI"
+    lab = sphere_label()
+    lab[lab == 4] = 3
+    rng = np.random.default_rng(3)
+    rows = []
+    for cid in ("BraTS-GLI-00000-000", "BraTS-GLI-00002-001"):
+        (root / cid).mkdir(parents=True)
+        for suffix in ("t1n", "t1c", "t2w", "t2f"):
+            _nifti(root / cid / f"{cid}-{suffix}.nii.gz", (rng.normal(500, 50, SHAPE) + 200 * (lab > 0)).astype(np.float32))
+        _nifti(root / cid / f"{cid}-seg.nii.gz", lab)
+        rows.append({"case_id": cid, "age": 50})
+    pd.DataFrame(rows).to_csv(root / "clinical.csv", index=False)
+    y = tmp_path / "b23.yaml"
+    y.write_text(yaml.safe_dump({"cohort": {"root": str(root), "layout": layout,
+                                            "label": {"present": True, "scheme": scheme},
+                                            "clinical": {"file": "clinical.csv", "id_column": "case_id",
+                                                         "columns": {"age": "age"}}}}))
+    return y
+
+
+def test_brats2023_names_and_labels_load_with_their_regions(tmp_path):
+    cohort, report = check(_brats2023_cohort(tmp_path))
+    assert report.ok, report.format()
+    assert cohort.case_ids == ["BraTS-GLI-00000-000", "BraTS-GLI-00002-001"] and cohort.scheme.name == "brats2023"
+    case = cohort.cases[0]
+    assert {m: p.name for m, p in case.images.items()} == {
+        "t1": "BraTS-GLI-00000-000-t1n.nii.gz", "t1c": "BraTS-GLI-00000-000-t1c.nii.gz",
+        "t2": "BraTS-GLI-00000-000-t2w.nii.gz", "flair": "BraTS-GLI-00000-000-t2f.nii.gz"}
+    assert case.label.name == "BraTS-GLI-00000-000-seg.nii.gz"
+    lab = sphere_label()
+    voxel_ml = abs(np.linalg.det(AFFINE[:3, :3])) / 1000
+    row = report.case_table.iloc[0]
+    # ET is label 3 here: the same volumes as the 1/2/4 sphere of the brats layout
+    assert row["ET_ml"] == pytest.approx((lab == 4).sum() * voxel_ml) and row["ET_ml"] > 0
+    assert row["TC_ml"] == pytest.approx(np.isin(lab, (1, 4)).sum() * voxel_ml)
+    assert row["WT_ml"] == pytest.approx((lab > 0).sum() * voxel_ml)
+
+
+def test_brats2023_names_under_the_2021_layout_or_scheme_are_named_with_the_fix(tmp_path):
+    _, report = check(_brats2023_cohort(tmp_path, layout="brats"))
+    msgs = messages(report)
+    assert len(msgs) == 2 * 5 and all("set cohort.layout: brats2023" in m for m in msgs), msgs[:2]
+    assert "BraTS-GLI-00000-000_t1.nii.gz" in msgs[0] and "missing t1 file" in msgs[0]
+    _, report = check(_brats2023_cohort(tmp_path / "s", scheme="brats2018"))
+    msgs = messages(report)
+    assert msgs and all("label values [3] are not in scheme brats2018" in m and "brats2023" in m for m in msgs), msgs
+
+
+def test_the_clinical_template_has_every_canonical_column_and_reads_back_through_a_cohort(tmp_path):
+    """docs/reference/clinical_template.csv (generated): every canonical column, and a cohort whose clinical file is
+    the template, each column mapped to itself, reads both rows without a problem."""
+    from glioma_nb.api import docs
+
+    template = clinical.clinical_template()
+    assert list(template.columns) == ["case_id", *clinical.CLINICAL_COLUMNS]
+    root = tmp_path / "tpl"
+    for cid in template["case_id"]:
+        (root / cid).mkdir(parents=True)
+        _nifti(root / cid / "flair.nii.gz", np.random.default_rng(0).random(SHAPE).astype(np.float32) + 1)
+    template.to_csv(root / "clinical_template.csv", index=False)
+    y = tmp_path / "tpl.yaml"
+    y.write_text(yaml.safe_dump({"cohort": {
+        "root": str(root), "layout": "per_case", "modalities": ["flair"], "files": {"flair": "flair.nii.gz"},
+        "label": {"present": False}, "clinical": {"file": "clinical_template.csv", "id_column": "case_id",
+                                                  "time_unit": "months",
+                                                  "columns": {c: c for c in clinical.CLINICAL_COLUMNS}}}}))
+    cohort, report = check(y)
+    assert report.ok, report.format()
+    got = cohort.clinical.set_index("case_id")
+    assert got.loc["P001", "who_grade"] == 4 and got.loc["P002", "codel_1p19q"] == 1 and got.loc["P001", "sex"] == "F"
+    assert got.loc["P002", "os_days"] == pytest.approx(60 * 365.25 / 12) and got.loc["P001", "resection"] == "GTR"
+    page = docs.clinical_page()
+    for c in clinical.CLINICAL_COLUMNS:
+        assert f"| `{c}` | {clinical.CLINICAL_MEANINGS[c]} |" in page

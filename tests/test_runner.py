@@ -50,6 +50,21 @@ def test_run_all_steps_end_to_end(synthetic_training_run, tmp_path):
         cell = next(c for c in nb.cells if c.cell_type == "code" and ".step(ctx, **ctx.params)" in c.source)
         shown = cell.outputs[-1]["data"]["text/plain"]
         assert shown.endswith(")") and "Result(tables=[" in shown and len(shown) < 2500, (step, shown[:300])
+    # progress bars and warnings go to logs/<step>.stderr.log, not into the reports
+    for step in ran:
+        nb = nbformat.read(run_dir / f"{step}.ipynb", as_version=4)
+        assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"], step
+    seg_log = (run_dir / "logs" / "01_segment.stderr.log").read_text()
+    assert "segment (brats-4mod): 100%|" in seg_log and "12/12" in seg_log and "\r" not in seg_log
+    # each report is titled as its notebook is (its first heading), not nbconvert's "Notebook"
+    import html as html_mod
+
+    for step in ran:
+        template = nbformat.read(paths.notebooks_dir() / f"{step}.ipynb", as_version=4)
+        heading = next(line for c in template.cells if c.cell_type == "markdown" for line in c.source.splitlines()
+                       if line.startswith("#")).lstrip("#").strip()
+        assert heading.startswith(step[:2]) and f"<title>{html_mod.escape(heading)}</title>" in (
+            run_dir / f"{step}.html").read_text(), step
     # shared reports leak no local paths
     cohort_root = config.load_yaml(y)["cohort"]["root"]
     leaks = [str(paths.project_root()), str(Path.home()), cohort_root, str(y.parent), str(tmp_path), str(run_dir)]

@@ -362,3 +362,15 @@ def test_rmst_second_moment_is_the_exact_integral_of_the_kaplan_meier_step_funct
     table = rmst(pd.DataFrame({"time": T, "event": E, "g": "all"}), "g", tau)
     assert table["rmst"].iloc[0] == pytest.approx(mean, rel=1e-12)
     assert table["rmst_se"].iloc[0] == pytest.approx(np.sqrt(exact - mean ** 2), rel=1e-12)
+
+
+def test_a_cox_fit_with_too_few_events_per_covariate_says_the_rule_and_what_would_fit():
+    rng = np.random.default_rng(0)
+    surv = pd.DataFrame({"time": rng.uniform(1, 100, 40), "event": [1] * 21 + [0] * 19},
+                        index=[f"c{i}" for i in range(40)])
+    design = pd.DataFrame(rng.normal(size=(40, 9)), index=surv.index, columns=[f"x{j}" for j in range(9)])
+    fit = cox.fit_cox(surv, design, min_events_per_variable=5)
+    assert fit.table.empty and fit.events == 21
+    assert any("21 events for 9 covariates (need 5 per covariate, min_events_per_variable: at least 45 events, or "
+               "at most 4 covariates)" in n for n in fit.notes), fit.notes
+    assert not cox.fit_cox(surv, design.iloc[:, :4], min_events_per_variable=5).table.empty

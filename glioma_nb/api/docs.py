@@ -27,10 +27,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
-from glioma_nb import STEPS, bench, paths, runner, runs
+from glioma_nb import STEPS, bench, io, paths, runner, runs
 
 GENERATED = ("reference/cli.md", "reference/config.md", "reference/api.md", "reference/models.md", "benchmarks.md",
-             "architecture-layers.md", "methods/notebooks.md", "notebooks")
+             "architecture-layers.md", "methods/notebooks.md", "notebooks", "reference/clinical.md",
+             "reference/clinical_template.csv")
 #: the stages whose step and result the API page documents
 API_MODULES = ("glioma_nb.preprocess.step", "glioma_nb.segment.step", "glioma_nb.signature.step",
                "glioma_nb.classify.step", "glioma_nb.stratify.step", "glioma_nb.validate.step",
@@ -41,6 +42,30 @@ API_MODULES = ("glioma_nb.preprocess.step", "glioma_nb.segment.step", "glioma_nb
 
 def docs_dir() -> Path:
     return paths.project_root() / "docs"
+
+
+# ------------------------------------------------------------------------------------------- clinical table
+def clinical_page() -> str:
+    """The canonical clinical columns (``glioma_nb.io.CLINICAL_COLUMNS``), what each means and accepts, and the CSV
+    template (``clinical_template.csv``, written beside this page)."""
+    from glioma_nb.io import clinical
+
+    out = ["# The clinical table", "",
+           "Generated from `glioma_nb.io.clinical` by `make docs`. A cohort's `clinical.file` (CSV, TSV or Excel) maps "
+           "its own columns onto these canonical names in `cohort.clinical.columns` (canonical name: your column, or "
+           "`{source, values}` to recode); a value the parser does not know is an error naming the case, the column "
+           "and the value. Missing values: an empty cell, NA, unknown, not available.", "",
+           "| column | meaning | accepts |", "|---|---|---|", "| `case_id` | the case, as the image folders name it "
+           "(`cohort.clinical.id_column`) | any text |"]
+    for name, kind in clinical.CLINICAL_COLUMNS.items():
+        out.append(f"| `{name}` | {clinical.CLINICAL_MEANINGS[name]} | {clinical.accepted_values(kind)} |")
+    columns = "\n".join(f"      {c}: {c}" for c in clinical.CLINICAL_COLUMNS)
+    out += ["", "[The template](clinical_template.csv), with two example rows:", "", "```",
+            clinical.clinical_template().to_csv(index=False).strip(), "```", "",
+            "and the cohort YAML that reads it as it is:", "", "```yaml", "cohort:", "  clinical:",
+            "    file: clinical_template.csv", "    id_column: case_id", "    time_unit: months", "    columns:",
+            columns, "```", ""]
+    return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -281,6 +306,8 @@ def generate(parser: argparse.ArgumentParser, *, run_if_missing: bool = True, ru
     (d / "reference" / "config.md").write_text(config_reference())
     (d / "reference" / "api.md").write_text(api_reference())
     (d / "reference" / "models.md").write_text(model_cards())
+    (d / "reference" / "clinical.md").write_text(clinical_page())
+    io.clinical_template().to_csv(d / "reference" / "clinical_template.csv", index=False)
     (d / "architecture-layers.md").write_text(layers_page())
     (d / "methods" / "notebooks.md").write_text(notebook_methods())
     results = d.parent / "bench" / "results"

@@ -16,9 +16,11 @@ def add(sub: Any) -> dict[str, Any]:
                            "of every scan found, complete or not and why, and the download size")
     im.add_argument("--cohort", required=True, help="an IDC cohort (configs/cohorts/<name>.yaml with cohort.idc)")
     im.add_argument("--out", required=True, help="manifest CSV (never overwritten; <stem>.report.csv beside it)")
-    im.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    im.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set cohort.exclude=[C01] (repeatable; keys as in configs/base.yaml)")
     idl = ic_sub.add_parser("download", help="fetch the manifest's series (resumable, verified, header-checked)")
-    idl.add_argument("--cohort", required=True)
+    idl.add_argument("--cohort", required=True, help="an IDC cohort (configs/cohorts/<name>.yaml with cohort.idc, or "
+                                                      "its path): its series rules and download folder")
     idl.add_argument("--manifest", help="the manifest CSV to fetch (default: <dest>/manifest.csv, made from the "
                      "bundled index the first time)")
     idl.add_argument("--dest", help="download folder (default: the cohort's cohort.root)")
@@ -26,7 +28,8 @@ def add(sub: Any) -> dict[str, Any]:
     idl.add_argument("--dry-run", action="store_true", help="print the size and the s5cmd commands; fetch nothing")
     idl.add_argument("--reserve-gb", type=float, default=1.0, help="refuse to start unless this much stays free")
     idl.add_argument("--workers", type=int, default=8, help="s5cmd --numworkers (parallel files of a series)")
-    idl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    idl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="config override, e.g. --set cohort.exclude=[C01] (repeatable; keys as in configs/base.yaml)")
     return {"idc": handle}
 
 

@@ -11,6 +11,9 @@ from glioma_nb.api import zoo
 from glioma_nb.segment import kinds, registry
 
 
+DEVICE_HELP = "auto: CUDA when available, else the CPU"
+
+
 def add(sub: Any) -> dict[str, Any]:
     """Add this group's commands to ``sub``; returns command -> handler."""
     mo = sub.add_parser("models", help="segmentation models: list them, or import an nnU-Net v2 / MONAI bundle / "
@@ -35,7 +38,7 @@ def add(sub: Any) -> dict[str, Any]:
                                          "grey, not summarised); default: the folder's trained_on.json if any")
     mx = mo_sub.add_parser("example", help="write a small example model of a kind, made with the library's own "
                                            "classes (to try import; nnU-Net: fitted briefly on a cohort's cases)")
-    mx.add_argument("kind", choices=kinds.importable())
+    mx.add_argument("kind", choices=kinds.importable(), help="the kind of model folder to write")
     mx.add_argument("out", help="new folder")
     mx.add_argument("--cohort", default="synthetic", help="nnU-Net: the cohort whose cases it is planned and fitted on")
     mx.add_argument("--cases", type=int, default=8, help="nnU-Net: fit on the first N cases (the rest are held out)")
@@ -47,7 +50,7 @@ def add(sub: Any) -> dict[str, Any]:
     t.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
     t.add_argument("--out", required=True, help="training folder (checkpoint, log, weights); resumed when it exists")
     t.add_argument("--iterations", type=int, help="override train.iterations of the spec")
-    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     prec = t.add_mutually_exclusive_group()
     prec.add_argument("--bf16", dest="bf16", action="store_const", const=True, default=None,
                       help="bfloat16 autocast on the CPU (the default where the CPU has AVX512-BF16 / AMX; said in the "
@@ -74,7 +77,7 @@ def add(sub: Any) -> dict[str, Any]:
                         "<model>.oof.csv), or a single network's held-out cases; rewrites the card's metric tables")
     ro.add_argument("--model", required=True, help="a shipped model, e.g. brats-4mod or flair-wt")
     ro.add_argument("--out", default="train/rescore", help="folder of the predicted masks (a per-case cache)")
-    ro.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ro.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
 
     cm = sub.add_parser("segment-compare",
                         help="a cross-validated model spec (its segment-train --folds folder) against a shipped model, on "
@@ -84,7 +87,7 @@ def add(sub: Any) -> dict[str, Any]:
     cm.add_argument("--out", required=True, help="its segment-train --folds folder (every fold finished)")
     cm.add_argument("--against", required=True, help="the shipped model it would replace, e.g. flair-wt")
     cm.add_argument("--metric", default="dice_WT", help="per-case score column (dice_WT, lesion_dice_WT, hd95_WT, ...)")
-    cm.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    cm.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     cm.add_argument("--card", action="store_true",
                     help="also write the spec's model card beside its YAML (curve, out-of-fold figures, this comparison), "
                          "without shipping weights: the record of a model that is not shipped")
@@ -93,10 +96,10 @@ def add(sub: Any) -> dict[str, Any]:
                         help="choose a model's post-processing by k-fold CV on its training patients (held-out untouched)")
     pc.add_argument("--model", required=True, help="brats-4mod | flair-wt | path to a model spec YAML")
     pc.add_argument("--out", required=True, help="CV folder (fold models, out-of-fold masks, scores); resumed when it exists")
-    pc.add_argument("--folds", type=int, default=2)
+    pc.add_argument("--folds", type=int, default=2, help="cross-validation folds over the cases that choose the rule")
     pc.add_argument("--cohort", help="the training source whose patients are split (default: the spec's last)")
     pc.add_argument("--iterations", type=int, help="override train.iterations for the fold models")
-    pc.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    pc.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     return {"models": models, "segment-train": segment_train, "segment-rescore": segment_rescore,
             "segment-compare": segment_compare, "segment-postprocess-cv": segment_postprocess_cv}
 

@@ -11,8 +11,10 @@ from glioma_nb.api import cohorts, docs, lab
 
 def add(sub: Any) -> dict[str, Any]:
     """Add this group's commands to ``sub``; returns command -> handler."""
-    r = sub.add_parser("run", help="run notebooks 01-05 for a cohort into a new run folder")
-    r.add_argument("--cohort", default="synthetic", help="configs/cohorts/<name>.yaml (default: synthetic)")
+    r = sub.add_parser("run", help="run a cohort's step notebooks (00 for a raw cohort, 01-05, 06 for serial scans) "
+                                    "into a new run folder")
+    r.add_argument("--cohort", default="synthetic", help="configs/cohorts/<name>.yaml by name, or the path of a cohort "
+                                                          "YAML (default: synthetic)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set segment.n_overlay_cases=2 (repeatable)")
     r.add_argument("--steps", nargs="+", choices=STEPS, help="run only these steps")
@@ -33,13 +35,15 @@ def add(sub: Any) -> dict[str, Any]:
     ov.add_argument("--no-images", action="store_true", help="compare patient ids only")
 
     v = sub.add_parser("validate", help="check a cohort's files and clinical table; report every problem")
-    v.add_argument("--cohort", default="synthetic")
-    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--cohort", default="synthetic", help="a cohort: configs/cohorts/<name>.yaml by name, or the path of a cohort YAML")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set cohort.exclude=[C01] (repeatable; keys as in configs/base.yaml)")
 
     s = sub.add_parser("synth", help="write a synthetic cohort (BraTS layout) to a folder")
     s.add_argument("--out", required=True, help="destination folder (must not exist or be empty)")
     s.add_argument("--n", type=int, default=40, help="number of cases")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed of the cohort: the same seed, size and spacing "
+                                                       "give the same files")
     s.add_argument("--resolution", type=int, default=2, choices=(1, 2), help="voxel size in mm")
 
     sub.add_parser("cohorts", help="list the cohort configurations")
@@ -56,7 +60,7 @@ def add(sub: Any) -> dict[str, Any]:
     pu.add_argument("--include-models", action="store_true", help="the locked model records (joblib) too")
 
     lb = sub.add_parser("lab", help="JupyterLab on notebooks/ (root or not); prints the URL with its token")
-    lb.add_argument("--port", type=int, default=8888)
+    lb.add_argument("--port", type=int, default=8888, help="the port JupyterLab listens on")
     lb.add_argument("--ip", default="127.0.0.1", help="0.0.0.0 to reach it from outside a container")
     lb.add_argument("--browser", action=argparse.BooleanOptionalAction, default=None,
                     help="open a browser (default: only when not root)")

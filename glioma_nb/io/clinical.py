@@ -31,6 +31,24 @@ CLINICAL_COLUMNS: dict[str, str] = {
     "os_event": "binary",        # 1 death observed, 0 censored
 }
 
+#: what each canonical column means (the generated reference page and the CSV template, ``clinical_template``)
+CLINICAL_MEANINGS: dict[str, str] = {
+    "patient_id": "patient identity, for patient-level splits and the overlap guard (default: the case id)",
+    "site": "institution or scanner site (site-wise validation, ComBat)",
+    "age": "age in years at diagnosis",
+    "sex": "sex",
+    "kps": "Karnofsky performance status, 0-100",
+    "histology": "histology as reported, e.g. astrocytoma, oligodendroglioma, glioblastoma",
+    "who_grade": "WHO CNS grade",
+    "idh_mutant": "IDH1/2 mutation",
+    "codel_1p19q": "1p/19q codeletion",
+    "tertp_mutant": "TERT promoter mutation",
+    "mgmt_methylated": "MGMT promoter methylation",
+    "resection": "extent of resection",
+    "os_time": "overall survival time, in cohort.clinical.time_unit (days, months or years); stored as os_days",
+    "os_event": "death observed (1) or censored (0) at os_time",
+}
+
 
 _BINARY_WORDS = {
     "1": 1, "1.0": 1, "true": 1, "yes": 1, "y": 1, "mutant": 1, "mut": 1, "mutated": 1, "positive": 1,
@@ -91,6 +109,31 @@ def _parse(kind: str, v: Any) -> Any:
             return _RESECTION_WORDS[low]
         raise ValueError(f"{s!r} is not an extent of resection (GTR/STR/biopsy)")
     raise ValueError(f"unknown column kind {kind}")
+
+
+def accepted_values(kind: str) -> str:
+    """What a column of ``kind`` (a value of ``CLINICAL_COLUMNS``) accepts, as the parser reads it."""
+    words = {"binary": _BINARY_WORDS, "grade": _GRADE_WORDS, "sex": _SEX_WORDS, "resection": _RESECTION_WORDS}.get(kind)
+    if words is None:
+        return "a number" if kind == "number" else "any text"
+    by_value: dict[Any, list[str]] = {}
+    for word, value in words.items():
+        by_value.setdefault(value, []).append(word)
+    return "; ".join(f"{value}: {', '.join(ws)}" for value, ws in by_value.items())
+
+
+def clinical_template() -> pd.DataFrame:
+    """A clinical table with every canonical column (and ``case_id``), two example rows: what a cohort's
+    ``clinical.file`` can be, read with ``columns`` mapping each canonical name to itself."""
+    rows = [
+        {"case_id": "P001", "patient_id": "P001", "site": "A", "age": 61, "sex": "F", "kps": 80,
+         "histology": "glioblastoma", "who_grade": 4, "idh_mutant": 0, "codel_1p19q": "", "tertp_mutant": 1,
+         "mgmt_methylated": 1, "resection": "GTR", "os_time": 14.5, "os_event": 1},
+        {"case_id": "P002", "patient_id": "P002", "site": "B", "age": 38, "sex": "M", "kps": 100,
+         "histology": "oligodendroglioma", "who_grade": 2, "idh_mutant": 1, "codel_1p19q": 1, "tertp_mutant": 1,
+         "mgmt_methylated": "", "resection": "STR", "os_time": 60.0, "os_event": 0},
+    ]
+    return pd.DataFrame(rows, columns=["case_id", *CLINICAL_COLUMNS])
 
 
 def molecular_subtype(idh_mutant: Any, codel: Any) -> str | float:

@@ -1,9 +1,10 @@
 """Cohort model: cases with named modalities, optional label maps, and a canonical clinical table.
 
 A cohort is described by the ``cohort`` section of the configuration (see ``configs/base.yaml``).
-Three layouts are understood:
+The image layouts (``labels`` and ``table`` below: label maps only, feature tables only):
 
-``brats``     ``<root>/<case>/<case>_<suffix>.nii.gz`` (suffixes from ``cohort.files``, BraTS defaults)
+``brats``     ``<root>/<case>/<case>_<suffix>.nii.gz`` (suffixes from ``cohort.files``, BraTS 2018-2021 defaults)
+``brats2023`` ``<root>/<case>/<case>-<suffix>.nii.gz`` (BraTS 2023+ / orchestrator: t1n, t1c, t2w, t2f, seg)
 ``per_case``  ``<root>/<case>/<file name>`` (file names from ``cohort.files``)
 ``manifest``  a CSV with columns ``case, <modality>..., [label]`` (paths relative to the CSV)
 
@@ -184,6 +185,17 @@ def _file_names(c: Mapping[str, Any]) -> dict[str, str]:
     return names
 
 
+def _missing_fix(layout: str, key: str, folder: Path, cid: str) -> str:
+    """The fix for a missing file: the other BraTS naming when the folder holds it, else the file setting."""
+    if layout == "brats" and (folder / f"{cid}-{DEFAULT_FILES['brats2023']['t2']}.nii.gz").exists():
+        return ("these are BraTS 2023+ names (<case>-t1n/-t1c/-t2w/-t2f/-seg.nii.gz): set cohort.layout: brats2023 "
+                "(and cohort.label.scheme: brats2023, labels 1 NCR, 2 ED, 3 ET)")
+    if layout == "brats2023" and (folder / f"{cid}_{DEFAULT_FILES['brats']['t2']}.nii.gz").exists():
+        return "these are BraTS 2018-2021 names (<case>_t1/_t1ce/_t2/_flair/_seg.nii.gz): set cohort.layout: brats"
+    return (f"add the file or set cohort.files.{key} to the real "
+            f"{'file name' if layout == 'per_case' else 'suffix'}")
+
+
 def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list[Case]]:
     """Find the cases of a cohort; missing files and duplicates are added to ``report``."""
     c = cfg["cohort"]
@@ -207,7 +219,7 @@ def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list
     names = _file_names(c)
     cases: list[Case] = []
     exclude = set(c.get("exclude") or [])
-    if layout in ("brats", "per_case"):
+    if layout in ("brats", "brats2023", "per_case"):
         folders = sorted(p for p in root.glob(c["case_glob"]) if p.is_dir() and not p.name.startswith("."))
         if not folders:
             report.add(None, root, f"no case folders match '{c['case_glob']}'",
@@ -221,14 +233,13 @@ def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list
                 entries["label"] = names["label"]
             files: dict[str, Path] = {}
             for key, name in entries.items():
-                fname = f"{cid}_{name}.nii.gz" if layout == "brats" else name.format(case=cid)
+                fname = {"brats": f"{cid}_{name}.nii.gz", "brats2023": f"{cid}-{name}.nii.gz"}.get(
+                    layout, name.format(case=cid))
                 path = folder / fname
                 if not path.exists():
                     alts = sorted(p.name for p in folder.glob(f"*{name.split('.')[0]}*"))
                     hint = f" (found {alts})" if alts else ""
-                    report.add(cid, path, f"missing {key} file{hint}",
-                               f"add the file or set cohort.files.{key} to the real "
-                               f"{'suffix' if layout == 'brats' else 'file name'}")
+                    report.add(cid, path, f"missing {key} file{hint}", _missing_fix(layout, key, folder, cid))
                     continue
                 files[key] = path
             label = files.pop("label", None)
@@ -299,7 +310,7 @@ def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list
             report.add(None, None, "layout 'table' needs cohort.features or a clinical table",
                        "add cohort.features: {name: {file: features.csv, id_column: ID}} or cohort.clinical.file")
     else:
-        report.add(None, None, f"unknown layout {layout!r}", "use brats, per_case, manifest, labels or table")
+        report.add(None, None, f"unknown layout {layout!r}", "use brats, brats2023, per_case, manifest, labels or table")
     return root, cases
 
 

@@ -1,4 +1,7 @@
-"""Label schemes of tumour label maps (BraTS 2018/2021, binary) and their regions WT/TC/ET."""
+"""Label schemes of tumour label maps (BraTS 2018, BraTS 2023+, binary) and their regions WT/TC/ET.
+
+``brats2023`` is the BraTS 2023 challenges' and the BraTS orchestrator's scheme (1 NCR, 2 ED, 3 ET); ``brats2021``
+is the same values under the name this project used first (BraTS 2021 itself released 1/2/4 maps: ``brats2018``)."""
 from __future__ import annotations
 
 import json
@@ -30,6 +33,11 @@ LABEL_SCHEMES: dict[str, LabelScheme] = {
         {1: "necrosis / non-enhancing core", 2: "oedema", 4: "enhancing tumour"},
         {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
     ),
+    "brats2023": LabelScheme(
+        "brats2023",
+        {1: "necrosis / non-enhancing core", 2: "oedema", 3: "enhancing tumour"},
+        {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
+    ),
     "brats2021": LabelScheme(
         "brats2021",
         {1: "necrosis / non-enhancing core", 2: "oedema", 3: "enhancing tumour"},
@@ -39,8 +47,13 @@ LABEL_SCHEMES: dict[str, LabelScheme] = {
 }
 
 
+#: a scheme whose values are BraTS's 1/2/3 (ET = 3)
+BRATS_123 = ("brats2023", "brats2021")
+
 DEFAULT_FILES: dict[str, dict[str, str]] = {
     "brats": {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair", "label": "seg"},
+    # BraTS 2023+ and the BraTS orchestrator: <case>/<case>-t1n.nii.gz, -t1c, -t2w, -t2f, -seg
+    "brats2023": {"t1": "t1n", "t1c": "t1c", "t2": "t2w", "flair": "t2f", "label": "seg"},
     "per_case": {"t1": "t1.nii.gz", "t1c": "t1c.nii.gz", "t2": "t2.nii.gz", "flair": "flair.nii.gz",
                  "label": "seg.nii.gz"},
 }

@@ -2,6 +2,7 @@
 model, cluster hazard ratios and the table of hazard ratios."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -87,7 +88,9 @@ def fit_cox(surv: pd.DataFrame, design: pd.DataFrame, *, min_events_per_variable
     p = design.shape[1]
     if events < min_events_per_variable * p:
         return CoxFit(empty, n, events, notes + [f"too few events for a Cox fit: {events} events for {p} covariates "
-                                                 f"(need {min_events_per_variable:g} per covariate)"])
+                                                 f"(need {min_events_per_variable:g} per covariate, min_events_per_variable: "
+                                                 f"at least {math.ceil(min_events_per_variable * p)} events, or "
+                                                 f"at most {int(events // min_events_per_variable)} covariates)"])
     for c in design.columns:
         vals = data[c].unique()
         if len(vals) <= 2:  # binary: each level needs events, else the HR runs off to 0 or infinity

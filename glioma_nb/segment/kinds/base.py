@@ -48,6 +48,7 @@ INTERNAL = {"background": 0, "necrosis": 1, "oedema": 2, "enhancing": 3, "tumour
 LABEL_PRESETS: dict[str, dict[int, str]] = {
     "brats2018": {0: "background", 1: "necrosis", 2: "oedema", 4: "enhancing"},
     "brats2021": {0: "background", 1: "necrosis", 2: "oedema", 3: "enhancing"},
+    "brats2023": {0: "background", 1: "necrosis", 2: "oedema", 3: "enhancing"},
     "wt": {0: "background", 1: "tumour"},
 }
 REGIONS = ("wt", "tc", "et")
