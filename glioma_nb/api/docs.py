@@ -27,7 +27,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
-from glioma_nb import STEPS, bench, io, paths, runner, runs
+from glioma_nb import STEPS, bench, paths, runner, runs
+from glioma_nb.io import clinical as clinical_io
 
 GENERATED = ("reference/cli.md", "reference/config.md", "reference/api.md", "reference/models.md", "benchmarks.md",
              "architecture-layers.md", "methods/notebooks.md", "notebooks", "reference/clinical.md",
@@ -48,8 +49,6 @@ def docs_dir() -> Path:
 def clinical_page() -> str:
     """The canonical clinical columns (``glioma_nb.io.CLINICAL_COLUMNS``), what each means and accepts, and the CSV
     template (``clinical_template.csv``, written beside this page)."""
-    from glioma_nb.io import clinical
-
     out = ["# The clinical table", "",
            "Generated from `glioma_nb.io.clinical` by `make docs`. A cohort's `clinical.file` (CSV, TSV or Excel) maps "
            "its own columns onto these canonical names in `cohort.clinical.columns` (canonical name: your column, or "
@@ -57,11 +56,11 @@ def clinical_page() -> str:
            "and the value. Missing values: an empty cell, NA, unknown, not available.", "",
            "| column | meaning | accepts |", "|---|---|---|", "| `case_id` | the case, as the image folders name it "
            "(`cohort.clinical.id_column`) | any text |"]
-    for name, kind in clinical.CLINICAL_COLUMNS.items():
-        out.append(f"| `{name}` | {clinical.CLINICAL_MEANINGS[name]} | {clinical.accepted_values(kind)} |")
-    columns = "\n".join(f"      {c}: {c}" for c in clinical.CLINICAL_COLUMNS)
+    for name, kind in clinical_io.CLINICAL_COLUMNS.items():
+        out.append(f"| `{name}` | {clinical_io.CLINICAL_MEANINGS[name]} | {clinical_io.accepted_values(kind)} |")
+    columns = "\n".join(f"      {c}: {c}" for c in clinical_io.CLINICAL_COLUMNS)
     out += ["", "[The template](clinical_template.csv), with two example rows:", "", "```",
-            clinical.clinical_template().to_csv(index=False).strip(), "```", "",
+            clinical_io.clinical_template().to_csv(index=False).strip(), "```", "",
             "and the cohort YAML that reads it as it is:", "", "```yaml", "cohort:", "  clinical:",
             "    file: clinical_template.csv", "    id_column: case_id", "    time_unit: months", "    columns:",
             columns, "```", ""]
@@ -307,7 +306,7 @@ def generate(parser: argparse.ArgumentParser, *, run_if_missing: bool = True, ru
     (d / "reference" / "api.md").write_text(api_reference())
     (d / "reference" / "models.md").write_text(model_cards())
     (d / "reference" / "clinical.md").write_text(clinical_page())
-    io.clinical_template().to_csv(d / "reference" / "clinical_template.csv", index=False)
+    clinical_io.clinical_template().to_csv(d / "reference" / "clinical_template.csv", index=False)
     (d / "architecture-layers.md").write_text(layers_page())
     (d / "methods" / "notebooks.md").write_text(notebook_methods())
     results = d.parent / "bench" / "results"
