@@ -240,11 +240,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     import subprocess
     import sys
 
-    log = open(shared / f"{TRAINING_RUN}.log", "w")
     env = {**os.environ, "GLIOMA_NB_CACHE": str(shared / "cache")}   # the workers' cache, never the user's
-    config._training_run_builder = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("build_training_run.py")), str(shared)], env=env,
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(Path(__file__).parent.parent))
+    with open(shared / f"{TRAINING_RUN}.log", "w") as log:                # the child keeps its own handle
+        config._training_run_builder = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("build_training_run.py")), str(shared)], env=env,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(Path(__file__).parent.parent))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -523,6 +523,13 @@ def test_brats2023_names_and_labels_load_with_their_regions(tmp_path):
     assert row["ET_ml"] == pytest.approx((lab == 4).sum() * voxel_ml) and row["ET_ml"] > 0
     assert row["TC_ml"] == pytest.approx(np.isin(lab, (1, 4)).sum() * voxel_ml)
     assert row["WT_ml"] == pytest.approx((lab > 0).sum() * voxel_ml)
+    # a mask written for this cohort keeps its scheme: enhancing is 3, as in its reference maps
+    from glioma_nb.segment import transforms
+
+    classes = np.array([0, 1, 2, 3], np.uint8)
+    out, scheme = transforms.classes_to_label(classes, "brats", cohort.scheme)
+    assert scheme.name == "brats2023" and out.tolist() == [0, 1, 2, 3] and cohort.scheme.brats
+    assert not io.LABEL_SCHEMES["binary"].brats and io.LABEL_SCHEMES["brats2018"].brats
 
 
 def test_brats2023_names_under_the_2021_layout_or_scheme_are_named_with_the_fix(tmp_path):

@@ -18,7 +18,7 @@ from glioma_nb.io.cohort import (Case, Cohort, check_cohort, cohort_root, discov
                                  synthetic_root)
 from glioma_nb.io.geometry import (HEAD_AXIAL_AREA_MM2, HEAD_HEIGHT_MM, HEAD_SPACING, estimate_head_spacing,
                                    head_mask, orientation_affine, override_geometry)
-from glioma_nb.io.labels import BRATS_123, DEFAULT_FILES, LABEL_SCHEMES, MODALITIES, LabelScheme, mask_scheme, region_masks
+from glioma_nb.io.labels import DEFAULT_FILES, LABEL_SCHEMES, MODALITIES, LabelScheme, mask_scheme, region_masks
 from glioma_nb.io.qc import CohortError, Problem, QCReport
 from glioma_nb.io.timeline import TIMEPOINT_COLUMNS, has_timepoints, read_timepoints
 
@@ -26,6 +26,6 @@ __all__ = ["CLINICAL_COLUMNS", "TIME_UNITS_DAYS", "molecular_subtype", "standard
            "check_cohort", "cohort_root", "discover_cases", "load_cohort", "load_feature_tables", "synthetic_root",
            "preprocess_settings", "preprocessed_root", "source_root",
            "HEAD_AXIAL_AREA_MM2", "HEAD_HEIGHT_MM", "HEAD_SPACING", "estimate_head_spacing", "head_mask",
-           "orientation_affine", "override_geometry", "BRATS_123", "DEFAULT_FILES", "LABEL_SCHEMES", "MODALITIES", "LabelScheme",
+           "orientation_affine", "override_geometry", "DEFAULT_FILES", "LABEL_SCHEMES", "MODALITIES", "LabelScheme",
            "mask_scheme", "region_masks", "CohortError", "Problem", "QCReport", "TIMEPOINT_COLUMNS", "has_timepoints",
            "read_timepoints"]

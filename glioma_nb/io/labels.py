@@ -26,6 +26,16 @@ class LabelScheme:
     def allowed(self) -> set[int]:
         return {0, *self.values}
 
+    @property
+    def brats(self) -> bool:
+        """A BraTS scheme (necrosis, oedema, enhancing: regions WT, TC and ET), whichever value ET has."""
+        return "ET" in self.regions
+
+
+#: BraTS 2023+'s values (ET = 3), under both of its names
+_BRATS_123 = ({1: "necrosis / non-enhancing core", 2: "oedema", 3: "enhancing tumour"},
+              {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)})
+
 
 LABEL_SCHEMES: dict[str, LabelScheme] = {
     "brats2018": LabelScheme(
@@ -33,22 +43,11 @@ LABEL_SCHEMES: dict[str, LabelScheme] = {
         {1: "necrosis / non-enhancing core", 2: "oedema", 4: "enhancing tumour"},
         {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
     ),
-    "brats2023": LabelScheme(
-        "brats2023",
-        {1: "necrosis / non-enhancing core", 2: "oedema", 3: "enhancing tumour"},
-        {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
-    ),
-    "brats2021": LabelScheme(
-        "brats2021",
-        {1: "necrosis / non-enhancing core", 2: "oedema", 3: "enhancing tumour"},
-        {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
-    ),
+    "brats2023": LabelScheme("brats2023", *_BRATS_123),
+    "brats2021": LabelScheme("brats2021", *_BRATS_123),
     "binary": LabelScheme("binary", {1: "tumour"}, {"WT": (1,)}),
 }
 
-
-#: a scheme whose values are BraTS's 1/2/3 (ET = 3)
-BRATS_123 = ("brats2023", "brats2021")
 
 DEFAULT_FILES: dict[str, dict[str, str]] = {
     "brats": {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair", "label": "seg"},

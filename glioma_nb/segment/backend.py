@@ -293,7 +293,7 @@ def _compile(conv: Any, x: Any) -> str:
     try:
         check, compiled = _check(model, ref, xin, fired, n_outputs)
     except _NotFaithful as exc:
-        _remember_refusal(folder.with_name(folder.name + ".refused.json"), str(exc), conv, shape, version)
+        _remember_refusal(refused, str(exc), conv, shape, version)
         raise
     meta = {"n_outputs": n_outputs, "tuple": is_tuple, "shape": list(shape), "taps": conv.taps, "fired": fired,
             "openvino": version, "weights_sha256": conv.sha, "module": conv.label, "check": check}

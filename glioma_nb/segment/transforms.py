@@ -46,7 +46,7 @@ def classes_to_label(classes_map: np.ndarray, classes: str, scheme: io.LabelSche
     c = np.asarray(classes_map).astype(np.uint8)
     if classes == "wt":
         return (c > 0).astype(np.uint8), io.LABEL_SCHEMES["binary"]
-    out_scheme = scheme if scheme is not None and scheme.name in ("brats2018", *io.BRATS_123) else io.LABEL_SCHEMES["brats2018"]
+    out_scheme = scheme if scheme is not None and scheme.brats else io.LABEL_SCHEMES["brats2018"]
     et = 4 if out_scheme.name == "brats2018" else 3
     lab = np.zeros_like(c)
     lab[c == 1] = 1

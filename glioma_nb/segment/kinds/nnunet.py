@@ -195,7 +195,7 @@ class NnUNetSegmenter(Segmenter):
         if ch.scheme is None or not set(examples.CHANNEL_NAMES) <= set(ch.modalities):
             raise SegmentationError(f"cohort {cohort}: the nnU-Net example needs T1, T1c, T2, FLAIR and label maps")
         used = [c for c in ch.cases if c.label is not None][:n_cases]
-        classes = "brats" if ch.scheme.name in ("brats2018", *cohort_io.BRATS_123) else "wt"
+        classes = "brats" if ch.scheme.brats else "wt"
         examples.nnunet_model(out, [{"images": c.images, "label": c.label} for c in used], tuple(examples.CHANNEL_NAMES),
                               classes=classes, scheme=ch.scheme.name, folds=(0,), features=(16, 32, 64, 128),
                               iterations=iterations, spacing=[float(v) for v in spacing.split(",")],
