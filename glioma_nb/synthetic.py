@@ -176,10 +176,20 @@ def load_template(resolution_mm: int = 2) -> _Template:
     return _Template(aff, brain, wm, gm, csf, world, depth)
 
 
-def _field(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Smooth standard-normal random field (white noise blurred with ``sigma`` voxels)."""
+def _field(shape: tuple[int, ...], sigma: float, rng: np.random.Generator,
+           cache: dict[Any, Any] | None = None) -> np.ndarray:
+    """Smooth standard-normal random field (white noise blurred with ``sigma`` voxels). ``cache``: fields already
+    drawn from the same generator state are reused, and the generator is left where the draw would leave it."""
+    key = (shape, sigma, repr(rng.bit_generator.state)) if cache is not None else None
+    if key is not None and key in cache:
+        f, rng.bit_generator.state = cache[key]
+        return f
     f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return (f - f.mean()) / (f.std() + 1e-8)
+    f = (f - f.mean()) / (f.std() + 1e-8)
+    if key is not None:
+        f.flags.writeable = False
+        cache[key] = (f, rng.bit_generator.state)
+    return f
 
 
 def _pick_centre(tpl: _Template, row: pd.Series, radius_mm: float, rng: np.random.Generator) -> np.ndarray:
@@ -195,13 +205,16 @@ def _pick_centre(tpl: _Template, row: pd.Series, radius_mm: float, rng: np.rando
 
 
 def make_case(row: pd.Series, tpl: _Template, rng: np.random.Generator, *, core_r: float | None = None,
-              margin: float | None = None, centre: np.ndarray | None = None, axes: np.ndarray | None = None
+              margin: float | None = None, centre: np.ndarray | None = None, axes: np.ndarray | None = None,
+              labels_only: bool = False, fields: dict[Any, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Images (float32, arbitrary units) and the label map of one synthetic case, plus latent facts.
 
     ``core_r``, ``margin`` (mm), ``centre`` (voxel) and ``axes`` replace the drawn size, place and shape: the
     scans of one patient of a serial cohort share centre, axes and random fields (the same ``rng`` seed) and
-    differ in size (:func:`generate_longitudinal`)."""
+    differ in size (:func:`generate_longitudinal`). ``labels_only``: the label map alone (``{"seg": ...}``, no
+    facts), exactly the one the full call draws from the same ``rng`` state (it is drawn first). ``fields``: a
+    cache of random fields shared by calls that start from the same ``rng`` state (the scans of one patient)."""
     shape = tpl.shape
     vox = float(abs(tpl.affine[0, 0]))
     g, risk = int(row.who_grade), int(row.risk_group)
@@ -218,8 +231,8 @@ def make_case(row: pd.Series, tpl: _Template, rng: np.random.Generator, *, core_
         d += ((np.arange(shape[k]) - centre[k]).reshape([-1 if j == k else 1 for j in range(3)]) * vox / axes[k]) ** 2
     d = np.sqrt(d)
     sig = 6.0 / vox
-    core = d * (1 + irregular * _field(shape, sig, rng)) / core_r
-    outer = d * (1 + irregular * _field(shape, sig, rng)) / (core_r + margin)
+    core = d * (1 + irregular * _field(shape, sig, rng, fields)) / core_r
+    outer = d * (1 + irregular * _field(shape, sig, rng, fields)) / (core_r + margin)
     label = np.zeros(shape, np.uint8)
     in_brain = tpl.brain
     oedema = (outer < 1) & in_brain
@@ -233,7 +246,7 @@ def make_case(row: pd.Series, tpl: _Template, rng: np.random.Generator, *, core_
         necrosis = tumour_core & (core < nec_frac)
         enhancing = tumour_core & ~necrosis
     elif g == 3:
-        patch = _field(shape, 3.0 / vox, rng)
+        patch = _field(shape, 3.0 / vox, rng, fields)
         frac = rng.uniform(0.15, 0.35)
         thr = np.quantile(patch[tumour_core], 1 - frac) if tumour_core.any() else np.inf
         enhancing = tumour_core & (patch > thr)
@@ -241,16 +254,18 @@ def make_case(row: pd.Series, tpl: _Template, rng: np.random.Generator, *, core_
             necrosis = tumour_core & (core < 0.3) & ~enhancing
     label[necrosis] = 1
     label[enhancing] = 4
+    if labels_only:
+        return {"seg": label}, {}
     # intensities: tissue mixture, then tumour compartments with partial-volume blending
     site = SITES[row.site]
     hetero = (0.06 if not risk else 0.11) + (0.05 if row.codel_1p19q else 0.0)
-    tex = _field(shape, 1.0, rng)
-    calc = (_field(shape, 0.7, rng) > 2.6) & tumour_core if row.codel_1p19q else np.zeros(shape, bool)
+    tex = _field(shape, 1.0, rng, fields)
+    calc = (_field(shape, 0.7, rng, fields) > 2.6) & tumour_core if row.codel_1p19q else np.zeros(shape, bool)
     comp = {k: ndimage.gaussian_filter(m.astype(np.float32), 0.6) for k, m in
             (("oedema", oedema & ~tumour_core), ("core", tumour_core & ~necrosis & ~enhancing),
              ("necrosis", necrosis), ("enhancing", enhancing))}
     tumour_w = np.clip(sum(comp.values()), 0, 1)
-    bias = np.exp(site["bias"] * _field(shape, 20.0 / vox, rng))
+    bias = np.exp(site["bias"] * _field(shape, 20.0 / vox, rng, fields))
     images: dict[str, np.ndarray] = {}
     for mod in MODALITIES:
         wm_v, gm_v, csf_v, ed_v, core_v, nec_v, enh_v = TISSUE[mod]
@@ -488,6 +503,7 @@ def generate_longitudinal(out_dir: str | os.PathLike[str], spec: SyntheticSpec =
             centre = _pick_centre(tpl, base, last_r * 1.1, shape_rng)
             seed_state = shape_rng.integers(2**31)
             transformed_at = next((d for d in days if d >= pt.transformation_latent_days), None)
+            fields: dict[Any, Any] = {}   # this patient's scans draw the same random fields
             for k, d in enumerate(days):
                 mtd = pt.d0_mm + pt.vde_mm_per_year * d / 365.25
                 r = mtd / ell
@@ -496,10 +512,11 @@ def generate_longitudinal(out_dir: str | os.PathLike[str], spec: SyntheticSpec =
                 row["who_grade"] = 4 if after else 2
                 cid = f"SYNL_{i:03d}_{k}"
                 vox_ml = float(np.prod(np.abs(np.diag(tpl.affine)[:3]))) / 1000.0
-                for _ in range(2):   # the irregular margin and the brain's edge change the volume: one correction
+                # the irregular margin and the brain's edge change the volume: one correction, from the label map
+                for final in (False, True):
                     images, _ = make_case(row, tpl, np.random.default_rng([seed_state, k if after else 0]),
                                           core_r=SERIAL["core_fraction"] * r, margin=(1 - SERIAL["core_fraction"]) * r,
-                                          centre=centre, axes=axes)
+                                          centre=centre, axes=axes, labels_only=not final, fields=fields)
                     drawn = (2 * (images["seg"] > 0).sum() * vox_ml * 1000) ** (1 / 3)
                     r *= mtd / drawn
                 _write_case(tmp, cid, images, tpl.affine)

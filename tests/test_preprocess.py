@@ -299,11 +299,13 @@ def test_a_raw_cohort_run_preprocesses_first_and_later_steps_read_brats_space(tm
     assert cohort.case_ids == ["P01"] and cohort.load_image("P01", "t1c").shape == reg.BRATS_SHAPE
 
 
-def test_a_raw_cohort_validates_a_trained_run_once_preprocessed(synthetic_training_run, tmp_path):
+def test_a_raw_cohort_validates_a_trained_run_once_preprocessed(synthetic_training_run, simulated, tmp_path):
     """A raw cohort as a validation cohort: refused (with the command) until preprocessed in a run of its own;
-    then the validation run reads the BraTS-space scans; a validation run that would preprocess is refused."""
+    then the validation run reads the BraTS-space scans; a validation run that would preprocess is refused.
+    (The scans are the module's simulated patient, already preprocessed: the run's own preprocessing reuses it.)"""
     _, train_run = synthetic_training_run
-    simulated_native_case(tmp_path / "raw" / "P01")
+    sim_cfg, _, sim_out, _ = simulated
+    shutil.copytree(Path(sim_cfg["cohort"]["root"]) / "P01", tmp_path / "raw" / "P01")
     y = tmp_path / "rawval.yaml"
     y.write_text(yaml.safe_dump({
         "cohort": {"source": "raw", "root": str(tmp_path / "raw"), "label": {"present": False},
@@ -316,7 +318,8 @@ def test_a_raw_cohort_validates_a_trained_run_once_preprocessed(synthetic_traini
     pre = runner.create_run(str(y), ["validate.reference_run=''"], steps=["00_preprocess"], progress=False)
     cfg = config.load_yaml(pre / "params.yaml")
     cohort, _ = pipeline.check_raw(cfg)
-    pipeline.preprocess_case(cohort.cases[0], io.preprocessed_root(cfg), pipeline.settings_of(cfg))
+    shutil.copytree(sim_out / "P01", io.preprocessed_root(cfg) / "P01")
+    assert pipeline.preprocess_case(cohort.cases[0], io.preprocessed_root(cfg), pipeline.settings_of(cfg))["cached"]
     val = runner.create_run(str(y), progress=False)   # now it finds the preprocessed scans
     manifest = json.loads((val / "manifest.json").read_text())
     assert manifest["reference"]["run_id"] == train_run.name

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from glioma_nb import paths, provenance
+from glioma_nb import compute, paths, provenance
 from glioma_nb.io.cohort import preprocess_settings
 from glioma_nb.io.labels import DEFAULT_FILES, MODALITIES
 from glioma_nb.io.qc import QCReport
@@ -314,7 +314,7 @@ def _run_case(case: RawCase, out: Path, p: Mapping[str, Any], mods: list[str], s
     import nibabel as nib
     import SimpleITK as sitk
 
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, os.cpu_count() or 1))
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(compute.cpu_count())
     t: dict[str, float] = {}
     t0 = time.perf_counter()
 
