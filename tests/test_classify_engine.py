@@ -118,6 +118,21 @@ def test_sequential_stopping_point_does_not_depend_on_n_jobs():
     assert a["stopped_early"] and a == b
 
 
+def test_a_small_grid_stays_in_process_and_a_large_one_starts_the_pool():
+    """The first pair is timed: a grid whose rest takes less than the pool's start runs here, with the same
+    tables as a grid forced into 2 processes."""
+    X, y = _table(n=24, p=6, signal=1.5, seed=3)
+    clin = pd.DataFrame({"case_id": X.index, "idh_mutant": y.to_numpy(), "who_grade": 4, "age": 50.0, "sex": "M"})
+    sets = {"toy": X, "toy2": X.iloc[:, :3], "toy3": X.iloc[:, 3:]}
+    kw = dict(nodes=["idh"], repeats=1, n_permutations=0, n_bootstrap=20, outer_splits=3, inner_splits=2,
+              progress=False)
+    small = cv.evaluate(sets, clin, n_jobs=2, **kw)
+    forced = cv.evaluate(sets, clin, n_jobs=2, pool_start_s=0, **kw)
+    assert (small.processes, forced.processes) == (1, 2)
+    pd.testing.assert_frame_equal(small.results, forced.results)
+    pd.testing.assert_frame_equal(small.oof, forced.oof)
+
+
 def test_grid_in_parallel_equals_serial_and_resumes_from_its_cache(tmp_path):
     """Node x feature set pairs in 2 processes give the serial tables; a second call reads every pair back."""
     X, y = _table(n=60, p=12, signal=1.5, seed=6)
@@ -128,7 +143,8 @@ def test_grid_in_parallel_equals_serial_and_resumes_from_its_cache(tmp_path):
     kw = dict(nodes=["idh", "mgmt"], repeats=1, n_permutations=9, permutation="fixed", n_bootstrap=50,
               outer_splits=4, progress=False)
     serial = cv.evaluate(sets, clin, n_jobs=1, **kw)
-    parallel = cv.evaluate(sets, clin, n_jobs=2, cache_dir=tmp_path, **kw)
+    parallel = cv.evaluate(sets, clin, n_jobs=2, cache_dir=tmp_path, pool_start_s=0, **kw)
+    assert (serial.processes, parallel.processes) == (1, 2)
     pd.testing.assert_frame_equal(serial.results, parallel.results)
     pd.testing.assert_frame_equal(serial.oof, parallel.oof)
     assert len(list(tmp_path.glob("*.joblib"))) == 6 and not parallel.notes
@@ -138,6 +154,27 @@ def test_grid_in_parallel_equals_serial_and_resumes_from_its_cache(tmp_path):
     changed = cv.evaluate(sets, clin, n_jobs=1, cache_dir=tmp_path, **{**kw, "n_bootstrap": 60})
     assert not changed.notes  # other settings: nothing reused
     with compute.Executor("local:2") as ex, ex.joblib():   # compute.executor local:2: the grid on Dask workers
-        on_dask = cv.evaluate(sets, clin, n_jobs=-1, **kw)
+        on_dask = cv.evaluate(sets, clin, n_jobs=-1, pool_start_s=1e9, **kw)   # never timed in process there
+    assert on_dask.processes == 2
     pd.testing.assert_frame_equal(serial.results, on_dask.results)
     pd.testing.assert_frame_equal(serial.oof, on_dask.oof)
+
+
+def test_average_accuracy_has_a_ci_from_the_cases_resampled_together():
+    rng = np.random.default_rng(0)
+    ids = [f"c{i}" for i in range(80)]
+    rows, oof = [], []
+    for node, kind, acc in (("idh", "molecular", 0.9), ("codel_1p19q", "molecular", 0.7), ("gbm_vs_lgg", "histology", 0.8)):
+        y = rng.integers(0, 2, 80)
+        right = rng.random(80) < acc
+        prob = np.where(right, y, 1 - y) * 0.8 + 0.1
+        oof.append(pd.DataFrame({"case_id": ids, "y": y, "prob": prob, "node": node, "feature_set": "toy"}))
+        rows.append({"node": node, "kind": kind, "feature_set": "toy", "auc": 0.8, "accuracy": float(right.mean()),
+                     "balanced_accuracy": float(right.mean())})
+    avg = cv.average_accuracy(pd.DataFrame(rows), oof=pd.concat(oof), n_boot=500).set_index("kind")
+    mol = avg.loc["molecular"]
+    assert mol["average_accuracy_lo"] < mol["average_accuracy"] < mol["average_accuracy_hi"]
+    assert 0.05 < mol["average_accuracy_hi"] - mol["average_accuracy_lo"] < 0.25      # about 2 x 1.96 x SD of 160 cases
+    assert avg.loc["histology", "average_accuracy"] == pytest.approx(rows[2]["accuracy"])
+    no_ci = cv.average_accuracy(pd.DataFrame(rows))                                 # without predictions: said as NaN
+    assert no_ci["average_accuracy_lo"].isna().all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +19,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from glioma_nb import records, stats
+from glioma_nb import compute, records, stats
 from glioma_nb.classify.nodes import NODES
 from glioma_nb.classify.pipelines import FastStratifiedGroupKFold, build_pipeline, node_problem, tuned_search
 
@@ -157,7 +158,7 @@ def permutation_test(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None, ob
 
     seeds = rng.integers(0, 2**62, size=n_permutations)
     null: list[float] = []
-    batch = max(1, 2 * (n_jobs if n_jobs > 0 else os.cpu_count() or 1))
+    batch = max(1, 2 * (n_jobs if n_jobs > 0 else compute.cpu_count()))
     with Parallel(n_jobs=n_jobs) as par:
         for start in range(0, n_permutations, batch):
             null.extend(par(delayed(one)(int(s)) for s in seeds[start:start + batch]))
@@ -208,9 +209,11 @@ def node_statistics(y: np.ndarray, prob: np.ndarray, n_boot: int = 1000, random_
     _, out["auc_delong_lo"], out["auc_delong_hi"] = stats.auc_ci_delong(y, prob)
     if out["auc"] < 1.0:
         cal = stats.calibration(y, prob)
-        out.update(calibration_slope=cal.slope, calibration_intercept=cal.intercept)
+        out.update(calibration_slope=cal.slope, calibration_slope_lo=cal.slope_lo, calibration_slope_hi=cal.slope_hi,
+                   calibration_intercept=cal.intercept)
     else:  # perfect separation: the logistic calibration fit diverges, the slope is undefined
-        out.update(calibration_slope=np.nan, calibration_intercept=np.nan)
+        out.update(calibration_slope=np.nan, calibration_slope_lo=np.nan, calibration_slope_hi=np.nan,
+                   calibration_intercept=np.nan)
     out.update({k: v for k, v in threshold_metrics(y, prob).items() if k in ("tp", "tn", "fp", "fn")})
     return out
 
@@ -253,6 +256,7 @@ class NodeGrid:
     skipped: pd.DataFrame                 # node, reason
     notes: list[str]
     models: dict[tuple[str, str], records.ModelRecord] = field(default_factory=dict)
+    processes: int = 1                    # how many processes the pairs ran in (1: in this one)
 
     def headline(self) -> list[dict[str, Any]]:
         """Per node x feature set: n, AUC with CI, balanced accuracy, P values (for the manifest)."""
@@ -318,6 +322,21 @@ def _cached_pair(cache_dir: Path | None, key_data: tuple[Any, ...], node_name: s
     return out
 
 
+def _pool_running() -> bool:
+    """Whether joblib's active backend is one whose workers are already running (Dask, threads)."""
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend()
+    return type(backend).__name__ not in ("LokyBackend", "MultiprocessingBackend", "SequentialBackend")
+
+
+def _effective_jobs(n_jobs: int) -> int:
+    """How many workers joblib's active backend gives ``n_jobs`` (-1 on Dask: every worker of the cluster)."""
+    from joblib.parallel import get_active_backend
+
+    return max(1, int(get_active_backend()[0].effective_n_jobs(n_jobs)))
+
+
 #: bump when :func:`_evaluate_pair` changes what it computes, so that older grid caches are not reused
 CACHE_VERSION = 1
 
@@ -327,7 +346,7 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
              k_features: int = 10, outer_splits: int = 5, inner_splits: int = 3, repeats: int = 3,
              n_permutations: int = 100, permutation: str = "auto", n_bootstrap: int = 1000,
              min_class_size: int = 5, n_jobs: int = 1, random_state: int = 0, refit: bool = True,
-             progress: bool = True, cache_dir: Path | None = None) -> NodeGrid:
+             progress: bool = True, cache_dir: Path | None = None, pool_start_s: float = 2.0) -> NodeGrid:
     """Nested CV of every node on every feature set; statistics, permutation test, DeLong vs baseline.
 
     A node is evaluated on the cases that are eligible, labelled and present in the feature set.
@@ -337,8 +356,11 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
 
     The node x feature set pairs run in ``n_jobs`` processes when there are at least as many pairs as
     processes (their permutations then run serially), else one pair at a time with parallel permutations;
-    every pair has its own seeds, so the results are the same whatever ``n_jobs``. With ``cache_dir`` each
-    finished pair is stored there and reused when the same inputs and settings come again.
+    every pair has its own seeds, so the results are the same whatever ``n_jobs``. The first pair is computed
+    in this process and timed: the pool starts only when the remaining pairs would take more than
+    ``pool_start_s`` (what starting the processes costs) longer serially than spread over them (a grid already
+    running on Dask workers always goes there). With ``cache_dir`` each finished pair is stored there and
+    reused when the same inputs and settings come again.
     """
     clin = clinical.set_index("case_id")
     groups_all = clin["patient_id"].fillna(pd.Series(clin.index, index=clin.index)) if "patient_id" in clin \
@@ -376,20 +398,37 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
                 skipped.append({"node": node_name, "feature_set": fs_name, "reason": why})
                 continue
             tasks.append((node_name, fs_name, (X, y, g)))
-    workers = n_jobs if n_jobs > 0 else (os.cpu_count() or 1)
+    running = _pool_running()
+    workers = _effective_jobs(n_jobs) if running else n_jobs if n_jobs > 0 else compute.cpu_count()
     outer_jobs = workers if len(tasks) >= workers > 1 else 1
     kw = dict(cv_kw=cv_kw, repeats=repeats, n_permutations=n_permutations, permutation=permutation,
               n_bootstrap=n_bootstrap, n_jobs=1 if outer_jobs > 1 else n_jobs, random_state=random_state,
               refit=refit)
     done: dict[tuple[str, str], dict[str, Any]] = {}
     bar = tqdm(total=len(tasks), desc="nodes x feature sets", disable=not progress)
+    todo = list(tasks)
+    if outer_jobs > 1 and not running:
+        # small grids (a few cases) finish before a pool of processes has started: time pairs here until one
+        # is computed (not read from the cache), and start the pool only if the rest would gain more than its start
+        while todo:
+            node_name, fs_name, data = todo[0]
+            t0 = time.perf_counter()
+            done[(node_name, fs_name)] = out = _cached_pair(cache_dir, data, node_name, fs_name, **kw)
+            todo.pop(0)
+            bar.update(1)
+            if not out.get("cached"):
+                rest = (time.perf_counter() - t0) * len(todo)
+                if rest * (1 - 1 / outer_jobs) < pool_start_s:
+                    outer_jobs = 1
+                break
     with Parallel(n_jobs=outer_jobs, return_as="generator") as par:
         outs = par(delayed(_cached_pair)(cache_dir, data, node_name, fs_name, **kw)
-                   for node_name, fs_name, data in tasks)
-        for (node_name, fs_name, _), out in zip(tasks, outs):
+                   for node_name, fs_name, data in todo)
+        for (node_name, fs_name, _), out in zip(todo, outs):
             done[(node_name, fs_name)] = out
             bar.update(1)
     bar.close()
+    done = {(n, f): done[(n, f)] for n, f, _ in tasks}   # the grid's order, whichever ran where
     n_cached = sum(bool(o.get("cached")) for o in done.values())
     if n_cached:
         notes.append(f"{n_cached} of {len(done)} node x feature set evaluations reused from the step's cache")
@@ -423,7 +462,7 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
     oof = pd.concat(oofs, ignore_index=True) if oofs else pd.DataFrame(columns=["case_id", "y", "prob", "node",
                                                                                "feature_set"])
     return NodeGrid(results, oof, pd.DataFrame(skipped, columns=["node", "feature_set", "reason"]), notes,
-                    models)
+                    models, processes=outer_jobs)
 
 
 def compare_sets(oof: pd.DataFrame, pairs: list[tuple[str, str]], *, n_bootstrap: int = 1000,
@@ -457,18 +496,39 @@ def compare_sets(oof: pd.DataFrame, pairs: list[tuple[str, str]], *, n_bootstrap
                                        "difference_low", "difference_high", "p_bootstrap", "p_delong"])
 
 
-def average_accuracy(results: pd.DataFrame, feature_set: str | None = None) -> pd.DataFrame:
+def average_accuracy(results: pd.DataFrame, feature_set: str | None = None, oof: pd.DataFrame | None = None,
+                     n_boot: int = 1000, random_state: int = 0) -> pd.DataFrame:
     """The seed paper's summary: mean accuracy over histology nodes and over molecular nodes.
 
-    Uses each node's best feature set (by AUC), or ``feature_set`` for every node when given.
+    Uses each node's best feature set (by AUC), or ``feature_set`` for every node when given. With ``oof`` (the
+    grid's out-of-fold predictions) each average has a 95% CI: the cases are resampled together (a case counts in
+    every node it belongs to), each node's accuracy at threshold 0.5 recomputed on them, and the nodes averaged.
     """
+    cols = ["kind", "nodes", "average_accuracy", "average_accuracy_lo", "average_accuracy_hi",
+            "average_balanced_accuracy"]
     if results.empty:
-        return pd.DataFrame(columns=["kind", "nodes", "average_accuracy", "average_balanced_accuracy"])
+        return pd.DataFrame(columns=cols)
     r = results if feature_set is None else results[results["feature_set"] == feature_set]
     if feature_set is None:
         r = r.loc[r.groupby("node", sort=False)["auc"].idxmax()]
-    return (r.groupby("kind").agg(nodes=("node", lambda s: ", ".join(s)), average_accuracy=("accuracy", "mean"),
-                                  average_balanced_accuracy=("balanced_accuracy", "mean")).reset_index())
+    out = (r.groupby("kind").agg(nodes=("node", lambda s: ", ".join(s)), average_accuracy=("accuracy", "mean"),
+                                 average_balanced_accuracy=("balanced_accuracy", "mean")).reset_index())
+    out["average_accuracy_lo"] = out["average_accuracy_hi"] = np.nan
+    if oof is not None and len(oof):
+        cases = pd.Index(oof["case_id"].unique())
+        rng = np.random.default_rng(random_state)
+        counts = rng.multinomial(len(cases), np.full(len(cases), 1 / len(cases)), size=n_boot)   # n_boot x cases
+        for i, row in out.iterrows():
+            accs = []
+            for node_name, fs in r.loc[r["kind"] == row["kind"], ["node", "feature_set"]].itertuples(index=False):
+                d = oof[(oof["node"] == node_name) & (oof["feature_set"] == fs)]
+                correct = ((d["prob"].to_numpy() >= 0.5).astype(int) == d["y"].to_numpy().astype(int)).astype(float)
+                c = counts[:, cases.get_indexer(d["case_id"])]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    accs.append((c * correct).sum(1) / c.sum(1))
+            lo, hi = stats.percentile_ci(np.nanmean(np.vstack(accs), axis=0))
+            out.loc[i, ["average_accuracy_lo", "average_accuracy_hi"]] = lo, hi
+    return out[cols]
 
 
 # ------------------------------------------------------------------------------- curves for the figures
