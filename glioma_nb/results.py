@@ -65,6 +65,29 @@ class StepContext(Protocol):
     def feature_tables(self) -> dict[str, pd.DataFrame]: ...
 
 
+class NamedTables(dict):
+    """A dict of tables that names each data frame it holds (``df.attrs["table"]``): a notebook that displays one
+    shows the caption of that name (:func:`glioma_nb.reporting.table_html`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.update(*args, **kwargs)
+
+    def __setitem__(self, name: str, table: Any) -> None:
+        if isinstance(table, pd.DataFrame) and "table" not in table.attrs:
+            table.attrs["table"] = name
+        super().__setitem__(name, table)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:   # dict.update does not call __setitem__
+        for name, table in dict(*args, **kwargs).items():
+            self[name] = table
+
+    def setdefault(self, name: str, table: Any = None) -> Any:
+        if name not in self:
+            self[name] = table
+        return self[name]
+
+
 @dataclass
 class StepResult:
     """What a stage step produced.
@@ -75,13 +98,16 @@ class StepResult:
     ``notes`` everything that could not be estimated, with the reason.
     """
 
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=NamedTables)
     figures: dict[str, Any] = field(default_factory=dict)
     models: dict[str, records.ModelRecord] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    frames: dict[str, pd.DataFrame] = field(default_factory=dict)   # shown, not saved
+    frames: dict[str, pd.DataFrame] = field(default_factory=NamedTables)   # shown, not saved
     text: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:   # tables given to the constructor are named too
+        self.tables, self.frames = NamedTables(self.tables), NamedTables(self.frames)
 
     def add_figure(self, name: str, fig: Any) -> None:
         """Keep a drawn figure (closed, so that it is shown only where a notebook cell displays it)."""

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from glioma_nb import STEPS, compute, io, paths, plotting, provenance, runs, step_section, synthetic
+from glioma_nb import STEPS, compute, io, paths, plotting, provenance, reporting, runs, step_section, synthetic
 from glioma_nb import config as config_mod
 from glioma_nb.preprocess import pipeline as pre_pipeline
 from glioma_nb.runs import RunError, find_run, load_manifest, read_feature_tables, scrub_text
@@ -653,8 +653,18 @@ def open_step(step: str, run_dir: str = "", cohort: str = "synthetic", overrides
     seed_everything(int(cfg["project"]["seed"]))
     pd.set_option("display.max_columns", 60)  # reports show whole case tables, not "..." columns
     plotting.use_style()
+    show_tables_as_read()
+    case_table.attrs["table"], problems.attrs["table"] = "case_table", "problems"
     return StepContext(step, rd, cfg, cohort_obj, case_table, problems, dict(cfg.get(step_section(step)) or {}),
                        upstream=up, read_only=read_only)
+
+
+def show_tables_as_read() -> None:
+    """In a notebook kernel: every data frame a cell displays has its caption and columns named in words
+    (:func:`glioma_nb.reporting.table_html`); the tables saved keep their names."""
+    ip = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    if ip is not None and hasattr(ip, "display_formatter"):
+        ip.display_formatter.formatters["text/html"].for_type(pd.DataFrame, reporting.table_html)
 
 
 def _locate_run(run_dir: str) -> Path:

@@ -122,6 +122,8 @@ class Calibration:
     intercept: float  # calibration-in-the-large: intercept with the slope fixed at 1
     observed_rate: float
     mean_predicted: float
+    slope_lo: float = float("nan")   # Wald 95% CI of the slope (observed information of the logistic fit)
+    slope_hi: float = float("nan")
 
     def __repr__(self) -> str:
         return (f"Calibration(slope={self.slope:.2f}, intercept={self.intercept:+.2f}, "
@@ -129,7 +131,8 @@ class Calibration:
 
 
 def calibration(y: np.ndarray, prob: np.ndarray, eps: float = 1e-6) -> Calibration:
-    """Calibration slope (logistic regression of y on logit p) and intercept (offset logit p, slope 1)."""
+    """Calibration slope (logistic regression of y on logit p, with its Wald 95% CI) and intercept (offset logit
+    p, slope 1)."""
     y = np.asarray(y).astype(float)
     p = np.clip(np.asarray(prob, dtype=float), eps, 1 - eps)
     _check(y.astype(int), p)
@@ -142,7 +145,25 @@ def calibration(y: np.ndarray, prob: np.ndarray, eps: float = 1e-6) -> Calibrati
 
     fit2 = optimize.minimize(nll, x0=np.array([0.0, 1.0]), args=(False,), method="BFGS")
     fit1 = optimize.minimize(nll, x0=np.array([0.0]), args=(True,), method="BFGS")
-    return Calibration(float(fit2.x[1]), float(fit1.x[0]), float(y.mean()), float(p.mean()))
+    # Wald CI of the slope: the inverse of the observed (= expected, canonical link) information X'WX at the fit
+    mu = special.expit(fit2.x[0] + fit2.x[1] * lp)
+    w = mu * (1 - mu)
+    info = np.array([[w.sum(), (w * lp).sum()], [(w * lp).sum(), (w * lp * lp).sum()]])
+    try:
+        se = float(np.sqrt(np.linalg.inv(info)[1, 1]))
+    except np.linalg.LinAlgError:
+        se = float("nan")
+    z = float(special.ndtri(0.975))
+    slope = float(fit2.x[1])
+    return Calibration(slope, float(fit1.x[0]), float(y.mean()), float(p.mean()), slope - z * se, slope + z * se)
+
+
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (SciPy's ``binomtest``); (NaN, NaN) without trials."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def net_benefit(y: np.ndarray, prob: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

@@ -374,3 +374,41 @@ def test_a_cox_fit_with_too_few_events_per_covariate_says_the_rule_and_what_woul
     assert any("21 events for 9 covariates (need 5 per covariate, min_events_per_variable: at least 45 events, or "
                "at most 4 covariates)" in n for n in fit.notes), fit.notes
     assert not cox.fit_cox(surv, design.iloc[:, :4], min_events_per_variable=5).table.empty
+
+
+def test_td_auc_and_ibs_carry_bootstrap_cis_that_cover_the_estimate():
+    """Every headline number of a risk model has its 95% CI: Harrell/Uno C, time-dependent AUC, IBS."""
+    rng = np.random.default_rng(0)
+    n = 120
+    x = rng.normal(size=n)
+    t = rng.exponential(1000 * np.exp(-0.7 * x))
+    c = rng.uniform(200, 3000, n)
+    oof = pd.DataFrame({"time": np.minimum(t, c), "event": t <= c, "risk": x})
+    grid = np.linspace(50, 2500, 30)
+    surv = pd.DataFrame(np.exp(-np.outer(np.exp(0.7 * x), grid) / 1000), columns=grid)
+    m = survival.survival_metrics(oof, surv, horizons=[365.25], n_bootstrap=100)
+    for k in ("c_harrell", "auc_t365.25", "ibs"):
+        assert m[f"{k}_low"] < m[k] < m[f"{k}_high"], (k, m)
+    assert m["auc_t365.25_low"] > 0.5            # the planted risk (log HR 0.7) is found at one year
+    assert m["ibs_high"] - m["ibs_low"] < 0.15
+    shown = reporting.risk_table(pd.DataFrame([{**m, "feature_set": "x", "variant": "all", "n": n, "events": 1,
+                                                "n_features": 1}]))
+    assert shown.loc[0, "td-AUC at 365.25"] == f"{m['auc_t365.25']:.3f} [{m['auc_t365.25_low']:.3f}-{m['auc_t365.25_high']:.3f}]"
+    assert "IBS" in shown and "auc_t365.25_low" not in shown
+
+
+def test_a_displayed_table_has_its_caption_and_columns_in_words():
+    from glioma_nb.results import StepResult
+
+    res = StepResult()
+    res.tables["km_summary"] = pd.DataFrame({"group": ["a"], "median": [10.0], "median_ci_low": [8.0], "ph_p": [0.3],
+                                             "auc_t730.5": [0.7], "dice_WT_n": [3], "hd95_ET": [4.0]})
+    html = reporting.table_html(res.tables["km_summary"])
+    assert "<caption" in html and "Kaplan-Meier per group" in html
+    for words in ("median 95% CI low", "PH test P (Schoenfeld)", "time-dependent AUC at t = 730.5", "n (Dice WT)",
+                  "HD95 ET (mm)"):
+        assert f"<th>{words}</th>" in html, words
+    assert list(res.tables["km_summary"].columns)[2] == "median_ci_low"   # the saved table keeps its names
+    res.frames.update(anything_new=pd.DataFrame({"a_b": [1]}))
+    assert "Anything new." in reporting.table_html(res.frames["anything_new"])
+    assert "<caption" not in reporting.table_html(pd.DataFrame({"x": [1]}))  # a frame nobody named

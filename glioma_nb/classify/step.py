@@ -9,7 +9,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from glioma_nb import compute, config, flow, plotting, reporting
+from glioma_nb import compute, config, flow, plotting, reporting, stats
 from glioma_nb.classify import cns5, cv
 from glioma_nb.io import features
 from glioma_nb.classify import nodes as nodes_mod
@@ -26,6 +26,7 @@ class ClassifyResult(StepResult):
     grid: cv.NodeGrid | None = None
     sets: dict[str, pd.DataFrame] = field(default_factory=dict)
     cns5_accuracy: float | None = None
+    cns5_accuracy_ci: tuple[float, float] = (float("nan"), float("nan"))
 
     def set_sizes(self) -> pd.DataFrame:
         """Cases and features per feature set."""
@@ -100,12 +101,16 @@ def step(ctx: StepContext, *, min_class_size: int = 5, nodes: Sequence[str] = ()
                                   classifier=classifier, selection=selection, k=k_features, inner_splits=inner_splits)
         res.tables["cns5_predictions"] = cascade.reset_index()
         known = cascade[~cascade["true_diagnosis"].str.startswith("Unclassified")]
-        res.cns5_accuracy = float((known["true_diagnosis"] == known["pred_diagnosis"]).mean())
+        hits = int((known["true_diagnosis"] == known["pred_diagnosis"]).sum())
+        res.cns5_accuracy = hits / len(known) if len(known) else float("nan")
+        res.cns5_accuracy_ci = stats.wilson_ci(hits, len(known))
         fig, ax = plt.subplots(figsize=(8, 6))
         plotting.plot_diagnosis_confusion(known, ax=ax)
         res.add_figure("cns5_confusion", fig)
-        res.text["cns5"] = (f"End-to-end CNS5 accuracy: **{res.cns5_accuracy:.2f}** on {len(known)} cases with a "
-                            f"reference diagnosis (feature set `{diag_set}`, nodes {diag_nodes}).")
+        lo, hi = res.cns5_accuracy_ci
+        res.text["cns5"] = (f"End-to-end CNS5 accuracy: **{res.cns5_accuracy:.2f}** [95% CI {lo:.2f}-{hi:.2f}, Wilson] "
+                            f"on {len(known)} cases with a reference diagnosis (feature set `{diag_set}`, nodes "
+                            f"{diag_nodes}).")
     else:
         res.text["cns5"] = (f"No end-to-end diagnosis: needs a trained IDH node and the feature set "
                             f"`{diagnosis_features}` (sources: {list(sources)}).")
@@ -113,12 +118,13 @@ def step(ctx: StepContext, *, min_class_size: int = 5, nodes: Sequence[str] = ()
     res.tables["flow_03_classify"] = node_flows(ctx.clinical, grid, res.sets, list(nodes))
     res.add_figure("flow", plotting.plot_flow(res.tables["flow_03_classify"]))
 
-    avg = cv.average_accuracy(grid.results)
+    avg = cv.average_accuracy(grid.results, oof=grid.oof, n_boot=n_bootstrap, random_state=seed)
     res.tables["classification_average_accuracy"] = avg
     res.metrics = dict(
         trainable_nodes=node_table.loc[node_table["trainable"], "node"].tolist(),
         labelled_per_node=dict(zip(node_table["node"], node_table["labelled"].astype(int))),
         results=grid.headline(), skipped=grid.skipped.to_dict("records"), cns5_accuracy=res.cns5_accuracy,
+        cns5_accuracy_ci=list(res.cns5_accuracy_ci) if res.cns5_accuracy is not None else None,
         average_accuracy=avg.set_index("kind")["average_accuracy"].round(4).to_dict() if len(avg) else {})
     return res
 

@@ -89,7 +89,7 @@ def step(ctx: StepContext, *, masks: str = "predicted", vde_cut_mm_per_year: flo
     surv_os, hazards = _cox(res, g, at, unit, min_events_per_variable)
     cv = dict(l1_ratio=l1_ratio, outer_splits=outer_splits, inner_splits=inner_splits, repeats=repeats,
               random_state=seed, n_bootstrap=n_bootstrap, min_events=min_events, n_jobs=n_jobs)
-    sources, outcomes, metrics_table = _risk_models(ctx, res, g, at, surv_os, risk_sets, **cv)
+    sources, outcomes, metrics_table = _risk_models(ctx, res, g, at, surv_os, risk_sets, unit=unit, **cv)
     _locked(ctx, res, reference_run, sources, outcomes, n_bootstrap=n_bootstrap, random_state=seed)
     res.text["rauch"] = RAUCH_NOTE
     planted = _truth(ctx, res, g, tsettings, per_day, min_events_per_variable=min_events_per_variable, cv=cv)
@@ -235,7 +235,7 @@ def _cox(res: LongitudinalResult, g: _Growth, at: pd.DataFrame, unit: str, min_e
 
 
 def _risk_models(ctx: StepContext, res: LongitudinalResult, g: _Growth, at: pd.DataFrame, surv_os: pd.DataFrame,
-                 risk_sets: Sequence[str], **cv: Any
+                 risk_sets: Sequence[str], unit: str = "", **cv: Any
                  ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], pd.DataFrame]:
     """Cross-validated penalised Cox models of transformation and OS on baseline feature sets (and the growth set),
     each refitted on every patient as a locked model. Returns (sources, outcomes, metrics table)."""
@@ -273,7 +273,7 @@ def _risk_models(ctx: StepContext, res: LongitudinalResult, g: _Growth, at: pd.D
     if len(metrics_table):
         metrics_table = metrics_table[["outcome", *[c for c in metrics_table.columns if c != "outcome"]]]
     res.tables["longitudinal_risk_models"] = metrics_table
-    res.frames["risk_table"] = (pd.concat([reporting.risk_table(t.drop(columns="outcome")).pipe(
+    res.frames["risk_table"] = (pd.concat([reporting.risk_table(t.drop(columns="outcome"), unit).pipe(
         lambda d, o=o: d.insert(0, "outcome", o) or d) for o, t in metrics_table.groupby("outcome", sort=False)],
         ignore_index=True) if len(metrics_table) else metrics_table)
     res.frames["saved"] = pd.DataFrame(saved)

@@ -69,7 +69,9 @@ class SignatureResult(StepResult):
             if name in self.filters:
                 row.update({f"removed: {k}": int(v) for k, v in self.filters[name].counts().drop("kept").items()})
             rows[name] = row
-        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("source").fillna(0).astype(int)
+        out = pd.DataFrame.from_dict(rows, orient="index").rename_axis("source").fillna(0).astype(int)
+        out.attrs["table"] = "counts"
+        return out
 
     def family_counts(self) -> pd.DataFrame:
         """Features per family (network stage, or PyRadiomics class / image type) before and after filtering."""
@@ -124,6 +126,42 @@ def feature_family(column: str) -> str:
         bits = parts[2].split("_")
         return " ".join(bits[:-1]) if len(bits) > 1 else parts[1]
     return "other"
+
+
+_PERTURBATION_WORDS = {"erode": "the mask eroded by one voxel", "dilate": "the mask dilated by one voxel",
+                       "noise": "Gaussian noise added to the image", "rotate": "the image and mask rotated"}
+
+
+def method_sentence(*, mask: str, network: bool, radiomics: str | None, location_features: bool,
+                    perturbations: Sequence[str], stability: Mapping[str, Any], filter_from: Any,
+                    percentiles: Sequence[float], fitted: bool = True) -> str:
+    """This run's method in words, from its own parameters (what the notebook's introduction describes in
+    general)."""
+    sources = ["volumetric and intensity features (volumes of WT, TC and ET; mean and SD of each modality, "
+               f"intensities scaled between the brain's {percentiles[0]:g}th and {percentiles[1]:g}th percentiles)"]
+    if network:
+        sources.append("the network image signature (01_segment's own pass, pooled in each region)")
+    sources.append(f"PyRadiomics with the `{radiomics}` settings" if radiomics else
+                   "no handcrafted radiomics (`signature.radiomics: null`)")
+    if location_features:
+        sources.append("location features (SRI24 lobes, ventricles, midline)")
+    text = (f"**This run.** Masks: **{mask}** ({'01_segment' if mask == 'predicted' else 'the expert label maps'}). "
+            f"Features: {'; '.join(sources)}. ")
+    if filter_from:
+        text += f"Stability filters: fitted in `{filter_from}`, applied unchanged."
+    elif not fitted:
+        text += f"No stability filter: too few cases to fit one (it needs {MIN_CASES}; see the notes)."
+    elif perturbations:
+        words = ", ".join(_PERTURBATION_WORDS.get(p, p) for p in perturbations)
+        text += (f"Stability filter fitted here: {len(perturbations)} re-extraction(s) ({words}); features missing in "
+                 f"more than {stability.get('max_missing_fraction', 0.2):.0%} of cases or near-constant (one value "
+                 f"in >= {stability.get('max_mode_fraction', 0.95):.0%}) dropped, then those with ICC(3,1) < "
+                 f"{stability.get('icc_threshold', 0.75)}, then one of each pair with |r| > "
+                 f"{stability.get('max_correlation', 0.95)}.")
+    else:
+        text += ("No ICC filter (`signature.stability.perturbations: []`): only features missing in many cases, "
+                 "near-constant or highly correlated ones are dropped.")
+    return text
 
 
 def step(ctx: StepContext, *, intensity_percentiles: Sequence[float] = (1, 99), mask: str = "predicted",
@@ -228,6 +266,11 @@ def step(ctx: StepContext, *, intensity_percentiles: Sequence[float] = (1, 99), 
     res.features.update(feature_families(res.features, ctx.config["cohort"].get("feature_families") or {},
                                          cohort.name))
     res.errors = pd.DataFrame(errors, columns=["case_id", "source", "error"])
+    res.errors.attrs["table"] = "errors"
+    res.text["method"] = method_sentence(mask=mask, network=network, radiomics=radiomics,
+                                         location_features=location_features, perturbations=perturbations,
+                                         stability=stab, filter_from=res.filter_origin,
+                                         percentiles=intensity_percentiles, fitted=bool(res.filters))
     return _display(ctx, res, (stability or {}).get("icc_threshold"), feature_map, intensity_percentiles)
 
 

@@ -82,9 +82,10 @@ def _survival(ctx: StepContext, res: StratifyResult, unit: str, km_groups: Seque
     res.tables["cox_clinical"] = clin_hazards
     res.notes += [f"clinical Cox: {n}" for n in clin_cox.notes]
     res.text["clinical_cox"] = reporting.fit_sentence(clin_cox)
-    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(clin_hazards), 2) + 1.5))
-    plotting.plot_forest(clin_hazards, ax=ax, title="Clinical Cox model: hazard ratios (95% CI)")
-    res.add_figure("clinical_forest", fig)
+    if len(clin_cox.table):   # no fit (too few events per covariate): the sentence above says why, no empty plot
+        fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(clin_hazards), 2) + 1.5))
+        plotting.plot_forest(clin_hazards, ax=ax, title="Clinical Cox model: hazard ratios (95% CI)")
+        res.add_figure("clinical_forest", fig)
     return summary, clin_hazards
 
 
@@ -144,7 +145,7 @@ def _risk_models(ctx: StepContext, res: StratifyResult, image_sources: dict[str,
     if pairs:
         res.tables["risk_comparisons"] = survival.compare_risks(
             {n: r.oof for n, r in risk_results.items()}, pairs, n_bootstrap=n_bootstrap, random_state=random_state)
-    res.frames["risk_table"] = reporting.risk_table(risk_metrics)
+    res.frames["risk_table"] = reporting.risk_table(risk_metrics, unit)
     best = risk.best_risk_model(risk_results, risk_metrics)
     res.text["best_risk"] = (f"Risk groups and calibration below use **{best.name}** (highest Harrell C)." if best
                              else "No risk model could be fitted: see the notes above.")

@@ -223,6 +223,8 @@ def step(ctx: StepContext, *, reference_run: str = "", harmonisation: Sequence[s
     res.frames["provenance"] = runs.provenance_table(ctx.inputs)
     val = res.val = validate_locked(ctx, reference_run, harmonisation, n_bootstrap) if reference_run else None
     res.text["intro"] = reporting.describe(val) if val else reporting.training_note(ctx)
+    res.text["not_validation"] = ("Nothing here: this is a training run, not a validation run "
+                                  "(`validate.reference_run` is empty; see above).")
     unit = ctx.config["stratify"]["time_unit_report"]
     headline = val.headline if val else pd.DataFrame()
     if val:
