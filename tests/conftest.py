@@ -46,6 +46,7 @@ LONG_TESTS = ("test_a_2_worker_local_cluster_gives_the_serial_tables_and_a_kille
               "test_a_wrong_series_is_flagged_not_passed", "test_grid_in_parallel_equals_serial_and_resumes_from_its_cache",
               "test_ddp_on_2_cpu_processes_gives_the_weights_of_one_process_with_the_same_global_batch",
               "test_every_pinned_package_imports_in_a_fresh_interpreter",
+              "test_predict_writes_masks_volumes_signature_resumes_and_never_overwrites",
               # make check's (-m check)
               "test_the_shipped_models_brats18_masks_score_as_the_official_evaluation_scores_them",
               "test_the_shipped_out_of_fold_table_rescored_keeps_its_masks_and_takes_the_official_hd95",
@@ -76,8 +77,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     items[:] = sorted(items, key=_order)
     for item in items:
-        used = [f for f in EXPENSIVE_FIXTURES if f in getattr(item, "fixturenames", ())]
-        if used and "@" not in item.nodeid:
+        names = getattr(item, "fixturenames", ())
+        used = [f for f in EXPENSIVE_FIXTURES if f in names]
+        # a test on the training run is not grouped: groups are scheduled by size, before it is built
+        if used and TRAINING_RUN not in names and "@" not in item.nodeid:
             item._id = NodeId.parse(f"{item.nodeid}@{used[0]}")
 
 

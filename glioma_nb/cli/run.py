@@ -7,6 +7,7 @@ from typing import Any
 
 from glioma_nb import STEPS, config, paths, publish, runner, runs, synthetic
 from glioma_nb.api import cohorts, docs, lab
+from glioma_nb.api import predict as predict_api
 
 
 def add(sub: Any) -> dict[str, Any]:
@@ -19,6 +20,23 @@ def add(sub: Any) -> dict[str, Any]:
                    help="config override, e.g. --set segment.n_overlay_cases=2 (repeatable)")
     r.add_argument("--steps", nargs="+", choices=STEPS, help="run only these steps")
     r.add_argument("--resume", metavar="RUN_ID", help="continue a failed run from its first unfinished step")
+
+    pr = sub.add_parser("predict", help="segment a folder of scans without a cohort YAML: masks, volumes, the network "
+                                        "signature and feature tables, an HTML summary (notebooks 01 and 02)")
+    pr.add_argument("input_dir", help="a folder with one folder per case, files named as BraTS 2018-2021 "
+                                      "(<case>_t1ce.nii.gz, ...) or BraTS 2023+ (<case>-t1c.nii.gz, ...) name them")
+    pr.add_argument("output_dir", help="new or empty folder for the results; the same folder again resumes or "
+                                       "says it is done")
+    pr.add_argument("--model", help="registered model (glioma-nb models list; default: the base configuration's, "
+                                    "brats-4mod)")
+    pr.add_argument("--modalities", nargs="+", choices=("t1", "t1c", "t2", "flair"),
+                    help="the scans to use (default: those every case has)")
+    pr.add_argument("--signature", action=argparse.BooleanOptionalAction, default=True,
+                    help="the network signature and feature tables too (notebook 02; default: yes)")
+    pr.add_argument("--dicom-seg", action="store_true", help="DICOM SEG masks too: only for DICOM scans, "
+                    "which predict does not read (see the error's fix)")
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set segment.tta=true (repeatable)")
 
     st = sub.add_parser("study", help="a training cohort and independent validation cohorts end to end, "
                                       "with a study summary")
@@ -68,7 +86,7 @@ def add(sub: Any) -> dict[str, Any]:
     dc = sub.add_parser("docs", help="the documentation site: reference pages generated from the code, the executed "
                         "synthetic notebooks, then mkdocs build --strict into site/")
     dc.add_argument("--site", default=None, help="output folder (default: site/)")
-    return {"run": run, "study": study, "overlap": overlap, "validate": validate, "synth": synth, "cohorts": listing,
+    return {"run": run, "predict": predict, "study": study, "overlap": overlap, "validate": validate, "synth": synth, "cohorts": listing,
             "compare": compare, "publish": publish_run, "lab": start_lab, "docs": build_docs}
 
 
@@ -80,6 +98,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         run_dir = runner.run(args.cohort, args.overrides, args.steps)
     print(f"completed: {paths.display_path(run_dir)}")
+    return 0
+
+
+def predict(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.dicom_seg:
+        raise predict_api.PredictError(
+            "--dicom-seg: a DICOM SEG refers to the DICOM series it was drawn on, and predict reads NIfTI folders; "
+            "for DICOM scans write a raw cohort (cohort.source: raw, raw.format: dicom) and run glioma-nb run --cohort "
+            "<yaml> --set segment.export_dicom_seg=true (docs/tutorials/raw-dicom.md)")
+    predict_api.predict(args.input_dir, args.output_dir, model=args.model, modalities=args.modalities,
+                        signature=args.signature, overrides=args.overrides)
     return 0
 
 
