@@ -91,6 +91,16 @@ def resolve_path(text: str | os.PathLike[str], base: Path | None = None) -> Path
     return p.resolve()
 
 
+def terminal_path(path: str | os.PathLike[str]) -> str:
+    """A path as a message on the user's own terminal shows it: relative to the working folder when under it,
+    else absolute (reports and shared records use :func:`display_path`, which never shows a local path)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
 def display_path(path: str | os.PathLike[str]) -> str:
     """A path as it may appear in a shared report: relative to a known root, never absolute."""
     p = Path(path).resolve()

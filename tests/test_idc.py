@@ -70,6 +70,27 @@ def test_the_upenn_manifest_is_complete_for_every_scan_with_its_four_series_in_t
     assert structural.apply(lambda r: r["crdc_series_uuid"] in r["series_aws_url"], axis=1).all()
 
 
+def test_without_the_id_table_the_scans_are_named_from_the_index(tmp_path, monkeypatch, capsys):
+    """A user without ../shared: the shipped upenn-gbm-idc still gives a manifest from the index in the wheel (ids
+    <patient>_<date>, each patient's first scan its baseline), says so, and prints the path typed."""
+    monkeypatch.setenv("GLIOMA_NB_SHARED", str(tmp_path / "no-shared"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["idc", "manifest", "--cohort", "upenn-gbm-idc", "--out", "m.csv"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote m.csv (" in out and "<external>" not in out and "cohort.idc.ids.optional" in out
+    rep = pd.read_csv(tmp_path / "m.report.csv")
+    assert rep["scan_id"].str.fullmatch(r"UPENN-GBM-\d{5}_\d{8}").all()
+    done = rep[rep["status"] == "complete"]
+    assert done["patient_id"].is_unique and len(done) > 500      # one baseline per patient
+    if AVAILABILITY.exists():   # against the id table: its baselines plus the 19 patients seen only at follow-up
+        monkeypatch.setenv("GLIOMA_NB_SHARED", str(SHARED))
+        named = idc.build_manifest(config.resolve_config("upenn-gbm-idc")).report
+        assert len(done) == (named["status"] == "complete").sum() + 19
+    monkeypatch.setenv("GLIOMA_NB_SHARED", str(tmp_path / "no-shared"))
+    with pytest.raises(idc.IdcError, match="ids.optional: true"):   # a required id table that is absent
+        idc.build_manifest(config.resolve_config("upenn-gbm-idc", ["cohort.idc.ids.optional=false"]))
+
+
 @requires_shared("tables/upenn-gbm")
 def test_the_shipped_baseline_config_and_its_report(tmp_path, capsys):
     """The shipped upenn-gbm-idc (baseline scans with the AI SEG) from the CLI: manifest and report written,

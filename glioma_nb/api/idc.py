@@ -16,7 +16,7 @@ def idc_manifest(cohort: str, out: str, overrides: Sequence[str] = ()) -> idc.Ma
     man = idc.build_manifest(cfg)
     path, rep = idc.write_manifest(man, Path(out))
     print(man.text())
-    print(f"wrote {paths.display_path(path)} ({len(man.table)} series) and {paths.display_path(rep)}")
+    print(f"wrote {paths.terminal_path(path)} ({len(man.table)} series) and {paths.terminal_path(rep)}")
     return man
 
 

@@ -101,7 +101,7 @@ def segment_compare(model: str, out: str, against: str, metric: str = "dice_WT",
           f"last interval (gain {g['gain']:+.3f} at {g['iteration']:.0f} iterations)")
     if card:
         path = cards.write_unshipped_card(spec, Path(out), "python -m glioma_nb " + " ".join(argv or []))
-        print(f"wrote {paths.display_path(path)} (not shipped: no weights copied)")
+        print(f"wrote {paths.terminal_path(path)} (not shipped: no weights copied)")
     return summary
 
 

@@ -111,7 +111,7 @@ def models(args: argparse.Namespace, argv: list[str]) -> int:
     elif args.models_command == "example":
         folder = kinds.make_example(args.kind, Path(args.out), cohort=args.cohort, n_cases=args.cases,
                                     iterations=args.iterations, spacing=args.spacing, patch=args.patch)
-        print(f"wrote {paths.display_path(folder)}; register it with: glioma-nb models import {args.out} --name <name>")
+        print(f"wrote {paths.terminal_path(folder)}; register it with: glioma-nb models import {args.out} --name <name>")
     else:
         spec = registry.import_model(args.path, args.name, kind=args.kind, modalities=args.modalities,
                                      labels=args.labels, layers=args.layers, folds=args.folds,

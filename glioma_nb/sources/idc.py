@@ -156,8 +156,11 @@ def _id_table(spec: IdcSpec, cfg: Mapping[str, Any]) -> Any:
         return None
     path = paths.resolve_path(ids["file"], base=source_root(cfg))
     if not path.exists():
+        if ids.get("optional"):
+            return None
         raise IdcError(f"cohort {spec.cohort}: the id table {paths.display_path(path)} (cohort.idc.ids.file) does "
-                       "not exist; set GLIOMA_NB_SHARED or fix the path")
+                       "not exist; set GLIOMA_NB_SHARED or fix the path, or set cohort.idc.ids.optional: true to name "
+                       "the scans from the index (<patient>_<date>, the first scan of a patient its baseline)")
     table = pd.read_csv(path, dtype=str)
     col = ids.get("column", "ID")
     if col not in table.columns:
@@ -315,6 +318,11 @@ def build_manifest(cfg: Mapping[str, Any], index: Any = None) -> Manifest:
     segs = idx[(idx["Modality"] == "SEG") & idx["SeriesDescription"].fillna("").str.contains(
         spec.seg.get("series", "."), case=False, regex=True)] if spec.seg else idx.iloc[:0]
     ids = _id_table(spec, cfg)
+    from_index = bool(spec.ids) and ids is None   # the id table is optional and absent: ids from the index
+    if from_index:
+        notes.append(f"the id table {spec.ids['file']} is not here (cohort.idc.ids.optional): scans are named "
+                     "<patient>_<date> from the index, and each patient's first scan is taken as its baseline "
+                     "(a patient whose only scan in the collection is a follow-up is then counted as baseline)")
     overrides = _load_overrides(spec)
     rows, report = [], []
     seen_ids: set[str] = set()
@@ -346,7 +354,7 @@ def build_manifest(cfg: Mapping[str, Any], index: Any = None) -> Manifest:
             if reasons:
                 report.append({**base, "status": "incomplete", "reason": "; ".join(reasons)})
                 continue
-            is_base = baseline_visit is None or _visit(sid, spec) == baseline_visit
+            is_base = (k == 0) if from_index else baseline_visit is None or _visit(sid, spec) == baseline_visit
             if (spec.scans == "baseline" and not is_base) or (spec.scans == "follow-up" and is_base):
                 report.append({**base, "status": "not selected", "reason": f"not a {spec.scans} scan"})
                 continue
