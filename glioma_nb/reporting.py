@@ -373,7 +373,7 @@ CAPTIONS: dict[str, str] = {
     "truth_agreement": "Clusters against the latent risk groups of the synthetic cohort (adjusted Rand index).",
     "risk_table": "Cross-validated risk models: Harrell and Uno C-index, time-dependent AUC (td-AUC at t) and the "
                   "integrated Brier score (IBS; lower is better, the Kaplan-Meier reference beside it), each estimate "
-                  "[95% bootstrap CI over patients; td-AUC and IBS from at most 200 resamples].",
+                  "[95% bootstrap CI over patients].",
     "segmentation_native": "Masks mapped back to each scan's native grid: volumes there against BraTS space.",
     "segmentation_summary_out_of_fold": "Out-of-fold segmentation metrics of the shipped model's own cross-validation.",
     "metrics_out_of_fold": "Out-of-fold segmentation metrics of the shipped model's own cross-validation.",
@@ -386,7 +386,9 @@ CAPTIONS: dict[str, str] = {
     "longitudinal_scans": "Per scan: date, tumour volume and mean tumour diameter.",
     "vde_recovery": "Planted against measured growth velocity (synthetic serial cohort).",
     "hazard_recovery": "Planted against estimated hazard ratios of transformation and survival (synthetic cohort).",
-    "saved": "The locked models this step saved.",
+    "saved": "The locked models this step saved (models/), with what each was fitted on.",
+    "flagged": "Cases whose predicted mask failed a sanity check, with the check (the masks are kept; look at them).",
+    "feature_sets": "Cases and features in each feature set the questions are evaluated on.",
     "counts": "Features per source before and after the stability filter, with the reason for each removal.",
     "errors": "Cases whose feature extraction failed, with the error.",
 }

@@ -412,3 +412,37 @@ def test_a_displayed_table_has_its_caption_and_columns_in_words():
     res.frames.update(anything_new=pd.DataFrame({"a_b": [1]}))
     assert "Anything new." in reporting.table_html(res.frames["anything_new"])
     assert "<caption" not in reporting.table_html(pd.DataFrame({"x": [1]}))  # a frame nobody named
+
+
+def test_the_bootstrap_replicates_equal_scikit_survivals_own_calls_resample_by_resample():
+    """td-AUC and IBS CIs come from all resamples at once; each replicate is what scikit-survival returns on that
+    resample (its refusals are NaN here), ties in the risk scores included."""
+    from sksurv.metrics import cumulative_dynamic_auc, integrated_brier_score
+
+    from glioma_nb.stats import bootstrap_indices
+
+    rng = np.random.default_rng(4)
+    n = 60
+    x = np.round(rng.normal(size=n), 1)                       # rounded: tied risk scores
+    t = np.round(rng.exponential(900 * np.exp(-0.6 * x)) + 1)
+    c = rng.uniform(100, 2500, n)
+    time, event = np.minimum(t, c), t <= c
+    y = survival._structured(time, event)
+    grid = np.linspace(np.quantile(time, 0.1), np.quantile(time, 0.8), 12)
+    surv = np.exp(-np.outer(np.exp(0.6 * x), grid) / 900)
+    boots = bootstrap_indices(n, 40, 3)
+    counts = np.stack([np.bincount(i, minlength=n) for i in boots])
+    h = float(np.quantile(time, 0.5))
+    auc_rep = survival.td_auc_replicates(y, x, h, counts)
+    ibs_rep = survival.ibs_replicates(y, surv, grid, counts)
+    checked = 0
+    for k, idx in enumerate(boots):
+        try:
+            ref = cumulative_dynamic_auc(y, y[idx], x[idx], [h])[0][0]
+        except ValueError:
+            assert np.isnan(auc_rep[k])
+            continue
+        assert auc_rep[k] == pytest.approx(ref, abs=1e-12)
+        assert ibs_rep[k] == pytest.approx(integrated_brier_score(y, y[idx], surv[idx], grid), abs=1e-12)
+        checked += 1
+    assert checked >= 35

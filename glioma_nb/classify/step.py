@@ -30,8 +30,10 @@ class ClassifyResult(StepResult):
 
     def set_sizes(self) -> pd.DataFrame:
         """Cases and features per feature set."""
-        return pd.DataFrame({"cases": {k: v.shape[0] for k, v in self.sets.items()},
-                             "features": {k: v.shape[1] for k, v in self.sets.items()}}).rename_axis("feature set")
+        out = pd.DataFrame({"cases": {k: v.shape[0] for k, v in self.sets.items()},
+                            "features": {k: v.shape[1] for k, v in self.sets.items()}}).rename_axis("feature set")
+        out.attrs["table"] = "feature_sets"
+        return out
 
 
 def step(ctx: StepContext, *, min_class_size: int = 5, nodes: Sequence[str] = (), feature_sets: Sequence[str] = (),

@@ -581,7 +581,9 @@ def check_cohort(cfg: Mapping[str, Any], progress: bool = True,
     if spec.get("file"):
         cpath = paths.resolve_path(spec["file"], base=croot)
         label = report.show(cpath)
-        raw = report.read_csv(cpath, "clinical table", "cohort.clinical.file")
+        raw = report.read_csv(cpath, "clinical table", "cohort.clinical.file (or --set cohort.clinical.file=null: no "
+                              "clinical table, notebooks 03-05 then have no labels; docs/shared-data.md names the "
+                              "public sources of the shipped cohorts' tables)")
     if raw is not None and spec.get("join"):
         raw = _join_clinical(raw, spec, croot, report, cohort.feature_files)
     if c["layout"] == "table":

@@ -58,7 +58,9 @@ class SegmentResult(StepResult):
     def flagged(self) -> pd.DataFrame:
         if self.cases.empty:
             return self.cases
-        return self.cases.loc[self.cases["flags"].fillna("") != "", ["case_id", "flags"]]
+        out = self.cases.loc[self.cases["flags"].fillna("") != "", ["case_id", "flags"]]
+        out.attrs["table"] = "flagged"
+        return out
 
     @property
     def worst_case(self) -> str | None:
@@ -234,6 +236,7 @@ def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", tra
         if not scores.empty:
             scores.insert(1, "trained_on", scores["case_id"].isin(result.trained_on))
             result.scores = scores
+            scores.attrs["table"] = "segmentation_scores"
             # honest figures: only cases the weights never saw
             result.summary = metrics.summarise(scores[~scores["trained_on"]])
     scored = result.scores.loc[~result.scores["trained_on"], "case_id"] if len(result.scores) else []

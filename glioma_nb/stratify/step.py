@@ -202,3 +202,4 @@ def _locked_models(ctx: StepContext, res: StratifyResult, risk_feature_sets: dic
         saved.append({"model": f"{rec.name}.joblib", "kind": "Coxnet risk model", "subgroup": "all", "k": "",
                       "features": len(rec.features)})
     res.saved = pd.DataFrame(saved)
+    res.saved.attrs["table"] = "saved"

@@ -262,8 +262,60 @@ def compare_risks(oofs: Mapping[str, pd.DataFrame], pairs: Sequence[tuple[str, s
     return pd.DataFrame(rows)
 
 
-#: bootstrap resamples of the time-dependent AUC and integrated Brier score CIs (at most; the C-index uses all)
-TD_BOOTSTRAP = 200
+def _follow_up_ok(time: np.ndarray, counts: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Per resample (rows of ``counts``): whether [lo, hi] lies inside its follow-up as scikit-survival requires
+    of test data (``min(T) <= lo`` and ``hi < max(T)``; it refuses the others)."""
+    present = counts > 0
+    t_max = np.where(present, time, -np.inf).max(axis=1)
+    t_min = np.where(present, time, np.inf).min(axis=1)
+    return (t_min <= lo) & (hi < t_max)
+
+
+def td_auc_replicates(y: np.ndarray, risk: np.ndarray, horizon: float, counts: np.ndarray) -> np.ndarray:
+    """Bootstrap replicates of scikit-survival's ``cumulative_dynamic_auc(y, y[idx], risk[idx], [horizon])``, all
+    at once: ``counts`` (resamples x cases) says how often each case was drawn. Cases (an event by the horizon)
+    weighted by the inverse probability of censoring of the whole cohort (as the call above, whose training data
+    is the whole cohort), controls (alive at the horizon) by one; a pair scores 1 when the case has the higher
+    risk, 1/2 on a tie (scikit-survival's ROC area with tied thresholds merged). NaN for a resample scikit-survival
+    refuses (the horizon outside its follow-up) or without a case or a control. Equal to the calls, case by case,
+    in tests/test_stratify.py."""
+    from sksurv.nonparametric import CensoringDistributionEstimator
+
+    time, event = y["time"].astype(float), y["event"].astype(bool)
+    case = (time <= horizon) & event
+    control = time > horizon
+    w = np.zeros(len(time))
+    w[case] = CensoringDistributionEstimator().fit(y).predict_ipcw(y)[case]
+    r = np.asarray(risk, dtype=float)
+    higher = (r[:, None] > r[None, :]) + 0.5 * (np.abs(r[:, None] - r[None, :]) <= 1e-8)
+    pairs = (w * case)[:, None] * higher * control[None, :]          # case i x control j
+    c = counts.astype(float)
+    num = np.einsum("bi,ij,bj->b", c, pairs, c)
+    den = (c @ (w * case)) * (c @ control)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    return np.where(_follow_up_ok(time, counts, horizon, horizon) & (den > 0), out, np.nan)
+
+
+def ibs_replicates(y: np.ndarray, surv: np.ndarray, grid: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Bootstrap replicates of scikit-survival's ``integrated_brier_score(y, y[idx], surv[idx], grid)`` (Graf et
+    al. 1999, censoring weights of the whole cohort), all at once from the case counts of each resample; NaN where
+    scikit-survival refuses the grid (outside the resample's follow-up)."""
+    from sksurv.nonparametric import CensoringDistributionEstimator
+
+    time, event = y["time"].astype(float), y["event"].astype(bool)
+    cens = CensoringDistributionEstimator().fit(y)
+    g_t = cens.predict_proba(grid)
+    g_t[g_t == 0] = np.inf
+    g_y = cens.predict_proba(time)
+    g_y[g_y == 0] = np.inf
+    case = (time[:, None] <= grid[None, :]) & event[:, None]
+    control = time[:, None] > grid[None, :]
+    per_case = np.square(surv) * case / g_y[:, None] + np.square(1.0 - surv) * control / g_t[None, :]
+    c = counts.astype(float)
+    brier = (c @ per_case) / c.sum(axis=1, keepdims=True)           # resamples x grid
+    out = np.trapezoid(brier, grid, axis=1) / (grid[-1] - grid[0])
+    return np.where(_follow_up_ok(time, counts, grid.min(), grid.max()), out, np.nan)
 
 
 def survival_metrics(oof: pd.DataFrame, survival: pd.DataFrame | None = None, *, horizons: Sequence[float] = (),
@@ -304,24 +356,12 @@ def survival_metrics(oof: pd.DataFrame, survival: pd.DataFrame | None = None, *,
     for h in horizons:
         if h not in ok:
             notes.append(f"time-dependent AUC at {h:g}: outside the follow-up of this cohort (max {t.max():.1f})")
-    def boot_ci(fn: Any) -> tuple[float, float]:
-        """95% percentile CI of ``fn(idx)`` over the first :data:`TD_BOOTSTRAP` of the C-index's resamples (each
-        scikit-survival call refits the censoring distribution: 2-3 ms); resamples it cannot be computed on, e.g.
-        with no event before the horizon, are left out."""
-        vals = []
-        for idx in boots[:TD_BOOTSTRAP]:
-            try:
-                vals.append(float(fn(idx)))
-            except ValueError:
-                continue
-        return percentile_ci(vals)
-
+    counts = np.stack([np.bincount(idx, minlength=len(t)) for idx in boots]) if boots else np.zeros((0, len(t)))
     for h in ok:
         try:
             auc, _ = cumulative_dynamic_auc(y, y, risk, [h])
             out[f"auc_t{h:g}"] = float(auc[0])
-            out[f"auc_t{h:g}_low"], out[f"auc_t{h:g}_high"] = boot_ci(
-                lambda idx: cumulative_dynamic_auc(y, y[idx], risk[idx], [h])[0][0])
+            out[f"auc_t{h:g}_low"], out[f"auc_t{h:g}_high"] = percentile_ci(td_auc_replicates(y, risk, h, counts))
         except ValueError as exc:
             notes.append(f"time-dependent AUC at {h:g} not estimable ({exc})")
     if survival is not None and survival.shape[1] >= 2:
@@ -330,8 +370,7 @@ def survival_metrics(oof: pd.DataFrame, survival: pd.DataFrame | None = None, *,
         try:
             surv_k = survival.to_numpy()[:, keep]
             out["ibs"] = float(integrated_brier_score(y, y, surv_k, grid[keep]))
-            out["ibs_low"], out["ibs_high"] = boot_ci(
-                lambda idx: integrated_brier_score(y, y[idx], surv_k[idx], grid[keep]))
+            out["ibs_low"], out["ibs_high"] = percentile_ci(ibs_replicates(y, surv_k, grid[keep], counts))
             # reference: the Kaplan-Meier curve of the whole cohort for everyone (no information)
             from lifelines import KaplanMeierFitter
 
