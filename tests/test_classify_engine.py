@@ -135,10 +135,10 @@ def test_a_small_grid_stays_in_process_and_a_large_one_starts_the_pool():
 
 def test_grid_in_parallel_equals_serial_and_resumes_from_its_cache(tmp_path):
     """Node x feature set pairs in 2 processes give the serial tables; a second call reads every pair back."""
-    X, y = _table(n=60, p=12, signal=1.5, seed=6)
+    X, y = _table(n=40, p=10, signal=1.5, seed=6)
     rng = np.random.default_rng(6)
-    clin = pd.DataFrame({"case_id": X.index, "idh_mutant": y.to_numpy(), "mgmt_methylated": rng.integers(0, 2, 60),
-                         "who_grade": 4, "age": rng.normal(55, 10, 60), "sex": "M"})
+    clin = pd.DataFrame({"case_id": X.index, "idh_mutant": y.to_numpy(), "mgmt_methylated": rng.integers(0, 2, 40),
+                         "who_grade": 4, "age": rng.normal(55, 10, 40), "sex": "M"})
     sets = {"clinical": clin.set_index("case_id")[["age"]], "toy": X, "toy+clinical": X.assign(age=clin["age"].to_numpy())}
     kw = dict(nodes=["idh", "mgmt"], repeats=1, n_permutations=9, permutation="fixed", n_bootstrap=50,
               outer_splits=4, progress=False)

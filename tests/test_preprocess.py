@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import yaml
-from conftest import SHARED, requires_shared
+from filelock import FileLock
+from conftest import SHARED, _session_folder, requires_shared
 
 from glioma_nb import config, io, runner
 from glioma_nb.io.qc import QCReport
@@ -84,14 +85,19 @@ def _raw_cfg(root: Path, fmt: str = "nifti", **pre):
 
 
 @pytest.fixture(scope="module")
-def simulated(tmp_path_factory):
-    root = tmp_path_factory.mktemp("raw")
-    simulated_native_case(root / "P01")
-    cfg = _raw_cfg(root)
-    cohort, report = pipeline.check_raw(cfg)
-    assert report.ok, report.to_frame()
-    out = tmp_path_factory.mktemp("prep")
-    rec = pipeline.preprocess_case(cohort.cases[0], out, pipeline.settings_of(cfg))
+def simulated(pytestconfig):
+    """The simulated patient preprocessed once per session, under a file lock in the session's folder: a worker
+    that needs it after the other made it reads the finished case (``preprocess_case``'s own reuse)."""
+    base = _session_folder(pytestconfig) / "simulated"
+    root, out = base / "raw", base / "prep"
+    with FileLock(str(base) + ".lock"):
+        if not (root / "P01").exists():
+            simulated_native_case(root / "P01.tmp")
+            (root / "P01.tmp").rename(root / "P01")
+        cfg = _raw_cfg(root)
+        cohort, report = pipeline.check_raw(cfg)
+        assert report.ok, report.to_frame()
+        rec = pipeline.preprocess_case(cohort.cases[0], out, pipeline.settings_of(cfg))
     return cfg, cohort, out, rec
 
 

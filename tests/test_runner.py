@@ -258,7 +258,8 @@ def test_interactive_open_step_creates_a_run_with_the_notebook_parameters(tiny_c
 @pytest.mark.slow
 def test_segment_notebook_trains_when_asked(tiny_cohort):
     """segment.train: the notebook trains on the cohort, scores only the held-out patients, logs the training."""
-    run_dir = runner.create_run(str(tiny_cohort), ["segment.train=true", "segment.train_iterations=4"],
+    # segment.backend torch: the network trained here is segmenting 1 case, not worth an OpenVINO conversion in a test
+    run_dir = runner.create_run(str(tiny_cohort), ["segment.train=true", "segment.train_iterations=4", "segment.backend=torch"],
                                 steps=["01_segment"], progress=False)
     runner.execute(run_dir, progress=False)
     seg = runs.load_manifest(run_dir)["steps"][0]["metrics"]
