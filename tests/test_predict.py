@@ -15,7 +15,10 @@ from glioma_nb import cli, provenance, runs
 from glioma_nb.api import predict as predict_api
 
 
-def _scans(root: Path, names: str = "brats2023", cases=("BraTS-GLI-00000-000", "BraTS-GLI-00002-001"),
+CASES = ("BraTS-GLI-00000-000", "BraTS-GLI-00002-001", "BraTS-GLI-00003-000")
+
+
+def _scans(root: Path, names: str = "brats2023", cases=CASES,
            seg: bool = True) -> Path:
     """Case folders named as BraTS 2023+ (``<case>-t1n.nii.gz``, -t1c, -t2w, -t2f, -seg; ET = 3) or BraTS 2018-2021
     (``<case>_t1.nii.gz``, _t1ce, _t2, _flair, _seg; ET = 4) name them: a bright sphere in noise."""
@@ -58,7 +61,7 @@ def test_folders_it_cannot_read_are_named_with_the_fix(tmp_path):
         predict_api.detect(tmp_path / "other")
     root = _scans(tmp_path / "mixed")
     (root / "stray").mkdir()
-    with pytest.raises(predict_api.PredictError, match="1 of 3 case folder.*stray"):
+    with pytest.raises(predict_api.PredictError, match="1 of 4 case folder.*stray"):
         predict_api.detect(root)
 
 
@@ -68,23 +71,24 @@ def test_predict_writes_masks_volumes_signature_resumes_and_never_overwrites(tmp
     flair = ["--model", "flair-wt", "--modalities", "flair"]   # one network on one modality: the quickest model
     assert cli.main(["predict", str(inp), str(out), *flair]) == 0
     rec = json.loads((out / "predict.json").read_text())
-    assert rec["status"] == "completed" and rec["request"]["layout"] == "brats2023" and rec["n_masks"] == 2
+    assert rec["status"] == "completed" and rec["request"]["layout"] == "brats2023" and rec["n_masks"] == 3
     assert rec["model"] == "flair-wt" and rec["request"]["modalities"] == ["flair"]
     vols = pd.read_csv(out / "volumes.csv").set_index("case_id")
-    for cid in ("BraTS-GLI-00000-000", "BraTS-GLI-00002-001"):
+    for cid in CASES:
         img = nib.load(out / "masks" / f"{cid}.nii.gz")
         assert img.shape == SHAPE and np.allclose(img.affine, AFFINE)    # on the scans' own grid
         wt_ml = float((np.asarray(img.dataobj) > 0).sum()) * abs(np.linalg.det(AFFINE[:3, :3])) / 1000
         assert vols.loc[cid, "WT_ml"] == pytest.approx(wt_ml, abs=1e-3)
     sig = pd.read_csv(out / "signature.csv")
-    assert len(sig) == 2 and sig.shape[1] > 10 and (out / "features_volumetric.csv").exists()
+    assert len(sig) == 3 and sig.shape[1] > 10 and (out / "features_volumetric.csv").exists()
     html = (out / "summary.html").read_text()
-    assert "<title>glioma-nb predict: 2 case(s) of scans</title>" in html and "Table 1. Tumour volumes" in html
+    assert "<title>glioma-nb predict: 3 case(s) of scans</title>" in html and "Table 1. Tumour volumes" in html
     assert "01_segment.html" in html and "02_signature.html" in html
     run_dir = Path(rec["run_dir"])
     assert (run_dir / "02_signature.html").exists() and runs.load_manifest(run_dir)["status"] == "completed"
     # the reference label maps were found (BraTS 2023+ labels: ET = 3) and scored
-    assert json.loads((run_dir / "metrics" / "01_segment.json").read_text())["dice_WT_n"] == 2
+    assert json.loads((run_dir / "metrics" / "01_segment.json").read_text())["dice_WT_n"] == 3
+    assert (run_dir / "figures" / "02_signature__pca.png").exists()    # 3 cases, no clinical table: PCA uncoloured
     capsys.readouterr()
     # again: nothing to do
     assert cli.main(["predict", str(inp), str(out), *flair]) == 0

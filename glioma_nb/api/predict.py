@@ -136,7 +136,7 @@ def predict(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str
         if old is not None and old.get("run_dir"):     # resume, or say it is done
             run_dir = Path(old["run_dir"])
             if runs.load_manifest(run_dir)["status"] != "completed":
-                run_dir = runner.resume(run_dir, progress=progress)
+                run_dir = _said_as_predict(runner.resume, run_dir, progress=progress)
             elif old.get("status") == "completed":
                 if progress:
                     print(f"{out}: already complete ({len(found['cases'])} case(s)); nothing to do")
@@ -151,12 +151,22 @@ def predict(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str
             provenance.write_json_atomic(record_path, {"request": request, "run_dir": str(run_dir), "status": "running"})
             if progress:
                 print(f"run folder: {run_dir}", flush=True)
-            run_dir = runner.execute(run_dir, progress=progress)
+            run_dir = _said_as_predict(runner.execute, run_dir, progress=progress)
     rec = {"request": request, "run_dir": str(run_dir), "status": "completed", **_collect(run_dir, out, found)}
     provenance.write_json_atomic(record_path, rec)
     if progress:
         print(f"masks, volumes{', signature and features' if signature else ''}: {out} (summary.html)")
     return rec
+
+
+def _said_as_predict(fn: Any, run_dir: Path, progress: bool) -> Path:
+    """Run (or resume) the run; a failed step's message says how to go on with predict, not with glioma-nb run."""
+    try:
+        return fn(run_dir, progress=progress)
+    except runs.RunError as exc:
+        text = str(exc).split("\n  the partial notebook")[0]
+        raise runs.RunError(f"{text}\n  the partial notebook is {run_dir}; fix the cause and run the same glioma-nb "
+                            "predict command again: it resumes from the failed step") from exc
 
 
 def _collect(run_dir: Path, out: Path, found: dict[str, Any]) -> dict[str, Any]:

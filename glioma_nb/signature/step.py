@@ -292,11 +292,13 @@ def _display(ctx: Any, res: SignatureResult, icc_threshold: float | None, featur
                              y=1.02)
         res.add_figure("feature_heatmap", grid.figure)
         labels = ctx.clinical.set_index("case_id").reindex(features.index)
-        idh = labels["idh_mutant"].map({1: "IDH-mutant", 0: "IDH-wildtype"}).rename("IDH")
+        absent = pd.Series(np.nan, index=features.index)   # a cohort without the column (or no clinical table)
+        idh = labels.get("idh_mutant", absent).map({1: "IDH-mutant", 0: "IDH-wildtype"}).rename("IDH")
         fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-        plotting.plot_pca(features, labels["who_grade"].astype("string").rename("WHO grade"), ax=axes[0],
-                          title=f"{main}: WHO grade")
-        plotting.plot_pca(features, idh, ax=axes[1], title=f"{main}: IDH")
+        plotting.plot_pca(features, labels.get("who_grade", absent).astype("string").rename("WHO grade"), ax=axes[0],
+                          title=f"{main}: WHO grade" + ("" if "who_grade" in labels else " (not recorded)"))
+        plotting.plot_pca(features, idh, ax=axes[1], title=f"{main}: IDH" + ("" if "idh_mutant" in labels else
+                                                                             " (not recorded)"))
         res.add_figure("pca", fig)
     else:
         res.notes.append(f"{features.shape[0]} case(s): no feature heatmap or PCA (they need {MIN_CASES})")
