@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import AFFINE, SHAPE, sphere_label
 
-from glioma_nb import cli, provenance, runs
+from glioma_nb import cli, provenance, runner, runs
 from glioma_nb.api import predict as predict_api
 
 
@@ -111,3 +111,21 @@ def test_predict_writes_masks_volumes_signature_resumes_and_never_overwrites(tmp
     assert "not a glioma-nb predict folder" in capsys.readouterr().err
     assert cli.main(["predict", str(inp), str(tmp_path / "d"), "--dicom-seg"]) == 2
     assert "DICOM series" in capsys.readouterr().err
+
+
+def test_a_call_that_stopped_before_its_run_existed_leaves_the_folder_to_the_next(tmp_path, monkeypatch):
+    """A run the runner refuses to create leaves only the predict record; the next
+    call, with other settings, starts afresh instead of refusing the folder."""
+    inp = _scans(tmp_path / "scans", cases=CASES[:1])
+    out = tmp_path / "out"
+
+    def refuse(*a, **k):
+        raise runs.RunError("refused")
+
+    monkeypatch.setattr(runner, "create_run", refuse)
+    with pytest.raises(runs.RunError, match="refused"):
+        predict_api.predict(inp, out, model="flair-wt", modalities=["flair"], progress=False)
+    assert json.loads((out / "predict.json").read_text())["run_dir"] is None
+    monkeypatch.setattr(runner, "create_run", lambda *a, **k: (_ for _ in ()).throw(runs.RunError("again")))
+    with pytest.raises(runs.RunError, match="again"):    # another setting: not "holds the prediction of another"
+        predict_api.predict(inp, out, model="brats-4mod", progress=False)

@@ -127,6 +127,11 @@ def predict(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str
     record_path = out / RECORD
     run_root = out / "run"
     old = json.loads(record_path.read_text()) if record_path.exists() else None
+    if old is not None and not old.get("run_dir"):   # an earlier call stopped before its run existed: nothing to keep
+        old = None
+        record_path.unlink()
+        cohort_yaml.unlink(missing_ok=True)
+        shutil.rmtree(run_root, ignore_errors=True)
     if old is not None and old.get("request") != request:
         raise PredictError(f"{out} holds the prediction of another input or setting ({old.get('request')}); an "
                            f"earlier result is never overwritten: choose another OUTPUT_DIR")
@@ -141,8 +146,7 @@ def predict(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str
                 if progress:
                     print(f"{out}: already complete ({len(found['cases'])} case(s)); nothing to do")
                 return old
-        else:                                           # new, or killed before its run folder was complete
-            shutil.rmtree(run_root, ignore_errors=True)
+        else:                                           # new
             out.mkdir(parents=True, exist_ok=True)
             cohort_yaml.write_text(yaml.safe_dump(cohort_config(input_dir, found, f"predict-{input_dir.name}"),
                                                   sort_keys=False))
