@@ -4,6 +4,7 @@ computes no statistics.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -305,8 +306,6 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
 def column_label(name: Any) -> Any:
     """What a reader sees for a column (``COLUMN_LABELS``, then the patterns of per-region metrics, time points
     (``auc_t<t>``) and CI bounds); other snake_case names with spaces, anything else as it is."""
-    import re
-
     if not isinstance(name, str):
         return name
     if name in COLUMN_LABELS:
@@ -362,7 +361,6 @@ CAPTIONS: dict[str, str] = {
                    "integrated Brier score (lower is better; the Kaplan-Meier reference beside it).",
     "clusters_summary": "Consensus clustering: per k, the proportion of ambiguous clustering (PAC; lower is "
                         "more stable), the stability (adjusted Rand index over resamples) and the group sizes.",
-    "subgroups": "Survival by subgroup: hazard ratio of the risk groups within each subgroup.",
     "paper_comparison": "This run beside the seed paper's figures (context, not a like-for-like benchmark).",
     "validation_headline": "Training cross-validation beside independent validation: each metric with its 95% CI.",
     "headline": "Training cross-validation beside independent validation: each metric with its 95% CI.",

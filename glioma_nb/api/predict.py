@@ -25,8 +25,8 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import yaml
 
-from glioma_nb import config, provenance, runner, runs
-from glioma_nb.io.labels import DEFAULT_FILES, MODALITIES
+from glioma_nb import config, provenance, reporting, runner, runs
+from glioma_nb.io.labels import DEFAULT_FILES, MODALITIES, case_file
 
 #: the layouts ``predict`` recognises by their file names, in the order they are tried
 LAYOUTS = ("brats", "brats2023")
@@ -38,8 +38,7 @@ class PredictError(config.ConfigError):
 
 
 def _names(layout: str, case_id: str) -> dict[str, str]:
-    sep = "_" if layout == "brats" else "-"
-    return {k: f"{case_id}{sep}{v}.nii.gz" for k, v in DEFAULT_FILES[layout].items()}
+    return {k: case_file(layout, case_id, v) for k, v in DEFAULT_FILES[layout].items()}
 
 
 def detect(input_dir: Path) -> dict[str, Any]:
@@ -211,9 +210,8 @@ def _summary_html(run_dir: Path, out: Path, volumes: pd.DataFrame, found: dict[s
     reports = "".join(f'<li><a href="{rel}/{s["name"]}.html">{s["name"]}</a> ({s.get("seconds", "?")} s)</li>'
                       for s in manifest["steps"])
     files = "".join(f'<li><a href="{html.escape(f)}">{html.escape(f)}</a></li>' for f in written)
-    table = volumes.rename(columns={"case_id": "Case", "model": "Model", "backend": "Backend", "WT_ml": "WT (ml)",
-                                    "TC_ml": "TC (ml)", "ET_ml": "ET (ml)", "flags": "Flags", "status": "Status"}
-                           ).to_html(index=False, na_rep="", float_format=lambda v: f"{v:.1f}", border=0)
+    table = volumes.rename(columns=reporting.column_label).to_html(index=False, na_rep="",
+                                                                   float_format=lambda v: f"{v:.1f}", border=0)
     title = f"glioma-nb predict: {len(volumes)} case(s) of {html.escape(Path(found['input_dir']).name)}"
     commit = html.escape(str((manifest.get("git") or {}).get("short", "")))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>body{{font-family:"

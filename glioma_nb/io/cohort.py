@@ -38,6 +38,7 @@ from glioma_nb.io.labels import (
     LABEL_SCHEMES,
     MODALITIES,
     LabelScheme,
+    case_file,
     region_masks,
 )
 from glioma_nb.io.qc import CohortError, Problem, QCReport
@@ -187,10 +188,10 @@ def _file_names(c: Mapping[str, Any]) -> dict[str, str]:
 
 def _missing_fix(layout: str, key: str, folder: Path, cid: str) -> str:
     """The fix for a missing file: the other BraTS naming when the folder holds it, else the file setting."""
-    if layout == "brats" and (folder / f"{cid}-{DEFAULT_FILES['brats2023']['t2']}.nii.gz").exists():
+    if layout == "brats" and (folder / case_file("brats2023", cid, DEFAULT_FILES["brats2023"]["t2"])).exists():
         return ("these are BraTS 2023+ names (<case>-t1n/-t1c/-t2w/-t2f/-seg.nii.gz): set cohort.layout: brats2023 "
                 "(and cohort.label.scheme: brats2023, labels 1 NCR, 2 ED, 3 ET)")
-    if layout == "brats2023" and (folder / f"{cid}_{DEFAULT_FILES['brats']['t2']}.nii.gz").exists():
+    if layout == "brats2023" and (folder / case_file("brats", cid, DEFAULT_FILES["brats"]["t2"])).exists():
         return "these are BraTS 2018-2021 names (<case>_t1/_t1ce/_t2/_flair/_seg.nii.gz): set cohort.layout: brats"
     return (f"add the file or set cohort.files.{key} to the real "
             f"{'file name' if layout == 'per_case' else 'suffix'}")
@@ -233,9 +234,7 @@ def discover_cases(cfg: Mapping[str, Any], report: QCReport) -> tuple[Path, list
                 entries["label"] = names["label"]
             files: dict[str, Path] = {}
             for key, name in entries.items():
-                fname = {"brats": f"{cid}_{name}.nii.gz", "brats2023": f"{cid}-{name}.nii.gz"}.get(
-                    layout, name.format(case=cid))
-                path = folder / fname
+                path = folder / case_file(layout, cid, name)
                 if not path.exists():
                     alts = sorted(p.name for p in folder.glob(f"*{name.split('.')[0]}*"))
                     hint = f" (found {alts})" if alts else ""

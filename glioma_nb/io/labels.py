@@ -58,6 +58,16 @@ DEFAULT_FILES: dict[str, dict[str, str]] = {
 }
 
 
+def case_file(layout: str, case_id: str, name: str) -> str:
+    """A case's file name in a folder layout: ``<case>_<suffix>.nii.gz`` (brats), ``<case>-<suffix>.nii.gz``
+    (brats2023), or ``name`` itself with ``{case}`` filled in (per_case)."""
+    if layout == "brats":
+        return f"{case_id}_{name}.nii.gz"
+    if layout == "brats2023":
+        return f"{case_id}-{name}.nii.gz"
+    return name.format(case=case_id)
+
+
 def region_masks(label: np.ndarray, scheme: LabelScheme) -> dict[str, np.ndarray]:
     """Boolean masks of the scheme's evaluation regions (WT/TC/ET for BraTS, WT for binary)."""
     lab = np.asarray(label)
