@@ -213,3 +213,29 @@ def test_the_written_out_loss_is_monais_dice_ce():
     g1, = torch.autograd.grad(ours, logits)
     g2, = torch.autograd.grad(theirs, logits)
     assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-8)
+
+
+def _pid_after(seconds: float, i: int) -> tuple[int, int]:
+    time.sleep(seconds)
+    return i, os.getpid()
+
+
+def test_a_pool_starts_only_when_the_rest_would_gain_more_than_its_start():
+    """compute.parallel_if_worth: fast items all run here (no process started); slow ones after the first go to
+    joblib's processes; under a running backend (threads here, a Dask cluster in a run) everything goes to it.
+    The values come back in the items' order whichever way they ran."""
+    items = [(0.0, i) for i in range(6)]
+    fast = compute.parallel_if_worth(_pid_after, items, n_jobs=2, pool_start_s=5)
+    assert fast == [(i, os.getpid()) for i in range(6)]
+    slow = compute.parallel_if_worth(_pid_after, [(0.3, i) for i in range(4)], n_jobs=2, pool_start_s=0.1)
+    assert [i for i, _ in slow] == [0, 1, 2, 3] and slow[0][1] == os.getpid()
+    assert all(pid != os.getpid() for _, pid in slow[1:])
+    assert compute.parallel_if_worth(_pid_after, [(0.3, 0), (0.3, 1)], n_jobs=1, pool_start_s=0) == [
+        (0, os.getpid()), (1, os.getpid())]   # one job: never a pool
+    from joblib import parallel_config
+
+    with parallel_config(backend="threading", n_jobs=2):
+        assert compute.pool_running() and compute.effective_jobs(-1) == 2
+        threads = compute.parallel_if_worth(_pid_after, items, n_jobs=-1, pool_start_s=100)
+    assert threads == fast
+    assert not compute.pool_running()

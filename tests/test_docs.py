@@ -2,6 +2,7 @@
 the navigation names only pages that exist, and the site builds strict from a real run's executed notebooks."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,61 @@ def test_readme_fits_on_a_screen():
     lines = (paths.project_root() / "README.md").read_text().splitlines()
     assert len(lines) <= 150
     assert "make run-all" in "\n".join(lines) and "make test" in "\n".join(lines)
+
+
+def _measured_docs():
+    sys.path.insert(0, str(paths.project_root() / "tools"))
+    try:
+        import measured_docs
+    finally:
+        sys.path.pop(0)
+    return measured_docs
+
+
+def test_every_quoted_time_and_the_overview_caption_are_the_measured_runs():
+    """The README's and the docs' times and the overview figure's caption are rendered from
+    docs/assets/measured.json (one fresh-check's figures, tools/measured_docs.py): a hand edit that drifts
+    from the record fails here, and each block is present where the reader looks for it."""
+    md = _measured_docs()
+    m = json.loads(md.MEASURED.read_text())
+    blocks = md.render(m)
+    found = {}
+    for rel in md.FILES:
+        for name, body in md.blocks_in((paths.project_root() / rel).read_text()).items():
+            assert body == blocks[name], f"{rel}: block {name} differs from measured.json; run tools/measured_docs.py --render"
+            found.setdefault(name, []).append(rel)
+    assert found["times"] == ["README.md", "docs/quickstart.md"]
+    assert found["overview_readme"] == ["README.md"] and found["overview_docs"] == ["docs/index.md"]
+    assert found["slowest"] == ["docs/quickstart.md"]
+    assert sum(m["steps_s"].values()) <= m["make_run_all_s"] and m["pytest_s"] <= m["make_test_s"]
+
+
+def test_the_measured_record_is_read_from_a_fresh_checks_own_output(tmp_path):
+    """tools/measured_docs.py on a fresh-check's output (the lines it prints, the pytest log, a run manifest):
+    the figures it records are those of the logs; a failed check is refused."""
+    md = _measured_docs()
+    run = tmp_path / "project" / "reports" / "synthetic" / "20261207T000000Z_abc1234"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({
+        "run_id": run.name, "cohort": "synthetic", "status": "completed", "created_utc": "2026-12-07T00:00:00+00:00",
+        "git": {"commit": "abc1234def"}, "steps": [{"name": "01_segment", "seconds": 171.6},
+                                                    {"name": "02_signature", "seconds": 17.2}]}))
+    (tmp_path / "test.log").write_text(
+        "=== slowest 20 durations ===\n86.02s call     tests/test_a.py::test_x\n65.31s setup    tests/test_b.py::test_y\n"
+        "=========== 434 passed, 4 skipped, 275 warnings in 549.02s (0:09:09) ===========\n")
+    out = (f"make test: exit 0 in 659 s   (log: {tmp_path}/test.log; last line: ...)\n"
+           f"make run-all : exit 0 in 301 s   (log: {tmp_path}/run.log)\nrun folder: reports/synthetic/{run.name}/\n")
+    (tmp_path / "fresh.log").write_text(out)
+    m = md.record(tmp_path / "fresh.log")
+    assert (m["commit"], m["pytest_s"], m["passed"], m["skipped"], m["make_test_s"], m["make_run_all_s"]) == (
+        "abc1234", 549, 434, 4, 659, 301)
+    assert m["steps_s"] == {"01_segment": 172, "02_signature": 17}
+    assert m["slowest"][1] == {"seconds": 65.31, "phase": "setup", "test": "tests/test_b.py::test_y"}
+    text = md.render(m)["times"]
+    assert "about five minutes" in text and "about eleven minutes" in text and "01 172, 02 17" in text
+    (tmp_path / "fresh.log").write_text(out.replace("make test: exit 0", "make test: exit 2"))
+    with pytest.raises(SystemExit, match="failed"):
+        md.record(tmp_path / "fresh.log")
 
 
 @pytest.mark.slow

@@ -322,21 +322,6 @@ def _cached_pair(cache_dir: Path | None, key_data: tuple[Any, ...], node_name: s
     return out
 
 
-def _pool_running() -> bool:
-    """Whether joblib's active backend is one whose workers are already running (Dask, threads)."""
-    from joblib.parallel import get_active_backend
-
-    backend, _ = get_active_backend()
-    return type(backend).__name__ not in ("LokyBackend", "MultiprocessingBackend", "SequentialBackend")
-
-
-def _effective_jobs(n_jobs: int) -> int:
-    """How many workers joblib's active backend gives ``n_jobs`` (-1 on Dask: every worker of the cluster)."""
-    from joblib.parallel import get_active_backend
-
-    return max(1, int(get_active_backend()[0].effective_n_jobs(n_jobs)))
-
-
 #: bump when :func:`_evaluate_pair` changes what it computes, so that older grid caches are not reused
 CACHE_VERSION = 1
 
@@ -346,7 +331,7 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
              k_features: int = 10, outer_splits: int = 5, inner_splits: int = 3, repeats: int = 3,
              n_permutations: int = 100, permutation: str = "auto", n_bootstrap: int = 1000,
              min_class_size: int = 5, n_jobs: int = 1, random_state: int = 0, refit: bool = True,
-             progress: bool = True, cache_dir: Path | None = None, pool_start_s: float = 2.0) -> NodeGrid:
+             progress: bool = True, cache_dir: Path | None = None, pool_start_s: float = compute.POOL_START_S) -> NodeGrid:
     """Nested CV of every node on every feature set; statistics, permutation test, DeLong vs baseline.
 
     A node is evaluated on the cases that are eligible, labelled and present in the feature set.
@@ -398,8 +383,8 @@ def evaluate(feature_sets: dict[str, pd.DataFrame], clinical: pd.DataFrame, *, n
                 skipped.append({"node": node_name, "feature_set": fs_name, "reason": why})
                 continue
             tasks.append((node_name, fs_name, (X, y, g)))
-    running = _pool_running()
-    workers = _effective_jobs(n_jobs) if running else n_jobs if n_jobs > 0 else compute.cpu_count()
+    running = compute.pool_running()
+    workers = compute.effective_jobs(n_jobs) if running else n_jobs if n_jobs > 0 else compute.cpu_count()
     outer_jobs = workers if len(tasks) >= workers > 1 else 1
     kw = dict(cv_kw=cv_kw, repeats=repeats, n_permutations=n_permutations, permutation=permutation,
               n_bootstrap=n_bootstrap, n_jobs=1 if outer_jobs > 1 else n_jobs, random_state=random_state,

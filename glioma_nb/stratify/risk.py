@@ -8,7 +8,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator
 from sklearn.feature_selection import VarianceThreshold
 from sklearn.impute import SimpleImputer
@@ -16,7 +15,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from glioma_nb import records
+from glioma_nb import compute, records
 from glioma_nb.stratify.survival import _ibs_grid, _structured, logrank, risk_groups, survival_metrics
 
 
@@ -198,7 +197,8 @@ def cv_risk_model(X: pd.DataFrame, surv: pd.DataFrame, *, name: str = "model", l
 
     tasks = [(r, train, test) for r in range(repeats)
              for train, test in StratifiedKFold(outer_splits, shuffle=True, random_state=random_state + r).split(Xa, ev)]
-    outs = Parallel(n_jobs=n_jobs)(delayed(one)(train, test, random_state + r) for r, train, test in tasks)
+    # folds of a small cohort finish before a pool of processes has started: the pool only when worth it
+    outs = compute.parallel_if_worth(one, [(train, test, random_state + r) for r, train, test in tasks], n_jobs)
     failed = [o for o in outs if isinstance(o, ValueError)]
     if failed:
         raise ValueError(f"{name}: {failed[0]}") from failed[0]
