@@ -98,6 +98,45 @@ def test_compare_runs_finds_every_changed_number(synthetic_training_run, tmp_pat
     assert cli.main(["compare", str(run_dir), str(copy)]) == 1 and "3 difference(s)" in capsys.readouterr().out
 
 
+def test_each_method_sentence_is_the_runs_own_settings(synthetic_training_run):
+    """01-04 say in words what this run did, with the values of its frozen params.yaml (the fast settings of the
+    test run differ from the defaults, so a sentence written for the defaults fails here)."""
+    import yaml
+
+    _, run_dir = synthetic_training_run
+    params = yaml.safe_load((run_dir / "params.yaml").read_text())
+    shown = {step: (run_dir / f"{step}.ipynb").read_text() for step in ("01_segment", "03_classify", "04_stratify")}
+    seg, cls, strat = params["segment"], params["classify"], params["stratify"]
+    assert f"overlap {seg['overlap']:g}, Gaussian blending" in shown["01_segment"]
+    assert f"{cls['outer_splits']} outer x {cls['inner_splits']} inner" in shown["03_classify"]
+    assert f"with {cls['repeats']} seed(s)" in shown["03_classify"]
+    assert (f"the smallest possible P is 1/{cls['n_permutations'] + 1}" in shown["03_classify"]
+            if cls["n_permutations"] else "No permutation test" in shown["03_classify"])
+    assert f"{strat['n_resamples']} random {strat['subsample']:.0%} subsets" in shown["04_stratify"]
+    assert f"l1_ratio {strat['l1_ratio']:g}" in shown["04_stratify"]
+    assert f"{strat['n_bootstrap']:,}-resample bootstrap" in shown["04_stratify"]
+
+
+def test_method_sentences_follow_their_parameters():
+    from glioma_nb.classify import step as classify_step
+    from glioma_nb.stratify import step as stratify_step
+
+    kw = dict(classifier="svm_rbf", selection="none", k_features=10, outer_splits=4, inner_splits=2, repeats=1,
+              n_permutations=0, permutation="auto", n_bootstrap=200, baseline="clinical", min_class_size=5,
+              diagnosis_features="all")
+    text = classify_step.method_sentence(**kw)
+    assert "RBF-kernel SVM" in text and "every feature (no selection)" in text and "No permutation test" in text
+    text = classify_step.method_sentence(**{**kw, "n_permutations": 20, "selection": "univariate"},
+                                         perm_methods=["fixed", "fixed"])
+    assert "ANOVA F selection of at most 10" in text and "1/21" in text and "fixed, one CV at fixed" in text
+    skw = dict(cluster_method="ward", k=3, k_max=4, n_resamples=50, subsample=0.8, pca_variance=0.9, adjust_for=[],
+               min_events_per_variable=10, l1_ratio=1.0, outer_splits=5, inner_splits=3, repeats=2, min_events=10,
+               horizons_years=[1, 3], calibration_years=2, risk_split="tertiles", n_bootstrap=500)
+    text = stratify_step.method_sentence(**skw)
+    assert "k = 3 (fixed)" in text and "ward on 50 random 80% subsets" in text and "keeping 90%" in text
+    assert "10 events per covariate" in text and "1, 3 year(s)" in text and "tertiles" in text
+
+
 def test_a_step_reads_its_parameters_from_the_frozen_config(synthetic_training_run):
     """Parameters are written once: what the step ran with is its config section, as frozen in the run."""
     _, run_dir = synthetic_training_run

@@ -446,3 +446,39 @@ def test_the_bootstrap_replicates_equal_scikit_survivals_own_calls_resample_by_r
         assert ibs_rep[k] == pytest.approx(integrated_brier_score(y, y[idx], surv[idx], grid), abs=1e-12)
         checked += 1
     assert checked >= 35
+
+
+def test_c_index_replicates_equal_scikit_survivals_calls_resample_by_resample():
+    """Harrell's and Uno's C of every resample at once (notebook 04's CIs): each equals scikit-survival's
+    concordance_index_censored / concordance_index_ipcw on that resample (Uno's censoring distribution refitted
+    on it), tied times and risks included; the resamples scikit-survival refuses (fewer than 2 events, a zero
+    censoring probability) are NaN."""
+    from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
+
+    from glioma_nb.stats import bootstrap_indices
+
+    checked, refused = 0, 0
+    for seed, n in ((0, 12), (1, 30), (2, 45)):
+        rng = np.random.default_rng(seed)
+        t = np.round(rng.exponential(10, n)) + 1                 # rounded: tied times
+        e = rng.random(n) < 0.6
+        x = np.round(rng.normal(size=n), 1)                      # tied risks
+        tau = survival.uno_tau(t, e)
+        boots = bootstrap_indices(n, 60, seed)
+        counts = np.stack([np.bincount(i, minlength=n) for i in boots])
+        harrell = survival.c_index_replicates(t, e, x, counts)
+        uno = survival.c_index_replicates(t, e, x, counts, tau=tau)
+        for k, idx in enumerate(boots):
+            y = survival._structured(t[idx], e[idx])
+            try:
+                if e[idx].sum() < 2:
+                    raise ValueError("fewer than 2 events")
+                ref_h = concordance_index_censored(e[idx], t[idx], x[idx])[0]
+                ref_u = concordance_index_ipcw(y, y, x[idx], tau)[0]
+            except ValueError:
+                assert np.isnan(uno[k])
+                refused += 1
+                continue
+            assert harrell[k] == pytest.approx(ref_h, abs=1e-12) and uno[k] == pytest.approx(ref_u, abs=1e-12)
+            checked += 1
+    assert checked >= 150 and refused >= 1

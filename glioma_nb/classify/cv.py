@@ -121,8 +121,12 @@ def permutation_method(method: str, X: pd.DataFrame) -> str:
     return method
 
 
+#: the permutation test stops once this many permuted AUCs reach the observed one (sequential, Besag-Clifford)
+STOP_AFTER = 10
+
+
 def permutation_test(X: pd.DataFrame, y: pd.Series, groups: pd.Series | None, observed_auc: float, *,
-                     n_permutations: int = 100, stop_after: int = 10, n_jobs: int = 1, random_state: int = 0,
+                     n_permutations: int = 100, stop_after: int = STOP_AFTER, n_jobs: int = 1, random_state: int = 0,
                      method: str = "nested", **cv_kw: Any) -> dict[str, Any]:
     """Permutation test of the cross-validated AUC against chance.
 

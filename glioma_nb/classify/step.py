@@ -11,6 +11,7 @@ import pandas as pd
 
 from glioma_nb import compute, config, flow, plotting, reporting, stats
 from glioma_nb.classify import cns5, cv
+from glioma_nb.classify.pipelines import CLASSIFIERS
 from glioma_nb.io import features
 from glioma_nb.classify import nodes as nodes_mod
 from glioma_nb.results import StepContext, StepResult
@@ -34,6 +35,38 @@ class ClassifyResult(StepResult):
                             "features": {k: v.shape[1] for k, v in self.sets.items()}}).rename_axis("feature set")
         out.attrs["table"] = "feature_sets"
         return out
+
+
+_CLASSIFIER_WORDS = {"logreg_l1": "L1-penalised logistic regression", "logreg_l2": "L2-penalised logistic regression",
+                     "svm_linear": "linear SVM (Platt-scaled)", "svm_rbf": "RBF-kernel SVM (Platt-scaled)",
+                     "random_forest": "random forest"}
+_SELECTION_WORDS = {"univariate": "ANOVA F", "l1": "L1-logistic", "none": "no"}
+
+
+def method_sentence(*, classifier: str, selection: str, k_features: int, outer_splits: int, inner_splits: int,
+                    repeats: int, n_permutations: int, permutation: str, n_bootstrap: int, baseline: str,
+                    min_class_size: int, diagnosis_features: str, grid_params: dict[str, list] | None = None,
+                    perm_methods: Sequence[str] = ()) -> str:
+    """This run's method in words, from its own parameters (the notebook's introduction describes it in general)."""
+    grid = "; ".join(f"{k.split('__')[-1]} in {v}" for k, v in (grid_params or {}).items())
+    text = (f"**This run.** {_CLASSIFIER_WORDS.get(classifier, classifier)} with balanced class weights"
+            + (f" ({grid}, tuned by inner AUC)" if grid else "") + "; "
+            + (f"{_SELECTION_WORDS.get(selection, selection)} selection of at most {k_features} features"
+               if selection != "none" else "every feature (no selection)")
+            + f", fitted inside the folds. Nested CV by patient: {outer_splits} outer x {inner_splits} inner "
+              f"stratified folds, the outer loop repeated with {repeats} seed(s) and the out-of-fold probabilities "
+              f"averaged. 95% CIs from {n_bootstrap:,} stratified bootstrap resamples; DeLong's test against "
+              f"`{baseline}`. A node needs {min_class_size} patients in its smaller class. ")
+    if n_permutations:
+        used = sorted(set(perm_methods)) or [permutation]
+        text += (f"Permutation test: up to {n_permutations} label permutations (statistic: "
+                 + " / ".join(f"{m}, {cv.PERMUTATION_METHODS.get(m, m)}" for m in used)
+                 + ")" + (f", stopped early once {cv.STOP_AFTER} permuted AUCs reach the observed one"
+                          if n_permutations > cv.STOP_AFTER else "")
+                 + f"; the smallest possible P is 1/{n_permutations + 1}. ")
+    else:
+        text += "No permutation test (`classify.n_permutations: 0`). "
+    return text + f"The CNS5 diagnosis uses the `{diagnosis_features}` feature set for every node."
 
 
 def step(ctx: StepContext, *, min_class_size: int = 5, nodes: Sequence[str] = (), feature_sets: Sequence[str] = (),
@@ -75,6 +108,12 @@ def step(ctx: StepContext, *, min_class_size: int = 5, nodes: Sequence[str] = ()
         res.tables["classification_comparisons"] = cv.compare_sets(grid.oof, pairs, n_bootstrap=n_bootstrap,
                                                                    random_state=seed)
     res.text["feature_sets"] += "".join(f"\n- {n}" for n in grid.notes)
+    res.text["method"] = method_sentence(
+        classifier=classifier, selection=selection, k_features=k_features, outer_splits=outer_splits,
+        inner_splits=inner_splits, repeats=repeats, n_permutations=n_permutations, permutation=permutation,
+        n_bootstrap=n_bootstrap, baseline=baseline, min_class_size=min_class_size,
+        diagnosis_features=diagnosis_features, grid_params=CLASSIFIERS.get(classifier, (None, {}))[1],
+        perm_methods=grid.results["perm_method"].dropna().tolist() if "perm_method" in grid.results else ())
     statements = reporting.chance_statements(grid.results)
     res.text["chance"] = ("\n".join(f"- {s}" for s in statements) if statements else
                           "Every evaluated node x feature set differs from chance (permutation P < 0.05)."

@@ -52,6 +52,8 @@ class SegmentResult(StepResult):
     trained_on: list[str] = field(default_factory=list)            # cases the weights were trained on
     note: str = ""
     postprocess: str = "none"                                      # the rule applied to every mask
+    overlap: float = 0.5                                           # sliding-window overlap of this run
+    tta: bool = False                                              # mirrored test-time augmentation
     out_of_fold: pd.DataFrame = field(default_factory=pd.DataFrame)  # shipped CV models: this cohort's OOF scores
 
     @property
@@ -72,6 +74,16 @@ class SegmentResult(StepResult):
         scored = scored if len(scored) else self.scores
         return str(scored.sort_values("dice_WT").iloc[0]["case_id"])
 
+    def _inference_words(self) -> str:
+        """How the windows were run, from this run's settings (a bundle or nnU-Net folder runs its own inferer)."""
+        sp = self.spec
+        if sp is not None and sp.kind in ("monai-bundle", "nnunet-v2"):
+            return (f"the {sp.kind} model's own inferer and settings (`segment.overlap` and `segment.tta` do not apply "
+                    "to it)")
+        tta = self.tta or bool(getattr(getattr(sp, "spec", None), "tta", False))
+        return (f"sliding window over the whole image, overlap {self.overlap:g}, Gaussian blending, "
+                + ("test-time augmentation over the 8 mirrored copies" if tta else "no test-time augmentation"))
+
     def describe(self) -> str:
         """A Markdown paragraph saying what was done, with which weights, and what the scores cover."""
         if self.spec is None:
@@ -83,7 +95,8 @@ class SegmentResult(StepResult):
                 f"works at {' x '.join(f'{v:g}' for v in sp.spacing)} mm; weights: {self.weights}) segmented "
                 f"**{n} cases**" + (f" ({cached} reused from the run's cache)" if cached else "") +
                 (f", median {self.cases['seconds'].median():.1f} s per case" if n else "") +
-                f"; {len(self.flagged)} flagged by the sanity checks (of the network's mask). Post-processing: "
+                f"; {len(self.flagged)} flagged by the sanity checks (of the network's mask). Inference: "
+                + self._inference_words() + ". Post-processing: "
                 + ("none." if self.postprocess == "none" else
                    f"**{self.postprocess}** ({rule_words(self.postprocess)}" +
                    (", the model's own rule, chosen by cross-validation on its training patients for the shipped "
@@ -224,7 +237,7 @@ def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", tra
                                  progress=progress, signature=request, postprocess=rule,
                                  executor=getattr(ctx, "executor", compute.SERIAL))
     result = SegmentResult(spec=seg, weights=seg.weights_note, mask_dir=mask_dir, cases=cases, train_log=train_log,
-                           held_out=held_out, postprocess=rule)
+                           held_out=held_out, postprocess=rule, overlap=overlap, tta=tta)
     if train:
         result.trained_on = [c for c in cohort.case_ids if c not in held_out]
         result.models[record.name] = record  # the network's spec, input channels, weights file and its sha256

@@ -28,6 +28,26 @@ class StratifyResult(StepResult):
     saved: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+def method_sentence(*, cluster_method: str, k: int | None, k_max: int, n_resamples: int, subsample: float,
+                    pca_variance: float, adjust_for: Sequence[str], min_events_per_variable: float, l1_ratio: float,
+                    outer_splits: int, inner_splits: int, repeats: int, min_events: int,
+                    horizons_years: Sequence[float], calibration_years: float, risk_split: str,
+                    n_bootstrap: int) -> str:
+    """This run's method in words, from its own parameters (the notebook's introduction describes it in general)."""
+    ks = f"k = {k} (fixed)" if k else f"k = 2..{k_max}, the one with the lowest PAC"
+    return (f"**This run.** Consensus clustering: z-score -> PCA keeping {pca_variance:.0%} of the variance -> "
+            f"{'k-means' if cluster_method == 'kmeans' else cluster_method} on {n_resamples} random "
+            f"{subsample:.0%} subsets, {ks}. Cox models need {min_events_per_variable:g} events per covariate "
+            f"(fewer: refused, with the counts); adjusted hazard ratios for "
+            f"{', '.join(adjust_for) if adjust_for else 'nothing (no adjust_for)'} where recorded. Risk models: "
+            f"Coxnet with l1_ratio {l1_ratio:g}, the penalty tuned in {inner_splits} inner folds, out-of-fold risk "
+            f"from {outer_splits} outer folds stratified by event, repeated with {repeats} seed(s) (averaged); a "
+            f"cohort needs {min_events} events. Harrell and Uno C, time-dependent AUC at "
+            f"{', '.join(f'{h:g}' for h in horizons_years)} year(s) and the integrated Brier score with "
+            f"{n_bootstrap:,}-resample bootstrap 95% CIs; calibration and RMST at {calibration_years:g} years; risk "
+            f"groups split at the {'median' if risk_split == 'median' else risk_split} of the out-of-fold risk.")
+
+
 def step(ctx: StepContext, *, time_unit_report: str = "months", km_groups: Sequence[str] = (),
          subgroups: Sequence[str] = ("all",), cluster_features: str = "all", k: int | None = None, k_max: int = 4,
          n_resamples: int = 100, subsample: float = 0.8, pca_variance: float = 0.8, cluster_method: str = "kmeans",
@@ -41,6 +61,12 @@ def step(ctx: StepContext, *, time_unit_report: str = "months", km_groups: Seque
     years = TIME_UNITS_DAYS["years"] / TIME_UNITS_DAYS[time_unit_report]  # one year in the reporting unit
     unit = time_unit_report
     res = StratifyResult()   # res.notes: every analysis that could not be done, with its reason
+    res.text["method"] = method_sentence(
+        cluster_method=cluster_method, k=k, k_max=k_max, n_resamples=n_resamples, subsample=subsample,
+        pca_variance=pca_variance, adjust_for=adjust_for, min_events_per_variable=min_events_per_variable,
+        l1_ratio=l1_ratio, outer_splits=outer_splits, inner_splits=inner_splits, repeats=repeats,
+        min_events=min_events, horizons_years=horizons_years, calibration_years=calibration_years,
+        risk_split=risk_split, n_bootstrap=n_bootstrap)
     summary, clin_hazards = _survival(ctx, res, unit, km_groups, min_events_per_variable)
     image_sources = ctx.feature_tables()
     res.tables["subgroups"] = subgroups_mod.subgroup_table(ctx.clinical, list(subgroups))

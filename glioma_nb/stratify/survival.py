@@ -213,6 +213,39 @@ def uno_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tau: float) -> 
     return concordance(t, e, risk, np.square(ipcw))
 
 
+def c_index_replicates(time: np.ndarray, event: np.ndarray, risk: np.ndarray, counts: np.ndarray,
+                       tau: float | None = None, tied_tol: float = 1e-8) -> np.ndarray:
+    """Harrell's C (``tau`` None) or Uno's C truncated at ``tau`` of every bootstrap resample at once, each given
+    by its case counts (rows of ``counts``); NaN where the resample is refused (fewer than 2 events, no comparable
+    pair, or a zero censoring probability at an event time before ``tau``).
+
+    Equal to :func:`harrell_c` / :func:`uno_c` on each resampled array (tested), with Uno's censoring distribution
+    re-estimated in each resample as scikit-survival does (its reverse Kaplan-Meier with tied events leaving the
+    risk set before the censorings at the same time), from the pair matrices and the counts: no per-resample
+    call. A case drawn twice never pairs with its copy (same time and status are not comparable)."""
+    t, e, r = np.asarray(time, float), np.asarray(event, bool), np.asarray(risk, float)
+    c = np.asarray(counts, float)
+    comparable, score = _pair_matrices(t, e, r, tied_tol)
+    num_pairs, den_pairs = c @ (score * comparable).T, c @ comparable.T.astype(float)   # [b, i]: sum_j c_bj M_ij
+    refused = c[:, e].sum(axis=1) < 2
+    if tau is None:
+        w = c
+    else:
+        uniq, pos = np.unique(t, return_inverse=True)
+        at = np.zeros((len(t), len(uniq)))
+        at[np.arange(len(t)), pos] = 1.0
+        deaths, censored = c @ (at * e[:, None]), c @ (at * ~e[:, None])
+        at_risk = np.cumsum((deaths + censored)[:, ::-1], axis=1)[:, ::-1]
+        ratio = np.divide(censored, at_risk - deaths, out=np.zeros_like(censored), where=censored != 0)
+        g = np.cumprod(1.0 - ratio, axis=1)[:, pos]          # G_b at each case's own time
+        inside = (e & (t < tau))[None, :] & (c > 0)
+        refused |= (inside & (g == 0)).any(axis=1)
+        w = c * np.where(inside, 1.0 / np.square(np.where(g > 0, g, 1.0)), 0.0)
+    num, den = (w * num_pairs).sum(axis=1), (w * den_pairs).sum(axis=1)
+    ok = ~refused & (den > 0)
+    return np.where(ok, num / np.where(ok, den, 1.0), np.nan)
+
+
 def uno_tau(t: np.ndarray, e: np.ndarray) -> float:
     """The truncation time of Uno's C: the 90th percentile of the event times (the last time if none)."""
     return float(np.percentile(t[e], 90)) if e.any() else float(np.max(t))
@@ -332,31 +365,19 @@ def survival_metrics(oof: pd.DataFrame, survival: pd.DataFrame | None = None, *,
     y = _structured(t, e)
     tau = uno_tau(t, e)
 
-    harrell = HarrellResampler(t, e, risk)
-
-    def uno(idx: np.ndarray) -> float:
-        return uno_c(t[idx], e[idx], risk[idx], tau)
-
     out: dict[str, Any] = {}
     boots = bootstrap_indices(len(t), n_bootstrap, random_state)
-    for label, fn in (("c_harrell", harrell), ("c_uno", uno)):
-        est = fn(np.arange(len(t)))
-        vals = []
-        for idx in boots:
-            if e[idx].sum() < 2:
-                continue
-            try:
-                vals.append(fn(idx))
-            except ValueError:  # a resample whose censoring distribution breaks IPCW
-                continue
-        lo, hi = percentile_ci(vals)
+    counts = np.stack([np.bincount(idx, minlength=len(t)) for idx in boots]) if boots else np.zeros((0, len(t)))
+    # every resample at once (refused ones NaN: too few events, or a censoring distribution that breaks IPCW)
+    for label, est, trunc in (("c_harrell", harrell_c(t, e, risk), None), ("c_uno", uno_c(t, e, risk, tau), tau)):
+        reps = c_index_replicates(t, e, risk, counts, tau=trunc)
+        lo, hi = percentile_ci(reps[np.isfinite(reps)])
         out.update({label: est, f"{label}_low": lo, f"{label}_high": hi})
     out["uno_tau"] = tau
     ok = [h for h in horizons if t[e].min(initial=np.inf) <= h < t.max() and (t > h).any()]
     for h in horizons:
         if h not in ok:
             notes.append(f"time-dependent AUC at {h:g}: outside the follow-up of this cohort (max {t.max():.1f})")
-    counts = np.stack([np.bincount(idx, minlength=len(t)) for idx in boots]) if boots else np.zeros((0, len(t)))
     for h in ok:
         try:
             auc, _ = cumulative_dynamic_auc(y, y, risk, [h])
