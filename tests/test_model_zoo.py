@@ -1,10 +1,11 @@
 """The MONAI model zoo's real `brats_mri_segmentation` bundle (its configs byte for byte from
 ../shared/data/model-zoo; seeded weights of its exact `network_def`, as its SOURCE.txt says, since the trained
-weights cannot be downloaded here): imported with `--name` only, its masks voxel-identical to MONAI's own
+weights cannot be downloaded here): pulled with `models pull` from a local HTTP server and carded, its masks voxel-identical to MONAI's own
 `python -m monai.bundle run` of the same config and weights, and notebooks 01 + 02 end to end on two brats18
 cases with its SegResNet signature (a 240x240x160 window over 155-slice images)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -18,9 +19,10 @@ import pytest
 import torch
 import yaml
 from conftest import SHARED, requires_shared
+from loopback import Loopback
 
 from glioma_nb import config, io
-from glioma_nb.segment import SegmentationError, kinds, registry
+from glioma_nb.segment import SegmentationError, kinds, pull, registry
 from glioma_nb.segment.kinds import bundle
 
 ZOO = SHARED / "model-zoo" / "brats_mri_segmentation"
@@ -52,7 +54,18 @@ def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
     src = seeded_bundle(root / "brats_mri_segmentation")
     models = root / "models"
-    registry.import_model(src, "zoo-brats", dest=models)
+    # registered the way a user gets the bundle (issue 47): `models pull` from a real HTTP server on 127.0.0.1 serving
+    # the bundle's archive (its real configs, seeded weights), the test catalogue entry pinning that archive's sha256
+    archive = shutil.make_archive(str(root / "brats_mri_segmentation_v0.4.2"), "zip", root, "brats_mri_segmentation")
+    data = Path(archive).read_bytes()
+    with Loopback() as server:
+        server.files["/brats_mri_segmentation_v0.4.2.zip"] = data
+        catalogue = {"brats_mri_segmentation-seeded": {
+            **pull.load_catalogue()["brats_mri_segmentation"], "default_version": "0.4.2",
+            "versions": {"0.4.2": {"urls": [server.url + "/brats_mri_segmentation_v0.4.2.zip"],
+                                   "sha256": hashlib.sha256(data).hexdigest(), "folder": "brats_mri_segmentation",
+                                   "from": "this test: the real configs with seeded weights"}}}}
+        pull.pull("brats_mri_segmentation-seeded", name="zoo-brats", root=models, catalogue=catalogue)
     cohort = io.load_cohort(config.resolve_config("brats18-dev"), progress=False)
     cases = cohort.case_ids[:2]
     mp = pytest.MonkeyPatch()
@@ -72,6 +85,9 @@ def zoo(tmp_path_factory):
 
 def test_imported_by_name_only_reads_channels_and_labels_from_the_bundle(zoo):
     entry = yaml.safe_load((zoo["models"] / "zoo-brats" / registry.SPEC).read_text())
+    assert entry["pulled"]["version"] == "0.4.2" and len(entry["pulled"]["sha256"]) == 64
+    card = (zoo["models"] / "zoo-brats" / "card.md").read_text()
+    assert "Not measured here" in card and "Apache-2.0" in card and "val_mean_dice_wt 0.9026" in card
     assert entry["modalities"] == ["t1c", "t1", "t2", "flair"]         # metadata.json: T1c, T1, T2, FLAIR
     assert kinds.Outputs.parse(entry["outputs"]).labels == kinds.LABEL_PRESETS["brats2018"]
     probe = entry["bundle"]["probe"]

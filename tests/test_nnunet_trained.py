@@ -151,3 +151,40 @@ def test_folder_from_nnunetv2_train_runs_alike_in_openvino(trained, key, tmp_pat
     assert res["predicted_openvino"]["backend_used"] == ["openvino"]
     assert min(res["mask_dice_min"].values()) >= 0.999 and res["voxel_disagreement_max"] <= 1e-4
     assert res["signature_reference_mask"]["max_relative_difference"] <= 1e-3
+
+
+def test_a_zip_from_nnunetv2_export_model_to_zip_is_pulled_and_segments_as_nnunetv2_predict(trained, tmp_path):
+    """Issue 47: nnU-Net's own `nnUNetv2_export_model_to_zip` of the trained default-planner folder, served by a real
+    HTTP server on 127.0.0.1 and pulled with `models pull` (a test catalogue entry pinning the zip's sha256): the
+    registered model segments exactly as nnUNetv2_predict did."""
+    import hashlib
+
+    import yaml
+    from loopback import Loopback
+
+    from glioma_nb.segment import pull
+
+    _, plans = PLANNERS["default"]
+    archive = tmp_path / "export.zip"
+    env = {**os.environ, "nnUNet_raw": str(trained["root"] / "raw"), "nnUNet_preprocessed": str(trained["root"] / "pre"),
+           "nnUNet_results": str(trained["root"] / "results")}
+    r = subprocess.run([_bin("nnUNetv2_export_model_to_zip"), "-d", str(DATASET), "-o", str(archive), "-c", "3d_fullres",
+                        "-tr", TRAINER, "-p", plans, "-f", "0"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = archive.read_bytes()
+    models = tmp_path / "models"
+    with Loopback() as server:
+        server.files["/export.zip"] = data
+        cat = {"own-export": {"kind": "nnunet-v2", "default_version": "1",
+                              "versions": {"1": {"urls": [server.url + "/export.zip"],
+                                                 "sha256": hashlib.sha256(data).hexdigest()}},
+                              "licence": "test", "training_data": f"{N_TRAIN} brats18 cases at 5 mm"}}
+        spec = pull.pull("own-export", root=models, catalogue=cat)
+    assert yaml.safe_load(spec.read_text())["kind"] == "nnunet-v2"
+    seg = registry.load("own-export-1", root=models)
+    out = tmp_path / "masks"
+    infer.segment_cohort(trained["cohort"], seg, None, out, progress=False, signature=taps.Request(), postprocess="none")
+    lut = np.array([0, 1, 2, 4], np.uint8)
+    for c in trained["cohort"].cases:
+        theirs = np.asanyarray(nib.load(trained["root"] / "pred-default" / f"{c.case_id}.nii.gz").dataobj)
+        assert np.array_equal(np.asanyarray(nib.load(out / f"{c.case_id}.nii.gz").dataobj), lut[theirs]), c.case_id

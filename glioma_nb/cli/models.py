@@ -1,4 +1,4 @@
-"""``glioma-nb models list | import | example`` and the model workshop: ``segment-train | segment-rescore |
+"""``glioma-nb models list | import | pull | catalogue | example`` and the model workshop: ``segment-train | segment-rescore |
 segment-compare | segment-postprocess-cv`` (:mod:`glioma_nb.api.zoo`)."""
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from glioma_nb import paths
 from glioma_nb.api import zoo
-from glioma_nb.segment import kinds, registry
+from glioma_nb.segment import kinds, pull, registry
 
 
 DEVICE_HELP = "auto: CUDA when available, else the CPU"
@@ -36,6 +38,14 @@ def add(sub: Any) -> dict[str, Any]:
     mi.add_argument("--spacing", help="MONAI bundle: the voxel size its preprocessing works at, e.g. 1,1,1 (for notes)")
     mi.add_argument("--trained-on", help="COHORT:case1,case2,... the cases the weights saw (their Dice is then shown "
                                          "grey, not summarised); default: the folder's trained_on.json if any")
+    mp = mo_sub.add_parser("pull", help="fetch a public pretrained model of the catalogue, verify its published hash, "
+                                        "register and card it (the only command that downloads)")
+    mp.add_argument("model", help="NAME or NAME@VERSION of `glioma-nb models catalogue`, e.g. brats_mri_segmentation@0.4.2")
+    mp.add_argument("--from", dest="from_file", metavar="FILE",
+                    help="an archive fetched elsewhere (an offline machine): verified against the catalogue the same way")
+    mp.add_argument("--name", help="the name cohorts use: segment.model=<name> (default: NAME-VERSION)")
+    mp.add_argument("--timeout", type=float, default=30.0, help="seconds without data before a URL is given up")
+    mo_sub.add_parser("catalogue", help="the public models `models pull` knows: versions, hash, licence, registered")
     mx = mo_sub.add_parser("example", help="write a small example model of a kind, made with the library's own "
                                            "classes (to try import; nnU-Net: fitted briefly on a cohort's cases)")
     mx.add_argument("kind", choices=kinds.importable(), help="the kind of model folder to write")
@@ -108,6 +118,13 @@ def models(args: argparse.Namespace, argv: list[str]) -> int:
     if args.models_command == "list":
         print(registry.list_models().to_string(index=False))
         print(f"user models folder: {paths.display_path(registry.models_dir())} (GLIOMA_NB_MODELS)")
+    elif args.models_command == "catalogue":
+        print(pd.DataFrame(pull.catalogue_table()).to_string(index=False))
+        print(f"catalogue: {paths.display_path(pull.CATALOGUE)} (+ $GLIOMA_NB_CATALOGUE)")
+    elif args.models_command == "pull":
+        spec = pull.pull(args.model, from_file=args.from_file, name=args.name, timeout=args.timeout)
+        print(f"registered {spec.parent.name}: {paths.display_path(spec)}; its card {paths.display_path(spec.with_name('card.md'))}"
+              f"; use it with --set segment.model={spec.parent.name}")
     elif args.models_command == "example":
         folder = kinds.make_example(args.kind, Path(args.out), cohort=args.cohort, n_cases=args.cases,
                                     iterations=args.iterations, spacing=args.spacing, patch=args.patch)
