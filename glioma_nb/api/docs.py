@@ -5,7 +5,7 @@ Generated into ``docs/`` before every build (and git-ignored, so they cannot dri
 ``reference/cli.md``         every command and option, from the argparse parser
 ``reference/config.md``      every key of ``configs/base.yaml`` (the schema) with its default and its comment
 ``reference/api.md``         each stage's ``step`` and result, and the shared modules (mkdocstrings)
-``reference/models.md``      the shipped model cards
+``reference/models.md``      the shipped model cards and the public models of `models pull`
 ``benchmarks.md``            the latest JSON of each benchmark under ``bench/results/``
 ``architecture-layers.md``   the import contract, from ``pyproject.toml``
 ``notebooks/<step>.md``      the executed notebooks of the latest completed synthetic run (and of the serial
@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 from glioma_nb import STEPS, bench, paths, runner, runs
 from glioma_nb.io import clinical as clinical_io
+from glioma_nb.segment import pull
 
 GENERATED = ("reference/cli.md", "reference/config.md", "reference/api.md", "reference/models.md", "benchmarks.md",
              "architecture-layers.md", "methods/notebooks.md", "notebooks", "reference/clinical.md",
@@ -174,6 +175,23 @@ def model_cards() -> str:
         text = card.read_text()
         text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)   # one level down
         out += [text, ""]
+    out += ["# Public models (`glioma-nb models pull`)", "",
+            "The catalogue `glioma_nb/segment/catalogue.yaml`: what `models pull NAME@VERSION` fetches and the hash it "
+            "checks, each value from where its authors publish it. glioma-nb has not measured these models; their "
+            "metrics are their authors'.", ""]
+    for name, entry in pull.load_catalogue().items():
+        out += [f"## {name} ({entry.get('kind', '')})", "", " ".join(str(entry.get("description", "")).split()), ""]
+        for version, arch in (entry.get("versions") or {}).items():
+            algo = next((a for a in pull.HASHES if arch.get(a)), None)
+            out += [f"- **{version}**: " + ", ".join(f"<{u}>" for u in arch.get("urls") or []) +
+                    (f"; {algo} `{arch[algo]}`" if algo else "; no published hash (not pullable)") +
+                    f" (from {' '.join(str(arch.get('from', 'not stated')).split())})"]
+        metrics = dict(entry.get("reported_metrics") or {})
+        where = metrics.pop("from", "")
+        out += [f"- licence: {entry.get('licence', 'not stated')}",
+                f"- training data: {' '.join(str(entry.get('training_data', 'not stated')).split())}",
+                f"- its authors' metrics ({' '.join(str(where).split())}): "
+                + (", ".join(f"{k} {v}" for k, v in metrics.items()) or "none"), ""]
     return "\n".join(out) + "\n"
 
 
