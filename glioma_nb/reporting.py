@@ -292,6 +292,10 @@ COLUMN_LABELS: dict[str, str] = {
     "n_cases": "cases", "cns5_accuracy": "CNS5 accuracy", "average_accuracy": "average accuracy",
     "average_balanced_accuracy": "average balanced accuracy", "prob": "probability", "y": "label",
     "vde_mm_per_year": "VDE (mm/year)", "icc": "ICC(3,1)", "feature": "feature", "reason": "reason",
+    "vde_low": "VDE 95% CI low", "vde_high": "VDE 95% CI high",
+    "vde_seg_low": "VDE 95% CI low, with the segmentation error", "vde_seg_high":
+        "VDE 95% CI high, with the segmentation error", "vde_seg_se": "VDE SE from the segmentation error",
+    "vde_group_uncertain": "VDE group could change",
 }
 _PATTERNS: tuple[tuple[str, str], ...] = (
     (r"^lesion_dice_(WT|TC|ET)$", "lesion-wise Dice {}"), (r"^lesion_hd95_(WT|TC|ET)$", "lesion-wise HD95 {} (mm)"),

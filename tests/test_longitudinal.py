@@ -220,3 +220,59 @@ def test_notebook_06_on_reference_masks_recovers_the_planted_growth(serial_cohor
     expected = harrell_c(clin["os_days"].to_numpy(float), clin["os_event"].to_numpy(int), rec.predict(X).to_numpy())
     row = val.loc["os__baseline_volume.joblib"]
     assert row["n"] == rec.meta["n_train"] == 8 and row["c_harrell"] == pytest.approx(expected)
+
+
+def test_a_measured_volume_error_widens_each_vde_ci_as_it_moves_the_fitted_slope():
+    """Known answer: scans whose whole-tumour volumes carry a log-normal segmentation error of SD 0.2 around a true
+    linear MTD growth. The SD of log(predicted / reference) recovers 0.2; the propagated slope SD of each patient
+    (growth.vde_with_segmentation_error) equals the spread of the slopes fitted over 3,000 simulated patients within
+    5 %; a patient whose widened CI straddles 8 mm/year is named, one far from it is not."""
+    rng = np.random.default_rng(3)
+    years = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
+    n_pat, sigma = 3000, 0.2
+    true_mtd = 30.0 + 6.0 * years                                   # 6 mm/year, no error of the fit itself
+    true_ml = true_mtd ** 3 / 2 / 1000
+    eps = rng.normal(0, sigma, (n_pat, len(years)))
+    pred_ml = true_ml[None, :] * np.exp(eps)
+    rows = [{"patient_id": f"P{p}", "case_id": f"P{p}_{k}", "days": y * growth.DAYS_PER_YEAR, "years": y,
+             "WT_ml": pred_ml[p, k], "mtd_mm": float(growth.mean_tumour_diameter(pred_ml[p, k]))}
+            for p in range(n_pat) for k, y in enumerate(years)]
+    scans = pd.DataFrame(rows)
+    measured, n = growth.volume_error_sd(pd.Series(pred_ml.ravel()), pd.Series(np.tile(true_ml, n_pat)))
+    assert n == pred_ml.size and measured == pytest.approx(sigma, rel=0.02)
+    pts = growth.patient_growth(scans)
+    seg = growth.vde_with_segmentation_error(scans, pts, sigma, cut=8.0)
+    empirical = pts["vde_mm_per_year"].std()
+    assert seg["vde_seg_se"].median() == pytest.approx(empirical, rel=0.05)
+    assert pts["vde_mm_per_year"].mean() == pytest.approx(6.0, abs=0.1)
+    # the group flag: near the cut and uncertain, or far from it
+    lo, hi = seg["vde_seg_low"], seg["vde_seg_high"]
+    assert (seg["vde_group_uncertain"] == ((lo < 8.0) & (hi >= 8.0))).all()
+    assert seg.at[(pts["vde_mm_per_year"] - 8.0).abs().idxmin(), "vde_group_uncertain"]
+    assert 0 < seg["vde_group_uncertain"].mean() < 1
+    assert (hi - lo > 2 * 1.96 * seg["vde_seg_se"] - 1e-9).all()      # never narrower than the error alone
+
+
+def test_06_says_which_patients_the_segmentation_error_could_move_or_why_it_carries_none():
+    from glioma_nb.longitudinal import step as lstep
+
+    years = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    rows = []
+    for p, speed in (("slow", 1.0), ("edge", 8.2), ("fast", 30.0)):
+        for k, y in enumerate(years):
+            mtd = 30 + speed * y + (0.2 if k == 1 else 0.0)
+            rows.append({"patient_id": p, "case_id": f"{p}{k}", "days": y * growth.DAYS_PER_YEAR, "years": y,
+                         "WT_ml": mtd ** 3 / 2000, "mtd_mm": mtd})
+    main = pd.DataFrame(rows)
+    pts = growth.patient_growth(main)
+    ref = main.set_index("case_id")[["WT_ml"]]
+    noise = np.tile([1.1, 0.92, 1.05, 0.97, 1.0], 3)
+    volumes = {"predicted": ref.assign(WT_ml=ref["WT_ml"] * noise), "reference": ref}
+    out, text = lstep._segmentation_error(volumes, main, pts, "predicted", 8.0)
+    assert "measured on the 15 scans" in text and "**1 of 3** patients could change within it: edge." in text
+    assert out.loc["edge", "vde_group_uncertain"] and not out.loc["fast", "vde_group_uncertain"]
+    assert out.loc["slow", "vde_seg_low"] < out.loc["slow", "vde_low"]
+    _, text = lstep._segmentation_error({"predicted": volumes["predicted"]}, main, pts, "predicted", 8.0)
+    assert "No measured segmentation error" in text
+    _, text = lstep._segmentation_error(volumes, main, pts, "reference", 8.0)
+    assert "reference masks" in text

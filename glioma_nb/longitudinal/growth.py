@@ -80,6 +80,44 @@ def patient_growth(scans: pd.DataFrame, until_days: pd.Series | None = None) -> 
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("patient_id")
 
 
+def volume_error_sd(predicted_ml: pd.Series, reference_ml: pd.Series) -> tuple[float, int]:
+    """The segmentation's whole-tumour volume error as the SD of log(predicted / reference) over the scans that have
+    both (> 0), and how many there were; (NaN, n) with fewer than 3."""
+    both = pd.concat([predicted_ml.rename("p"), reference_ml.rename("r")], axis=1).dropna()
+    both = both[(both["p"] > 0) & (both["r"] > 0)]
+    if len(both) < 3:
+        return float("nan"), int(len(both))
+    return float(np.std(np.log(both["p"] / both["r"]), ddof=1)), int(len(both))
+
+
+def vde_with_segmentation_error(scans: pd.DataFrame, pts: pd.DataFrame, sigma_log_volume: float,
+                                cut: float = 8.0) -> pd.DataFrame:
+    """Each patient's VDE 95% CI widened by a segmentation volume error of SD ``sigma_log_volume`` (log scale, per
+    scan, independent between scans), and whether that CI crosses ``cut`` (the patient's VDE group could change).
+
+    A volume error e on the log scale moves MTD = (2V)^(1/3) by the factor exp(e/3), about MTD (1 + e/3); the least-
+    squares slope then varies by sum((t_i - t_mean)^2 (MTD_i sigma / 3)^2) / Sxx^2 (t the scan's time), added to the
+    fit's own variance (t-based with three or more scans; the error alone, normal, with two)."""
+    rows = {}
+    for pid, g in scans.dropna(subset=["mtd_mm", "years"]).groupby("patient_id"):
+        if pid not in pts.index or pd.isna(pts.at[pid, "vde_mm_per_year"]):
+            continue
+        g = g[g["years"] <= g["years"].min() + pts.at[pid, "follow_up_years"] + 1e-9]   # the scans of the fit
+        x, mtd = g["years"].to_numpy(float), g["mtd_mm"].to_numpy(float)
+        dx = x - x.mean()
+        sxx = float(np.sum(dx ** 2))
+        var_seg = float(np.sum(dx ** 2 * (mtd * sigma_log_volume / 3.0) ** 2) / sxx ** 2) if sxx > 0 else np.nan
+        se_fit = pts.at[pid, "vde_se"]
+        if len(x) >= 3 and np.isfinite(se_fit):
+            half = float(stats.t.ppf(0.975, len(x) - 2) * np.sqrt(se_fit ** 2 + var_seg))
+        else:
+            half = float(stats.norm.ppf(0.975) * np.sqrt(var_seg))
+        v = pts.at[pid, "vde_mm_per_year"]
+        rows[pid] = {"vde_seg_se": float(np.sqrt(var_seg)), "vde_seg_low": v - half, "vde_seg_high": v + half,
+                     "vde_group_uncertain": bool(v - half < cut <= v + half)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("patient_id")
+
+
 def vde_group(vde: pd.Series, cut: float = 8.0) -> pd.Series:
     """"slow" (VDE < cut) or "fast" (VDE >= cut) per patient; NaN without a VDE."""
     return pd.Series(np.where(vde.isna(), None, np.where(vde >= cut, f"fast (>= {cut:g} mm/y)",

@@ -165,6 +165,7 @@ def _growth(ctx: StepContext, res: LongitudinalResult, masks: str, tsettings: di
     growths = {src: growth.patient_growth(s.dropna(subset=["WT_ml"]), until) for src, s in scans.items()}
     pts = growths[masks].join(events.rename(columns={"days": "transformation_days", "event": "event"}), how="left")
     pts["vde_group"] = growth.vde_group(pts["vde_mm_per_year"], vde_cut)
+    pts, res.text["segmentation_error"] = _segmentation_error(volumes, main, pts, masks, vde_cut)
     clin_base = _baseline(ctx.clinical.assign(case_id=ctx.clinical["case_id"].astype(str)).set_index("case_id"),
                           pts["baseline_case"])
     for col in ("idh_mutant", "codel_1p19q", "age"):
@@ -186,6 +187,31 @@ def _growth(ctx: StepContext, res: LongitudinalResult, masks: str, tsettings: di
     plotting.plot_growth(main.dropna(subset=["WT_ml"]), pts, cut=vde_cut, ax=ax, time_unit=unit)
     res.add_figure("growth", fig)
     return _Growth(masks, scans, main, events, growths, pts, clin_base)
+
+
+def _segmentation_error(volumes: Mapping[str, pd.DataFrame], main: pd.DataFrame, pts: pd.DataFrame, masks: str,
+                        cut: float) -> tuple[pd.DataFrame, str]:
+    """Each patient's VDE CI with the segmentation's measured volume error carried in (the scans with reference
+    masks give it), and the patients whose VDE group that error could change; the sentence that says so."""
+    if masks != "predicted":
+        return pts, "Volumes from the reference masks: no segmentation error to carry into the VDE CIs."
+    if "reference" not in volumes:
+        return pts, ("**No measured segmentation error is carried into the VDE CIs**: this cohort has no reference "
+                     "masks to measure the network's volume error on, and the model cards do not record per-case "
+                     "volumes yet. Each VDE CI above is the fit's alone.")
+    sigma, n = growth.volume_error_sd(volumes["predicted"]["WT_ml"], volumes["reference"]["WT_ml"])
+    if not np.isfinite(sigma):
+        return pts, f"Only {n} scans have both predicted and reference volumes: too few to measure the volume error."
+    seg = growth.vde_with_segmentation_error(main.dropna(subset=["WT_ml"]), pts, sigma, cut)
+    pts = pts.join(seg)
+    uncertain = seg.index[seg["vde_group_uncertain"]].tolist()
+    text = (f"Segmentation volume error, measured on the {n} scans that have reference masks: SD of log(predicted / "
+            f"reference) whole-tumour volume {sigma:.3f} (about {np.expm1(sigma):.0%} per scan), i.e. {sigma / 3:.1%} "
+            f"of each MTD. Carried into each patient's VDE CI (`vde_seg_low`, `vde_seg_high` in "
+            f"`tables/longitudinal_patients.csv`): the VDE group ({cut:g} mm/year) of **{len(uncertain)} of "
+            f"{len(seg)}** patients could change within it")
+    return pts, text + (f": {', '.join(map(str, uncertain[:20]))}{' ...' if len(uncertain) > 20 else ''}." if uncertain
+                        else ".")
 
 
 def _transformation_km(res: LongitudinalResult, pts: pd.DataFrame, per_day: float, unit: str
