@@ -126,8 +126,31 @@ def test_every_quoted_time_and_the_overview_caption_are_the_measured_runs():
             found.setdefault(name, []).append(rel)
     assert found["times"] == ["README.md", "docs/quickstart.md"]
     assert found["overview_readme"] == ["README.md"] and found["overview_docs"] == ["docs/index.md"]
-    assert found["slowest"] == ["docs/quickstart.md"]
+    assert found["slowest"] == ["docs/quickstart.md"] and found["per_case"] == ["docs/quickstart.md"]
     assert sum(m["steps_s"].values()) <= m["make_run_all_s"] and m["pytest_s"] <= m["make_test_s"]
+
+
+def test_no_quoted_time_is_contradicted_by_the_latest_benchmark_by_more_than_25_percent():
+    """Every time the README and the quick start quote (make run-all, pytest, seconds per case of each network) read
+    from their text and held against the latest benchmark: bench/results/backends_*.json where `make bench-segment`
+    wrote one (git-ignored), else its copy in docs/assets/measured.json (a clean clone); more than 25 % off fails."""
+    import re
+
+    md = _measured_docs()
+    m = json.loads(md.MEASURED.read_text())
+    latest = {**m["segment"], **md.segment_record(md.bench_files())}
+    text = "\n".join((paths.project_root() / f).read_text() for f in ("README.md", "docs/quickstart.md"))
+    checked = 0
+    for model, words in md.SEGMENT_MODELS.items():
+        for quoted in re.findall(re.escape(words) + r": [^(]*\((\d+(?:\.\d+)?) s per case", text):
+            assert abs(float(quoted) / latest[model]["auto_s_per_case"] - 1) <= 0.25, (model, quoted)
+            checked += 1
+    current = "\n".join(b for f in md.FILES for b in md.blocks_in((paths.project_root() / f).read_text()).values())
+    for pattern, key in ((r"`make run-all` (\d+) s", "make_run_all_s"), (r"pytest (\d+) s", "pytest_s")):
+        for quoted in re.findall(pattern, current):   # the current times (older ones are quoted with their commit)
+            assert abs(float(quoted) / m[key] - 1) <= 0.25, (key, quoted)
+            checked += 1
+    assert checked >= 5
 
 
 def test_the_measured_record_is_read_from_a_fresh_checks_own_output(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from glioma_nb import flow, paths, plotting, runs
-from glioma_nb.classify import cv, nodes
+from glioma_nb.classify import cv
 from glioma_nb.classify import step as classify_step
 from glioma_nb.publish import PublishError, checklists, crate, publish
 
@@ -148,6 +148,17 @@ def test_publish_a_run_is_a_readable_crate_without_images_or_local_paths(synthet
     assert {f"{prefix}/params.yaml", f"{prefix}/requirements.lock", f"{prefix}/manifest.json",
             "checklist_clear.csv", "checklist_tripod_ai.csv", "flow.csv", "model_cards/brats-4mod.md"} <= got["files"]
     assert any(f.endswith(".pdf") for f in got["files"]) and not any(f.endswith(".joblib") for f in got["files"])
+    # the index's promise, "every metric with its 95% confidence interval", holds for each row of its headline
+    import html as html_mod
+
+    section = got["page"][got["page"].index("<h2 id='headline'>"):]
+    table = re.search(r"<table.*?</table>", section, re.S).group(0)
+    header = [re.sub(r"<.*?>", "", h).strip() for h in re.findall(r"<th[^>]*>(.*?)</th>", table, re.S)]
+    col = header.index("estimate [95% CI]")
+    rows = [[html_mod.unescape(re.sub(r"<.*?>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
+            for tr in re.findall(r"<tr>(.*?)</tr>", table, re.S)]
+    rows = [r for r in rows if r]
+    assert len(rows) >= 5 and all(re.fullmatch(r"-?[\d.]+ \[-?[\d.]+, -?[\d.]+\]", r[col]) for r in rows), rows
     # the checklists: every item once, some answered from the run, the author's marked as such
     clear = pd.read_csv(got["root"] / "checklist_clear.csv")
     tripod = pd.read_csv(got["root"] / "checklist_tripod_ai.csv")

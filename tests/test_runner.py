@@ -74,6 +74,33 @@ def test_run_all_steps_end_to_end(synthetic_training_run, tmp_path):
             assert leak not in text, f"{f.name} contains {leak}"
 
 
+def test_no_displayed_table_shows_a_raw_column_name_and_no_section_is_empty(synthetic_training_run):
+    """What a reviewer reads: the executed HTML of every step. A table header in snake_case (``median_ci_low``) is a
+    raw column name (reporting.COLUMN_LABELS gives its words); a heading followed by nothing before the next heading
+    is an empty section. Both are listed, by report, when found."""
+    import html as html_mod
+    import re
+
+    _, run_dir = synthetic_training_run
+    raw, empty, n_tables, n_sections = {}, {}, 0, 0
+    for f in sorted(run_dir.glob("*.html")):
+        page = re.sub(r"<style.*?</style>|<script.*?</script>", "", f.read_text(), flags=re.S)
+        for table in re.findall(r"<table.*?</table>", page, re.S):
+            n_tables += 1
+            head = re.search(r"<thead>(.*?)</thead>", table, re.S)
+            for th in re.findall(r"<th[^>]*>(.*?)</th>", head.group(1) if head else "", re.S):
+                text = html_mod.unescape(re.sub(r"<.*?>", "", th)).strip()
+                if re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)+", text):
+                    raw.setdefault(f.name, set()).add(text)
+        for m in re.finditer(r"<h([2-4])[^>]*>(.*?)</h\1>(.*?)(?=<h[1-4][^>]*>|</body>)", page, re.S):
+            n_sections += 1
+            if not re.sub(r"<[^>]+>|\s|\u00b6", "", m.group(3)):
+                empty.setdefault(f.name, []).append(re.sub(r"<.*?>", "", m.group(2)))
+    assert n_tables >= 20 and n_sections >= 40
+    assert raw == {}, raw
+    assert empty == {}, empty
+
+
 def test_compare_runs_finds_every_changed_number(synthetic_training_run, tmp_path, capsys):
     """The before/after check of a refactoring: a run compared with its copy is identical; a changed table
     cell, a changed metric and a missing table are each reported, timings are not."""

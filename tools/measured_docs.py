@@ -11,7 +11,9 @@ run folder its clone wrote (`manifest.json`: each step's seconds, the commit), a
 - `docs/assets/measured.json`: those figures, the record every quoted time comes from;
 - `docs/assets/overview.png`: the overview figure drawn from that run (tools/overview_figure.py);
 - the blocks between `<!-- measured:NAME -->` and `<!-- /measured -->` in README.md, docs/index.md and
-  docs/quickstart.md, rendered from measured.json.
+  docs/quickstart.md, rendered from measured.json;
+- with it, the seconds per case of the latest `make bench-segment` JSONs in bench/results (git-ignored, so copied
+  into measured.json), which the "time per 100 cases" block quotes.
 
 `--render` re-renders the blocks from the committed measured.json only. tests/test_docs.py fails when a block
 differs from what measured.json renders, so a time in the docs is always the recorded run's.
@@ -72,7 +74,38 @@ def record(fresh_log: Path) -> dict:
             "run_id": manifest["run_id"], "cohort": manifest["cohort"],
             "make_run_all_s": fresh["make_run_all_s"], "steps_s": steps,
             "make_test_s": fresh["make_test_s"], **tests,
-            "machine": "this project's 2-core CPU (Intel Xeon, AVX-512), no GPU"}
+            "machine": "this project's 2-core CPU (Intel Xeon, AVX-512), no GPU",
+            "segment": segment_record(bench_files())}
+
+
+SEGMENT_MODELS = {"brats-4mod": "brats-4mod (4-member ensemble, four modalities) on the brats18-dev cases",
+                  "flair-wt": "flair-wt (FLAIR) on the brats18-dev cases",
+                  "zoo-brats": "the MONAI model zoo's SegResNet bundle on full 240 x 240 x 155 scans"}
+
+
+def bench_files(folder: Path | None = None) -> list[Path]:
+    """The `make bench-segment` JSONs (bench/results/backends_*.json), oldest first (git-ignored: a clean clone has
+    none; docs/assets/measured.json keeps the figures the docs quote)."""
+    return sorted((folder or ROOT / "bench" / "results").glob("backends_*.json"))
+
+
+def segment_record(files: list[Path]) -> dict:
+    """Per model, from the latest JSON that has it: seconds per case after the first (notebook 01's pass with the
+    signature) with the backend `auto` picks on this CPU and in torch, the commit and the file."""
+    out: dict = {}
+    for f in files:
+        d = json.loads(f.read_text())
+        commit = d["git"] if isinstance(d["git"], str) else d["git"].get("commit", "")
+        for b in d["benchmarks"]:
+            model = b.get("model") or b["name"].replace("backends_", "")
+            auto, torch = b.get("predicted_openvino") or {}, b.get("predicted_torch") or {}
+            if "seconds_per_case_mean_after_first" not in auto:
+                continue
+            out[model] = {"auto_s_per_case": auto["seconds_per_case_mean_after_first"],
+                          "torch_s_per_case": torch.get("seconds_per_case_mean_after_first"),
+                          "backend": ", ".join(auto.get("backend_used") or ["openvino"]),
+                          "commit": str(commit)[:7], "file": f.name}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -81,6 +114,11 @@ def _minutes(seconds: float) -> str:
              10: "ten", 11: "eleven", 12: "twelve"}
     m = max(1, round(seconds / 60))
     return f"about {words.get(m, str(m))} minute{'s' if m > 1 else ''}"
+
+
+def _per_100(seconds_per_case: float) -> str:
+    minutes = seconds_per_case * 100 / 60
+    return f"{minutes / 60:.1f} hours" if minutes >= 90 else f"{minutes:.1f} minutes"
 
 
 def render(m: dict) -> dict[str, str]:
@@ -98,7 +136,25 @@ def render(m: dict) -> dict[str, str]:
              f"{m['skipped']} skipped).")
     slow = ["| seconds | phase | test |", "|---:|---|---|"] + [
         f"| {t['seconds']:.0f} | {t['phase']} | `{t['test'].split('::', 1)[-1]}` |" for t in m["slowest"]]
-    return {"times": times, "overview_readme": f"![{caption}](docs/assets/overview.png)",
+    seg = m.get("segment") or {}
+    parts = []
+    for model, words in SEGMENT_MODELS.items():
+        r = seg.get(model)
+        if r:
+            if r["backend"].startswith("torch"):   # `auto` kept torch: the OpenVINO conversion was not faithful
+                how = "; in torch: its OpenVINO conversion is refused as unfaithful"
+            else:
+                how = (f" in {r['backend']}; {_per_100(r['torch_s_per_case'])} in torch" if r.get("torch_s_per_case")
+                       else f" in {r['backend']}")
+            parts.append(f"{words}: {_per_100(r['auto_s_per_case'])} ({r['auto_s_per_case']:.1f} s per case{how})")
+    if "01_segment" in steps:
+        parts.append(f"the {m['cohort']} phantoms with brats-4mod: {_per_100(steps['01_segment'] / 40)} "
+                     f"({steps['01_segment']} s for 40 in that `make run-all`, the kernel's start included)")
+    commits = sorted({r["commit"] for r in seg.values()})
+    per_case = ("**Time per 100 cases** (notebook 01 with the network signature and its stability passes, this 2-core "
+                f"CPU, the backend `segment.backend: auto` picks; `make bench-segment` at {', '.join(commits) or '?'}, "
+                "seconds per case after the first): " + "; ".join(parts) + ".")
+    return {"times": times, "per_case": per_case, "overview_readme": f"![{caption}](docs/assets/overview.png)",
             "overview_docs": f"![{caption}](assets/overview.png)",
             "slowest": "The slowest tests of that check:\n\n" + "\n".join(slow)}
 

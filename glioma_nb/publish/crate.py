@@ -359,7 +359,9 @@ def headline(p: Part) -> pd.DataFrame:
     if acc is not None and len(acc):
         for r in acc.itertuples():
             paper = reporting.PAPER_ACCURACY.get(r.kind, {}).get("cross-validation")
-            rows.append({"metric": f"mean accuracy, {r.kind} nodes", "estimate [95% CI]": f"{r.average_accuracy:.3f}",
+            rows.append({"metric": f"mean accuracy, {r.kind} nodes", "estimate [95% CI]": _ci(
+                             r.average_accuracy, getattr(r, "average_accuracy_lo", None),
+                             getattr(r, "average_accuracy_hi", None)),
                          "n": "", "paper": f"{paper:.3f} (CV)" if paper else ""})
     risk = f.table("risk_models")
     if risk is not None and len(risk) and "c_harrell" in risk:
