@@ -169,7 +169,7 @@ def test_the_measured_record_is_read_from_a_fresh_checks_own_output(tmp_path):
     out = (f"make test: exit 0 in 659 s   (log: {tmp_path}/test.log; last line: ...)\n"
            f"make run-all : exit 0 in 301 s   (log: {tmp_path}/run.log)\nrun folder: reports/synthetic/{run.name}/\n")
     (tmp_path / "fresh.log").write_text(out)
-    m = md.record(tmp_path / "fresh.log")
+    m = md.record(md.parse_fresh_log((tmp_path / "fresh.log").read_text()))
     assert (m["commit"], m["pytest_s"], m["passed"], m["skipped"], m["make_test_s"], m["make_run_all_s"]) == (
         "abc1234", 549, 434, 4, 659, 301)
     assert m["steps_s"] == {"01_segment": 172, "02_signature": 17}
@@ -178,7 +178,7 @@ def test_the_measured_record_is_read_from_a_fresh_checks_own_output(tmp_path):
     assert "about five minutes" in text and "about eleven minutes" in text and "01 172, 02 17" in text
     (tmp_path / "fresh.log").write_text(out.replace("make test: exit 0", "make test: exit 2"))
     with pytest.raises(SystemExit, match="failed"):
-        md.record(tmp_path / "fresh.log")
+        md.record(md.parse_fresh_log((tmp_path / "fresh.log").read_text()))
 
 
 @pytest.mark.slow

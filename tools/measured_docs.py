@@ -63,8 +63,8 @@ def parse_pytest_log(text: str, n_slowest: int = 10) -> dict:
             "slowest": slowest}
 
 
-def record(fresh_log: Path) -> dict:
-    fresh = parse_fresh_log(fresh_log.read_text())
+def record(fresh: dict) -> dict:
+    """The measured.json record of a fresh-check (what :func:`parse_fresh_log` read of its output)."""
     tests = parse_pytest_log(fresh["test_log"].read_text())
     manifest = json.loads((fresh["run_dir"] / "manifest.json").read_text())
     if manifest.get("status") != "completed":
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         m = json.loads(MEASURED.read_text())
     elif args.fresh_log:
-        m = record(Path(args.fresh_log))
         fresh = parse_fresh_log(Path(args.fresh_log).read_text())
+        m = record(fresh)
         sys.path.insert(0, str(ROOT / "tools"))
         import overview_figure
 

@@ -182,16 +182,14 @@ def model_cards() -> str:
     for name, entry in pull.load_catalogue().items():
         out += [f"## {name} ({entry.get('kind', '')})", "", " ".join(str(entry.get("description", "")).split()), ""]
         for version, arch in (entry.get("versions") or {}).items():
-            algo = next((a for a in pull.HASHES if arch.get(a)), None)
+            pinned = pull.published_hash(arch)
             out += [f"- **{version}**: " + ", ".join(f"<{u}>" for u in arch.get("urls") or []) +
-                    (f"; {algo} `{arch[algo]}`" if algo else "; no published hash (not pullable)") +
+                    (f"; {pinned[0]} `{pinned[1]}`" if pinned else "; no published hash (not pullable)") +
                     f" (from {' '.join(str(arch.get('from', 'not stated')).split())})"]
-        metrics = dict(entry.get("reported_metrics") or {})
-        where = metrics.pop("from", "")
+        where, metrics = pull.reported_metrics(entry)
         out += [f"- licence: {entry.get('licence', 'not stated')}",
                 f"- training data: {' '.join(str(entry.get('training_data', 'not stated')).split())}",
-                f"- its authors' metrics ({' '.join(str(where).split())}): "
-                + (", ".join(f"{k} {v}" for k, v in metrics.items()) or "none"), ""]
+                f"- its authors' metrics ({where}): {metrics}", ""]
     return "\n".join(out) + "\n"
 
 

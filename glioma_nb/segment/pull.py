@@ -58,15 +58,28 @@ class Release:
     @property
     def hash(self) -> tuple[str, str]:
         """(algorithm, hex digest) the archive must have."""
-        for algo in HASHES:
-            if self.archive.get(algo):
-                return algo, str(self.archive[algo]).lower()
+        pinned = published_hash(self.archive)
+        if pinned:
+            return pinned
         raise PullError(f"catalogue entry {self.name}@{self.version} pins no sha256 (or sha1): a model without a "
                         "published hash cannot be verified, so it is not pulled")
 
     @property
     def registered_name(self) -> str:
         return f"{self.name}-{self.version}"
+
+
+def published_hash(archive: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(algorithm, hex digest) a catalogue version pins for its archive (sha256 first, else sha1), or None."""
+    algo = next((a for a in HASHES if archive.get(a)), None)
+    return (algo, str(archive[algo]).lower()) if algo else None
+
+
+def reported_metrics(entry: Mapping[str, Any]) -> tuple[str, str]:
+    """(where its authors report them, "name value, ...") of a catalogue entry's ``reported_metrics``."""
+    metrics = dict(entry.get("reported_metrics") or {})
+    where = " ".join(str(metrics.pop("from", "the authors")).split())
+    return where, ", ".join(f"{k} {v}" for k, v in metrics.items()) or "none"
 
 
 def load_catalogue(extra: str | Path | None = None) -> dict[str, Any]:
@@ -101,19 +114,16 @@ def catalogue_table(catalogue: Mapping[str, Any] | None = None) -> list[dict[str
     rows = []
     for name, entry in catalogue.items():
         for version, arch in (entry.get("versions") or {}).items():
-            algo = next((a for a in HASHES if arch.get(a)), "none")
-            rows.append({"model": f"{name}@{version}", "kind": entry.get("kind", ""), "hash": algo,
+            rows.append({"model": f"{name}@{version}", "kind": entry.get("kind", ""),
+                         "hash": (published_hash(arch) or ("none",))[0],
                          "licence": str(entry.get("licence", "")).split(" (")[0],
                          "registered": "yes" if registry.is_registered(f"{name}-{version}") else ""})
     return rows
 
 
 def file_hash(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, algo).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------- download
@@ -220,8 +230,7 @@ def _model_folder(rel: Release, extracted: Path) -> Path:
 
 def card(rel: Release, entry: Mapping[str, Any], source: str, digest: str, skeleton: str) -> str:
     algo, _ = rel.hash
-    metrics = dict(rel.entry.get("reported_metrics") or {})
-    said_where = metrics.pop("from", "the authors")
+    said_where, metrics = reported_metrics(rel.entry)
     what_read = skeleton[skeleton.index("## What glioma-nb read"):]
     return f"""# {entry['name']} ({entry['kind']}): {rel.name} {rel.version}, pulled
 
@@ -236,7 +245,7 @@ Its Dice on your cohort is what notebook 01 reports when the cohort has label ma
 - **Training data:** {' '.join(str(rel.entry.get('training_data', 'not stated')).split())}
 - **Licence:** {rel.entry.get('licence', 'not stated')}
 - **Intended use:** {rel.entry.get('intended_use', 'not stated')}
-- **Metrics its authors report** ({' '.join(str(said_where).split())}): {', '.join(f'{k} {v}' for k, v in metrics.items()) or 'none'}
+- **Metrics its authors report** ({said_where}): {metrics}
 - **Reproduce this registration:** `glioma-nb models pull {rel.name}@{rel.version}` (or `--from` the same archive)
 
 {what_read}"""
