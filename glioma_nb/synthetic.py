@@ -452,10 +452,13 @@ def _serial_patients(n: int, rng: np.random.Generator) -> pd.DataFrame:
     return df
 
 
-def _serial_timeline(pt: pd.Series, rng: np.random.Generator) -> list[float]:
-    """Scan days of one patient: evenly spread over the span (jittered), capped by size and death."""
+def _serial_timeline(pt: pd.Series, rng: np.random.Generator, max_mtd_mm: float | None = None,
+                     min_years: float = 0.75) -> list[float]:
+    """Scan days of one patient: evenly spread over the span (jittered), capped by size (the tumour reaches
+    ``max_mtd_mm``, default :data:`SERIAL`'s, no sooner than ``min_years``) and by death."""
     p = SERIAL
-    cap_years = max((p["max_mtd_mm"] - pt.d0_mm) / pt.vde_mm_per_year, 0.75)
+    cap_years = max(((p["max_mtd_mm"] if max_mtd_mm is None else max_mtd_mm) - pt.d0_mm) / pt.vde_mm_per_year,
+                    min_years)
     span = min(pt.span_years, cap_years) * 365.25
     k = int(pt.n_scans)
     days = [0.0] + [span * j / (k - 1) + rng.uniform(-0.15, 0.15) * span / (k - 1) for j in range(1, k - 1)] + [span]

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from glioma_nb import STEPS, config, paths, publish, runner, runs, synthetic
+from glioma_nb import STEPS, config, io, paths, publish, runner, runs, serial_real, synthetic
 from glioma_nb.api import cohorts, docs, lab
 from glioma_nb.api import predict as predict_api
+from glioma_nb.segment import models
 
 
 def add(sub: Any) -> dict[str, Any]:
@@ -63,6 +65,13 @@ def add(sub: Any) -> dict[str, Any]:
     s.add_argument("--seed", type=int, default=0, help="random seed of the cohort: the same seed, size and spacing "
                                                        "give the same files")
     s.add_argument("--resolution", type=int, default=2, choices=(1, 2), help="voxel size in mm")
+    s.add_argument("--serial-from", metavar="COHORT", default=None,
+                   help="instead: serial scans grown from a real cohort's images and reference masks (a name in "
+                        "configs/cohorts or a cohort YAML): per case 3-6 scans in which its lesion grows at a planted "
+                        "VDE, with planted transformation and survival (glioma_nb.serial_real); writes "
+                        "<out>/<cohort>-serial.yaml to run it")
+    s.add_argument("--cases", default="all", help="with --serial-from: all | held-out:MODEL (the cases the model's "
+                                                  "card holds out of its training) | comma-separated case ids")
 
     sub.add_parser("cohorts", help="list the cohort configurations")
 
@@ -139,8 +148,34 @@ def validate(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def synth(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.serial_from:
+        return _serial_from(args)
     out = synthetic.generate_cohort(args.out, synthetic.SyntheticSpec(args.n, args.seed, args.resolution))
     print(f"synthetic cohort: {out}")
+    return 0
+
+
+def _serial_from(args: argparse.Namespace) -> int:
+    cfg = config.resolve_config(args.serial_from)
+    cohort = io.load_cohort(cfg)
+    name = cfg["cohort"]["name"]
+    if args.cases == "all":
+        cases = cohort.case_ids
+    elif args.cases.startswith("held-out:"):
+        model = args.cases.split(":", 1)[1]
+        spec = models.load_spec(model)
+        held = [c for src in spec.train.get("sources", []) if src.get("cohort") == name
+                for c in src.get("held_out") or []]
+        if not held:
+            print(f"model {model}'s card holds no case of cohort {name} out of its training; give the case ids "
+                  "(--cases A,B,C) or --cases all", file=sys.stderr)
+            return 2
+        cases = held
+    else:
+        cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    out = serial_real.generate_from(cohort, cfg["cohort"], args.out, cases, seed=args.seed)
+    print(f"serial cohort grown from {len(cases)} {name} cases: {out}\n"
+          f"run it: glioma-nb run --cohort {out / f'{name}-serial.yaml'}")
     return 0
 
 

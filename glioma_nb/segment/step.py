@@ -21,6 +21,7 @@ from glioma_nb.results import StepContext, StepResult
 from glioma_nb.segment import backend as seg_backend
 from glioma_nb.segment import infer, kinds, metrics, models, registry
 from glioma_nb.segment import postprocess as post
+from glioma_nb.segment import regions as seg_regions
 from glioma_nb.segment import train as seg_train
 from glioma_nb.segment.errors import SegmentationError
 from glioma_nb.taps import Request
@@ -55,6 +56,7 @@ class SegmentResult(StepResult):
     overlap: float = 0.5                                           # sliding-window overlap of this run
     tta: bool = False                                              # mirrored test-time augmentation
     out_of_fold: pd.DataFrame = field(default_factory=pd.DataFrame)  # shipped CV models: this cohort's OOF scores
+    regions: dict[str, str] = field(default_factory=dict)          # segment.regions: region -> model, when several
 
     @property
     def flagged(self) -> pd.DataFrame:
@@ -104,6 +106,11 @@ class SegmentResult(StepResult):
                         self.spec.postprocess_cv or getattr(getattr(self.spec, "spec", None), "ensemble", 0))
                     else ").")) +
                 " Masks: `masks/<case>.nii.gz` in each image's own voxel grid and affine.")
+        if self.regions:
+            text += (f" **A model per region** (`segment.regions`): {seg_regions.words(self.regions)}, each with its "
+                     "own post-processing, nested as BraTS nests them (ET within TC within WT: the whole tumour is "
+                     "the union of its model's and the tumour core); each model's own masks are kept in "
+                     f"`masks/regions/<model>/`; the signature is {sp.name}'s.")
         if n and "backend" in self.cases:
             used = self.cases["backend"].fillna("").astype(str).replace("", "not recorded (cached before backends)")
             text += " Network forward pass: " + "; ".join(
@@ -149,6 +156,8 @@ class SegmentResult(StepResult):
                                "postprocess": self.postprocess,
                                "n_segmented": len(self.cases),
                                "n_flagged": len(self.flagged)}
+        if self.regions:
+            out["regions"] = dict(self.regions)
         if self.spec.fingerprint:
             out["model_fingerprint"] = self.spec.fingerprint   # a locked validation checks the files are the same
         if not self.cases.empty:
@@ -180,11 +189,13 @@ def signature_request(config: Mapping[str, Any]) -> Any:
 def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", train: bool = False,
          train_iterations: int = 300, held_out_fraction: float = 0.25, overlap: float = 0.5,
          tta: bool = False, backend: str = "auto", postprocess: str = "model", n_overlay_cases: int = 4,
-         export_dicom_seg: bool = False, progress: bool = True) -> SegmentResult:
+         export_dicom_seg: bool = False, regions: Mapping[str, str] | None = None,
+         progress: bool = True) -> SegmentResult:
     """Segment the cohort of a notebook step context (see the module docstring). ``postprocess``:
     ``model`` (the rule of the model spec) or a :mod:`~glioma_nb.segment.postprocess` rule. ``export_dicom_seg``:
     a raw DICOM cohort's native-space masks are also written as DICOM SEG referencing the reference series.
-    ``backend``: the network's forward pass (:mod:`glioma_nb.segment.backend`: auto, torch, openvino)."""
+    ``backend``: the network's forward pass (:mod:`glioma_nb.segment.backend`: auto, torch, openvino).
+    ``regions``: a model per BraTS region (:mod:`glioma_nb.segment.regions`), the rest from ``model``."""
     cohort = ctx.cohort
     if model == "none" or not cohort.modalities:
         why = ("segment.model is none" if model == "none" else "the cohort has no images (layout: table)")
@@ -233,17 +244,31 @@ def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", tra
     request = signature_request(ctx.config)
     if request is not None:
         seg.stages()       # an unknown signature layer fails before any case runs
+    assign = seg_regions.assignment(regions, seg.name)
+    others = _region_models(cohort, seg, assign, device, backend_name)
+    if not others and mask_dir.exists():
+        seg_regions.restore(mask_dir, seg.name)   # a run resumed without segment.regions: the model's own masks
+    executor = getattr(ctx, "executor", compute.SERIAL)
     cases = infer.segment_cohort(cohort, seg, None, mask_dir, overlap=overlap, tta=tta, device=device,
-                                 progress=progress, signature=request, postprocess=rule,
-                                 executor=getattr(ctx, "executor", compute.SERIAL))
+                                 progress=progress, signature=request, postprocess=rule, executor=executor)
+    if others:
+        folders = {n: mask_dir / "regions" / n for n in others}
+        for n, other in others.items():
+            infer.segment_cohort(cohort, other, None, folders[n], overlap=overlap, tta=tta, device=device,
+                                 progress=progress, postprocess=other.postprocess, executor=executor)
+        cases = seg_regions.assemble(cohort, cases, mask_dir, seg.name, folders, assign)
     result = SegmentResult(spec=seg, weights=seg.weights_note, mask_dir=mask_dir, cases=cases, train_log=train_log,
-                           held_out=held_out, postprocess=rule, overlap=overlap, tta=tta)
+                           held_out=held_out, postprocess=rule, overlap=overlap, tta=tta,
+                           regions=dict(assign) if others else {})
     if train:
         result.trained_on = [c for c in cohort.case_ids if c not in held_out]
         result.models[record.name] = record  # the network's spec, input channels, weights file and its sha256
     elif weights == "shipped":
         result.trained_on = registry.trained_on(seg, cohort.name, cohort.case_ids, cohort.root)
-        result.out_of_fold = out_of_fold_scores(seg, cohort)
+        for other in others.values():   # a case any of the run's models saw is not scored
+            result.trained_on += [c for c in registry.trained_on(other, cohort.name, cohort.case_ids, cohort.root)
+                                  if c not in result.trained_on]
+        result.out_of_fold = out_of_fold_scores(seg, cohort) if not others else pd.DataFrame()
     if cohort.scheme is not None:
         scores = metrics.cohort_scores(cohort, mask_dir)
         if not scores.empty:
@@ -260,6 +285,22 @@ def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", tra
          ("in the segmentation model's training data (Dice shown apart, not in the summary)", result.trained_on)],
         scored)
     return _display(ctx, result, n_overlay_cases, export_dicom_seg)
+
+
+def _region_models(cohort: Any, seg: kinds.Segmenter, assign: Mapping[str, str], device: str,
+                   backend_name: str) -> dict[str, kinds.Segmenter]:
+    """The models ``segment.regions`` names besides ``seg`` (loaded with their shipped weights), each checked
+    for the cohort's modalities and for the regions it is asked for."""
+    others = {}
+    for name in dict.fromkeys(assign.values()):
+        if name == seg.name:
+            continue
+        other = registry.load(name, device=device, weights="shipped")
+        _check_modalities(cohort, other)
+        other.backend = backend_name
+        others[name] = other
+    seg_regions.check(assign, {seg.name: seg.classes, **{n: o.classes for n, o in others.items()}})
+    return others
 
 
 def out_of_fold_scores(seg: kinds.Segmenter, cohort: Any) -> pd.DataFrame:
