@@ -348,6 +348,8 @@ def generate_from(cohort: Cohort, source_cfg: Mapping[str, Any], out_dir: str | 
         name = f"{cohort.name}-serial"
         body = cohort_yaml(name, source_cfg, cohort.modalities, scheme)
         body["cohort"]["root"] = str(out.resolve())
+        body["cohort"]["derived_from"] = {"cohort": cohort.name,
+                                          "cases": {r["case_id"]: r["patient_id"] for r in tps}}
         (tmp / f"{name}.yaml").write_text(
             "# Serial scans grown from real ones (glioma-nb synth --serial-from); run: make run-all COHORT=<this file>\n"
             + yaml.safe_dump(body, sort_keys=False))

@@ -83,3 +83,18 @@ def test_a_run_takes_wt_from_flair_wt_and_the_core_from_brats_4mod(tiny_cohort):
     for row in alone.cases.itertuples():
         assert np.array_equal(_masks(masks, row.case_id), _masks(own, row.case_id)) and not isinstance(
             getattr(row, "regions", None), str)
+
+
+def test_scans_grown_from_a_training_case_count_as_seen_by_the_model():
+    """A cohort derived from another's cases (synth --serial-from): a model that trained on a source case is not
+    scored on the scans grown from it (flair-wt held out Brats18_2013_20_1 and trained on Brats18_2013_11_1)."""
+    from types import SimpleNamespace
+
+    from glioma_nb.segment import registry
+
+    seg = registry.load("flair-wt")
+    ids = ["Brats18_2013_11_1_s0", "Brats18_2013_11_1_s1", "Brats18_2013_20_1_s0"]
+    cohort = SimpleNamespace(case_ids=ids, name="brats18-dev-serial", root=None)
+    derived = {"cohort": "brats18-dev", "cases": {c: c.rsplit("_s", 1)[0] for c in ids}}
+    assert seg_step._trained_on([seg], cohort, derived) == ids[:2]
+    assert seg_step._trained_on([seg], cohort, {}) == []     # read as its own cohort, nothing matches

@@ -167,6 +167,8 @@ def test_the_folder_is_a_serial_cohort_a_run_reads_and_is_reused_not_overwritten
     serial = io.load_cohort(cfg, progress=False)
     assert serial.timepoints is not None and len(serial.case_ids) == len(pd.read_csv(out / "timepoints.csv"))
     assert serial.modalities == ("t1", "t1c", "t2", "flair") and serial.scheme.name == "brats2018"
+    derived = cfg["cohort"]["derived_from"]     # each scan's source case: a model that trained on it is not scored
+    assert derived["cohort"] == "real" and {derived["cases"][c] for c in serial.case_ids} == {"R0", "R1"}
     meta = json.loads((out / "cohort.json").read_text())
     assert meta["transformation_log_hazard_ratios"] and meta["source_cohort"] == "real"
     from glioma_nb.longitudinal import truth

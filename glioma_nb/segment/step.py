@@ -264,10 +264,7 @@ def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", tra
         result.trained_on = [c for c in cohort.case_ids if c not in held_out]
         result.models[record.name] = record  # the network's spec, input channels, weights file and its sha256
     elif weights == "shipped":
-        result.trained_on = registry.trained_on(seg, cohort.name, cohort.case_ids, cohort.root)
-        for other in others.values():   # a case any of the run's models saw is not scored
-            result.trained_on += [c for c in registry.trained_on(other, cohort.name, cohort.case_ids, cohort.root)
-                                  if c not in result.trained_on]
+        result.trained_on = _trained_on([seg, *others.values()], cohort, ctx.config["cohort"].get("derived_from"))
         result.out_of_fold = out_of_fold_scores(seg, cohort) if not others else pd.DataFrame()
     if cohort.scheme is not None:
         scores = metrics.cohort_scores(cohort, mask_dir)
@@ -285,6 +282,16 @@ def step(ctx: StepContext, *, model: str = "auto", weights: str = "shipped", tra
          ("in the segmentation model's training data (Dice shown apart, not in the summary)", result.trained_on)],
         scored)
     return _display(ctx, result, n_overlay_cases, export_dicom_seg)
+
+
+def _trained_on(segs: list[kinds.Segmenter], cohort: Any, derived: Mapping[str, Any] | None) -> list[str]:
+    """The cases any of the run's models saw in training; for a cohort derived from another's cases
+    (``cohort.derived_from``, e.g. serial scans grown from real ones), the cases whose source case they saw."""
+    if derived and derived.get("cohort"):
+        source = {c: str(derived.get("cases", {}).get(c, c)) for c in cohort.case_ids}
+        seen = {s for seg in segs for s in registry.trained_on(seg, str(derived["cohort"]), sorted(set(source.values())))}
+        return [c for c in cohort.case_ids if source[c] in seen]
+    return sorted({c for seg in segs for c in registry.trained_on(seg, cohort.name, cohort.case_ids, cohort.root)})
 
 
 def _region_models(cohort: Any, seg: kinds.Segmenter, assign: Mapping[str, str], device: str,
