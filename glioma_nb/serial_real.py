@@ -45,6 +45,7 @@ from glioma_nb import synthetic
 from glioma_nb.io.cohort import Cohort
 from glioma_nb.io.geometry import head_mask
 
+MIN_INTERVAL_YEARS = 0.25
 SUFFIX = synthetic.SUFFIX   # t1 t1ce t2 flair seg: the BraTS 2018 layout the folder is written in
 
 
@@ -53,6 +54,7 @@ class GrowthModel:
     """How a real lesion is grown (recorded in ``cohort.json``)."""
 
     max_margin_mm: float = 20.0         # the largest margin grown beyond the real boundary (caps the follow-up)
+    max_growth_mm: float = 20.0         # the largest MTD growth over the follow-up (real BraTS lesions are large)
     mass_effect: float = 0.3            # tissue displaced by this fraction of the margin at the real boundary
     mass_effect_decay_mm: float = 10.0
     edge_mm: float = 0.7                # logistic width of the new boundary
@@ -100,7 +102,7 @@ def _prepare(images: Mapping[str, np.ndarray], label: np.ndarray, affine: np.nda
     wt = label > 0
     first = next(iter(images.values()))
     if skull_stripped:
-        brain = np.any([im > 0 for im in images.values()], axis=0)
+        brain = np.all([im > 0 for im in images.values()], axis=0)   # where every modality sees brain
     else:   # the head less scalp and skull: 10 mm inside its surface
         brain = ndimage.distance_transform_edt(head_mask(first), sampling=np.sqrt((affine[:3, :3] ** 2).sum(axis=0))) > 10.0
     brain = brain | wt
@@ -167,8 +169,10 @@ def grow(les: _Lesion, margin_mm: float, model: GrowthModel) -> tuple[dict[str, 
         texture = les.smooth[m][src] + (warped - ndimage.gaussian_filter(warped, sig))
         out = warped + fill * (texture - warped)
         im[box] = np.where(warped > 0, np.maximum(out, 0.0), 0.0) if (les.images[m] >= 0).all() else out
+    # the planted mask is the level set: real labels pushed beyond it (where the smoothed normal strays from the
+    # level set's) are cut, so its volume is the planted one to a voxel
     grown = (les.order <= margin_mm) & les.brain
-    label[box] = np.where(lab_w > 0, lab_w, np.where(grown, les.rim_label, 0)).astype(np.uint8)
+    label[box] = np.where(grown, np.where(lab_w > 0, lab_w, les.rim_label), 0).astype(np.uint8)
     return images, label
 
 
@@ -196,7 +200,11 @@ def _timeline(pt: pd.Series, max_mtd: float, rng: np.random.Generator) -> list[f
     lesion has to grow, and all of them taken before death (a cohort of a dozen real patients cannot lose
     the follow-up of those who die early)."""
     pt = pt.copy()
-    pt["span_years"] = min(pt.span_years, 0.9 * pt.os_latent_days / 365.25)
+    pt["span_years"] = min(pt.span_years, 0.9 * pt.os_latent_days / 365.25, (max_mtd - pt.d0_mm) / pt.vde_mm_per_year)
+    # scans at least three months apart (a patient who dies within three months has one scan)
+    pt["n_scans"] = int(min(pt.n_scans, 1 + np.floor(max(pt.span_years, 0.0) / MIN_INTERVAL_YEARS)))
+    if pt.n_scans < 2:
+        return [0.0]
     return synthetic._serial_timeline(pt, rng, max_mtd_mm=max_mtd, min_years=0.0)
 
 
@@ -308,7 +316,7 @@ def generate_from(cohort: Cohort, source_cfg: Mapping[str, Any], out_dir: str | 
                            skull_stripped, model)
             pt = pt.copy()
             pt["d0_mm"] = les.mtd0
-            days = _timeline(pt, les.max_mtd, rng)
+            days = _timeline(pt, min(les.max_mtd, les.mtd0 + model.max_growth_mm), rng)
             transformed_at = next((d for d in days if d >= pt.transformation_latent_days), None)
             pid = cid
             for k, d in enumerate(days):

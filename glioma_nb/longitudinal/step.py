@@ -353,7 +353,16 @@ def _truth(ctx: StepContext, res: LongitudinalResult, g: _Growth, tsettings: dic
     designs["planted VDE (no measurement error)"] = (
         d0.assign(vde_mm_per_year=planted["vde_mm_per_year"].reindex(d0.index)), s0)
     for name, (d, s) in designs.items():
-        rec_fits[name] = cox.fit_cox(s, d, min_events_per_variable=min_events_per_variable)
+        fit = cox.fit_cox(s, d, min_events_per_variable=min_events_per_variable)
+        if not len(fit.table) and fit.events >= min_events_per_variable:
+            # too few events for VDE and IDH (a serial cohort of a dozen real patients): VDE alone, said so
+            # (its HR then also carries IDH's effect: IDH-wild-type tumours grow faster)
+            alone = cox.fit_cox(s, d[["vde_mm_per_year"]], min_events_per_variable=min_events_per_variable)
+            if len(alone.table):
+                res.notes.append(f"hazard recovery from {name}: {fit.notes[-1]}; VDE alone fitted")
+                rec_fits[f"{name} (VDE alone, unadjusted for IDH)"] = alone
+        else:
+            rec_fits[name] = fit
         X = d.dropna()
         try:   # the growth model's cross-validated C-index from each source (Coxnet, as the risk models)
             r = risk.cv_risk_model(X, s.loc[X.index], name=name, **cv)
