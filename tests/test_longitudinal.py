@@ -274,5 +274,18 @@ def test_06_says_which_patients_the_segmentation_error_could_move_or_why_it_carr
     assert out.loc["slow", "vde_seg_low"] < out.loc["slow", "vde_low"]
     _, text = lstep._segmentation_error({"predicted": volumes["predicted"]}, main, pts, "predicted", 8.0)
     assert "No measured segmentation error" in text
+    # no reference masks: the volume error of the WT model's held-out cases on its card (flair-wt: 17 cases)
+    from glioma_nb.segment import models as seg_models
+    card = seg_models.card_volumes("flair-wt")
+    assert card is not None and len(card) == 17 and set(card["cohort"]) == {"brats18-dev", "tcga-lgg-dev"}
+    sigma = np.std(np.log(card["WT_ml_predicted"] / card["WT_ml_reference"]), ddof=1)
+    pred = volumes["predicted"].assign(model="brats-4mod", regions="WT: flair-wt; TC, ET: brats-4mod")
+    assert lstep.wt_model(pred) == "flair-wt" and lstep.wt_model(pred.drop(columns="regions")) == "brats-4mod"
+    out, text = lstep._segmentation_error({"predicted": pred}, main, pts, "predicted", 8.0)
+    assert f"SD of log(predicted / reference) whole-tumour volume {sigma:.3f}" in text
+    assert "17 held-out cases of flair-wt's model card" in text and out["vde_seg_low"].notna().all()
+    _, text = lstep._segmentation_error({"predicted": pred.assign(model="my-nnunet", regions=None)}, main, pts,
+                                        "predicted", 8.0)
+    assert "model my-nnunet has no held-out per-case volumes" in text
     _, text = lstep._segmentation_error(volumes, main, pts, "reference", 8.0)
     assert "reference masks" in text

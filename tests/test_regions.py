@@ -12,6 +12,7 @@ from glioma_nb import io, runner
 from glioma_nb.segment import SegmentationError
 from glioma_nb.segment import regions as seg_regions
 from glioma_nb.segment import step as seg_step
+from tests.conftest import write_brats_cohort
 
 BRATS, BINARY = io.LABEL_SCHEMES["brats2018"], io.LABEL_SCHEMES["binary"]
 
@@ -53,9 +54,11 @@ def _masks(folder, cid):
     return np.asarray(nib.load(folder / f"{cid}.nii.gz").dataobj)
 
 
-def test_a_run_takes_wt_from_flair_wt_and_the_core_from_brats_4mod(tiny_cohort):
-    over = {"segment": {"model": "brats-4mod", "regions": {"WT": "flair-wt"}}, "signature": {"network": False}}
-    run_dir = runner.create_run(str(tiny_cohort), over, steps=["01_segment"], progress=False)
+def test_a_run_takes_wt_from_flair_wt_and_the_core_from_brats_4mod(tmp_path):
+    cohort_yaml = write_brats_cohort(tmp_path / "two", n=2)
+    over = {"segment": {"model": "brats-4mod", "regions": {"WT": "flair-wt"}, "backend": "torch",   # no conversions
+                        "n_overlay_cases": 1}, "signature": {"network": False}}
+    run_dir = runner.create_run(str(cohort_yaml), over, steps=["01_segment"], progress=False)
     ctx = runner.open_step("01_segment", run_dir=str(run_dir))
     res = seg_step.step(ctx, progress=False, **ctx.params)
     masks = ctx.output_dir / "masks"

@@ -202,3 +202,19 @@ def test_a_real_brats_case_grows_as_planted(tmp_path):
     assert (abs(scans["drawn_mtd_mm"] - scans["planted_mtd_mm"]) < 0.1).all()
     real = np.asarray(cohort.load_image("Brats18_2013_20_1", "flair").dataobj)
     assert np.array_equal(_load(out, scans["case_id"].iloc[0], "flair"), real)
+
+
+def test_the_command_grows_the_cases_it_is_given_and_names_what_it_cannot(grown, tmp_path, capsys):
+    from glioma_nb import cli
+
+    _, out = grown
+    yml = str(out.parent / "real.yaml")
+    assert cli.main(["synth", "--serial-from", yml, "--out", str(tmp_path / "a"), "--cases", "held-out:flair-wt"]) == 2
+    assert "holds no case of cohort real out of its training" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert cli.main(["synth", "--serial-from", yml, "--out", str(tmp_path / "b"), "--cases", "R1", "--seed", "4"]) == 0
+    said = capsys.readouterr().out
+    assert "grown from 1 real cases" in said and "real-serial.yaml" in said
+    assert set(pd.read_csv(tmp_path / "b" / "truth.csv")["source_case"]) == {"R1"}
+    assert cli.main(["synth", "--serial-from", yml, "--out", str(tmp_path / "c"), "--cases", "R7"]) == 2
+    assert "no case(s) ['R7']" in capsys.readouterr().err

@@ -123,10 +123,13 @@ def segment_postprocess_cv(model: str, out: str, folds: int = 2, cohort: str | N
 def segment_rescore(model: str, out: str = "train/rescore", device: str = "auto") -> pd.DataFrame:
     """``glioma-nb segment-rescore``: a shipped model's card cases scored again with today's metrics (a
     cross-validated ensemble's out-of-fold cases, each by its fold model; or a single network's held-out cases);
-    rewrites the card's metric tables. Returns the per-case scores."""
+    rewrites the card's metric tables and ``<name>.volumes.csv`` (predicted and reference whole-tumour volumes of
+    the same cases). Returns the per-case scores."""
     spec = models.load_spec(model)
     dev = models.resolve_device(device)
     new = shipping.rescore(spec, Path(out) / spec.name, device=dev)
+    vols = shipping.card_volumes(spec, Path(out) / "volumes", device=dev)
+    print(f"{spec.name}: whole-tumour volumes of {len(vols)} card cases written to {spec.name}.volumes.csv")
     if spec.ensemble:
         print(f"{spec.name}: {len(new)} out-of-fold cases scored again; wrote {spec.name}.oof.csv and its card")
     else:

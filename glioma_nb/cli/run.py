@@ -173,7 +173,11 @@ def _serial_from(args: argparse.Namespace) -> int:
         cases = held
     else:
         cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    out = serial_real.generate_from(cohort, cfg["cohort"], args.out, cases, seed=args.seed)
+    try:
+        out = serial_real.generate_from(cohort, cfg["cohort"], args.out, cases, seed=args.seed)
+    except ValueError as exc:   # a case the cohort lacks, a cohort without reference masks
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"serial cohort grown from {len(cases)} {name} cases: {out}\n"
           f"run it: glioma-nb run --cohort {out / f'{name}-serial.yaml'}")
     return 0

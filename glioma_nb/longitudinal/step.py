@@ -25,6 +25,7 @@ from glioma_nb.io import TIME_UNITS_DAYS, features
 from glioma_nb.longitudinal import growth, locked, truth
 from glioma_nb.longitudinal import transformation as transformation_mod
 from glioma_nb.results import StepContext, StepResult
+from glioma_nb.segment import models as seg_models
 from glioma_nb.stratify import cox, risk, survival
 
 #: Rauch et al. (Sci Rep 2023) report these on 349 serial-MRI LGG patients we do not have
@@ -195,23 +196,46 @@ def _segmentation_error(volumes: Mapping[str, pd.DataFrame], main: pd.DataFrame,
     masks give it), and the patients whose VDE group that error could change; the sentence that says so."""
     if masks != "predicted":
         return pts, "Volumes from the reference masks: no segmentation error to carry into the VDE CIs."
-    if "reference" not in volumes:
-        return pts, ("**No measured segmentation error is carried into the VDE CIs**: this cohort has no reference "
-                     "masks to measure the network's volume error on, and the model cards do not record per-case "
-                     "volumes yet. Each VDE CI above is the fit's alone.")
-    sigma, n = growth.volume_error_sd(volumes["predicted"]["WT_ml"], volumes["reference"]["WT_ml"])
+    source = "scans that have reference masks"
+    if "reference" in volumes:
+        sigma, n = growth.volume_error_sd(volumes["predicted"]["WT_ml"], volumes["reference"]["WT_ml"])
+    else:
+        name = wt_model(volumes["predicted"])
+        card = seg_models.card_volumes(name) if name else None
+        if card is None:
+            return pts, ("**No measured segmentation error is carried into the VDE CIs**: this cohort has no reference "
+                         f"masks to measure the network's volume error on, and the model{f' {name}' if name else ''} "
+                         "has no held-out per-case volumes on its card (`<model>.volumes.csv`, written by "
+                         "`glioma-nb segment-rescore`). Each VDE CI above is the fit's alone.")
+        key = card["cohort"] + "/" + card["case_id"]
+        sigma, n = growth.volume_error_sd(pd.Series(card["WT_ml_predicted"].to_numpy(), index=key),
+                                          pd.Series(card["WT_ml_reference"].to_numpy(), index=key))
+        source = (f"held-out cases of {name}'s model card ({', '.join(card['cohort'].unique())}; this cohort has no "
+                  "reference masks)")
     if not np.isfinite(sigma):
         return pts, f"Only {n} scans have both predicted and reference volumes: too few to measure the volume error."
     seg = growth.vde_with_segmentation_error(main.dropna(subset=["WT_ml"]), pts, sigma, cut)
     pts = pts.join(seg)
     uncertain = seg.index[seg["vde_group_uncertain"]].tolist()
-    text = (f"Segmentation volume error, measured on the {n} scans that have reference masks: SD of log(predicted / "
+    text = (f"Segmentation volume error, measured on the {n} {source}: SD of log(predicted / "
             f"reference) whole-tumour volume {sigma:.3f} (about {np.expm1(sigma):.0%} per scan), i.e. {sigma / 3:.1%} "
             f"of each MTD. Carried into each patient's VDE CI (`vde_seg_low`, `vde_seg_high` in "
             f"`tables/longitudinal_patients.csv`): the VDE group ({cut:g} mm/year) of **{len(uncertain)} of "
             f"{len(seg)}** patients could change within it")
     return pts, text + (f": {', '.join(map(str, uncertain[:20]))}{' ...' if len(uncertain) > 20 else ''}." if uncertain
                         else ".")
+
+
+def wt_model(predicted: pd.DataFrame) -> str | None:
+    """The model whose whole tumour 01 wrote (``segment.regions``' WT model, else the run's model), from its table."""
+    if "regions" in predicted and predicted["regions"].notna().any():
+        for part in str(predicted["regions"].dropna().iloc[0]).split(";"):
+            regions, _, name = part.partition(":")
+            if "WT" in [r.strip() for r in regions.split(",")]:
+                return name.strip()
+    if "model" in predicted and predicted["model"].notna().any():
+        return str(predicted["model"].dropna().iloc[0])
+    return None
 
 
 def _transformation_km(res: LongitudinalResult, pts: pd.DataFrame, per_day: float, unit: str

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import pandas as pd
 import yaml
 
 from glioma_nb import config, io
@@ -172,6 +173,16 @@ def choose_model(modalities: tuple[str, ...] | list[str], requested: str = "auto
         if set(spec.modalities) <= have and (best is None or len(spec.modalities) > len(best.modalities)):
             best = spec
     return best.name if best else None
+
+
+def card_volumes(name: str) -> pd.DataFrame | None:
+    """A shipped model's held-out (or out-of-fold) whole-tumour volumes, predicted and reference, per case
+    (``<name>.volumes.csv``, written by ``glioma-nb segment-rescore``); None for a model without them."""
+    if name not in available_models():
+        return None
+    spec = load_spec(name)
+    path = spec.folder / f"{spec.name}.volumes.csv"
+    return pd.read_csv(path) if path.exists() else None
 
 
 def card_sha256(card: Path) -> str | None:

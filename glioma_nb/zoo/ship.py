@@ -3,7 +3,9 @@
 :func:`ship` copies what a training folder holds into ``glioma_nb/segment/models``: the fold models of a k-fold
 cross-validation (``cv.json``: an ensemble, with the rule and mirroring chosen out of fold written into the spec),
 or the one network of a split (``weights.pt``, with its held-out scores); and writes the model card beside them
-(:mod:`glioma_nb.zoo.cards`). :func:`rescore` scores a shipped model's card cases again with today's metrics.
+(:mod:`glioma_nb.zoo.cards`). :func:`rescore` scores a shipped model's card cases again with today's metrics;
+:func:`card_volumes` writes the whole-tumour volumes of those cases (``<name>.volumes.csv``: the volume error
+06 carries into VDE CIs on a cohort without reference masks).
 Weights over 20 MB are refused before anything is copied.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from glioma_nb import config, io
@@ -144,3 +147,35 @@ def _rescore_single(spec: models.ModelSpec, out_dir: Path, device: str = "cpu", 
             "shipped weights, the same held-out cases; HD95 as brats-evaluation computes it).\n")
     spec.card_path.write_text(head + cards.held_out_section(spec, per_case, note) + tail)
     return per_case
+
+
+def card_volumes(spec: models.ModelSpec, out_dir: Path, device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+    """The whole-tumour volume (mL) of every case a shipped model's card scores, predicted (the shipped weights as
+    a run uses them: the spec's rule and mirroring; a cross-validated ensemble's case by the fold model that never
+    saw it) and from the reference label map, written to ``<name>.volumes.csv`` beside the spec. ``out_dir``: the
+    per-case mask cache."""
+    if spec.ensemble:
+        oof = pd.read_csv(spec.folder / f"{spec.name}.oof.csv")
+        groups = [(co, int(f), list(g["case_id"])) for (co, f), g in oof.groupby(["cohort", "fold"], sort=False)]
+        cohorts = {co: io.load_cohort(config.resolve_config(co), progress=False) for co in oof["cohort"].unique()}
+        nets = {f: models.load_model(spec, spec.weights_paths[f], device=device) for f in {g[1] for g in groups}}
+    else:
+        srcs = train.sources_from_spec(spec, progress=progress)
+        groups = [(s.cohort.name, -1, list(s.held_out)) for s in srcs if s.held_out]
+        cohorts = {s.cohort.name: s.cohort for s in srcs}
+        nets = {-1: models.load_model(spec, None, device=device)}
+    rows = []
+    for co, fold, ids in groups:
+        cohort = cohorts[co]
+        table = infer.segment_cohort(cohort, spec, nets[fold], Path(out_dir) / spec.name / co / f"fold{fold}",
+                                     case_ids=ids, tta=spec.tta, device=device, progress=progress,
+                                     postprocess=spec.postprocess)
+        for r in table.itertuples():
+            lab = cohort.load_label(r.case_id)
+            vox_ml = float(abs(np.linalg.det(lab.affine[:3, :3]))) / 1000.0
+            ref = float((np.asarray(lab.dataobj) > 0).sum()) * vox_ml
+            rows.append({"cohort": co, "case_id": r.case_id, "fold": fold if fold >= 0 else None,
+                         "WT_ml_predicted": round(float(r.WT_ml), 3), "WT_ml_reference": round(ref, 3)})
+    out = pd.DataFrame(rows)
+    out.to_csv(spec.folder / f"{spec.name}.volumes.csv", index=False)
+    return out
