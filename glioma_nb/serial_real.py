@@ -2,20 +2,22 @@
 
 The phantoms of :func:`glioma_nb.synthetic.generate_longitudinal` do not look like the scans the networks learnt
 from, so they cannot say which network to trust for growth. Here each patient is a real case of a cohort (its
-images and its reference mask) followed over 3-6 scans in which its real lesion grows at a planted velocity of
-diametric expansion (VDE); the first scan is the real one (less its enhancement, when the planted
-transformation comes later). Per later scan, with ``d`` the signed
-distance (mm) to the real whole tumour (negative inside) and ``s`` the margin that gives the planted volume:
+images and its reference mask) followed over 1-6 scans in which its real lesion grows at a planted velocity of
+diametric expansion (VDE); the first scan is the real one (less its enhancement, when the planted transformation
+comes later). Per later scan, with ``d`` the signed distance (mm) to the real whole tumour (negative inside) and
+``s`` the margin that gives the planted volume:
 
-* **planted mask**: ``d <= s`` inside the brain (the head 10 mm in from its surface for a cohort that is not
-  skull-stripped), united with
-  the displaced real labels; its volume is the planted mean tumour diameter's, MTD = (2V)^(1/3), to a voxel
-  (checked and written per scan as ``drawn_mtd_mm``);
+* **planted mask**: the level set ``d <= s`` inside the brain (where every modality is above 0; for a cohort whose
+  voxel size is estimated from the head, ``geometry.spacing: head``, which is not skull-stripped, the head 10 mm in
+  from its surface), labelled with the displaced real labels inside it and oedema (or the binary label) in the new
+  rim; ties of ``d`` are broken by voxel order, so its volume is the planted mean tumour diameter's,
+  MTD = (2V)^(1/3), to a voxel (written per scan as ``drawn_mtd_mm`` beside ``planted_mtd_mm``);
 * **mild mass effect**: the tissue around the lesion is pushed outwards by ``mass_effect * s`` at the real
-  boundary, decaying as exp(-d / ``mass_effect_decay_mm``) (a backward warp, linear interpolation);
-* **infiltration**: the new rim takes the lesion's own intensities (the smoothed intensity of the nearest voxel
-  of the real lesion's outer part: the oedema of a BraTS label map, else the whole tumour eroded by 2 mm) while
-  keeping the tissue's own fine texture, blended over a logistic edge of ``edge_mm``;
+  boundary, decaying as exp(-d / ``mass_effect_decay_mm``) outside and fading inside over at least twice the push
+  (a backward warp that never folds, linear interpolation);
+* **infiltration**: the new rim takes the lesion's own intensities (the intensity of the nearest voxel of the real
+  lesion's outer part, smoothed within that part: the oedema of a BraTS label map, else the whole tumour eroded by
+  2 mm) while keeping the tissue's own fine texture, blended over a logistic edge of ``edge_mm``;
 * **enhancement at transformation** (cohorts with T1c, T1 and enhancing labels): before the planted
   transformation the enhancing voxels are made non-enhancing (T1c from T1 by the lesion's own linear T1 ->
   T1c relation, label 4 -> 1); from the first scan after it, the real enhancement shows (grade 3 in the
@@ -23,10 +25,12 @@ distance (mm) to the real whole tumour (negative inside) and ``s`` the margin th
 
 Growth, transformation and survival are planted as in the phantom serial cohort (:data:`glioma_nb.synthetic.SERIAL`:
 VDE log-normal by IDH status, exponential PH transformation in VDE and IDH, Weibull PH survival), with the real
-lesion's MTD as baseline; the clinical values (IDH, age, ...) are planted, not the patients' own. The folder has
-the layout and tables of the phantom serial cohort (``timepoints.csv``, ``clinical.csv``, ``truth.csv``,
-``scans_truth.csv``, ``cohort.json``) plus ``<cohort>-serial.yaml``, so ``make run-all COHORT=<that file>`` runs
-01 and 06 on it and 06 compares the VDE and hazard ratios it finds with the planted ones.
+lesion's MTD as baseline, scans at least three months apart and before death, and at most ``max_growth_mm`` of MTD
+growth; the clinical values (IDH, age, ...) are planted, not the patients' own. The folder has the layout and
+tables of the phantom serial cohort (``timepoints.csv``, ``clinical.csv``, ``truth.csv``, ``scans_truth.csv``,
+``cohort.json``) plus ``overview.png`` and ``<cohort>-serial.yaml`` (with ``cohort.derived_from``: each scan's
+source case), so ``make run-all COHORT=<that file>`` runs 01 and 06 on it and 06 compares the VDE and hazard
+ratios it finds with the planted ones.
 """
 from __future__ import annotations
 

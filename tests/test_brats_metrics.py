@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from brats_metric_cases import CASES
 from conftest import requires_shared
@@ -164,3 +165,9 @@ def test_the_flair_wt_card_rescored_keeps_its_dice_and_takes_the_official_hd95(t
     assert "| tcga-lgg-dev | largest | WT | lesion-wise HD95 (mm) |" in after and "segment-rescore" in after
     assert after.split("## Held-out metrics")[0] == before.split("## Held-out metrics")[0]
     assert after.split("## Reproduce")[1] == before.split("## Reproduce")[1]
+    # the held-out volumes 06 carries on a cohort without reference masks: the shipped table, made again
+    vols = ship.card_volumes(spec, tmp_path / "volumes", device="cpu", progress=False)
+    shipped_vols = pd.read_csv(shipped.folder / "flair-wt.volumes.csv")
+    assert list(vols["case_id"]) == list(shipped_vols["case_id"]) and set(vols["case_id"]) == set(old_dice)
+    np.testing.assert_allclose(vols["WT_ml_reference"], shipped_vols["WT_ml_reference"], atol=1e-3)
+    np.testing.assert_allclose(vols["WT_ml_predicted"], shipped_vols["WT_ml_predicted"], rtol=1e-3)
