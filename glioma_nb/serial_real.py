@@ -108,7 +108,8 @@ def _prepare(images: Mapping[str, np.ndarray], label: np.ndarray, affine: np.nda
     if skull_stripped:
         brain = np.all([im > 0 for im in images.values()], axis=0)   # where every modality sees brain
     else:   # the head less scalp and skull: 10 mm inside its surface
-        brain = ndimage.distance_transform_edt(head_mask(first), sampling=np.sqrt((affine[:3, :3] ** 2).sum(axis=0))) > 10.0
+        spacing_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        brain = ndimage.distance_transform_edt(head_mask(first), sampling=spacing_mm) > 10.0
     brain = brain | wt
     reach = model.max_margin_mm + 3 * model.mass_effect_decay_mm
     idx = np.argwhere(wt)
@@ -363,7 +364,8 @@ def generate_from(cohort: Cohort, source_cfg: Mapping[str, Any], out_dir: str | 
         body["cohort"]["derived_from"] = {"cohort": cohort.name,
                                           "cases": {r["case_id"]: r["patient_id"] for r in tps}}
         (tmp / f"{name}.yaml").write_text(
-            "# Serial scans grown from real ones (glioma-nb synth --serial-from); run: make run-all COHORT=<this file>\n"
+            "# Serial scans grown from real ones (glioma-nb synth --serial-from);\n"
+            "# run: make run-all COHORT=<this file>\n"
             + yaml.safe_dump(body, sort_keys=False))
         synthetic._publish(tmp, out, dict(
             spec=spec, generator="glioma_nb.serial_real.generate_from", serial_model=synthetic.SERIAL,

@@ -89,8 +89,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['run']} | {r['patients']} ({r['scans']}) | {r['vde_r']:.2f} [{r['vde_r_low']:.2f}, "
                      f"{r['vde_r_high']:.2f}] | {r['bias']:+.2f} [{r['bias_low']:+.2f}, {r['bias_high']:+.2f}] | "
                      f"{r['slope']:.2f} | {hr} | {ref} |")
-    lines += ["", "| run | source cases | n | WT Dice, real first scans | WT Dice, grown scans | TC Dice real / grown | "
-                  "ET Dice real / grown |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| run | source cases | n | WT Dice, real first scans | WT Dice, grown scans | "
+                  "TC Dice real / grown | ET Dice real / grown |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         for key, words in (("unseen", "not trained on"), ("seen", "trained on")):
             if not r.get(f"n_{key}_patients"):

@@ -67,8 +67,8 @@ def add(sub: Any) -> dict[str, Any]:
     s.add_argument("--resolution", type=int, default=2, choices=(1, 2), help="voxel size in mm")
     s.add_argument("--serial-from", metavar="COHORT", default=None,
                    help="instead: serial scans grown from a real cohort's images and reference masks (a name in "
-                        "configs/cohorts or a cohort YAML): per case up to 6 scans in which its lesion grows at a planted "
-                        "VDE, with planted transformation and survival (glioma_nb.serial_real); writes "
+                        "configs/cohorts or a cohort YAML): per case up to 6 scans in which its lesion grows at a "
+                        "planted VDE, with planted transformation and survival (glioma_nb.serial_real); writes "
                         "<out>/<cohort>-serial.yaml to run it")
     s.add_argument("--cases", default="all", help="with --serial-from: all | held-out:MODEL (the cases the model's "
                                                   "card holds out of its training) | comma-separated case ids")

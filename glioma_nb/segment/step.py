@@ -289,7 +289,8 @@ def _trained_on(segs: list[kinds.Segmenter], cohort: Any, derived: Mapping[str, 
     (``cohort.derived_from``, e.g. serial scans grown from real ones), the cases whose source case they saw."""
     if derived and derived.get("cohort"):
         source = {c: str(derived.get("cases", {}).get(c, c)) for c in cohort.case_ids}
-        seen = {s for seg in segs for s in registry.trained_on(seg, str(derived["cohort"]), sorted(set(source.values())))}
+        sources = sorted(set(source.values()))
+        seen = {s for seg in segs for s in registry.trained_on(seg, str(derived["cohort"]), sources)}
         return [c for c in cohort.case_ids if source[c] in seen]
     return sorted({c for seg in segs for c in registry.trained_on(seg, cohort.name, cohort.case_ids, cohort.root)})
 
