@@ -342,18 +342,9 @@ def generate_from(cohort: Cohort, source_cfg: Mapping[str, Any], out_dir: str | 
                                  histology="oligodendroglioma" if pt.codel_1p19q else "astrocytoma", who_grade=2,
                                  idh_mutant=pt.idh_mutant, codel_1p19q=pt.codel_1p19q, resection=pt.resection,
                                  os_days=int(max(1, round(os_t))), os_event=int(pt.os_latent_days <= pt.censor_days)))
-            truth.append(dict(patient_id=pid, source_case=cid, vde_mm_per_year=pt.vde_mm_per_year,
-                              d0_mm=round(les.mtd0, 3), max_mtd_mm=round(les.max_mtd, 3), idh_mutant=pt.idh_mutant,
-                              n_scans=len(days), last_scan_days=days[-1],
-                              transformation_latent_days=pt.transformation_latent_days,
-                              transformation_observed=int(transformed_at is not None),
-                              transformation_days=transformed_at if transformed_at is not None else days[-1],
-                              transformation_lp=round(float(pt.transformation_lp), 4),
-                              os_latent_days=pt.os_latent_days, os_lp=round(float(pt.os_lp), 4)))
-        pd.DataFrame(tps).to_csv(tmp / "timepoints.csv", index=False)
-        pd.DataFrame(clin).to_csv(tmp / "clinical.csv", index=False)
-        pd.DataFrame(truth).to_csv(tmp / "truth.csv", index=False)
-        pd.DataFrame(scans).to_csv(tmp / "scans_truth.csv", index=False)
+            truth.append(synthetic._serial_truth_row(pt, days, transformed_at, {"patient_id": pid, "source_case": cid},
+                                                     {"d0_mm": round(les.mtd0, 3), "max_mtd_mm": round(les.max_mtd, 3)}))
+        synthetic._write_serial_tables(tmp, tps, clin, truth, scans)
         fig = overview(tmp, pd.DataFrame(scans), "flair" if "flair" in cohort.modalities else cohort.modalities[0])
         fig.savefig(tmp / "overview.png", dpi=110)
         import matplotlib.pyplot as plt

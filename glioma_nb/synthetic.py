@@ -466,6 +466,24 @@ def _serial_timeline(pt: pd.Series, rng: np.random.Generator, max_mtd_mm: float 
     return [d for d in days if d < pt.os_latent_days or d == 0]
 
 
+def _serial_truth_row(pt: pd.Series, days: list[float], transformed_at: float | None, ids: dict[str, Any],
+                      size: dict[str, Any]) -> dict[str, Any]:
+    """A patient's row of a serial cohort's ``truth.csv`` (``ids`` first, ``size``: the baseline size columns)."""
+    last = days[-1]
+    return dict(**ids, vde_mm_per_year=pt.vde_mm_per_year, **size, idh_mutant=pt.idh_mutant, n_scans=len(days),
+                last_scan_days=last, transformation_latent_days=pt.transformation_latent_days,
+                transformation_observed=int(transformed_at is not None),
+                transformation_days=transformed_at if transformed_at is not None else last,
+                transformation_lp=round(float(pt.transformation_lp), 4),
+                os_latent_days=pt.os_latent_days, os_lp=round(float(pt.os_lp), 4))
+
+
+def _write_serial_tables(tmp: Path, tps: list[dict], clin: list[dict], truth: list[dict], scans: list[dict]) -> None:
+    """A serial cohort's timepoints, clinical, truth and per-scan truth tables into ``tmp``."""
+    for name, rows in (("timepoints", tps), ("clinical", clin), ("truth", truth), ("scans_truth", scans)):
+        pd.DataFrame(rows).to_csv(tmp / f"{name}.csv", index=False)
+
+
 def generate_longitudinal(out_dir: str | os.PathLike[str], spec: SyntheticSpec = SyntheticSpec(n_cases=40),
                           progress: bool = True) -> Path:
     """Write a synthetic serial-scan cohort (``n_cases`` patients, 3-6 scans each) to ``out_dir`` atomically.
@@ -526,7 +544,6 @@ def generate_longitudinal(out_dir: str | os.PathLike[str], spec: SyntheticSpec =
                 tps.append(dict(patient_id=pt.patient_id, case_id=cid, days=d, visit=k + 1, grade=3 if after else 2))
                 scans.append(dict(patient_id=pt.patient_id, case_id=cid, days=d, planted_mtd_mm=round(mtd, 3),
                                   transformed=int(after)))
-            last = days[-1]
             os_t = min(pt.os_latent_days, pt.censor_days)
             for k, d in enumerate(days):
                 clin.append(dict(case_id=f"SYNL_{i:03d}_{k}", patient_id=pt.patient_id, site=pt.site, age=pt.age,
@@ -534,17 +551,9 @@ def generate_longitudinal(out_dir: str | os.PathLike[str], spec: SyntheticSpec =
                                  who_grade=2, idh_mutant=pt.idh_mutant, codel_1p19q=pt.codel_1p19q,
                                  resection=pt.resection, os_days=int(max(1, round(os_t))),
                                  os_event=int(pt.os_latent_days <= pt.censor_days)))
-            truth.append(dict(patient_id=pt.patient_id, vde_mm_per_year=pt.vde_mm_per_year, d0_mm=pt.d0_mm,
-                              idh_mutant=pt.idh_mutant, n_scans=len(days), last_scan_days=last,
-                              transformation_latent_days=pt.transformation_latent_days,
-                              transformation_observed=int(transformed_at is not None),
-                              transformation_days=transformed_at if transformed_at is not None else last,
-                              transformation_lp=round(float(pt.transformation_lp), 4),
-                              os_latent_days=pt.os_latent_days, os_lp=round(float(pt.os_lp), 4)))
-        pd.DataFrame(tps).to_csv(tmp / "timepoints.csv", index=False)
-        pd.DataFrame(clin).to_csv(tmp / "clinical.csv", index=False)
-        pd.DataFrame(truth).to_csv(tmp / "truth.csv", index=False)
-        pd.DataFrame(scans).to_csv(tmp / "scans_truth.csv", index=False)
+            truth.append(_serial_truth_row(pt, days, transformed_at, {"patient_id": pt.patient_id},
+                                           {"d0_mm": pt.d0_mm}))
+        _write_serial_tables(tmp, tps, clin, truth, scans)
         _publish(tmp, out, dict(spec=spec_d, generator="glioma_nb.synthetic.generate_longitudinal", serial_model=SERIAL,
                                 transformation_log_hazard_ratios=SERIAL["transformation_log_hr"],
                                 os_log_hazard_ratios=SERIAL["os_log_hr"], sites=SITES))
